@@ -1,0 +1,711 @@
+//! `tree.yml`: the schema of the original tool (every key, same meaning) plus `variant`,
+//! `release_codename`, `requirements` and `expiry`, loaded with file:line:column errors and
+//! validated into [`TreeConfig`]. Unknown keys are warnings, as a typo should not stop a
+//! nightly pipeline, but every rule the clients depend on is an error.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde_saphyr::Spanned;
+
+use crate::expiry::ExpiryDuration;
+use crate::stream::{Requirements, arch};
+
+/// Where a product was declared, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A product of a tree.yml.
+    TreeYml {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line.
+        line: u64,
+        /// 1-based column.
+        column: u64,
+    },
+    /// A product found in the lxd-image-server layout.
+    Layout {
+        /// The product folder.
+        dir: PathBuf,
+    },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::TreeYml { file, line, column } => {
+                write!(f, "{}:{line}:{column}", file.display())
+            }
+            Origin::Layout { dir } => write!(f, "{}", dir.display()),
+        }
+    }
+}
+
+/// A validated product declaration. Empty display fields are `None` and are filled from the
+/// images' metadata.yaml when the catalog is built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProductSpec {
+    /// Product id (`os:release:arch:variant` by convention).
+    pub name: String,
+    /// Architecture, a name the clients know.
+    pub arch: String,
+    /// Release.
+    pub release: Option<String>,
+    /// OS display name.
+    pub os: Option<String>,
+    /// Release title.
+    pub release_title: Option<String>,
+    /// Product folder, relative to the source/target dir and to `prefix_path`.
+    pub directory: String,
+    /// Product version (image property `version`).
+    pub version: Option<String>,
+    /// Where the product's ssb.json is fetched from, instead of the local tree.
+    pub prefix_path: Option<String>,
+    /// Executable run on the rootfs before packing (build-product).
+    pub build_script_hook: Option<String>,
+    /// Left out of images.json and index.json.
+    pub hidden: bool,
+    /// How many versions build-product keeps (the original's name).
+    pub days: u32,
+    /// Aliases, validated.
+    pub aliases: Vec<String>,
+    /// Variant.
+    pub variant: Option<String>,
+    /// Release codename.
+    pub release_codename: Option<String>,
+    /// Requirements (written as both `requirements` and `lxd_requirements`).
+    pub requirements: Option<Requirements>,
+    /// Support duration from the newest build.
+    pub expiry: Option<ExpiryDuration>,
+    /// Where it was declared.
+    pub origin: Origin,
+}
+
+/// A validated tree.yml.
+#[derive(Clone, Debug)]
+pub struct TreeConfig {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// Prefix of item paths (a path or a URL); empty for relative paths.
+    pub prefix: String,
+    /// Where the products file goes, relative to the target dir (`streams/v1`).
+    pub images_path: String,
+    /// Index datatype (`image-downloads`).
+    pub datatype: String,
+    /// Products file format (`products:1.0`).
+    pub format: String,
+    /// The products, in file order.
+    pub products: Vec<ProductSpec>,
+    /// Non-fatal findings (unknown keys), already located.
+    pub warnings: Vec<String>,
+}
+
+/// Top-level defaults of the original tool.
+pub const DEFAULT_IMAGES_PATH: &str = "streams/v1";
+/// The only datatype LXD and Incus read.
+pub const DEFAULT_DATATYPE: &str = "image-downloads";
+/// The products file format.
+pub const DEFAULT_FORMAT: &str = "products:1.0";
+
+/// A tree.yml that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// YAML syntax or a type mismatch.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line (0 when unknown).
+        line: u64,
+        /// 1-based column (0 when unknown).
+        column: u64,
+        /// What the parser said.
+        message: String,
+    },
+    /// Valid YAML that breaks the rules.
+    #[error("{} has {} problem(s):\n{}", path.display(), problems.len(), problems.join("\n"))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// One located line per problem.
+        problems: Vec<String>,
+    },
+}
+
+#[derive(Deserialize)]
+struct RawTree {
+    prefix: Option<String>,
+    images_path: Option<String>,
+    datatype: Option<String>,
+    format: Option<String>,
+    #[serde(default)]
+    products: Option<Vec<Spanned<RawProduct>>>,
+}
+
+/// `aliases:` as a list, or as one scalar (the original accepted `aliases: x` as `[x]`).
+enum AliasList {
+    One(String),
+    Many(Vec<Spanned<String>>),
+}
+
+impl<'de> Deserialize<'de> for AliasList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AliasList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an alias or a list of aliases")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AliasList, E> {
+                Ok(AliasList::One(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<AliasList, A::Error> {
+                let mut out = Vec::new();
+                while let Some(alias) = seq.next_element::<Spanned<String>>()? {
+                    out.push(alias);
+                }
+                Ok(AliasList::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawProduct {
+    name: Option<Spanned<String>>,
+    arch: Option<Spanned<String>>,
+    release: Option<String>,
+    os: Option<String>,
+    release_title: Option<String>,
+    directory: Option<Spanned<String>>,
+    version: Option<String>,
+    prefix_path: Option<Spanned<String>>,
+    build_script_hook: Option<String>,
+    hidden: Option<bool>,
+    days: Option<Spanned<i64>>,
+    aliases: Option<Spanned<AliasList>>,
+    variant: Option<String>,
+    release_codename: Option<String>,
+    requirements: Option<Spanned<BTreeMap<String, String>>>,
+    expiry: Option<Spanned<String>>,
+}
+
+const TOP_KEYS: &[&str] = &["prefix", "images_path", "datatype", "format", "products"];
+const PRODUCT_KEYS: &[&str] = &[
+    "name",
+    "arch",
+    "release",
+    "os",
+    "release_title",
+    "directory",
+    "version",
+    "prefix_path",
+    "build_script_hook",
+    "hidden",
+    "days",
+    "aliases",
+    "variant",
+    "release_codename",
+    "requirements",
+    "expiry",
+];
+
+/// The keys of the file with their positions, read in a second pass so that unknown keys can be
+/// reported without making them errors.
+struct KeyInventory {
+    top: Vec<Spanned<String>>,
+    products: Vec<Vec<Spanned<String>>>,
+}
+
+impl<'de> Deserialize<'de> for KeyInventory {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyInventory;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyInventory, A::Error> {
+                let mut inv = KeyInventory {
+                    top: Vec::new(),
+                    products: Vec::new(),
+                };
+                while let Some(key) = map.next_key::<Spanned<String>>()? {
+                    if key.value == "products" {
+                        let list: Option<Vec<Option<HashMapKeys>>> = map.next_value()?;
+                        inv.products = list
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|k| k.map(|k| k.0).unwrap_or_default())
+                            .collect();
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                    inv.top.push(key);
+                }
+                Ok(inv)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The keys of one mapping, in order.
+struct HashMapKeys(Vec<Spanned<String>>);
+
+impl<'de> Deserialize<'de> for HashMapKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = HashMapKeys;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HashMapKeys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(key) = map.next_key::<Spanned<String>>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    keys.push(key);
+                }
+                Ok(HashMapKeys(keys))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn syntax_error(path: &Path, err: &serde_saphyr::Error) -> ConfigError {
+    let (line, column) = err
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    let text = err.without_snippet().to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    // The parser prefixes "line N column M: "; we put the location in front of the file instead.
+    let message = match text.split_once(": ") {
+        Some((head, tail)) if head.starts_with("line ") && head.contains(" column ") => tail,
+        _ => text,
+    };
+    ConfigError::Syntax {
+        path: path.to_owned(),
+        line,
+        column,
+        message: message.to_owned(),
+    }
+}
+
+impl TreeConfig {
+    /// Reads and validates a tree.yml.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs_err::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates tree.yml text; `path` is only used in messages and origins.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawTree = serde_saphyr::from_str(text).map_err(|e| syntax_error(path, &e))?;
+        let keys: KeyInventory =
+            serde_saphyr::from_str(text).map_err(|e| syntax_error(path, &e))?;
+        let at =
+            |l: &serde_saphyr::Location| format!("{}:{}:{}", path.display(), l.line(), l.column());
+
+        let mut warnings = Vec::new();
+        for key in &keys.top {
+            if !TOP_KEYS.contains(&key.value.as_str()) {
+                warnings.push(format!(
+                    "{}: unknown key `{}` ignored",
+                    at(&key.referenced),
+                    key.value
+                ));
+            }
+        }
+        for product_keys in &keys.products {
+            for key in product_keys {
+                if !PRODUCT_KEYS.contains(&key.value.as_str()) {
+                    warnings.push(format!(
+                        "{}: unknown product key `{}` ignored",
+                        at(&key.referenced),
+                        key.value
+                    ));
+                }
+            }
+        }
+
+        let mut problems = Vec::new();
+        let nonempty = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        let images_path = nonempty(raw.images_path).unwrap_or_else(|| DEFAULT_IMAGES_PATH.into());
+        let datatype = nonempty(raw.datatype).unwrap_or_else(|| DEFAULT_DATATYPE.into());
+        let format = nonempty(raw.format).unwrap_or_else(|| DEFAULT_FORMAT.into());
+        let mut products = Vec::new();
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for product in raw.products.unwrap_or_default() {
+            let here = at(&product.referenced);
+            let origin = Origin::TreeYml {
+                file: path.to_owned(),
+                line: product.referenced.line(),
+                column: product.referenced.column(),
+            };
+            let p = product.value;
+            let Some(name) = p.name.filter(|n| !n.value.trim().is_empty()) else {
+                problems.push(format!("{here}: product without a `name`"));
+                continue;
+            };
+            let name_at = at(&name.referenced);
+            if let Some(first) = seen.get(&name.value) {
+                problems.push(format!(
+                    "{name_at}: duplicate product name `{}` (first declared at {first})",
+                    name.value
+                ));
+            } else {
+                seen.insert(name.value.clone(), name_at.clone());
+            }
+            let arch = match p.arch {
+                None => {
+                    problems.push(format!("{here}: product `{}` has no `arch`", name.value));
+                    String::new()
+                }
+                Some(a) => {
+                    if arch::canonical_arch(&a.value).is_none() {
+                        problems.push(format!(
+                            "{}: unknown arch `{}` for product `{}` (LXD and Incus would silently drop it); use one of: {}",
+                            at(&a.referenced),
+                            a.value,
+                            name.value,
+                            arch::all_arch_names().collect::<Vec<_>>().join(", ")
+                        ));
+                    }
+                    a.value
+                }
+            };
+            let directory = match p.directory.filter(|d| !d.value.trim().is_empty()) {
+                None => {
+                    problems.push(format!(
+                        "{here}: product `{}` has no `directory`",
+                        name.value
+                    ));
+                    String::new()
+                }
+                Some(d) => {
+                    let dir = d.value.trim().trim_end_matches('/').to_owned();
+                    if let Err(why) = check_relative_dir(&dir) {
+                        problems.push(format!(
+                            "{}: `directory: {}` of product `{}` {why}",
+                            at(&d.referenced),
+                            d.value,
+                            name.value
+                        ));
+                    }
+                    dir
+                }
+            };
+            let days = match p.days {
+                None => 1,
+                Some(d) if d.value <= 0 => 1,
+                Some(d) => u32::try_from(d.value).unwrap_or_else(|_| {
+                    problems.push(format!(
+                        "{}: `days: {}` is too large",
+                        at(&d.referenced),
+                        d.value
+                    ));
+                    1
+                }),
+            };
+            let mut aliases = Vec::new();
+            if let Some(list) = p.aliases {
+                let list = match list.value {
+                    AliasList::Many(many) => many,
+                    AliasList::One(one) => vec![Spanned::new(one, list.referenced, list.defined)],
+                };
+                for alias in list {
+                    match check_alias(&alias.value) {
+                        Ok(()) => aliases.push(alias.value),
+                        Err(why) => problems.push(format!(
+                            "{}: alias `{}` of product `{}` {why}",
+                            at(&alias.referenced),
+                            alias.value,
+                            name.value
+                        )),
+                    }
+                }
+            }
+            let requirements = p.requirements.and_then(|r| {
+                if let Some(k) = r.value.keys().find(|k| k.trim().is_empty()) {
+                    problems.push(format!(
+                        "{}: empty requirement key `{k}`",
+                        at(&r.referenced)
+                    ));
+                }
+                (!r.value.is_empty()).then_some(r.value)
+            });
+            let expiry = p
+                .expiry
+                .and_then(|e| match ExpiryDuration::parse(&e.value) {
+                    Ok(d) => Some(d),
+                    Err(err) => {
+                        problems.push(format!("{}: `expiry`: {err}", at(&e.referenced)));
+                        None
+                    }
+                });
+            let prefix_path = p.prefix_path.and_then(|pp| {
+                let v = pp.value.trim().to_owned();
+                if v.is_empty() {
+                    return None;
+                }
+                if !(v.starts_with("http://") || v.starts_with("https://")) {
+                    problems.push(format!(
+                        "{}: `prefix_path: {v}` must be an http:// or https:// URL",
+                        at(&pp.referenced)
+                    ));
+                }
+                Some(v)
+            });
+            products.push(ProductSpec {
+                name: name.value,
+                arch,
+                release: nonempty(p.release),
+                os: nonempty(p.os),
+                release_title: nonempty(p.release_title),
+                directory,
+                version: nonempty(p.version),
+                prefix_path,
+                build_script_hook: nonempty(p.build_script_hook),
+                hidden: p.hidden.unwrap_or(false),
+                days,
+                aliases,
+                variant: nonempty(p.variant),
+                release_codename: nonempty(p.release_codename),
+                requirements,
+                expiry,
+                origin,
+            });
+        }
+        if let Err(why) = check_relative_dir(&images_path) {
+            problems.push(format!(
+                "{}: `images_path: {images_path}` {why}",
+                path.display()
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        }
+        Ok(Self {
+            file: path.to_owned(),
+            prefix: raw.prefix.unwrap_or_default().trim().to_owned(),
+            images_path: images_path.trim_matches('/').to_owned(),
+            datatype,
+            format,
+            products,
+            warnings,
+        })
+    }
+
+    /// Applies `SSBUILDER_<KEY>` overrides of the top-level keys, as the original's viper did.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = var("SSBUILDER_PREFIX") {
+            self.prefix = v.trim().to_owned();
+        }
+        if let Some(v) = var("SSBUILDER_IMAGES_PATH").filter(|v| !v.trim().is_empty()) {
+            self.images_path = v.trim().trim_matches('/').to_owned();
+        }
+        if let Some(v) = var("SSBUILDER_DATATYPE").filter(|v| !v.trim().is_empty()) {
+            self.datatype = v.trim().to_owned();
+        }
+        if let Some(v) = var("SSBUILDER_FORMAT").filter(|v| !v.trim().is_empty()) {
+            self.format = v.trim().to_owned();
+        }
+    }
+
+    /// The product with this name.
+    pub fn product(&self, name: &str) -> Option<&ProductSpec> {
+        self.products.iter().find(|p| p.name == name)
+    }
+}
+
+/// Checks a folder given relative to the tree: no absolute path, no `..`.
+pub fn check_relative_dir(dir: &str) -> Result<(), &'static str> {
+    if dir.starts_with('/') {
+        return Err("must be relative to the tree, not absolute");
+    }
+    if dir.split('/').any(|s| s == "..") {
+        return Err("must not contain `..`");
+    }
+    if dir.contains('\\') || dir.chars().any(char::is_control) {
+        return Err("must not contain backslashes or control characters");
+    }
+    Ok(())
+}
+
+/// Checks one alias as the clients will split and extend it.
+pub fn check_alias(alias: &str) -> Result<(), String> {
+    if alias.is_empty() {
+        return Err("is empty".into());
+    }
+    if alias.contains(',') {
+        return Err("contains `,` (clients split the alias list on commas)".into());
+    }
+    if alias.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("contains white space".into());
+    }
+    if let Some((_, last)) = alias.rsplit_once('/')
+        && arch::canonical_arch(last).is_some()
+    {
+        return Err(format!(
+            "ends in an architecture (`/{last}`): clients add `<alias>/<arch>` themselves"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<TreeConfig, ConfigError> {
+        TreeConfig::parse(Path::new("tree.yml"), text)
+    }
+
+    const GOOD: &str = "\
+prefix: ''
+products:
+  - name: funtoo-next:current:amd64:default
+    arch: amd64
+    release: current
+    os: Funtoo
+    release_title: Next
+    directory: funtoo-next/
+    version: 2024.01
+    days: 2
+    aliases: [funtoo/next]
+    requirements:
+      secureboot: false
+    expiry: 1w2d
+  - name: oracle:7:amd64:default
+    arch: amd64
+    release: 7
+    directory: oracle
+    aliases: oracle/7
+    hidden: true
+";
+
+    #[test]
+    fn reads_every_key_with_the_originals_coercions() {
+        let t = parse(GOOD).unwrap();
+        assert_eq!(t.images_path, "streams/v1");
+        assert_eq!(t.datatype, "image-downloads");
+        let p = &t.products[0];
+        assert_eq!(p.directory, "funtoo-next");
+        assert_eq!(p.version.as_deref(), Some("2024.01"));
+        assert_eq!(p.days, 2);
+        assert_eq!(
+            p.requirements
+                .as_ref()
+                .unwrap()
+                .get("secureboot")
+                .map(String::as_str),
+            Some("false")
+        );
+        assert_eq!(p.expiry.unwrap().seconds(), 9 * 86_400);
+        assert_eq!(
+            p.origin,
+            Origin::TreeYml {
+                file: "tree.yml".into(),
+                line: 3,
+                column: 5
+            }
+        );
+        let q = &t.products[1];
+        assert_eq!(q.release.as_deref(), Some("7"));
+        assert_eq!(q.aliases, ["oracle/7"]);
+        assert_eq!(q.days, 1);
+        assert!(q.hidden);
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_position() {
+        let text = "\
+products:
+  - name: a
+    arch: sparc64
+    directory: a
+    aliases: ['x,y', 'ok', 'deb/12/amd64', '']
+  - name: a
+    arch: amd64
+    directory: ../b
+    expiry: 1q
+";
+        let err = parse(text).unwrap_err().to_string();
+        for needle in [
+            "tree.yml:3:11: unknown arch `sparc64`",
+            "tree.yml:5:15: alias `x,y` of product `a` contains `,`",
+            "alias `deb/12/amd64` of product `a` ends in an architecture",
+            "alias `` of product `a` is empty",
+            "tree.yml:6:11: duplicate product name `a` (first declared at tree.yml:2:11)",
+            "tree.yml:8:16: `directory: ../b` of product `a` must not contain `..`",
+            "tree.yml:9:13: `expiry`: `1q` is not a duration",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn bad_types_and_syntax_are_located() {
+        let err =
+            parse("products:\n  - name: a\n    arch: amd64\n    directory: a\n    days: many\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.starts_with("tree.yml:5:"), "{err}");
+        let err = parse("products: [\n").unwrap_err().to_string();
+        assert!(err.starts_with("tree.yml:1:"), "{err}");
+        let err = parse("products:\n  - name: a\n    name: b\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("duplicate"), "{err}");
+        let err = parse("products:\n  - name: a\n    arch: amd64\n    directory: a\n    requirements:\n      secureboot: [1]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("tree.yml:6:"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_warnings_not_errors() {
+        let t = parse(
+            "prefx: x\nproducts:\n  - name: a\n    arch: amd64\n    directory: a\n    archs: x\n",
+        )
+        .unwrap();
+        assert_eq!(
+            t.warnings,
+            [
+                "tree.yml:1:1: unknown key `prefx` ignored",
+                "tree.yml:6:5: unknown product key `archs` ignored"
+            ]
+        );
+    }
+
+    #[test]
+    fn env_overrides_top_level_keys() {
+        let mut t = parse(GOOD).unwrap();
+        t.apply_env(|k| (k == "SSBUILDER_PREFIX").then(|| "../lxd-ns".to_owned()));
+        assert_eq!(t.prefix, "../lxd-ns");
+    }
+}
