@@ -1,5 +1,9 @@
 //! simplestreams-builder: builds, publishes and serves LXD and Incus image catalogs.
 
+pub mod atomic;
 pub mod config;
 pub mod expiry;
+pub mod hash;
+pub mod inspect;
 pub mod stream;
+pub mod tree;

@@ -1,0 +1,117 @@
+//! Atomic, world-readable file writes: a temp file in the destination folder, fsync, rename,
+//! fsync of the folder. A reader sees the old file or the new one, never a mix, and a crash
+//! leaves at most a hidden `.tmp-*` file that scanners and the server ignore.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// Mode of published files: readable by the web server (the original wrote 0760 folders).
+pub const FILE_MODE: u32 = 0o644;
+/// Mode of published folders.
+pub const DIR_MODE: u32 = 0o755;
+
+/// Creates `dir` and its missing parents with mode 0755.
+pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_all(parent)?;
+    }
+    match fs_err::create_dir(dir) {
+        Ok(()) => fs_err::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `bytes` to `path` atomically with mode 0644, creating the folder if needed.
+pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_with(path, |w| w.write_all(bytes))
+}
+
+/// Like [`write`], with the content produced by `fill` into a buffered writer.
+pub fn write_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".tmp-{name}."))
+        .tempfile_in(dir)
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot create a temp file in {}: {e}", dir.display()),
+            )
+        })?;
+    {
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, tmp.as_file());
+        fill(&mut w)?;
+        w.flush()?;
+    }
+    let file = tmp.as_file();
+    file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+    file.sync_all()?;
+    tmp.persist(path).map_err(|e| {
+        std::io::Error::new(
+            e.error.kind(),
+            format!("cannot rename into {}: {}", path.display(), e.error),
+        )
+    })?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        // Durability of the rename itself; failure here does not undo the write.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_content_whole_with_world_readable_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/c.json");
+        write(&path, b"one").unwrap();
+        write(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, FILE_MODE);
+        let dmode = std::fs::metadata(dir.path().join("a/b"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dmode, DIR_MODE);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("a/b"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, ["c.json"]);
+    }
+
+    #[test]
+    fn a_failing_writer_leaves_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.json");
+        write(&path, b"old").unwrap();
+        let err = write_with(&path, |w| {
+            w.write_all(b"partial")?;
+            Err(std::io::Error::other("boom"))
+        });
+        assert!(err.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

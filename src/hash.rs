@@ -1,0 +1,543 @@
+//! Hashing a version folder: sha256 (and md5 on request) of every image file and the combined
+//! hashes clients use as fingerprints, with each byte of each file read exactly once.
+//!
+//! A metadata tarball is read once: it is hashed while its metadata.yaml is decoded from the
+//! same bytes, and the hasher state after it is kept. A rootfs is then streamed once into its
+//! own hasher and into one clone of that state per metadata file it pairs with; the hashers run
+//! on their own threads so both cores work. Results are cached per product folder in
+//! `.ssb-cache.json`, keyed by file signature, so an unchanged tree reads no image bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::sync_channel;
+
+use md5::Md5;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::inspect::{self, ImageMetadata, InspectError};
+use crate::tree::{FileRole, FileSig, VersionDir};
+
+/// Bytes per read; large enough for few syscalls, small enough for flat memory.
+const CHUNK: usize = 1 << 20;
+/// Chunks in flight per hashing thread.
+const DEPTH: usize = 4;
+/// Name of the per-product cache file (hidden, so never scanned or served).
+pub const CACHE_FILE: &str = ".ssb-cache.json";
+
+/// Digests of one file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    /// Lowercase hex sha256.
+    pub sha256: String,
+    /// Lowercase hex md5, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+}
+
+/// What hashing a version gives.
+#[derive(Clone, Debug, Default)]
+pub struct VersionHashes {
+    /// File name → digests.
+    pub files: BTreeMap<String, FileDigest>,
+    /// (metadata file name, rootfs file name) → sha256(meta ‖ rootfs).
+    pub combined: BTreeMap<(String, String), String>,
+    /// Metadata file name → its metadata.yaml.
+    pub metadata: BTreeMap<String, ImageMetadata>,
+}
+
+/// Hashing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file changed while it was read.
+    #[error("{} changed while it was being hashed; run again once it is complete", path.display())]
+    Changed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A metadata tarball is unusable.
+    #[error(transparent)]
+    Metadata(#[from] InspectError),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CachedCombined {
+    rootfs: FileSig,
+    sha256: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CachedFile {
+    sig: FileSig,
+    #[serde(flatten)]
+    digest: FileDigest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata: Option<ImageMetadata>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    combined: BTreeMap<String, CachedCombined>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CacheDoc {
+    version: u32,
+    files: BTreeMap<String, CachedFile>,
+}
+
+const CACHE_VERSION: u32 = 1;
+
+/// The hash cache of one product folder, and the counters that show what it saved.
+pub struct HashCache {
+    path: PathBuf,
+    old: BTreeMap<String, CachedFile>,
+    new: BTreeMap<String, CachedFile>,
+    /// Image bytes read in this run.
+    pub bytes_read: u64,
+}
+
+impl HashCache {
+    /// Loads the cache of `product_dir`; a missing or unreadable cache is an empty one.
+    pub fn load(product_dir: &Path) -> Self {
+        let path = product_dir.join(CACHE_FILE);
+        let old = fs_err::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<CacheDoc>(&b).ok())
+            .filter(|d| d.version == CACHE_VERSION)
+            .map(|d| d.files)
+            .unwrap_or_default();
+        Self {
+            path,
+            old,
+            new: BTreeMap::new(),
+            bytes_read: 0,
+        }
+    }
+
+    /// A cache that neither reads nor keeps anything.
+    pub fn disabled() -> Self {
+        Self {
+            path: PathBuf::new(),
+            old: BTreeMap::new(),
+            new: BTreeMap::new(),
+            bytes_read: 0,
+        }
+    }
+
+    /// Writes the entries used in this run (entries of deleted files are dropped).
+    pub fn save(&self) -> std::io::Result<()> {
+        if self.path.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let doc = CacheDoc {
+            version: CACHE_VERSION,
+            files: self.new.clone(),
+        };
+        let bytes = serde_json::to_vec(&doc).map_err(std::io::Error::other)?;
+        crate::atomic::write(&self.path, &bytes)
+    }
+
+    fn get(&self, key: &str, sig: &FileSig, want_md5: bool) -> Option<&CachedFile> {
+        self.old
+            .get(key)
+            .or_else(|| self.new.get(key))
+            .filter(|c| c.sig == *sig && (!want_md5 || c.digest.md5.is_some()))
+    }
+}
+
+/// Something fed with every byte of a file.
+enum Sink {
+    Sha(Sha256),
+    Md5(Md5),
+}
+
+impl Sink {
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Sink::Sha(h) => h.update(data),
+            Sink::Md5(h) => h.update(data),
+        }
+    }
+    fn hex(self) -> String {
+        match self {
+            Sink::Sha(h) => hex::encode(h.finalize()),
+            Sink::Md5(h) => hex::encode(h.finalize()),
+        }
+    }
+}
+
+/// Streams a file once into every sink: the first on this thread, each other on its own.
+fn stream_file(
+    path: &Path,
+    sinks: Vec<Sink>,
+    progress: &dyn Fn(u64),
+) -> Result<Vec<Sink>, HashError> {
+    let read_err = |source| HashError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = fs_err::File::open(path).map_err(read_err)?;
+    let mut sinks = sinks.into_iter();
+    let Some(mut first) = sinks.next() else {
+        return Ok(Vec::new());
+    };
+    let rest: Vec<Sink> = sinks.collect();
+    std::thread::scope(|scope| {
+        let mut senders = Vec::new();
+        let mut handles = Vec::new();
+        for mut sink in rest {
+            let (tx, rx) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
+            senders.push(tx);
+            handles.push(scope.spawn(move || {
+                for chunk in rx {
+                    sink.update(&chunk);
+                }
+                sink
+            }));
+        }
+        let result = (|| {
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let n = read_full(&mut file, &mut buf).map_err(read_err)?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                let chunk = Arc::new(buf);
+                for tx in &senders {
+                    // A receiver only goes away by panicking, which join reports below.
+                    let _ = tx.send(Arc::clone(&chunk));
+                }
+                first.update(&chunk);
+                progress(n as u64);
+            }
+            Ok(())
+        })();
+        drop(senders);
+        let mut out = vec![first];
+        for h in handles {
+            out.push(h.join().expect("hashing thread panicked"));
+        }
+        result.map(|()| out)
+    })
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// A reader that hashes what passes through it.
+struct Tee<R> {
+    inner: R,
+    sha: Sha256,
+    md5: Option<Md5>,
+    count: u64,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        if let Some(m) = &mut self.md5 {
+            m.update(&buf[..n]);
+        }
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Hashes a metadata tarball and reads its metadata.yaml from the same single pass. Returns the
+/// digest, the sha256 state after the file (for combined hashes) and the metadata.
+fn read_meta(
+    path: &Path,
+    want_md5: bool,
+) -> Result<(FileDigest, Sha256, ImageMetadata, u64), HashError> {
+    let file = fs_err::File::open(path).map_err(|source| HashError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut tee = Tee {
+        inner: file,
+        sha: Sha256::new(),
+        md5: want_md5.then(Md5::new),
+        count: 0,
+    };
+    let metadata = inspect::read_metadata(&mut tee, path)?;
+    // The archive may end before the file does (padding); those bytes are part of the hash.
+    std::io::copy(&mut tee, &mut std::io::sink()).map_err(|source| HashError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let state = tee.sha.clone();
+    let digest = FileDigest {
+        sha256: hex::encode(tee.sha.finalize()),
+        md5: tee.md5.map(|m| hex::encode(m.finalize())),
+    };
+    Ok((digest, state, metadata, tee.count))
+}
+
+fn check_unchanged(path: &Path, before: &FileSig) -> Result<(), HashError> {
+    let now = std::fs::metadata(path).map_err(|source| HashError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let now = FileSig::of(&now);
+    if now.size != before.size
+        || now.mtime != before.mtime
+        || now.mtime_ns != before.mtime_ns
+        || now.ino != before.ino
+    {
+        return Err(HashError::Changed {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Hashes one version folder, using and refreshing `cache`. `key_prefix` names the version in
+/// the cache (its folder name). `progress` is told about every byte read.
+pub fn hash_version(
+    version: &VersionDir,
+    cache: &mut HashCache,
+    want_md5: bool,
+    progress: &dyn Fn(u64),
+) -> Result<VersionHashes, HashError> {
+    let key = |name: &str| format!("{}/{name}", version.name);
+    let pairs = version.pairs();
+    let mut out = VersionHashes::default();
+    let mut states: HashMap<usize, Sha256> = HashMap::new();
+    let cached_combined = |cache: &HashCache, mi: usize, ri: usize| -> Option<String> {
+        let m = &version.files[mi];
+        let r = &version.files[ri];
+        cache
+            .get(&key(&m.name), &m.sig, false)
+            .and_then(|c| c.combined.get(&r.name))
+            .filter(|c| c.rootfs == r.sig)
+            .map(|c| c.sha256.clone())
+    };
+
+    // Metadata first: their states seed the combined hashers.
+    for (mi, m) in version.files.iter().enumerate() {
+        if !matches!(m.role, FileRole::Meta { .. }) {
+            continue;
+        }
+        let needs_state = pairs
+            .iter()
+            .any(|&(pm, pr)| pm == mi && cached_combined(cache, mi, pr).is_none());
+        let hit = cache
+            .get(&key(&m.name), &m.sig, want_md5)
+            .filter(|c| c.metadata.is_some())
+            .cloned();
+        match hit {
+            Some(c) if !needs_state => {
+                out.files.insert(m.name.clone(), c.digest);
+                out.metadata
+                    .insert(m.name.clone(), c.metadata.unwrap_or_default());
+            }
+            _ => {
+                let (digest, state, metadata, n) = read_meta(&m.path, want_md5)?;
+                check_unchanged(&m.path, &m.sig)?;
+                cache.bytes_read += n;
+                progress(n);
+                states.insert(mi, state);
+                out.files.insert(m.name.clone(), digest);
+                out.metadata.insert(m.name.clone(), metadata);
+            }
+        }
+    }
+
+    for (fi, f) in version.files.iter().enumerate() {
+        if matches!(f.role, FileRole::Meta { .. }) {
+            continue;
+        }
+        let mut pending = Vec::new();
+        for &(mi, ri) in pairs.iter().filter(|&&(_, ri)| ri == fi) {
+            match cached_combined(cache, mi, ri) {
+                Some(h) => {
+                    out.combined
+                        .insert((version.files[mi].name.clone(), f.name.clone()), h);
+                }
+                None => pending.push(mi),
+            }
+        }
+        let hit = cache
+            .get(&key(&f.name), &f.sig, want_md5)
+            .map(|c| c.digest.clone());
+        if let (Some(digest), true) = (&hit, pending.is_empty()) {
+            out.files.insert(f.name.clone(), digest.clone());
+            continue;
+        }
+        let mut sinks = vec![Sink::Sha(Sha256::new())];
+        if want_md5 {
+            sinks.push(Sink::Md5(Md5::new()));
+        }
+        for &mi in &pending {
+            sinks.push(Sink::Sha(states[&mi].clone()));
+        }
+        let mut done = stream_file(&f.path, sinks, progress)?.into_iter();
+        check_unchanged(&f.path, &f.sig)?;
+        cache.bytes_read += f.sig.size;
+        let sha256 = done.next().map(Sink::hex).unwrap_or_default();
+        let md5 = if want_md5 {
+            done.next().map(Sink::hex)
+        } else {
+            None
+        };
+        out.files.insert(f.name.clone(), FileDigest { sha256, md5 });
+        for (&mi, sink) in pending.iter().zip(done) {
+            out.combined
+                .insert((version.files[mi].name.clone(), f.name.clone()), sink.hex());
+        }
+    }
+
+    // Record this version's entries for the next run.
+    for f in &version.files {
+        let mut combined = BTreeMap::new();
+        for ((m, r), h) in &out.combined {
+            if *m == f.name {
+                let rsig = version.files.iter().find(|x| x.name == *r).map(|x| x.sig);
+                if let Some(rootfs) = rsig {
+                    combined.insert(
+                        r.clone(),
+                        CachedCombined {
+                            rootfs,
+                            sha256: h.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        cache.new.insert(
+            key(&f.name),
+            CachedFile {
+                sig: f.sig,
+                digest: out.files[&f.name].clone(),
+                metadata: out.metadata.get(&f.name).cloned(),
+                combined,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// sha256 of a byte string, as lowercase hex (tests and small files).
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::VersionName;
+    use crate::tree::scan_version;
+
+    fn meta_bytes(tag: &str) -> Vec<u8> {
+        let mut v = Vec::new();
+        inspect::write_metadata_tarball(
+            &mut v,
+            &format!("architecture: x86_64\ncreation_date: 1\nproperties:\n  os: {tag}\n"),
+            &[],
+            0,
+        )
+        .unwrap();
+        v
+    }
+
+    fn concat(a: &[u8], b: &[u8]) -> String {
+        let mut v = a.to_vec();
+        v.extend_from_slice(b);
+        sha256_hex(&v)
+    }
+
+    #[test]
+    fn combined_hashes_are_per_metadata_file_and_only_for_present_rootfs() {
+        let d = tempfile::tempdir().unwrap();
+        let lxd = meta_bytes("L");
+        let incus = meta_bytes("I");
+        let sq: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(d.path().join("lxd.tar.xz"), &lxd).unwrap();
+        std::fs::write(d.path().join("incus.tar.xz"), &incus).unwrap();
+        std::fs::write(d.path().join("rootfs.squashfs"), &sq).unwrap();
+        let v = scan_version(
+            VersionName::parse("20240101_00:00").unwrap(),
+            d.path(),
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let mut cache = HashCache::disabled();
+        let h = hash_version(&v, &mut cache, true, &|_| {}).unwrap();
+        assert_eq!(h.files["rootfs.squashfs"].sha256, sha256_hex(&sq));
+        assert_eq!(h.files["lxd.tar.xz"].sha256, sha256_hex(&lxd));
+        assert_eq!(
+            h.files["rootfs.squashfs"].md5.as_deref(),
+            Some(hex::encode(Md5::digest(&sq)).as_str())
+        );
+        assert_eq!(
+            h.combined[&("lxd.tar.xz".into(), "rootfs.squashfs".into())],
+            concat(&lxd, &sq)
+        );
+        assert_eq!(
+            h.combined[&("incus.tar.xz".into(), "rootfs.squashfs".into())],
+            concat(&incus, &sq)
+        );
+        assert_eq!(h.combined.len(), 2, "no pair with absent rootfs files");
+        assert_eq!(h.metadata["incus.tar.xz"].properties["os"], "I");
+        assert_eq!(
+            cache.bytes_read,
+            (lxd.len() + incus.len() + sq.len()) as u64
+        );
+    }
+
+    #[test]
+    fn an_unchanged_version_reads_nothing_and_a_changed_file_is_rehashed() {
+        let d = tempfile::tempdir().unwrap();
+        let meta = meta_bytes("X");
+        std::fs::write(d.path().join("incus.tar.xz"), &meta).unwrap();
+        std::fs::write(d.path().join("disk.qcow2"), b"QFI\xfbdisk one").unwrap();
+        let scan = || {
+            scan_version(
+                VersionName::parse("20240101_00:00").unwrap(),
+                d.path(),
+                &mut Vec::new(),
+            )
+            .unwrap()
+        };
+        let mut cache = HashCache::load(d.path());
+        let first = hash_version(&scan(), &mut cache, false, &|_| {}).unwrap();
+        cache.save().unwrap();
+
+        let mut cache = HashCache::load(d.path());
+        let again = hash_version(&scan(), &mut cache, false, &|_| {}).unwrap();
+        assert_eq!(cache.bytes_read, 0);
+        assert_eq!(again.combined, first.combined);
+        assert_eq!(again.metadata, first.metadata);
+        cache.save().unwrap();
+
+        // Replace the disk (new inode, new size): only what depends on it is recomputed.
+        std::fs::remove_file(d.path().join("disk.qcow2")).unwrap();
+        let disk2 = b"QFI\xfbdisk number two";
+        std::fs::write(d.path().join("disk.qcow2"), disk2).unwrap();
+        let mut cache = HashCache::load(d.path());
+        let changed = hash_version(&scan(), &mut cache, false, &|_| {}).unwrap();
+        let pair = ("incus.tar.xz".to_owned(), "disk.qcow2".to_owned());
+        assert_eq!(changed.combined[&pair], concat(&meta, disk2));
+        assert_eq!(cache.bytes_read, (meta.len() + disk2.len()) as u64);
+    }
+}
