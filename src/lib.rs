@@ -5,5 +5,7 @@ pub mod config;
 pub mod expiry;
 pub mod hash;
 pub mod inspect;
+pub mod manifest;
+pub mod publish;
 pub mod stream;
 pub mod tree;

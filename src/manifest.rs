@@ -1,0 +1,562 @@
+//! A product's manifest (`ssb.json`): built from its folder by hashing, read back, or fetched
+//! from another namespace (`prefix_path`) with retries and a token that never travels over
+//! plain http unless asked for.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::expiry::{ExpiryDuration, eol_from_unix, format_eol, normalize_eol};
+use crate::hash::{HashCache, HashError, hash_version};
+use crate::inspect::ImageMetadata;
+use crate::stream::{Family, Ftype, Item, Manifest, Version, VersionName, canonical_arch};
+use crate::tree::{FileRole, TreeError, scan_product};
+
+/// Name of the manifest file in a product folder.
+pub const MANIFEST_FILE: &str = "ssb.json";
+
+/// A manifest that cannot be built or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The product folder does not exist.
+    #[error("product `{product}`: folder {} does not exist (check `directory` and -s/-t)", dir.display())]
+    NoFolder {
+        /// The product.
+        product: String,
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// The tree cannot be read.
+    #[error("product `{product}`: {source}")]
+    Tree {
+        /// The product.
+        product: String,
+        /// Why.
+        source: TreeError,
+    },
+    /// Hashing failed.
+    #[error("product `{product}`: {source}")]
+    Hash {
+        /// The product.
+        product: String,
+        /// Why.
+        source: HashError,
+    },
+    /// metadata.yaml disagrees with the product.
+    #[error("product `{product}`: {} says architecture `{found}` but the product's arch is `{expected}`", file.display())]
+    ArchMismatch {
+        /// The product.
+        product: String,
+        /// The metadata tarball.
+        file: PathBuf,
+        /// Its architecture.
+        found: String,
+        /// The product's.
+        expected: String,
+    },
+    /// A local ssb.json cannot be read.
+    #[error("product `{product}`: cannot read {}: {reason}", path.display())]
+    Read {
+        /// The product.
+        product: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A remote ssb.json cannot be fetched.
+    #[error("product `{product}`: cannot fetch {url}: {reason}")]
+    Fetch {
+        /// The product.
+        product: String,
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A manifest for another product.
+    #[error("product `{product}`: {source_name} holds the manifest of `{found}`")]
+    NameMismatch {
+        /// The product.
+        product: String,
+        /// Where it came from.
+        source_name: String,
+        /// The name inside.
+        found: String,
+    },
+}
+
+/// How a manifest is built from a folder.
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// Also compute md5.
+    pub md5: bool,
+    /// Use and refresh the hash cache.
+    pub cache: bool,
+    /// Support duration from the newest version (overrides metadata.yaml's expiry_date).
+    pub expiry: Option<ExpiryDuration>,
+}
+
+/// Joins the tree `prefix` and a tree-relative path: by URL rules when the prefix is a URL
+/// (the original turned `https://host` into `https:/host`), else as a relative path.
+pub fn join_prefix(prefix: &str, rel: &str) -> String {
+    let rel = rel.trim_start_matches('/');
+    let p = prefix.trim();
+    if p.is_empty() || p == "/" || p == "." || p == "./" {
+        return rel.to_owned();
+    }
+    format!("{}/{rel}", p.trim_end_matches('/'))
+}
+
+fn item_key(role: FileRole) -> &'static str {
+    use crate::stream::RootfsKind::*;
+    match role {
+        FileRole::Meta {
+            family: Family::Lxd,
+            vm: false,
+        } => "lxd.tar.xz",
+        FileRole::Meta {
+            family: Family::Incus,
+            vm: false,
+        } => "incus.tar.xz",
+        FileRole::Meta {
+            family: Family::Lxd,
+            vm: true,
+        } => "lxd-vm.tar.xz",
+        FileRole::Meta {
+            family: Family::Incus,
+            vm: true,
+        } => "incus-vm.tar.xz",
+        FileRole::Rootfs(Squashfs) => "root.squashfs",
+        FileRole::Rootfs(RootTarXz) => "root.tar.xz",
+        FileRole::Rootfs(DiskKvm) => "disk.qcow2",
+        FileRole::Unified(Family::Lxd) => "lxd_combined.tar.gz",
+        FileRole::Unified(Family::Incus) => "incus_combined.tar.gz",
+    }
+}
+
+fn item_ftype(role: FileRole) -> Ftype {
+    match role {
+        FileRole::Meta { family, .. } => Ftype::Meta(family),
+        FileRole::Rootfs(kind) => kind.ftype(),
+        FileRole::Unified(family) => Ftype::Unified(family),
+    }
+}
+
+/// Hashes a product folder into its manifest. `directory` is the product folder relative to the
+/// tree (for item paths); `arch` is checked against every metadata.yaml.
+pub fn build(
+    name: &str,
+    arch: &str,
+    product_dir: &Path,
+    directory: &str,
+    prefix: &str,
+    opts: &BuildOptions,
+    progress: &dyn Fn(u64),
+    warnings: &mut Vec<String>,
+) -> Result<(Manifest, u64), ManifestError> {
+    if !product_dir.is_dir() {
+        return Err(ManifestError::NoFolder {
+            product: name.to_owned(),
+            dir: product_dir.to_owned(),
+        });
+    }
+    let versions = scan_product(product_dir, warnings).map_err(|source| ManifestError::Tree {
+        product: name.to_owned(),
+        source,
+    })?;
+    let mut cache = if opts.cache {
+        HashCache::load(product_dir)
+    } else {
+        HashCache::disabled()
+    };
+    let mut manifest = Manifest {
+        name: name.to_owned(),
+        ..Manifest::default()
+    };
+    let mut newest_meta: Option<(VersionName, ImageMetadata)> = None;
+    let expected = canonical_arch(arch);
+    for v in &versions {
+        if v.files.is_empty() {
+            warnings.push(format!("{}: skipped: no image files", v.path.display()));
+            continue;
+        }
+        let hashes = hash_version(v, &mut cache, opts.md5, progress).map_err(|source| {
+            ManifestError::Hash {
+                product: name.to_owned(),
+                source,
+            }
+        })?;
+        for (file, meta) in &hashes.metadata {
+            let found = canonical_arch(&meta.architecture);
+            if expected.is_some() && found != expected {
+                return Err(ManifestError::ArchMismatch {
+                    product: name.to_owned(),
+                    file: v.path.join(file),
+                    found: meta.architecture.clone(),
+                    expected: arch.to_owned(),
+                });
+            }
+        }
+        // Prefer the Incus container metadata as the product's description, then any other.
+        let preferred = [
+            "incus.tar.xz",
+            "lxd.tar.xz",
+            "incus-vm.tar.xz",
+            "lxd-vm.tar.xz",
+        ]
+        .iter()
+        .find_map(|f| hashes.metadata.get(*f));
+        if let Some(meta) = preferred {
+            newest_meta = Some((v.name.clone(), meta.clone()));
+        }
+        let mut version = Version::default();
+        for f in &v.files {
+            let digest = &hashes.files[&f.name];
+            let rel = format!("{directory}/{}/{}", v.name, f.name);
+            let mut item = Item::new(
+                item_ftype(f.role),
+                join_prefix(prefix, &rel),
+                digest.sha256.clone(),
+                f.sig.size,
+            );
+            item.md5.clone_from(&digest.md5);
+            if matches!(f.role, FileRole::Meta { .. }) {
+                for ((m, r), h) in &hashes.combined {
+                    if *m != f.name {
+                        continue;
+                    }
+                    let rootfs = v.files.iter().find(|x| x.name == *r).map(|x| x.role);
+                    if let Some(FileRole::Rootfs(kind)) = rootfs {
+                        item.set_combined(kind, Some(h.clone()));
+                    }
+                }
+            }
+            version.items.insert(item_key(f.role).to_owned(), item);
+        }
+        manifest.versions.insert(v.name.clone(), version);
+    }
+    if opts.cache
+        && let Err(e) = cache.save()
+    {
+        tracing::debug!("hash cache not saved in {}: {e}", product_dir.display());
+    }
+    if let Some((version, meta)) = newest_meta {
+        manifest.expiry = match opts.expiry {
+            Some(d) => d.eol_after(version.datetime()).map(format_eol),
+            None => meta.expiry_date.and_then(eol_from_unix),
+        };
+        manifest.properties = meta.properties;
+        manifest
+            .properties
+            .insert("architecture".into(), meta.architecture);
+    } else if let (Some(d), Some(v)) = (opts.expiry, manifest.versions.keys().next_back()) {
+        manifest.expiry = d.eol_after(v.datetime()).map(format_eol);
+    }
+    Ok((manifest, cache.bytes_read))
+}
+
+/// A manifest as found on disk or on the wire: version names are checked one by one so that a
+/// stray folder name published by the original tool costs a warning, not the product.
+#[derive(Deserialize)]
+struct RawManifest {
+    name: String,
+    #[serde(default)]
+    expiry: Option<serde_json::Value>,
+    #[serde(default)]
+    properties: BTreeMap<String, String>,
+    #[serde(default)]
+    versions: BTreeMap<String, Version>,
+}
+
+/// Parses ssb.json bytes; `source` names them in messages.
+pub fn parse(bytes: &[u8], source: &str, warnings: &mut Vec<String>) -> Result<Manifest, String> {
+    let raw: RawManifest = serde_json::from_slice(bytes)
+        .map_err(|e| format!("{source}: not a valid ssb.json: {e}"))?;
+    let mut versions = BTreeMap::new();
+    for (name, v) in raw.versions {
+        match VersionName::parse(&name) {
+            Ok(n) => {
+                versions.insert(n, v);
+            }
+            Err(e) => warnings.push(format!("{source}: version skipped: {e}")),
+        }
+    }
+    let expiry = raw.expiry.and_then(|v| {
+        let s = match v {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return None,
+        };
+        let normalized = normalize_eol(&s);
+        if normalized.is_none() && !s.is_empty() {
+            warnings.push(format!(
+                "{source}: expiry `{s}` ignored: not a date or Unix time"
+            ));
+        }
+        normalized
+    });
+    Ok(Manifest {
+        name: raw.name,
+        expiry,
+        properties: raw.properties,
+        versions,
+    })
+}
+
+/// Reads a local ssb.json.
+pub fn read(
+    product: &str,
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Manifest, ManifestError> {
+    let bytes = fs_err::read(path).map_err(|e| ManifestError::Read {
+        product: product.to_owned(),
+        path: path.to_owned(),
+        reason: if e.kind() == std::io::ErrorKind::NotFound {
+            "not found (run build-versions-manifest or publish first)".into()
+        } else {
+            e.to_string()
+        },
+    })?;
+    let m = parse(&bytes, &path.display().to_string(), warnings).map_err(|reason| {
+        ManifestError::Read {
+            product: product.to_owned(),
+            path: path.to_owned(),
+            reason,
+        }
+    })?;
+    check_name(product, &path.display().to_string(), m)
+}
+
+fn check_name(product: &str, source: &str, m: Manifest) -> Result<Manifest, ManifestError> {
+    if m.name != product {
+        return Err(ManifestError::NameMismatch {
+            product: product.to_owned(),
+            source_name: source.to_owned(),
+            found: m.name,
+        });
+    }
+    Ok(m)
+}
+
+/// Writes a manifest as compact JSON, atomically.
+pub fn write(path: &Path, m: &Manifest) -> std::io::Result<()> {
+    crate::atomic::write(path, &to_json(m))
+}
+
+/// A manifest as written: compact JSON and one newline.
+pub fn to_json(m: &Manifest) -> Vec<u8> {
+    let mut v = serde_json::to_vec(m).expect("manifests always serialize");
+    v.push(b'\n');
+    v
+}
+
+/// How remote manifests are fetched.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// `-k` / `SSBUILDER_APIKEY`, sent as `Authorization: token KEY`.
+    pub apikey: Option<String>,
+    /// Per-request timeout (`SSBUILDER_HTTP_TIMEOUT`, seconds).
+    pub timeout: Duration,
+    /// `SSBUILDER_INSECURE_SKIPVERIFY=1`.
+    pub insecure: bool,
+    /// Send the token over plain http too (`SSBUILDER_ALLOW_HTTP_TOKEN=1`).
+    pub token_over_http: bool,
+    /// Attempts per manifest.
+    pub attempts: u32,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            apikey: None,
+            timeout: Duration::from_secs(60),
+            insecure: false,
+            token_over_http: false,
+            attempts: 3,
+        }
+    }
+}
+
+/// The URL of a product's remote manifest.
+pub fn remote_url(prefix_path: &str, directory: &str) -> String {
+    format!(
+        "{}/{}/{MANIFEST_FILE}",
+        prefix_path.trim_end_matches('/'),
+        directory.trim_matches('/')
+    )
+}
+
+/// Fetches the remote manifests of `products` (name, url) concurrently, each once, with retries
+/// on network errors and 5xx answers. Results come back in the input order.
+pub fn fetch_all(
+    products: &[(String, String)],
+    http: &HttpSettings,
+    warnings: &mut Vec<String>,
+) -> Vec<Result<Manifest, ManifestError>> {
+    if products.is_empty() {
+        return Vec::new();
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return products
+                .iter()
+                .map(|(p, url)| {
+                    Err(ManifestError::Fetch {
+                        product: p.clone(),
+                        url: url.clone(),
+                        reason: format!("cannot start the HTTP runtime: {e}"),
+                    })
+                })
+                .collect();
+        }
+    };
+    let client = reqwest::Client::builder()
+        .timeout(http.timeout)
+        .danger_accept_invalid_certs(http.insecure)
+        .user_agent(concat!("simplestreams-builder/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => {
+            return products
+                .iter()
+                .map(|(p, url)| {
+                    Err(ManifestError::Fetch {
+                        product: p.clone(),
+                        url: url.clone(),
+                        reason: format!("cannot build the HTTP client: {e}"),
+                    })
+                })
+                .collect();
+        }
+    };
+    if http.insecure {
+        warnings.push("SSBUILDER_INSECURE_SKIPVERIFY is set: TLS certificates of remote manifests are not verified".into());
+    }
+    let results = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, (product, url)) in products.iter().cloned().enumerate() {
+            let client = client.clone();
+            let http = http.clone();
+            set.spawn(async move { (i, fetch_one(&client, &product, &url, &http).await) });
+        }
+        let mut out: Vec<Option<(Result<Manifest, ManifestError>, Vec<String>)>> =
+            (0..products.len()).map(|_| None).collect();
+        while let Some(joined) = set.join_next().await {
+            if let Ok((i, r)) = joined {
+                out[i] = Some(r);
+            }
+        }
+        out
+    });
+    results
+        .into_iter()
+        .zip(products)
+        .map(|(r, (p, url))| match r {
+            Some((r, w)) => {
+                warnings.extend(w);
+                r
+            }
+            None => Err(ManifestError::Fetch {
+                product: p.clone(),
+                url: url.clone(),
+                reason: "the fetch task failed".into(),
+            }),
+        })
+        .collect()
+}
+
+async fn fetch_one(
+    client: &reqwest::Client,
+    product: &str,
+    url: &str,
+    http: &HttpSettings,
+) -> (Result<Manifest, ManifestError>, Vec<String>) {
+    let mut warnings = Vec::new();
+    let fail = |reason: String| ManifestError::Fetch {
+        product: product.to_owned(),
+        url: url.to_owned(),
+        reason,
+    };
+    let plain = url.starts_with("http://");
+    let send_token = http.apikey.is_some() && (!plain || http.token_over_http);
+    if http.apikey.is_some() && plain && !http.token_over_http {
+        warnings.push(format!(
+            "product `{product}`: not sending the API key to {url} over plain http (set SSBUILDER_ALLOW_HTTP_TOKEN=1 to send it anyway)"
+        ));
+    }
+    let mut last = String::new();
+    for attempt in 1..=http.attempts.max(1) {
+        let mut req = client.get(url);
+        if let (true, Some(key)) = (send_token, &http.apikey) {
+            req = req.header("Authorization", format!("token {key}"));
+        }
+        match req.send().await {
+            Ok(resp) if resp.status().is_success() => match resp.bytes().await {
+                Ok(body) => {
+                    let parsed = parse(&body, url, &mut warnings).map_err(fail);
+                    return (parsed.and_then(|m| check_name(product, url, m)), warnings);
+                }
+                Err(e) => last = format!("reading the body failed: {e}"),
+            },
+            Ok(resp) if resp.status().is_server_error() => last = format!("HTTP {}", resp.status()),
+            Ok(resp) => return (Err(fail(format!("HTTP {}", resp.status()))), warnings),
+            Err(e) => last = error_chain(&e),
+        }
+        if attempt < http.attempts {
+            tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+        }
+    }
+    (
+        Err(fail(format!(
+            "{last} (after {} attempts)",
+            http.attempts.max(1)
+        ))),
+        warnings,
+    )
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_join_as_paths_or_urls() {
+        assert_eq!(join_prefix("", "a/b"), "a/b");
+        assert_eq!(join_prefix("/", "a/b"), "a/b");
+        assert_eq!(join_prefix("../lxd-ns/", "a/b"), "../lxd-ns/a/b");
+        assert_eq!(join_prefix("images", "a/b"), "images/a/b");
+        assert_eq!(join_prefix("https://host/x/", "a/b"), "https://host/x/a/b");
+        assert_eq!(join_prefix("https://host", "/a/b"), "https://host/a/b");
+    }
+
+    #[test]
+    fn reads_the_original_tools_manifests() {
+        let json = br#"{"name":"p","expiry":"1796314639","versions":{"20240105_03:00":{"items":{"lxd.tar.xz":{"ftype":"lxd.tar.xz","md5":"m","path":"a","sha256":"s","size":1}}},"20240103":{"items":{}}}}"#;
+        let mut w = Vec::new();
+        let m = parse(json, "remote", &mut w).unwrap();
+        assert_eq!(m.expiry.as_deref(), Some("2026-12-03"));
+        assert_eq!(m.versions.len(), 1);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("20240103"), "{w:?}");
+    }
+}

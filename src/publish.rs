@@ -1,0 +1,356 @@
+//! From manifests to the published catalog: products file and index built from one in-memory
+//! state, checked against the invariants real clients depend on (protocol.md §2.6), then
+//! written atomically, products file before index, each with a `.gz` copy.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::config::ProductSpec;
+use crate::stream::{
+    Family, Ftype, ImageType, Index, IndexEntry, Manifest, Product, ProductsFile, Version,
+    VersionName, canonical_arch,
+};
+
+/// The index key and content id of our one products file.
+pub const CONTENT_ID: &str = "images";
+
+/// What the catalog is built with.
+#[derive(Clone, Debug)]
+pub struct CatalogSettings {
+    /// Folder of the products file, relative to the tree (`streams/v1`).
+    pub images_path: String,
+    /// Index datatype.
+    pub datatype: String,
+    /// Products file format.
+    pub format: String,
+    /// RFC 2822 publication time.
+    pub updated: String,
+}
+
+/// The catalog breaks a rule the clients depend on.
+#[derive(Debug, thiserror::Error)]
+#[error("the catalog was not written: {} problem(s):\n{}", problems.len(), problems.join("\n"))]
+pub struct CatalogError {
+    /// One line per problem, naming the product, version and where it was declared.
+    pub problems: Vec<String>,
+}
+
+/// Writing the catalog failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {}: {source}", path.display())]
+pub struct WriteError {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+/// The publication time in RFC 2822 form: `SOURCE_DATE_EPOCH` when set (reproducible builds and
+/// golden tests), else now.
+pub fn updated_now() -> String {
+    let ts = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .unwrap_or_else(jiff::Timestamp::now);
+    jiff::fmt::rfc2822::to_string(&ts.to_zoned_datetime(jiff::tz::TimeZone::UTC))
+        .unwrap_or_default()
+}
+
+/// Adds the other family's twin of every metadata and unified item that lacks one, so both LXD
+/// and Incus see every image. The twin points at the same file with the same hashes.
+pub fn bridge_families(version: &mut Version) {
+    let mut twins = Vec::new();
+    for (key, item) in &version.items {
+        let twin_ftype = match &item.ftype {
+            Ftype::Meta(f) => Ftype::Meta(f.twin()),
+            Ftype::Unified(f) => Ftype::Unified(f.twin()),
+            _ => continue,
+        };
+        let family = match item.ftype {
+            Ftype::Meta(f) | Ftype::Unified(f) => f,
+            _ => continue,
+        };
+        let twin_key = key.replacen(family.as_str(), family.twin().as_str(), 1);
+        if twin_key == *key || version.items.contains_key(&twin_key) {
+            continue;
+        }
+        let mut twin = item.clone();
+        twin.ftype = twin_ftype;
+        twins.push((twin_key, twin));
+    }
+    version.items.extend(twins);
+}
+
+/// One product ready for the catalog: its resolved declaration and its manifest.
+pub struct Entry {
+    /// The declaration (tree.yml or layout).
+    pub spec: ProductSpec,
+    /// The manifest (local or remote).
+    pub manifest: Manifest,
+}
+
+fn pick(spec: Option<&String>, props: &BTreeMap<String, String>, key: &str) -> Option<String> {
+    spec.cloned()
+        .or_else(|| props.get(key).filter(|v| !v.trim().is_empty()).cloned())
+}
+
+/// The images of a version per family: (fingerprint, image type, item key, rootfs kind or none).
+fn images_of(
+    version: &Version,
+    family: Family,
+) -> Vec<(String, ImageType, String, Option<crate::stream::RootfsKind>)> {
+    let mut out = Vec::new();
+    let roots: Vec<_> = version
+        .items
+        .values()
+        .filter_map(|i| i.ftype.rootfs_kind())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for (key, item) in &version.items {
+        match &item.ftype {
+            Ftype::Meta(f) if *f == family => {
+                for &kind in &roots {
+                    if let Some(fp) = item.combined_for(kind) {
+                        out.push((fp.to_owned(), kind.image_type(), key.clone(), Some(kind)));
+                    }
+                }
+            }
+            Ftype::Unified(f) if *f == family => {
+                out.push((item.sha256.clone(), ImageType::Container, key.clone(), None));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Builds the products file and the index from the entries, enforcing the invariants:
+/// fingerprints unique per client family (a byte-identical rebuild drops the later version
+/// with a warning), no alias shared by two products of the same arch and image type, aliases
+/// clean. Hidden products are left out.
+pub fn build_catalog(
+    entries: &[Entry],
+    settings: &CatalogSettings,
+    warnings: &mut Vec<String>,
+) -> Result<(ProductsFile, Index), CatalogError> {
+    let mut problems = Vec::new();
+    let mut products: BTreeMap<String, Product> = BTreeMap::new();
+    let mut origin_of: HashMap<String, String> = HashMap::new();
+    // (family, fingerprint) → (product, version)
+    let mut seen: HashMap<(Family, String), (String, VersionName)> = HashMap::new();
+    // (alias, canonical arch, type) → product
+    let mut alias_owner: HashMap<(String, &'static str, ImageType), String> = HashMap::new();
+
+    for Entry { spec, manifest } in entries.iter().filter(|e| !e.spec.hidden) {
+        origin_of.insert(spec.name.clone(), spec.origin.to_string());
+        let props = &manifest.properties;
+        let release = pick(spec.release.as_ref(), props, "release").unwrap_or_default();
+        let mut product = Product {
+            aliases: spec.aliases.join(","),
+            arch: spec.arch.clone(),
+            lxd_requirements: spec.requirements.clone(),
+            os: pick(spec.os.as_ref(), props, "os").unwrap_or_default(),
+            release_title: spec
+                .release_title
+                .clone()
+                .unwrap_or_else(|| release.clone()),
+            release,
+            release_codename: spec.release_codename.clone(),
+            requirements: spec.requirements.clone(),
+            support_eol: manifest.expiry.clone(),
+            variant: pick(spec.variant.as_ref(), props, "variant"),
+            version: spec.version.clone(),
+            versions: BTreeMap::new(),
+        };
+
+        for (vname, version) in &manifest.versions {
+            let mut version = version.clone();
+            bridge_families(&mut version);
+            let mut dropped = false;
+            for family in Family::ALL {
+                for (fp, _, key, kind) in images_of(&version, family) {
+                    match seen.get(&(family, fp.clone())) {
+                        None => {
+                            seen.insert((family, fp), (spec.name.clone(), vname.clone()));
+                        }
+                        Some((p, v)) if *p == spec.name => {
+                            // A byte-identical rebuild: both would be unreachable ("more than
+                            // one match"), so the earlier version keeps the fingerprint.
+                            match kind {
+                                Some(kind) => {
+                                    for item in version.items.values_mut() {
+                                        if item.combined_for(kind) == Some(fp.as_str()) {
+                                            item.set_combined(kind, None);
+                                        }
+                                    }
+                                }
+                                None => {
+                                    version.items.remove(&key);
+                                }
+                            }
+                            if !dropped {
+                                warnings.push(format!(
+                                    "product `{}` version {vname}: skipped an image byte-identical to version {v} (fingerprint {})",
+                                    spec.name,
+                                    &fp[..fp.len().min(12)]
+                                ));
+                                dropped = true;
+                            }
+                        }
+                        Some((p, v)) => problems.push(format!(
+                            "{}: product `{}` version {vname} publishes fingerprint {fp}, already published by product `{p}` version {v}: clients could reach neither",
+                            spec.origin, spec.name
+                        )),
+                    }
+                }
+            }
+            let left = Family::ALL
+                .iter()
+                .map(|&f| images_of(&version, f).len())
+                .sum::<usize>();
+            if left == 0 && dropped {
+                continue;
+            }
+            product.versions.insert(vname.clone(), version);
+        }
+
+        // Aliases: clean, and owned by one product per (arch, image type).
+        let types: BTreeSet<ImageType> = product
+            .versions
+            .values()
+            .flat_map(|v| Family::ALL.into_iter().flat_map(move |f| images_of(v, f)))
+            .map(|(_, t, _, _)| t)
+            .collect();
+        let arch = canonical_arch(&spec.arch).unwrap_or("unknown");
+        for alias in &spec.aliases {
+            if let Err(why) = crate::config::check_alias(alias) {
+                problems.push(format!(
+                    "{}: product `{}`: alias `{alias}` {why}",
+                    spec.origin, spec.name
+                ));
+                continue;
+            }
+            for &t in &types {
+                let key = (alias.clone(), arch, t);
+                if let Some(other) = alias_owner.get(&key) {
+                    problems.push(format!(
+                        "{}: product `{}` declares alias `{alias}` ({arch}, {t}), already declared by product `{other}` ({}): clients would pick by variant name, not by date",
+                        spec.origin, spec.name, origin_of.get(other).map(String::as_str).unwrap_or("?")
+                    ));
+                } else {
+                    alias_owner.insert(key, spec.name.clone());
+                }
+            }
+        }
+        if products.insert(spec.name.clone(), product).is_some() {
+            problems.push(format!(
+                "{}: duplicate product `{}`",
+                spec.origin, spec.name
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(CatalogError { problems });
+    }
+    let products_file = ProductsFile {
+        content_id: CONTENT_ID.into(),
+        datatype: settings.datatype.clone(),
+        format: settings.format.clone(),
+        products,
+        updated: Some(settings.updated.clone()),
+    };
+    let index = Index {
+        format: "index:1.0".into(),
+        index: BTreeMap::from([(
+            CONTENT_ID.to_owned(),
+            IndexEntry {
+                datatype: settings.datatype.clone(),
+                format: settings.format.clone(),
+                path: format!("{}/images.json", settings.images_path.trim_matches('/')),
+                products: products_file.products.keys().cloned().collect(),
+                updated: Some(settings.updated.clone()),
+            },
+        )]),
+        updated: Some(settings.updated.clone()),
+    };
+    Ok((products_file, index))
+}
+
+/// Compact JSON with one trailing newline.
+pub fn to_json<T: serde::Serialize>(doc: &T) -> Vec<u8> {
+    let mut v = serde_json::to_vec(doc).expect("catalog documents always serialize");
+    v.push(b'\n');
+    v
+}
+
+/// Where the index lives: clients hard-code `streams/v1/index.json`.
+pub fn index_path(target: &Path) -> PathBuf {
+    target.join("streams/v1/index.json")
+}
+
+/// Where the products file lives.
+pub fn products_path(target: &Path, images_path: &str) -> PathBuf {
+    target
+        .join(images_path.trim_matches('/'))
+        .join("images.json")
+}
+
+fn write_with_gz(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    let fail = |p: &Path| {
+        let p = p.to_owned();
+        move |source| WriteError { path: p, source }
+    };
+    let mut gz_path = path.as_os_str().to_owned();
+    gz_path.push(".gz");
+    let gz_path = PathBuf::from(gz_path);
+    crate::atomic::write_with(&gz_path, |w| {
+        // No name or mtime in the header: same catalog, same bytes.
+        let mut enc = flate2::GzBuilder::new().write(w, flate2::Compression::best());
+        enc.write_all(bytes)?;
+        enc.finish()?;
+        Ok(())
+    })
+    .map_err(fail(&gz_path))?;
+    crate::atomic::write(path, bytes).map_err(fail(path))
+}
+
+/// Writes the catalog under `target` under the tree lock: the products file first, the index
+/// last, so a client never gets an index that names a file not yet complete.
+pub fn write_catalog(
+    target: &Path,
+    images_path: &str,
+    products: &ProductsFile,
+    index: &Index,
+) -> Result<(), WriteError> {
+    let _lock = lock_tree(target)?;
+    write_with_gz(&products_path(target, images_path), &to_json(products))?;
+    write_with_gz(&index_path(target), &to_json(index))
+}
+
+/// Serialises writers of one tree (CLI runs, the server's re-index). Held until dropped.
+pub fn lock_tree(target: &Path) -> Result<std::fs::File, WriteError> {
+    let dir = target.join(".ssb");
+    let path = dir.join("publish.lock");
+    let fail = |source| WriteError {
+        path: path.clone(),
+        source,
+    };
+    crate::atomic::create_dir_all(&dir).map_err(fail)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(fail)?;
+    if file.try_lock().is_err() {
+        tracing::info!(
+            "waiting for another publish of {} to finish",
+            target.display()
+        );
+        file.lock().map_err(fail)?;
+    }
+    Ok(file)
+}
