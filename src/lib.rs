@@ -1,11 +1,47 @@
-//! simplestreams-builder: builds, publishes and serves LXD and Incus image catalogs.
+//! simplestreams-builder: builds, publishes and serves LXD and Incus image catalogs over the
+//! simplestreams protocol.
+//!
+//! Data flow: a tree (tree.yml products, or the `images/<os>/<release>/<arch>/<variant>/`
+//! layout) is scanned ([`tree`]), hashed once per byte ([`hash`], [`inspect`]) into per-product
+//! manifests ([`manifest`]), merged into one catalog checked against what real clients need
+//! ([`publish`], [`stream`]) and served ([`server`]).
 
 pub mod atomic;
+pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod expiry;
 pub mod hash;
 pub mod inspect;
 pub mod manifest;
 pub mod publish;
+pub mod serve_cmd;
+pub mod server;
 pub mod stream;
 pub mod tree;
+
+use std::io::Write;
+
+/// Writes command output to stdout. A closed pipe (`| head`) is not an error.
+pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// Sets up logging on stderr: info by default, debug with `-v` or a non-empty `DEBUG`;
+/// `RUST_LOG` overrides both.
+pub fn init_logging(verbose: bool) {
+    let debug = verbose || std::env::var("DEBUG").is_ok_and(|v| !v.is_empty());
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(debug)
+        .try_init();
+}

@@ -1,0 +1,145 @@
+//! The command line: clap definitions only, with the original tool's names and flags so that
+//! existing Mottainai task files keep working.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Build, publish and serve LXD and Incus image trees over simplestreams.
+///
+/// Order of work: build-product (or copy images in) → publish (manifests, images.json,
+/// index.json) → serve. The older steps build-versions-manifest → build-images-file →
+/// build-index do the same as publish, one at a time.
+#[derive(Debug, Parser)]
+#[command(name = "simplestreams-builder", version, about, long_about = None, max_term_width = 100)]
+pub struct Cli {
+    /// tree.yml to use (default: ./tree.yml when it exists; without one, the
+    /// images/<os>/<release>/<arch>/<variant>/<version>/ layout is scanned)
+    #[arg(short = 'c', long = "config", env = "SSBUILDER_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Tree to write (and, without -s, to read)
+    #[arg(short = 't', long = "target-dir", global = true, value_name = "DIR")]
+    pub target_dir: Option<PathBuf>,
+    /// API key sent as `Authorization: token KEY` to prefix_path servers
+    #[arg(short = 'k', long = "apikey", env = "SSBUILDER_APIKEY", global = true, hide_env_values = true)]
+    pub apikey: Option<String>,
+    /// Debug output (also: DEBUG=1)
+    #[arg(short = 'v', long = "verbose", global = true)]
+    pub verbose: bool,
+    /// What to do
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Hash every product and write ssb.json files, images.json and index.json in one go
+    Publish(PublishArgs),
+    /// Hash one product's versions into its ssb.json
+    BuildVersionsManifest(ManifestArgs),
+    /// Write streams/v1/images.json from the products' ssb.json files
+    BuildImagesFile(CatalogArgs),
+    /// Write streams/v1/index.json from the products' ssb.json files
+    BuildIndex(CatalogArgs),
+    /// Print the effective configuration
+    Print,
+    /// Serve the tree over HTTPS (TLS 1.3) for incus, lxc and simplestreams clients
+    Serve(ServeArgs),
+    /// Make a demo tree with a container image built in-process, publish it and serve it
+    Demo(DemoArgs),
+}
+
+/// `publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Tree to read images from (default: the target dir)
+    #[arg(short = 's', long = "source-dir", value_name = "DIR")]
+    pub source_dir: Option<PathBuf>,
+    /// Also compute md5 of every item
+    #[arg(long)]
+    pub md5: bool,
+    /// Leave out products whose manifest cannot be loaded, with a warning, instead of failing
+    #[arg(long)]
+    pub skip_unavailable: bool,
+}
+
+/// `build-versions-manifest`.
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    /// Product name
+    #[arg(short = 'p', long = "product")]
+    pub product: String,
+    /// Tree to read images from (default: the target dir, else .)
+    #[arg(short = 's', long = "source-dir", value_name = "DIR")]
+    pub source_dir: Option<PathBuf>,
+    /// Print the manifest on stdout instead of writing ssb.json
+    #[arg(long)]
+    pub stdout: bool,
+    /// distrobuilder image file whose `image.expiry` sets the support end
+    #[arg(short = 'i', long = "product-image-file", value_name = "IMAGE_YAML")]
+    pub image_file: Option<PathBuf>,
+    /// Support duration from the newest build, e.g. 30d or 1w2d (wins over -i)
+    #[arg(short = 'e', long = "force-expire", value_name = "DURATION")]
+    pub expire: Option<String>,
+    /// Also compute md5 of every item
+    #[arg(long)]
+    pub md5: bool,
+}
+
+/// `build-images-file` and `build-index`.
+#[derive(Debug, Args)]
+pub struct CatalogArgs {
+    /// Tree to read ssb.json files from (default: the target dir)
+    #[arg(short = 's', long = "source-dir", value_name = "DIR")]
+    pub source_dir: Option<PathBuf>,
+    /// Print the JSON on stdout instead of writing it
+    #[arg(long)]
+    pub stdout: bool,
+    /// Leave out products whose manifest cannot be loaded, with a warning, instead of failing
+    #[arg(long)]
+    pub skip_unavailable: bool,
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8443", env = "SSB_LISTEN")]
+    pub listen: SocketAddr,
+    /// PEM certificate (default: a self-signed one kept under <target>/.ssb/tls/)
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS name or IP for the self-signed certificate (repeatable)
+    #[arg(long = "tls-san", value_name = "NAME")]
+    pub tls_san: Vec<String>,
+    /// Serve plain HTTP, for use behind a TLS-terminating proxy
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_san"])]
+    pub http: bool,
+}
+
+/// `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Build and publish only; do not serve
+    #[arg(long)]
+    pub no_serve: bool,
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,111 @@
+//! `demo`: a complete tree from nothing. Builds a small container image in-process (metadata
+//! tarball + root.tar.xz, no distrobuilder or mksquashfs needed), publishes it in the layout and
+//! serves it, so a new user sees the whole flow with `incus image list` in a minute.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use tracing::info;
+
+use crate::cli::{Cli, DemoArgs};
+use crate::stream::VersionName;
+
+/// The Debian architecture name of this machine, as the layout wants it.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "i386",
+        "arm" => "armhf",
+        "powerpc64" => "ppc64el",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        "loongarch64" => "loong64",
+        _ => "amd64",
+    }
+}
+
+/// Writes a tiny root filesystem as an xz tarball with entries relative to the rootfs.
+fn write_rootfs(out: impl Write, mtime: u64) -> std::io::Result<()> {
+    let xz = liblzma::write::XzEncoder::new(out, 6);
+    let mut tar = tar::Builder::new(xz);
+    let dirs = ["./", "./etc/", "./root/", "./tmp/", "./usr/", "./usr/bin/", "./var/"];
+    for d in dirs {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(if d == "./tmp/" { 0o1777 } else { 0o755 });
+        h.set_mtime(mtime);
+        h.set_size(0);
+        h.set_cksum();
+        tar.append_data(&mut h, d, std::io::empty())?;
+    }
+    let files: [(&str, &str, u32); 3] = [
+        (
+            "./etc/os-release",
+            "NAME=\"simplestreams-builder demo\"\nID=ssb-demo\nVERSION_ID=1.0\nPRETTY_NAME=\"simplestreams-builder demo 1.0\"\n",
+            0o644,
+        ),
+        ("./etc/hostname", "ssb-demo\n", 0o644),
+        ("./etc/motd", "This image was built by `simplestreams-builder demo`.\n", 0o644),
+    ];
+    for (name, body, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(mode);
+        h.set_mtime(mtime);
+        h.set_size(body.len() as u64);
+        h.set_cksum();
+        tar.append_data(&mut h, name, body.as_bytes())?;
+    }
+    tar.into_inner()?.finish()?;
+    Ok(())
+}
+
+/// Builds the demo image into `target` unless one is there already; returns its folder.
+pub fn build_demo_image(target: &Path) -> Result<std::path::PathBuf> {
+    let arch = host_arch();
+    let product = target.join(format!("images/ssb-demo/1.0/{arch}/default"));
+    if product.is_dir() {
+        let mut w = Vec::new();
+        if let Some(v) = crate::tree::scan_product(&product, &mut w)?.into_iter().last() {
+            info!("demo image already built: {}", v.path.display());
+            return Ok(v.path);
+        }
+    }
+    let now = jiff::Timestamp::now();
+    let version = VersionName::from_datetime(now.to_zoned_datetime(jiff::tz::TimeZone::UTC).datetime());
+    let dir = product.join(version.as_str());
+    crate::atomic::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let secs = now.as_second();
+    let metadata = format!(
+        "architecture: {arch}\ncreation_date: {secs}\nexpiry_date: {}\nproperties:\n  architecture: {arch}\n  os: ssb-demo\n  release: \"1.0\"\n  variant: default\n  description: simplestreams-builder demo 1.0 {arch} ({version})\n  serial: \"{version}\"\ntemplates:\n  /etc/hostname:\n    when: [create, copy]\n    template: hostname.tpl\n",
+        secs + 30 * 86_400
+    );
+    crate::atomic::write_with(&dir.join("incus.tar.xz"), |w| {
+        crate::inspect::write_metadata_tarball(w, &metadata, &[("hostname.tpl", "{{ container.name }}\n")], secs as u64)
+    })?;
+    crate::atomic::write_with(&dir.join("rootfs.tar.xz"), |w| write_rootfs(w, secs as u64))?;
+    info!("built the demo image in {}", dir.display());
+    Ok(dir)
+}
+
+/// Runs the demo.
+pub fn run(cli: &Cli, args: &DemoArgs) -> Result<()> {
+    let target = cli.target_dir.clone().unwrap_or_else(|| "ssb-demo".into());
+    build_demo_image(&target)?;
+    crate::commands::publish_tree(cli, None, &target, &target, false, false)?;
+    if args.no_serve {
+        return Ok(());
+    }
+    crate::serve_cmd::serve(
+        cli,
+        &crate::cli::ServeArgs {
+            listen: args.listen,
+            tls_cert: None,
+            tls_key: None,
+            tls_san: Vec::new(),
+            http: false,
+        },
+    )
+}
