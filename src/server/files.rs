@@ -164,7 +164,7 @@ async fn access_log(req: Request, next: Next) -> Response {
         %path,
         status = response.status().as_u16(),
         bytes,
-        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = %format_args!("{:.3}", start.elapsed().as_secs_f64() * 1000.0),
         "request"
     );
     response
