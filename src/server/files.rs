@@ -1,0 +1,210 @@
+//! The HTTP side of the server: a read-only router over a simplestreams tree.
+//!
+//! `ServeDir` does the heavy lifting (Range, ETag/Last-Modified, conditional requests,
+//! precompressed `.json.gz`). Around it we add what a catalog server needs: the path guard,
+//! a symlink check, GET/HEAD only, explicit content types, `no-cache` on the catalog, and one
+//! access log line per request.
+
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse as _, Response};
+use tower::ServiceExt as _;
+use tower_http::services::ServeDir;
+
+use super::request_path::{RequestPath, is_plain_name};
+
+/// What every request handler shares.
+#[derive(Clone)]
+struct Files {
+    /// Canonical root; symlink targets must stay inside it.
+    root: Arc<PathBuf>,
+    /// For `streams/**.json`: answers `Accept-Encoding: gzip` with the `.json.gz` sibling.
+    catalog: ServeDir,
+    /// For everything else, images included: never any `Content-Encoding`.
+    images: ServeDir,
+}
+
+/// Builds the router for the tree at `root`, which must already be canonical.
+pub(crate) fn router(root: PathBuf) -> Router {
+    // No index.html and no listings: a directory is a 404 like anything else not served.
+    let serve_dir = ServeDir::new(&root)
+        .append_index_html_on_directories(false)
+        .redirect_to_trailing_slash(false);
+    let files = Files {
+        root: Arc::new(root),
+        catalog: serve_dir.clone().precompressed_gzip(),
+        images: serve_dir,
+    };
+    Router::new()
+        .fallback(serve_file)
+        .with_state(files)
+        .layer(middleware::from_fn(only_get_and_head))
+        .layer(middleware::from_fn(access_log))
+}
+
+async fn serve_file(State(files): State<Files>, req: Request) -> Response {
+    let Some(path) = RequestPath::parse(req.uri().path()) else {
+        return not_found();
+    };
+    if path.is_root() {
+        return root_note();
+    }
+    let is_catalog = path.is_catalog_json();
+    if !resolves_inside(&files.root, path.to_relative(), is_catalog).await {
+        return not_found();
+    }
+    let dir = if is_catalog {
+        files.catalog
+    } else {
+        files.images
+    };
+    let mut response = match dir.oneshot(req).await {
+        Ok(response) => response.map(Body::new),
+        Err(never) => match never {},
+    };
+    let status = response.status();
+    let headers = response.headers_mut();
+    if matches!(status, StatusCode::OK | StatusCode::PARTIAL_CONTENT)
+        && let Some(content_type) = path.file_name().and_then(content_type)
+    {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    if is_catalog && status != StatusCode::NOT_FOUND {
+        // The catalog is rewritten in place on every publish; caches must revalidate (cheap
+        // thanks to ETag). Image paths are not immutable either, so they get nothing special.
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    response
+}
+
+/// True unless the path, or for the catalog its `.gz` sibling, exists but resolves (through
+/// symlinks) outside the root or onto a hidden name inside it. Missing files pass: `ServeDir`
+/// answers those with its own 404.
+async fn resolves_inside(root: &Arc<PathBuf>, relative: PathBuf, with_gz: bool) -> bool {
+    let root = Arc::clone(root);
+    let check = move || {
+        let full = root.join(&relative);
+        let mut candidates = vec![full.clone()];
+        if with_gz {
+            let mut gz = full.into_os_string();
+            gz.push(".gz");
+            candidates.push(gz.into());
+        }
+        candidates.iter().all(|p| match std::fs::canonicalize(p) {
+            Ok(real) => real
+                .strip_prefix(root.as_path())
+                .is_ok_and(only_plain_names),
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        })
+    };
+    // canonicalize is blocking file system work.
+    tokio::task::spawn_blocking(check).await.unwrap_or(false)
+}
+
+fn only_plain_names(relative: &Path) -> bool {
+    relative.components().all(|c| match c {
+        Component::Normal(name) => name.to_str().is_some_and(is_plain_name),
+        _ => false,
+    })
+}
+
+/// `ServeDir` guesses from a generic table; these are the types simplestreams files should
+/// carry. `.json.gz` served as a precompressed `.json` keeps `application/json` because the
+/// type is chosen from the requested name.
+fn content_type(file_name: &str) -> Option<&'static str> {
+    let (_, extension) = file_name.rsplit_once('.')?;
+    Some(match extension {
+        "json" => "application/json",
+        "xz" => "application/x-xz",
+        "gz" => "application/gzip",
+        "squashfs" | "qcow2" | "img" | "vcdiff" => "application/octet-stream",
+        _ => return None,
+    })
+}
+
+async fn only_get_and_head(req: Request, next: Next) -> Response {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "GET, HEAD")],
+    )
+        .into_response()
+}
+
+/// One line per request, at info level, after the response head is ready. Bytes are the
+/// `Content-Length` when known; the duration does not include streaming the body.
+async fn access_log(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    let response = next.run(req).await;
+    let bytes = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    tracing::info!(
+        target: "simplestreams_builder::server::access",
+        peer = peer.map(tracing::field::display),
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        bytes,
+        duration_ms = %format_args!("{:.3}", start.elapsed().as_secs_f64() * 1000.0),
+        "request"
+    );
+    response
+}
+
+fn root_note() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "This is a simplestreams image server for LXD and Incus.\n\
+         Catalog index: /streams/v1/index.json\n",
+    )
+        .into_response()
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        assert_eq!(content_type("index.json"), Some("application/json"));
+        assert_eq!(content_type("incus.tar.xz"), Some("application/x-xz"));
+        assert_eq!(content_type("images.json.gz"), Some("application/gzip"));
+        assert_eq!(
+            content_type("rootfs.squashfs"),
+            Some("application/octet-stream")
+        );
+        assert_eq!(content_type("disk.qcow2"), Some("application/octet-stream"));
+        assert_eq!(content_type("README"), None);
+        assert_eq!(content_type("notes.txt"), None);
+    }
+
+    #[test]
+    fn plain_relative_paths() {
+        assert!(only_plain_names(Path::new("images/a/20251123_12:13/x")));
+        assert!(!only_plain_names(Path::new(".ssb/tls/key.pem")));
+        assert!(!only_plain_names(Path::new("images/../x")));
+    }
+}

@@ -1,0 +1,220 @@
+//! Serving a simplestreams tree over HTTPS (or plain HTTP behind a proxy) to LXD and Incus.
+//!
+//! This module owns the process-level part: options, the tokio runtime, binding, TLS setup,
+//! signals and graceful shutdown, and the start-up messages telling users how to trust the
+//! certificate. The router lives in `files`, certificates in `tls`, the path guard in
+//! `request_path`.
+
+mod error;
+mod files;
+mod request_path;
+mod tls;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum_server::tls_rustls::RustlsConfig;
+
+pub use error::ServerError;
+
+/// How long connections still in flight get to finish after a shutdown request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A connection that sends no request within this time is closed, so idle sockets (a
+/// client that connects and says nothing) cannot pile up.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to serve, where, and how.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The tree to serve (contains `streams/v1/index.json`, `images/...`).
+    pub root: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    pub tls: TlsMode,
+}
+
+/// Where the server's certificate comes from, if any.
+#[derive(Debug, Clone)]
+pub enum TlsMode {
+    /// Plain HTTP, for use behind a TLS-terminating proxy.
+    Http,
+    /// PEM files given by the user.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Create (once) and reuse a self-signed certificate kept under `<root>/.ssb/tls/`
+    /// (`cert.pem`, `key.pem`). `extra_sans` are added after `localhost` and the host name;
+    /// an entry that parses as an IP address becomes an IP SAN.
+    SelfSigned { extra_sans: Vec<String> },
+}
+
+/// Stops a server started with [`serve_with_handle`], from any thread.
+#[derive(Clone, Debug, Default)]
+pub struct ServerHandle {
+    inner: axum_server::Handle<SocketAddr>,
+}
+
+impl ServerHandle {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stops accepting connections and lets requests in flight finish (for a while), like
+    /// SIGTERM does for [`serve`]. Calling it before the server has started is fine: the
+    /// server then stops as soon as it is up.
+    pub fn shutdown(&self) {
+        self.inner.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    }
+}
+
+/// Serves `opts.root` until SIGINT or SIGTERM, then shuts down gracefully.
+///
+/// Blocking: builds its own tokio runtime. Logs `listening on http(s)://ADDR` once the socket
+/// is bound, and for TLS how to trust the certificate.
+pub fn serve(opts: ServeOptions) -> Result<(), ServerError> {
+    run(opts, ServerHandle::new(), |_| {}, true)
+}
+
+/// Like [`serve`], but stopped through `handle` instead of signals, and calling `ready` with
+/// the bound address (port 0 resolved) once connections are accepted. For embedding the
+/// server, e.g. in tests.
+pub fn serve_with_handle(
+    opts: ServeOptions,
+    handle: ServerHandle,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
+    run(opts, handle, ready, false)
+}
+
+fn run(
+    opts: ServeOptions,
+    handle: ServerHandle,
+    ready: impl FnOnce(SocketAddr),
+    on_signals: bool,
+) -> Result<(), ServerError> {
+    let root = canonical_root(&opts.root)?;
+    let cert = match &opts.tls {
+        TlsMode::Http => None,
+        TlsMode::Files { cert, key } => Some(tls::load_files(cert, key)?),
+        TlsMode::SelfSigned { extra_sans } => Some(tls::self_signed(&root, extra_sans)?),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(ServerError::Runtime)?;
+    runtime.block_on(async move {
+        // Bound here rather than by axum-server so that the error names the address and the
+        // "listening on" line can be printed before anything else happens.
+        let listener =
+            std::net::TcpListener::bind(opts.listen).map_err(|source| ServerError::Bind {
+                addr: opts.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+        let serve_error = |source| ServerError::Serve { addr, source };
+        let app = files::router(root.clone()).into_make_service_with_connect_info::<SocketAddr>();
+
+        if on_signals {
+            tokio::spawn(shutdown_on_signal(handle.clone()));
+        }
+
+        match cert {
+            None => {
+                let server = axum_server::from_tcp(listener)
+                    .map_err(serve_error)?
+                    .handle(handle.inner.clone())
+                    .first_request_timeout(FIRST_REQUEST_TIMEOUT);
+                tracing::info!("listening on http://{addr}");
+                ready(addr);
+                server.serve(app).await.map_err(serve_error)
+            }
+            Some(cert) => {
+                // axum-server runs each TLS handshake in the connection's own task, with a
+                // timeout, so a client that never sends a ClientHello blocks nobody else.
+                let config = RustlsConfig::from_config(cert.config.clone());
+                let server = axum_server::tls_rustls::from_tcp_rustls(listener, config)
+                    .map_err(serve_error)?
+                    .handle(handle.inner.clone())
+                    .first_request_timeout(FIRST_REQUEST_TIMEOUT);
+                tracing::info!("listening on https://{addr}");
+                log_trust_instructions(&cert, addr);
+                ready(addr);
+                server.serve(app).await.map_err(serve_error)
+            }
+        }
+    })?;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+fn canonical_root(root: &Path) -> Result<PathBuf, ServerError> {
+    let root_error = |source| ServerError::Root {
+        path: root.to_owned(),
+        source,
+    };
+    let canonical = std::fs::canonicalize(root).map_err(root_error)?;
+    if !canonical.is_dir() {
+        return Err(root_error(std::io::Error::from(
+            std::io::ErrorKind::NotADirectory,
+        )));
+    }
+    Ok(canonical)
+}
+
+async fn shutdown_on_signal(handle: ServerHandle) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!("cannot watch for SIGTERM ({e}); only SIGINT stops the server");
+            let _ = ctrl_c.await;
+            handle.shutdown();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+    }
+    handle.shutdown();
+}
+
+/// Tells the user, on stderr, what to run so that `incus` or `lxc` trusts this server:
+/// both clients only accept a self-signed certificate pinned in `servercerts/<remote>.crt`.
+fn log_trust_instructions(cert: &tls::ServerCert, addr: SocketAddr) {
+    let cert_path = std::path::absolute(&cert.cert_path).unwrap_or_else(|_| cert.cert_path.clone());
+    let cert_path = cert_path.display();
+    let url = format!("https://{}:{}", url_host(addr.ip()), addr.port());
+    tracing::info!("certificate {cert_path}");
+    tracing::info!(
+        "certificate SHA-256 fingerprint {}",
+        cert.fingerprint.colon_hex()
+    );
+    tracing::info!(
+        "certificate SHA-256 fingerprint (hex) {}",
+        cert.fingerprint.plain_hex()
+    );
+    tracing::info!("to add this server as remote \"myimages\" (any name works), run:");
+    for (config_dir, cli) in [("~/.config/incus", "incus"), ("~/.config/lxc", "lxc")] {
+        tracing::info!(
+            "  mkdir -p {config_dir}/servercerts && cp {cert_path} {config_dir}/servercerts/myimages.crt && {cli} remote add myimages {url} --protocol simplestreams"
+        );
+    }
+    tracing::info!("  (LXD from the snap reads ~/snap/lxd/common/config instead of ~/.config/lxc)");
+}
+
+/// The host to put in the remote URL: the address itself, or the machine's name when
+/// listening on all interfaces. Any host works for a pinned certificate, since clients check
+/// it against the first DNS SAN rather than the URL.
+fn url_host(ip: IpAddr) -> String {
+    if ip.is_unspecified() {
+        tls::host_name().unwrap_or_else(|| "localhost".into())
+    } else if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
