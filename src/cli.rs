@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 /// index.json) → serve. The older steps build-versions-manifest → build-images-file →
 /// build-index do the same as publish, one at a time.
 #[derive(Debug, Parser)]
-#[command(name = "simplestreams-builder", version, about, long_about = None, max_term_width = 100)]
+#[command(name = "simplestreams-builder", version, about, max_term_width = 100)]
 pub struct Cli {
     /// tree.yml to use (default: ./tree.yml when it exists; without one, the
     /// images/<os>/<release>/<arch>/<variant>/<version>/ layout is scanned)

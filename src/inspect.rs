@@ -90,7 +90,15 @@ pub fn read_metadata(reader: impl Read, path: &Path) -> Result<ImageMetadata, In
             ),
             "zstd",
         ),
-        Compression::None => (Box::new(buf), "tar"),
+        Compression::None => {
+            // An uncompressed tar (POSIX or GNU) has its magic at offset 257.
+            if head.get(257..262) != Some(b"ustar".as_slice()) {
+                return Err(fail(
+                    "not a metadata tarball: neither xz, gzip, zstd nor tar data".into(),
+                ));
+            }
+            (Box::new(buf), "tar")
+        }
     };
     let mut archive = tar::Archive::new(decoder);
     let entries = archive

@@ -21,7 +21,7 @@ pub mod server;
 pub mod stream;
 pub mod tree;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 /// Writes command output to stdout. A closed pipe (`| head`) is not an error.
 pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
@@ -42,6 +42,7 @@ pub fn init_logging(verbose: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(debug)
         .try_init();
 }
