@@ -302,6 +302,9 @@ fn serves_a_tree_over_tls() {
         .unwrap();
     assert!(body.contains("/streams/v1/index.json"), "{body}");
     assert!(!body.contains("images"), "{body}");
+    let response = client.head(server.https("/")).send().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.bytes().unwrap().is_empty());
 
     // Directories and missing files.
     for path in ["/images", "/streams/v1/images.json", "/nope"] {

@@ -31,6 +31,7 @@ pub(crate) struct ServerCert {
     pub(crate) cert_path: PathBuf,
     pub(crate) fingerprint: Fingerprint,
     pub(crate) config: Arc<ServerConfig>,
+    leaf: CertificateDer<'static>,
 }
 
 /// SHA-256 of the DER-encoded leaf certificate.
@@ -67,6 +68,7 @@ pub(crate) fn load_files(cert_path: &Path, key_path: &Path) -> Result<ServerCert
         return Err(parse_error(cert_path, "no CERTIFICATE block found".into()));
     };
     let fingerprint = Fingerprint::of(leaf);
+    let leaf = leaf.clone();
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| parse_error(key_path, format!("no usable private key: {e}")))?;
     let config = rustls_config(chain, key).map_err(|source| ServerError::TlsConfig {
@@ -78,6 +80,7 @@ pub(crate) fn load_files(cert_path: &Path, key_path: &Path) -> Result<ServerCert
         cert_path: cert_path.to_owned(),
         fingerprint,
         config,
+        leaf,
     })
 }
 
@@ -95,17 +98,14 @@ pub(crate) fn self_signed(root: &Path, extra_sans: &[String]) -> Result<ServerCe
 
     if cert_path.exists() && key_path.exists() {
         match load_files(&cert_path, &key_path) {
-            Ok(existing) => {
-                let pem = read(&cert_path)?;
-                match uncovered_name(&pem, extra_sans) {
-                    None => return Ok(existing),
-                    Some(name) => tracing::warn!(
-                        "stored certificate {} is not valid for {name}; generating a new one \
-                         (clients that pinned the old one must copy the new file)",
-                        cert_path.display()
-                    ),
-                }
-            }
+            Ok(existing) => match uncovered_name(&existing.leaf, extra_sans) {
+                None => return Ok(existing),
+                Some(name) => tracing::warn!(
+                    "stored certificate {} is not valid for {name}; generating a new one \
+                     (clients that pinned the old one must copy the new file)",
+                    cert_path.display()
+                ),
+            },
             // Read errors (permissions...) are the user's to fix; only a damaged or
             // mismatched pair, e.g. after a crash between the two renames, is replaced.
             Err(e @ ServerError::ReadPem { .. }) => return Err(e),
@@ -118,9 +118,9 @@ pub(crate) fn self_signed(root: &Path, extra_sans: &[String]) -> Result<ServerCe
 
     let names = san_list(extra_sans, host_name().as_deref());
     let (cert_pem, key_pem) = generate(&names)?;
-    create_private_dirs(&dir)?;
-    // The key goes first: a crash in between leaves a mismatched pair, which the next start
-    // detects and replaces, instead of an old key silently matching nothing.
+    create_tls_dir(&dir)?;
+    // The key goes first: after a crash between the two writes, the next start finds a key
+    // that does not match the certificate and replaces both.
     write_atomic(&key_path, key_pem.as_bytes(), 0o600)?;
     write_atomic(&cert_path, cert_pem.as_bytes(), 0o644)?;
     tracing::info!(
@@ -198,11 +198,7 @@ fn generate(names: &[String]) -> Result<(String, String), ServerError> {
 
 /// The first of `localhost` and `extra_sans` that a client pinning this certificate would
 /// reject, checked with the same verifier logic clients use (which also catches expiry).
-fn uncovered_name(cert_pem: &[u8], extra_sans: &[String]) -> Option<String> {
-    let leaf = CertificateDer::pem_slice_iter(cert_pem).next()?.ok();
-    let Some(leaf) = leaf else {
-        return Some("localhost".into());
-    };
+fn uncovered_name(leaf: &CertificateDer<'static>, extra_sans: &[String]) -> Option<String> {
     let mut roots = RootCertStore::empty();
     let verifier = roots.add(leaf.clone()).ok().and_then(|()| {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -220,7 +216,7 @@ fn uncovered_name(cert_pem: &[u8], extra_sans: &[String]) -> Option<String> {
                 return true;
             };
             verifier
-                .verify_server_cert(&leaf, &[], &server_name, &[], UnixTime::now())
+                .verify_server_cert(leaf, &[], &server_name, &[], UnixTime::now())
                 .is_err()
         })
         .map(str::to_owned)
@@ -243,8 +239,9 @@ pub(crate) fn host_name() -> Option<String> {
         .filter(|s| s != "localhost" && san_server_name(s).is_some())
 }
 
-/// `.ssb` and `.ssb/tls` are created 0755; the key file itself is 0600.
-fn create_private_dirs(dir: &Path) -> Result<(), ServerError> {
+/// `.ssb` and `.ssb/tls` are created 0755 (the certificate is public); the key file itself
+/// is 0600.
+fn create_tls_dir(dir: &Path) -> Result<(), ServerError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -327,7 +324,7 @@ mod tests {
     fn generated_cert_covers_its_names_and_not_others() {
         let names = san_list(&["10.1.2.3".into(), "img.example".into()], None);
         let (cert_pem, _) = generate(&names).unwrap();
-        let pem = cert_pem.as_bytes();
+        let pem = &CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
         assert_eq!(uncovered_name(pem, &["img.example".into()]), None);
         assert_eq!(uncovered_name(pem, &["10.1.2.3".into()]), None);
         assert_eq!(uncovered_name(pem, &["::1".into()]), None);
@@ -339,6 +336,18 @@ mod tests {
             uncovered_name(pem, &["10.9.9.9".into()]).as_deref(),
             Some("10.9.9.9")
         );
+    }
+
+    #[test]
+    fn refuses_names_no_client_could_match() {
+        let root = tempfile::tempdir().unwrap();
+        let result = self_signed(root.path(), &["not a host!".into()]);
+        assert!(
+            matches!(&result, Err(ServerError::InvalidSan { name }) if name == "not a host!"),
+            "{:?}",
+            result.err()
+        );
+        assert!(!root.path().join(SELF_SIGNED_DIR).exists());
     }
 
     #[test]
