@@ -16,13 +16,25 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     /// tree.yml to use (default: ./tree.yml when it exists; without one, the
     /// images/<os>/<release>/<arch>/<variant>/<version>/ layout is scanned)
-    #[arg(short = 'c', long = "config", env = "SSBUILDER_CONFIG", global = true, value_name = "FILE")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "SSBUILDER_CONFIG",
+        global = true,
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
     /// Tree to write (and, without -s, to read)
     #[arg(short = 't', long = "target-dir", global = true, value_name = "DIR")]
     pub target_dir: Option<PathBuf>,
     /// API key sent as `Authorization: token KEY` to prefix_path servers
-    #[arg(short = 'k', long = "apikey", env = "SSBUILDER_APIKEY", global = true, hide_env_values = true)]
+    #[arg(
+        short = 'k',
+        long = "apikey",
+        env = "SSBUILDER_APIKEY",
+        global = true,
+        hide_env_values = true
+    )]
     pub apikey: Option<String>,
     /// Debug output (also: DEBUG=1)
     #[arg(short = 'v', long = "verbose", global = true)]

@@ -60,12 +60,19 @@ pub fn config_path(cli: &Cli) -> Option<PathBuf> {
 }
 
 /// Loads the products: from tree.yml, or discovered under `root` in layout mode.
-pub fn load_tree(config: Option<PathBuf>, root: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Tree> {
+pub fn load_tree(
+    config: Option<PathBuf>,
+    root: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Tree> {
     if let Some(path) = config {
         let mut config = TreeConfig::load(&path)?;
         config.apply_env(env);
         report(&config.warnings);
-        return Ok(Tree { config, layout: false });
+        return Ok(Tree {
+            config,
+            layout: false,
+        });
     }
     let mut warnings = Vec::new();
     let found = tree::discover_layout(root, &mut warnings)?;
@@ -88,7 +95,10 @@ pub fn load_tree(config: Option<PathBuf>, root: &Path, env: &dyn Fn(&str) -> Opt
         }
         for a in &aliases {
             if let Err(why) = config::check_alias(a) {
-                problems.push(format!("{}: the alias `{a}` made from these folder names {why}", dir.display()));
+                problems.push(format!(
+                    "{}: the alias `{a}` made from these folder names {why}",
+                    dir.display()
+                ));
             }
         }
         products.push(ProductSpec {
@@ -112,7 +122,12 @@ pub fn load_tree(config: Option<PathBuf>, root: &Path, env: &dyn Fn(&str) -> Opt
         });
     }
     if !problems.is_empty() {
-        bail!("the layout under {} has {} problem(s):\n{}", root.display(), problems.len(), problems.join("\n"));
+        bail!(
+            "the layout under {} has {} problem(s):\n{}",
+            root.display(),
+            problems.len(),
+            problems.join("\n")
+        );
     }
     let mut config = TreeConfig {
         file: PathBuf::new(),
@@ -124,14 +139,22 @@ pub fn load_tree(config: Option<PathBuf>, root: &Path, env: &dyn Fn(&str) -> Opt
         warnings: Vec::new(),
     };
     config.apply_env(env);
-    Ok(Tree { config, layout: true })
+    Ok(Tree {
+        config,
+        layout: true,
+    })
 }
 
 /// Fills what a layout product leaves to its images: the OS name from metadata.yaml, else the
 /// folder name.
 fn finish_layout_spec(spec: &mut ProductSpec, m: &crate::stream::Manifest) {
     if spec.os.is_none() {
-        let folder = spec.directory.split('/').nth(1).unwrap_or_default().to_owned();
+        let folder = spec
+            .directory
+            .split('/')
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
         spec.os = Some(m.properties.get("os").cloned().unwrap_or(folder));
     }
 }
@@ -144,7 +167,10 @@ fn http_settings(cli: &Cli) -> HttpSettings {
     if let Ok(v) = std::env::var("SSBUILDER_HTTP_TIMEOUT") {
         match v.trim().parse::<u64>() {
             Ok(s) if s > 0 => http.timeout = Duration::from_secs(s),
-            _ => warn!("SSBUILDER_HTTP_TIMEOUT=`{v}` is not a number of seconds; using {}s", http.timeout.as_secs()),
+            _ => warn!(
+                "SSBUILDER_HTTP_TIMEOUT=`{v}` is not a number of seconds; using {}s",
+                http.timeout.as_secs()
+            ),
         }
     }
     let flag = |k: &str| std::env::var(k).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
@@ -182,7 +208,11 @@ fn load_entries(
         .products
         .iter()
         .filter(|p| !p.hidden || hash.is_some())
-        .filter_map(|p| p.prefix_path.as_ref().map(|pp| (p.name.clone(), manifest::remote_url(pp, &p.directory))))
+        .filter_map(|p| {
+            p.prefix_path
+                .as_ref()
+                .map(|pp| (p.name.clone(), manifest::remote_url(pp, &p.directory)))
+        })
         .collect();
     let mut fetched = manifest::fetch_all(&remote, &http_settings(cli), &mut warnings).into_iter();
     let bar = progress_bar();
@@ -200,11 +230,13 @@ fn load_entries(
             let mut opts = opts.clone();
             opts.expiry = opts.expiry.or(spec.expiry);
             manifest::build(
-                &spec.name,
-                &spec.arch,
-                &source.join(&spec.directory),
-                &spec.directory,
-                &tree.config.prefix,
+                manifest::LocalProduct {
+                    name: &spec.name,
+                    arch: &spec.arch,
+                    dir: &source.join(&spec.directory),
+                    directory: &spec.directory,
+                    prefix: &tree.config.prefix,
+                },
                 &opts,
                 &|n| bar.inc(n),
                 &mut warnings,
@@ -236,14 +268,20 @@ fn load_entries(
                 }
                 entries.push(Entry { spec, manifest: m });
             }
-            Err(e) if skip_unavailable => warnings.push(format!("{e}; left out (--skip-unavailable)")),
+            Err(e) if skip_unavailable => {
+                warnings.push(format!("{e}; left out (--skip-unavailable)"))
+            }
             Err(e) => failures.push(e.to_string()),
         }
     }
     bar.finish_and_clear();
     report(&warnings);
     if hash.is_some() {
-        info!("hashed {} product(s), read {} of image data", entries.len(), human_bytes(bytes));
+        info!(
+            "hashed {} product(s), read {} of image data",
+            entries.len(),
+            human_bytes(bytes)
+        );
     }
     if !failures.is_empty() {
         bail!(
@@ -275,7 +313,14 @@ fn publish_cmd(cli: &Cli, args: &PublishArgs) -> Result<()> {
         .or_else(|| args.source_dir.clone())
         .context("publish needs -t DIR (the tree to publish)")?;
     let source = args.source_dir.clone().unwrap_or_else(|| target.clone());
-    publish_tree(cli, config_path(cli), &source, &target, args.md5, args.skip_unavailable)
+    publish_tree(
+        cli,
+        config_path(cli),
+        &source,
+        &target,
+        args.md5,
+        args.skip_unavailable,
+    )
 }
 
 /// Manifests for every product, then images.json and index.json from that one state.
@@ -294,9 +339,17 @@ pub fn publish_tree(
         cache: true,
         expiry: None,
     };
-    let entries = load_entries(cli, &mut tree, source, Some(target), Some(&opts), skip_unavailable)?;
+    let entries = load_entries(
+        cli,
+        &mut tree,
+        source,
+        Some(target),
+        Some(&opts),
+        skip_unavailable,
+    )?;
     let mut warnings = Vec::new();
-    let (products, index) = publish::build_catalog(&entries, &catalog_settings(&tree), &mut warnings)?;
+    let (products, index) =
+        publish::build_catalog(&entries, &catalog_settings(&tree), &mut warnings)?;
     report(&warnings);
     publish::write_catalog(target, &tree.config.images_path, &products, &index)?;
     let images: usize = products.products.values().map(|p| p.versions.len()).sum();
@@ -314,7 +367,11 @@ fn image_file_expiry(path: &Path, candidates: &[PathBuf]) -> Result<Option<Expir
         format!(
             "image file {} not found; looked at: {}",
             path.display(),
-            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })?;
     #[derive(serde::Deserialize)]
@@ -331,7 +388,9 @@ fn image_file_expiry(path: &Path, candidates: &[PathBuf]) -> Result<Option<Expir
     def.image
         .and_then(|i| i.expiry)
         .filter(|e| !e.trim().is_empty())
-        .map(|e| ExpiryDuration::parse(&e).with_context(|| format!("{}: image.expiry", found.display())))
+        .map(|e| {
+            ExpiryDuration::parse(&e).with_context(|| format!("{}: image.expiry", found.display()))
+        })
         .transpose()
 }
 
@@ -348,7 +407,12 @@ fn manifest_cmd(cli: &Cli, args: &ManifestArgs) -> Result<()> {
         bail!(
             "no product named `{}`; known: {}",
             args.product,
-            tree.config.products.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+            tree.config
+                .products
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     };
     let expiry = match (&args.expire, &args.image_file) {
@@ -358,7 +422,10 @@ fn manifest_cmd(cli: &Cli, args: &ManifestArgs) -> Result<()> {
             if file.is_relative() {
                 candidates.push(source.join(&spec.directory).join(file));
                 candidates.push(source.join(file));
-                candidates.push(PathBuf::from(manifest::join_prefix(&tree.config.prefix, &file.to_string_lossy())));
+                candidates.push(PathBuf::from(manifest::join_prefix(
+                    &tree.config.prefix,
+                    &file.to_string_lossy(),
+                )));
             }
             image_file_expiry(file, &candidates)?
         }
@@ -372,11 +439,13 @@ fn manifest_cmd(cli: &Cli, args: &ManifestArgs) -> Result<()> {
     let mut warnings = Vec::new();
     let bar = progress_bar();
     let (m, _) = manifest::build(
-        &spec.name,
-        &spec.arch,
-        &source.join(&spec.directory),
-        &spec.directory,
-        &tree.config.prefix,
+        manifest::LocalProduct {
+            name: &spec.name,
+            arch: &spec.arch,
+            dir: &source.join(&spec.directory),
+            directory: &spec.directory,
+            prefix: &tree.config.prefix,
+        },
         &opts,
         &|n| bar.inc(n),
         &mut warnings,
@@ -406,17 +475,23 @@ fn catalog_cmd(cli: &Cli, args: &CatalogArgs, part: CatalogPart) -> Result<()> {
         .source_dir
         .clone()
         .or_else(|| cli.target_dir.clone())
-        .context("missing -t/--target-dir or --stdout (and -s/--source-dir to read ssb.json files from)")?;
+        .context(
+            "missing -t/--target-dir or --stdout (and -s/--source-dir to read ssb.json files from)",
+        )?;
     let env = |k: &str| std::env::var(k).ok();
     let mut tree = load_tree(config_path(cli), &source, &env)?;
     let entries = load_entries(cli, &mut tree, &source, None, None, args.skip_unavailable)?;
     let mut warnings = Vec::new();
-    let (products, index) = publish::build_catalog(&entries, &catalog_settings(&tree), &mut warnings)?;
+    let (products, index) =
+        publish::build_catalog(&entries, &catalog_settings(&tree), &mut warnings)?;
     report(&warnings);
     let (bytes, path) = match part {
         CatalogPart::Products => (
             publish::to_json(&products),
-            publish::products_path(cli.target_dir.as_deref().unwrap_or(Path::new(".")), &tree.config.images_path),
+            publish::products_path(
+                cli.target_dir.as_deref().unwrap_or(Path::new(".")),
+                &tree.config.images_path,
+            ),
         ),
         CatalogPart::Index => (
             publish::to_json(&index),
@@ -436,8 +511,10 @@ fn catalog_cmd(cli: &Cli, args: &CatalogArgs, part: CatalogPart) -> Result<()> {
     }
     let mut gz_path = path.clone().into_os_string();
     gz_path.push(".gz");
-    crate::atomic::write(Path::new(&gz_path), &gz).with_context(|| format!("cannot write {}", gz_path.to_string_lossy()))?;
-    crate::atomic::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    crate::atomic::write(Path::new(&gz_path), &gz)
+        .with_context(|| format!("cannot write {}", gz_path.to_string_lossy()))?;
+    crate::atomic::write(&path, &bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     info!("wrote {}", path.display());
     Ok(())
 }
@@ -478,6 +555,10 @@ pub fn render_print(c: &TreeConfig) -> String {
             let _ = writeln!(s, "\texpiry: {e}");
         }
     }
-    let _ = writeln!(s, "{line}\n\n{line}\nConfig File:  {}\n{line}", c.file.display());
+    let _ = writeln!(
+        s,
+        "{line}\n\n{line}\nConfig File:  {}\n{line}",
+        c.file.display()
+    );
     s
 }

@@ -30,7 +30,15 @@ fn host_arch() -> &'static str {
 fn write_rootfs(out: impl Write, mtime: u64) -> std::io::Result<()> {
     let xz = liblzma::write::XzEncoder::new(out, 6);
     let mut tar = tar::Builder::new(xz);
-    let dirs = ["./", "./etc/", "./root/", "./tmp/", "./usr/", "./usr/bin/", "./var/"];
+    let dirs = [
+        "./",
+        "./etc/",
+        "./root/",
+        "./tmp/",
+        "./usr/",
+        "./usr/bin/",
+        "./var/",
+    ];
     for d in dirs {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
@@ -47,7 +55,11 @@ fn write_rootfs(out: impl Write, mtime: u64) -> std::io::Result<()> {
             0o644,
         ),
         ("./etc/hostname", "ssb-demo\n", 0o644),
-        ("./etc/motd", "This image was built by `simplestreams-builder demo`.\n", 0o644),
+        (
+            "./etc/motd",
+            "This image was built by `simplestreams-builder demo`.\n",
+            0o644,
+        ),
     ];
     for (name, body, mode) in files {
         let mut h = tar::Header::new_gnu();
@@ -68,22 +80,32 @@ pub fn build_demo_image(target: &Path) -> Result<std::path::PathBuf> {
     let product = target.join(format!("images/ssb-demo/1.0/{arch}/default"));
     if product.is_dir() {
         let mut w = Vec::new();
-        if let Some(v) = crate::tree::scan_product(&product, &mut w)?.into_iter().last() {
+        if let Some(v) = crate::tree::scan_product(&product, &mut w)?
+            .into_iter()
+            .last()
+        {
             info!("demo image already built: {}", v.path.display());
             return Ok(v.path);
         }
     }
     let now = jiff::Timestamp::now();
-    let version = VersionName::from_datetime(now.to_zoned_datetime(jiff::tz::TimeZone::UTC).datetime());
+    let version =
+        VersionName::from_datetime(now.to_zoned_datetime(jiff::tz::TimeZone::UTC).datetime());
     let dir = product.join(version.as_str());
-    crate::atomic::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::atomic::create_dir_all(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let secs = now.as_second();
     let metadata = format!(
         "architecture: {arch}\ncreation_date: {secs}\nexpiry_date: {}\nproperties:\n  architecture: {arch}\n  os: ssb-demo\n  release: \"1.0\"\n  variant: default\n  description: simplestreams-builder demo 1.0 {arch} ({version})\n  serial: \"{version}\"\ntemplates:\n  /etc/hostname:\n    when: [create, copy]\n    template: hostname.tpl\n",
         secs + 30 * 86_400
     );
     crate::atomic::write_with(&dir.join("incus.tar.xz"), |w| {
-        crate::inspect::write_metadata_tarball(w, &metadata, &[("hostname.tpl", "{{ container.name }}\n")], secs as u64)
+        crate::inspect::write_metadata_tarball(
+            w,
+            &metadata,
+            &[("hostname.tpl", "{{ container.name }}\n")],
+            secs as u64,
+        )
     })?;
     crate::atomic::write_with(&dir.join("rootfs.tar.xz"), |w| write_rootfs(w, secs as u64))?;
     info!("built the demo image in {}", dir.display());

@@ -145,18 +145,35 @@ fn item_ftype(role: FileRole) -> Ftype {
     }
 }
 
-/// Hashes a product folder into its manifest. `directory` is the product folder relative to the
-/// tree (for item paths); `arch` is checked against every metadata.yaml.
+/// A product folder to hash.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalProduct<'a> {
+    /// Product id.
+    pub name: &'a str,
+    /// Its arch, checked against every metadata.yaml.
+    pub arch: &'a str,
+    /// The folder on disk.
+    pub dir: &'a Path,
+    /// The folder relative to the tree, for item paths.
+    pub directory: &'a str,
+    /// The tree `prefix` of item paths.
+    pub prefix: &'a str,
+}
+
+/// Hashes a product folder into its manifest; also returns the image bytes read.
 pub fn build(
-    name: &str,
-    arch: &str,
-    product_dir: &Path,
-    directory: &str,
-    prefix: &str,
+    product: LocalProduct<'_>,
     opts: &BuildOptions,
     progress: &dyn Fn(u64),
     warnings: &mut Vec<String>,
 ) -> Result<(Manifest, u64), ManifestError> {
+    let LocalProduct {
+        name,
+        arch,
+        dir: product_dir,
+        directory,
+        prefix,
+    } = product;
     if !product_dir.is_dir() {
         return Err(ManifestError::NoFolder {
             product: name.to_owned(),
@@ -448,8 +465,7 @@ pub fn fetch_all(
             let http = http.clone();
             set.spawn(async move { (i, fetch_one(&client, &product, &url, &http).await) });
         }
-        let mut out: Vec<Option<(Result<Manifest, ManifestError>, Vec<String>)>> =
-            (0..products.len()).map(|_| None).collect();
+        let mut out: Vec<Option<Fetched>> = (0..products.len()).map(|_| None).collect();
         while let Some(joined) = set.join_next().await {
             if let Ok((i, r)) = joined {
                 out[i] = Some(r);
@@ -474,12 +490,15 @@ pub fn fetch_all(
         .collect()
 }
 
+/// One fetch's result and the warnings it raised.
+type Fetched = (Result<Manifest, ManifestError>, Vec<String>);
+
 async fn fetch_one(
     client: &reqwest::Client,
     product: &str,
     url: &str,
     http: &HttpSettings,
-) -> (Result<Manifest, ManifestError>, Vec<String>) {
+) -> Fetched {
     let mut warnings = Vec::new();
     let fail = |reason: String| ManifestError::Fetch {
         product: product.to_owned(),

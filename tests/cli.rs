@@ -41,7 +41,13 @@ fn meta(os: &str, release: &str, arch: &str, tag: &str) -> Vec<u8> {
         "architecture: {arch}\ncreation_date: 1704510000\nproperties:\n  os: {os}\n  release: \"{release}\"\n  variant: default\n  description: {os} {release} {tag}\n"
     );
     let mut v = Vec::new();
-    write_metadata_tarball(&mut v, &yaml, &[("hostname.tpl", "{{ container.name }}\n")], 1).unwrap();
+    write_metadata_tarball(
+        &mut v,
+        &yaml,
+        &[("hostname.tpl", "{{ container.name }}\n")],
+        1,
+    )
+    .unwrap();
     v
 }
 
@@ -58,13 +64,19 @@ fn read_json(p: &Path) -> Value {
 
 /// Compares a document with `tests/golden/NAME` (pretty JSON). `SSB_UPDATE_GOLDEN=1` rewrites.
 fn golden(name: &str, actual: &Value) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     let pretty = serde_json::to_string_pretty(actual).unwrap() + "\n";
     if std::env::var_os("SSB_UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &pretty).unwrap();
     }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with SSB_UPDATE_GOLDEN=1 to create it)", path.display()));
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with SSB_UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
     assert_eq!(pretty, want, "{} differs from the output", path.display());
 }
 
@@ -121,19 +133,67 @@ fn tree_fixture() -> Fixture {
     files.insert("alp-sq", b"alpine squashfs".to_vec());
     files.insert("alp-disk", b"QFI\xfbalpine disk".to_vec());
     put(r, "tree.yml", TREE_YML.as_bytes());
-    put(r, "debian-12/20240105_03:00/lxd.tar.xz", &files["deb-lxd-1"]);
-    put(r, "debian-12/20240105_03:00/rootfs.squashfs", &files["deb-sq-1"]);
-    put(r, "debian-12/20240106_03:00/lxd.tar.xz", &files["deb-lxd-2"]);
-    put(r, "debian-12/20240106_03:00/incus.tar.xz", &files["deb-incus-2"]);
-    put(r, "debian-12/20240106_03:00/rootfs.squashfs", &files["deb-sq-2"]);
-    put(r, "debian-12/20240106_03:00/rootfs.tar.xz", &files["deb-txz-2"]);
-    put(r, "debian-12/20240106_03:00/build.log", b"not an image file");
+    put(
+        r,
+        "debian-12/20240105_03:00/lxd.tar.xz",
+        &files["deb-lxd-1"],
+    );
+    put(
+        r,
+        "debian-12/20240105_03:00/rootfs.squashfs",
+        &files["deb-sq-1"],
+    );
+    put(
+        r,
+        "debian-12/20240106_03:00/lxd.tar.xz",
+        &files["deb-lxd-2"],
+    );
+    put(
+        r,
+        "debian-12/20240106_03:00/incus.tar.xz",
+        &files["deb-incus-2"],
+    );
+    put(
+        r,
+        "debian-12/20240106_03:00/rootfs.squashfs",
+        &files["deb-sq-2"],
+    );
+    put(
+        r,
+        "debian-12/20240106_03:00/rootfs.tar.xz",
+        &files["deb-txz-2"],
+    );
+    put(
+        r,
+        "debian-12/20240106_03:00/build.log",
+        b"not an image file",
+    );
     put(r, "debian-12/20240103/lxd.tar.xz", &files["deb-lxd-1"]);
-    put(r, "alpine/3.20/20240201_1200/incus.tar.xz", &files["alp-incus"]);
-    put(r, "alpine/3.20/20240201_1200/rootfs.squashfs", &files["alp-sq"]);
-    put(r, "alpine/3.20/20240201_1200/incus-vm.tar.xz", &files["alp-vm"]);
-    put(r, "alpine/3.20/20240201_1200/disk.qcow2", &files["alp-disk"]);
-    put(r, "secret/20240101_00:00/lxd.tar.xz", &meta("S", "1", "amd64", "s"));
+    put(
+        r,
+        "alpine/3.20/20240201_1200/incus.tar.xz",
+        &files["alp-incus"],
+    );
+    put(
+        r,
+        "alpine/3.20/20240201_1200/rootfs.squashfs",
+        &files["alp-sq"],
+    );
+    put(
+        r,
+        "alpine/3.20/20240201_1200/incus-vm.tar.xz",
+        &files["alp-vm"],
+    );
+    put(
+        r,
+        "alpine/3.20/20240201_1200/disk.qcow2",
+        &files["alp-disk"],
+    );
+    put(
+        r,
+        "secret/20240101_00:00/lxd.tar.xz",
+        &meta("S", "1", "amd64", "s"),
+    );
     Fixture { dir, files }
 }
 
@@ -148,30 +208,60 @@ fn publish(f: &Fixture) -> assert_cmd::assert::Assert {
 fn golden_catalog_from_a_tree_yml() {
     let f = tree_fixture();
     publish(&f).success();
-    golden("debian-ssb.json", &read_json(&f.root().join("debian-12/ssb.json")));
-    golden("alpine-ssb.json", &read_json(&f.root().join("alpine/3.20/ssb.json")));
-    golden("images.json", &read_json(&f.root().join("streams/v1/images.json")));
-    golden("index.json", &read_json(&f.root().join("streams/v1/index.json")));
+    golden(
+        "debian-ssb.json",
+        &read_json(&f.root().join("debian-12/ssb.json")),
+    );
+    golden(
+        "alpine-ssb.json",
+        &read_json(&f.root().join("alpine/3.20/ssb.json")),
+    );
+    golden(
+        "images.json",
+        &read_json(&f.root().join("streams/v1/images.json")),
+    );
+    golden(
+        "index.json",
+        &read_json(&f.root().join("streams/v1/index.json")),
+    );
 }
 
 #[test]
 fn outputs_are_compact_with_gzip_twins_and_world_readable() {
     let f = tree_fixture();
     publish(&f).success();
-    for rel in ["streams/v1/images.json", "streams/v1/index.json", "debian-12/ssb.json"] {
+    for rel in [
+        "streams/v1/images.json",
+        "streams/v1/index.json",
+        "debian-12/ssb.json",
+    ] {
         let p = f.root().join(rel);
         let text = std::fs::read_to_string(&p).unwrap();
-        assert_eq!(text.lines().count(), 1, "{rel} is compact JSON with one newline");
+        assert_eq!(
+            text.lines().count(),
+            1,
+            "{rel} is compact JSON with one newline"
+        );
         assert!(text.ends_with("}\n"));
         // Bug 13: the original created 0760 folders; web servers could not read them.
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644, "{rel}");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o644,
+            "{rel}"
+        );
         let parent = p.parent().unwrap();
-        assert_eq!(std::fs::metadata(parent).unwrap().permissions().mode() & 0o777, 0o755, "{rel}");
+        assert_eq!(
+            std::fs::metadata(parent).unwrap().permissions().mode() & 0o777,
+            0o755,
+            "{rel}"
+        );
     }
     for rel in ["streams/v1/images.json", "streams/v1/index.json"] {
         let gz = std::fs::read(f.root().join(format!("{rel}.gz"))).unwrap();
         let mut plain = String::new();
-        flate2::read::GzDecoder::new(&gz[..]).read_to_string(&mut plain).unwrap();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_string(&mut plain)
+            .unwrap();
         assert_eq!(plain, std::fs::read_to_string(f.root().join(rel)).unwrap());
     }
 }
@@ -187,24 +277,44 @@ fn bug_1_and_2_combined_hashes_are_per_metadata_file_and_only_for_present_rootfs
     let images = read_json(&f.root().join("streams/v1/images.json"));
     let v1 = &product(&images, "debian:12:amd64:default")["versions"]["20240105_03:00"]["items"];
     // Only a squashfs: no root.tar.xz keys at all (the original set them to sha256(meta)).
-    assert_eq!(v1["lxd.tar.xz"]["combined_squashfs_sha256"], sha(&[&f.files["deb-lxd-1"], &f.files["deb-sq-1"]]));
+    assert_eq!(
+        v1["lxd.tar.xz"]["combined_squashfs_sha256"],
+        sha(&[&f.files["deb-lxd-1"], &f.files["deb-sq-1"]])
+    );
     assert!(v1["lxd.tar.xz"].get("combined_rootxz_sha256").is_none());
     assert!(v1["lxd.tar.xz"].get("combined_sha256").is_none());
     // lxd.tar.xz and incus.tar.xz side by side: each paired with the rootfs alone, never mixed.
     let v2 = &product(&images, "debian:12:amd64:default")["versions"]["20240106_03:00"]["items"];
     for (key, file) in [("lxd.tar.xz", "deb-lxd-2"), ("incus.tar.xz", "deb-incus-2")] {
-        assert_eq!(v2[key]["combined_squashfs_sha256"], sha(&[&f.files[file], &f.files["deb-sq-2"]]), "{key}");
-        assert_eq!(v2[key]["combined_rootxz_sha256"], sha(&[&f.files[file], &f.files["deb-txz-2"]]), "{key}");
-        assert_eq!(v2[key]["combined_sha256"], v2[key]["combined_rootxz_sha256"], "{key}");
+        assert_eq!(
+            v2[key]["combined_squashfs_sha256"],
+            sha(&[&f.files[file], &f.files["deb-sq-2"]]),
+            "{key}"
+        );
+        assert_eq!(
+            v2[key]["combined_rootxz_sha256"],
+            sha(&[&f.files[file], &f.files["deb-txz-2"]]),
+            "{key}"
+        );
+        assert_eq!(
+            v2[key]["combined_sha256"], v2[key]["combined_rootxz_sha256"],
+            "{key}"
+        );
     }
     // A VM with its own metadata: the container metadata has no disk hash, the VM's only that.
     let a = &product(&images, "alpine:3.20:arm64:default")["versions"]["20240201_1200"]["items"];
     for fam in ["incus", "lxd"] {
         let ct = &a[format!("{fam}.tar.xz")];
         let vm = &a[format!("{fam}-vm.tar.xz")];
-        assert_eq!(ct["combined_squashfs_sha256"], sha(&[&f.files["alp-incus"], &f.files["alp-sq"]]));
+        assert_eq!(
+            ct["combined_squashfs_sha256"],
+            sha(&[&f.files["alp-incus"], &f.files["alp-sq"]])
+        );
         assert!(ct.get("combined_disk-kvm-img_sha256").is_none());
-        assert_eq!(vm["combined_disk-kvm-img_sha256"], sha(&[&f.files["alp-vm"], &f.files["alp-disk"]]));
+        assert_eq!(
+            vm["combined_disk-kvm-img_sha256"],
+            sha(&[&f.files["alp-vm"], &f.files["alp-disk"]])
+        );
         assert!(vm.get("combined_squashfs_sha256").is_none());
         assert_eq!(vm["ftype"], format!("{fam}.tar.xz"));
     }
@@ -217,14 +327,25 @@ fn both_client_families_get_a_metadata_item_in_every_version() {
     let images = read_json(&f.root().join("streams/v1/images.json"));
     for (id, p) in images["products"].as_object().unwrap() {
         for (v, version) in p["versions"].as_object().unwrap() {
-            let ftypes: Vec<&str> = version["items"].as_object().unwrap().values().map(|i| i["ftype"].as_str().unwrap()).collect();
-            assert!(ftypes.contains(&"lxd.tar.xz") && ftypes.contains(&"incus.tar.xz"), "{id} {v}: {ftypes:?}");
+            let ftypes: Vec<&str> = version["items"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|i| i["ftype"].as_str().unwrap())
+                .collect();
+            assert!(
+                ftypes.contains(&"lxd.tar.xz") && ftypes.contains(&"incus.tar.xz"),
+                "{id} {v}: {ftypes:?}"
+            );
         }
     }
     // The bridged twin points at the same file with the same hashes.
     let v1 = &product(&images, "debian:12:amd64:default")["versions"]["20240105_03:00"]["items"];
     assert_eq!(v1["incus.tar.xz"]["path"], v1["lxd.tar.xz"]["path"]);
-    assert_eq!(v1["incus.tar.xz"]["combined_squashfs_sha256"], v1["lxd.tar.xz"]["combined_squashfs_sha256"]);
+    assert_eq!(
+        v1["incus.tar.xz"]["combined_squashfs_sha256"],
+        v1["lxd.tar.xz"]["combined_squashfs_sha256"]
+    );
 }
 
 #[test]
@@ -233,8 +354,15 @@ fn bug_3_support_eol_is_a_date_from_the_newest_build() {
     publish(&f).success();
     let images = read_json(&f.root().join("streams/v1/images.json"));
     // expiry: 30d after the newest version, 2024-01-06 03:00.
-    assert_eq!(product(&images, "debian:12:amd64:default")["support_eol"], "2024-02-05");
-    assert!(product(&images, "alpine:3.20:arm64:default").get("support_eol").is_none());
+    assert_eq!(
+        product(&images, "debian:12:amd64:default")["support_eol"],
+        "2024-02-05"
+    );
+    assert!(
+        product(&images, "alpine:3.20:arm64:default")
+            .get("support_eol")
+            .is_none()
+    );
 }
 
 #[test]
@@ -242,7 +370,16 @@ fn bug_4_compound_durations_count_every_pair() {
     let f = tree_fixture();
     let out = bin()
         .current_dir(f.root())
-        .args(["build-versions-manifest", "-p", "debian:12:amd64:default", "-s", ".", "--stdout", "-e", "1w2d"])
+        .args([
+            "build-versions-manifest",
+            "-p",
+            "debian:12:amd64:default",
+            "-s",
+            ".",
+            "--stdout",
+            "-e",
+            "1w2d",
+        ])
         .assert()
         .success();
     let m: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
@@ -253,7 +390,14 @@ fn bug_4_compound_durations_count_every_pair() {
 fn bug_6_stdout_carries_only_json() {
     let f = tree_fixture();
     for args in [
-        vec!["build-versions-manifest", "-p", "debian:12:amd64:default", "-s", ".", "--stdout"],
+        vec![
+            "build-versions-manifest",
+            "-p",
+            "debian:12:amd64:default",
+            "-s",
+            ".",
+            "--stdout",
+        ],
         vec!["build-images-file", "-s", ".", "--stdout"],
         vec!["build-index", "-s", ".", "--stdout"],
     ] {
@@ -262,9 +406,14 @@ fn bug_6_stdout_carries_only_json() {
         }
         let out = bin().current_dir(f.root()).args(&args).assert().success();
         let stdout = &out.get_output().stdout;
-        let v: Value = serde_json::from_slice(stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(stdout)));
+        let v: Value = serde_json::from_slice(stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(stdout)));
         assert!(v.is_object());
-        assert_eq!(stdout.iter().filter(|&&b| b == b'\n').count(), 1, "{args:?}");
+        assert_eq!(
+            stdout.iter().filter(|&&b| b == b'\n').count(),
+            1,
+            "{args:?}"
+        );
     }
 }
 
@@ -275,13 +424,35 @@ fn old_four_step_flow_gives_the_same_catalog_as_publish() {
     let want_images = read_json(&f.root().join("streams/v1/images.json"));
     let want_index = read_json(&f.root().join("streams/v1/index.json"));
     std::fs::remove_dir_all(f.root().join("streams")).unwrap();
-    for p in ["debian:12:amd64:default", "alpine:3.20:arm64:default", "secret:1:amd64:default"] {
-        bin().current_dir(f.root()).args(["build-versions-manifest", "-p", p, "-s", ".", "-t", "."]).assert().success();
+    for p in [
+        "debian:12:amd64:default",
+        "alpine:3.20:arm64:default",
+        "secret:1:amd64:default",
+    ] {
+        bin()
+            .current_dir(f.root())
+            .args(["build-versions-manifest", "-p", p, "-s", ".", "-t", "."])
+            .assert()
+            .success();
     }
-    bin().current_dir(f.root()).args(["build-images-file", "-t", "."]).assert().success();
-    bin().current_dir(f.root()).args(["build-index", "-t", "."]).assert().success();
-    assert_eq!(read_json(&f.root().join("streams/v1/images.json")), want_images);
-    assert_eq!(read_json(&f.root().join("streams/v1/index.json")), want_index);
+    bin()
+        .current_dir(f.root())
+        .args(["build-images-file", "-t", "."])
+        .assert()
+        .success();
+    bin()
+        .current_dir(f.root())
+        .args(["build-index", "-t", "."])
+        .assert()
+        .success();
+    assert_eq!(
+        read_json(&f.root().join("streams/v1/images.json")),
+        want_images
+    );
+    assert_eq!(
+        read_json(&f.root().join("streams/v1/index.json")),
+        want_index
+    );
     bin()
         .current_dir(f.root())
         .args(["build-index", "-t", ".", "--stdout"])
@@ -293,7 +464,12 @@ fn old_four_step_flow_gives_the_same_catalog_as_publish() {
 #[test]
 fn bug_7_images_path_moves_the_file_where_the_index_points() {
     let f = tree_fixture();
-    bin().current_dir(f.root()).env("SSBUILDER_IMAGES_PATH", "/custom/v9/").args(["publish", "-t", "."]).assert().success();
+    bin()
+        .current_dir(f.root())
+        .env("SSBUILDER_IMAGES_PATH", "/custom/v9/")
+        .args(["publish", "-t", "."])
+        .assert()
+        .success();
     let index = read_json(&f.root().join("streams/v1/index.json"));
     assert_eq!(index["index"]["images"]["path"], "custom/v9/images.json");
     assert!(f.root().join("custom/v9/images.json").is_file());
@@ -303,14 +479,32 @@ fn bug_7_images_path_moves_the_file_where_the_index_points() {
 #[test]
 fn bug_8_and_env_prefix_join_item_paths_by_url_or_path_rules() {
     let f = tree_fixture();
-    bin().current_dir(f.root()).env("SSBUILDER_PREFIX", "https://cdn.example.org/ns/").args(["publish", "-t", "."]).assert().success();
+    bin()
+        .current_dir(f.root())
+        .env("SSBUILDER_PREFIX", "https://cdn.example.org/ns/")
+        .args(["publish", "-t", "."])
+        .assert()
+        .success();
     let images = read_json(&f.root().join("streams/v1/images.json"));
-    let item = &product(&images, "debian:12:amd64:default")["versions"]["20240105_03:00"]["items"]["root.squashfs"];
-    assert_eq!(item["path"], "https://cdn.example.org/ns/debian-12/20240105_03:00/rootfs.squashfs");
-    bin().current_dir(f.root()).env("SSBUILDER_PREFIX", "../lxd-debian").args(["publish", "-t", "."]).assert().success();
+    let item = &product(&images, "debian:12:amd64:default")["versions"]["20240105_03:00"]["items"]
+        ["root.squashfs"];
+    assert_eq!(
+        item["path"],
+        "https://cdn.example.org/ns/debian-12/20240105_03:00/rootfs.squashfs"
+    );
+    bin()
+        .current_dir(f.root())
+        .env("SSBUILDER_PREFIX", "../lxd-debian")
+        .args(["publish", "-t", "."])
+        .assert()
+        .success();
     let images = read_json(&f.root().join("streams/v1/images.json"));
-    let item = &product(&images, "debian:12:amd64:default")["versions"]["20240105_03:00"]["items"]["root.squashfs"];
-    assert_eq!(item["path"], "../lxd-debian/debian-12/20240105_03:00/rootfs.squashfs");
+    let item = &product(&images, "debian:12:amd64:default")["versions"]["20240105_03:00"]["items"]
+        ["root.squashfs"];
+    assert_eq!(
+        item["path"],
+        "../lxd-debian/debian-12/20240105_03:00/rootfs.squashfs"
+    );
 }
 
 #[test]
@@ -326,9 +520,24 @@ fn bug_9_folders_that_are_not_version_names_are_never_published() {
 
 #[test]
 fn bug_11_help_texts_say_what_the_flags_do() {
-    let help = |args: &[&str]| String::from_utf8(bin().args(args).arg("--help").assert().success().get_output().stdout.clone()).unwrap();
+    let help = |args: &[&str]| {
+        String::from_utf8(
+            bin()
+                .args(args)
+                .arg("--help")
+                .assert()
+                .success()
+                .get_output()
+                .stdout
+                .clone(),
+        )
+        .unwrap()
+    };
     let h = help(&["build-images-file"]);
-    assert!(h.contains("--stdout") && h.contains("Print the JSON"), "{h}");
+    assert!(
+        h.contains("--stdout") && h.contains("Print the JSON"),
+        "{h}"
+    );
     assert!(!h.contains("index.json on stdout"));
     let h = help(&["build-versions-manifest"]);
     assert!(!h.contains("Default is image.yaml"), "{h}");
@@ -342,7 +551,10 @@ fn hidden_products_are_manifested_but_not_published() {
     publish(&f).success();
     assert!(f.root().join("secret/ssb.json").is_file());
     let index = read_json(&f.root().join("streams/v1/index.json"));
-    assert_eq!(index["index"]["images"]["products"], serde_json::json!(["alpine:3.20:arm64:default", "debian:12:amd64:default"]));
+    assert_eq!(
+        index["index"]["images"]["products"],
+        serde_json::json!(["alpine:3.20:arm64:default", "debian:12:amd64:default"])
+    );
 }
 
 #[test]
@@ -361,16 +573,41 @@ fn a_byte_identical_rebuild_keeps_the_earlier_version() {
     let r = dir.path();
     let m = meta("Debian", "12", "amd64", "same");
     for v in ["20240101_00:00", "20240102_00:00"] {
-        put(r, &format!("images/debian/12/amd64/default/{v}/incus.tar.xz"), &m);
-        put(r, &format!("images/debian/12/amd64/default/{v}/rootfs.squashfs"), b"same bytes");
+        put(
+            r,
+            &format!("images/debian/12/amd64/default/{v}/incus.tar.xz"),
+            &m,
+        );
+        put(
+            r,
+            &format!("images/debian/12/amd64/default/{v}/rootfs.squashfs"),
+            b"same bytes",
+        );
     }
-    put(r, "images/debian/12/amd64/default/20240103_00:00/incus.tar.xz", &m);
-    put(r, "images/debian/12/amd64/default/20240103_00:00/rootfs.squashfs", b"new bytes");
+    put(
+        r,
+        "images/debian/12/amd64/default/20240103_00:00/incus.tar.xz",
+        &m,
+    );
+    put(
+        r,
+        "images/debian/12/amd64/default/20240103_00:00/rootfs.squashfs",
+        b"new bytes",
+    );
     let out = bin().args(["publish", "-t"]).arg(r).assert().success();
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert!(stderr.contains("version 20240102_00:00: skipped an image byte-identical to version 20240101_00:00"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "version 20240102_00:00: skipped an image byte-identical to version 20240101_00:00"
+        ),
+        "{stderr}"
+    );
     let images = read_json(&r.join("streams/v1/images.json"));
-    let versions: Vec<&String> = images["products"]["debian:12:amd64:default"]["versions"].as_object().unwrap().keys().collect();
+    let versions: Vec<&String> = images["products"]["debian:12:amd64:default"]["versions"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
     assert_eq!(versions, ["20240101_00:00", "20240103_00:00"]);
 }
 
@@ -378,18 +615,41 @@ fn a_byte_identical_rebuild_keeps_the_earlier_version() {
 fn layout_mode_names_products_and_aliases_from_folders() {
     let dir = tempfile::tempdir().unwrap();
     let r = dir.path();
-    put(r, "images/debian/12/amd64/default/20240101_00:00/incus.tar.xz", &meta("Debian", "12", "amd64", "d"));
-    put(r, "images/debian/12/amd64/default/20240101_00:00/rootfs.squashfs", b"d");
-    put(r, "images/debian/12/amd64/cloud/20240101_00:00/lxd.tar.xz", &meta("Debian", "12", "amd64", "c"));
-    put(r, "images/debian/12/amd64/cloud/20240101_00:00/rootfs.squashfs", b"c");
-    bin().current_dir(r).args(["publish", "-t", "."]).assert().success();
+    put(
+        r,
+        "images/debian/12/amd64/default/20240101_00:00/incus.tar.xz",
+        &meta("Debian", "12", "amd64", "d"),
+    );
+    put(
+        r,
+        "images/debian/12/amd64/default/20240101_00:00/rootfs.squashfs",
+        b"d",
+    );
+    put(
+        r,
+        "images/debian/12/amd64/cloud/20240101_00:00/lxd.tar.xz",
+        &meta("Debian", "12", "amd64", "c"),
+    );
+    put(
+        r,
+        "images/debian/12/amd64/cloud/20240101_00:00/rootfs.squashfs",
+        b"c",
+    );
+    bin()
+        .current_dir(r)
+        .args(["publish", "-t", "."])
+        .assert()
+        .success();
     let images = read_json(&r.join("streams/v1/images.json"));
     let d = product(&images, "debian:12:amd64:default");
     assert_eq!(d["aliases"], "debian/12/default,debian/12");
     assert_eq!(d["os"], "Debian", "from metadata.yaml");
     assert_eq!(d["release_title"], "12");
     assert_eq!(d["variant"], "default");
-    assert_eq!(product(&images, "debian:12:amd64:cloud")["aliases"], "debian/12/cloud");
+    assert_eq!(
+        product(&images, "debian:12:amd64:cloud")["aliases"],
+        "debian/12/cloud"
+    );
 }
 
 #[test]
@@ -397,24 +657,44 @@ fn alias_clashes_between_products_are_refused_before_writing() {
     let f = tree_fixture();
     publish(&f).success();
     let before = std::fs::read(f.root().join("streams/v1/images.json")).unwrap();
-    let clash = TREE_YML.replace("aliases: alpine/3.20", "aliases: debian/12").replace("arch: arm64", "arch: amd64");
+    let clash = TREE_YML
+        .replace("aliases: alpine/3.20", "aliases: debian/12")
+        .replace("arch: arm64", "arch: amd64");
     put(f.root(), "tree.yml", clash.as_bytes());
     // Alpine's metadata says aarch64: make the arch agree so only the alias rule fires.
-    put(f.root(), "alpine/3.20/20240201_1200/incus.tar.xz", &meta("Alpine", "3.20", "amd64", "ct"));
-    put(f.root(), "alpine/3.20/20240201_1200/incus-vm.tar.xz", &meta("Alpine", "3.20", "amd64", "vm"));
+    put(
+        f.root(),
+        "alpine/3.20/20240201_1200/incus.tar.xz",
+        &meta("Alpine", "3.20", "amd64", "ct"),
+    );
+    put(
+        f.root(),
+        "alpine/3.20/20240201_1200/incus-vm.tar.xz",
+        &meta("Alpine", "3.20", "amd64", "vm"),
+    );
     let out = publish(&f).failure();
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert!(stderr.contains("declares alias `debian/12` (x86_64, container), already declared by product `debian:12:amd64:default` (tree.yml:3:5)"), "{stderr}");
-    assert_eq!(std::fs::read(f.root().join("streams/v1/images.json")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(f.root().join("streams/v1/images.json")).unwrap(),
+        before
+    );
 }
 
 #[test]
 fn metadata_that_contradicts_the_product_arch_is_an_error() {
     let f = tree_fixture();
-    put(f.root(), "alpine/3.20/20240201_1200/incus.tar.xz", &meta("Alpine", "3.20", "amd64", "ct"));
+    put(
+        f.root(),
+        "alpine/3.20/20240201_1200/incus.tar.xz",
+        &meta("Alpine", "3.20", "amd64", "ct"),
+    );
     let out = publish(&f).failure();
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert!(stderr.contains("incus.tar.xz says architecture `amd64` but the product's arch is `arm64`"), "{stderr}");
+    assert!(
+        stderr.contains("incus.tar.xz says architecture `amd64` but the product's arch is `arm64`"),
+        "{stderr}"
+    );
 }
 
 // ---- Bad input: clear errors, non-zero exit, published catalog untouched ----
@@ -428,26 +708,50 @@ fn assert_fails_untouched(f: &Fixture, needles: &[&str]) {
     for n in needles {
         assert!(stderr.contains(n), "missing {n:?} in:\n{stderr}");
     }
-    assert_eq!(std::fs::read(f.root().join("streams/v1/images.json")).unwrap(), before, "catalog changed");
+    assert_eq!(
+        std::fs::read(f.root().join("streams/v1/images.json")).unwrap(),
+        before,
+        "catalog changed"
+    );
 }
 
 #[test]
 fn malformed_tree_yml_is_located() {
     let f = tree_fixture();
     publish(&f).success();
-    put(f.root(), "tree.yml", b"products:\n  - name: a\n    arch: amd64\n    days: [1\n");
+    put(
+        f.root(),
+        "tree.yml",
+        b"products:\n  - name: a\n    arch: amd64\n    days: [1\n",
+    );
     assert_fails_untouched(&f, &["tree.yml:4:"]);
-    put(f.root(), "tree.yml", TREE_YML.replace("arch: arm64", "arch: sparc").as_bytes());
+    put(
+        f.root(),
+        "tree.yml",
+        TREE_YML.replace("arch: arm64", "arch: sparc").as_bytes(),
+    );
     assert_fails_untouched(&f, &["tree.yml:16:11: unknown arch `sparc`"]);
-    put(f.root(), "tree.yml", format!("{TREE_YML}  - name: debian:12:amd64:default\n    arch: amd64\n    directory: x\n").as_bytes());
-    assert_fails_untouched(&f, &["duplicate product name `debian:12:amd64:default` (first declared at tree.yml:3:11)"]);
+    put(
+        f.root(),
+        "tree.yml",
+        format!("{TREE_YML}  - name: debian:12:amd64:default\n    arch: amd64\n    directory: x\n")
+            .as_bytes(),
+    );
+    assert_fails_untouched(
+        &f,
+        &["duplicate product name `debian:12:amd64:default` (first declared at tree.yml:3:11)"],
+    );
 }
 
 #[test]
 fn a_metadata_tarball_that_is_not_a_tarball_is_named() {
     let f = tree_fixture();
     publish(&f).success();
-    put(f.root(), "debian-12/20240106_03:00/lxd.tar.xz", b"<html>404 not found</html> and more text to fill a tar header block..");
+    put(
+        f.root(),
+        "debian-12/20240106_03:00/lxd.tar.xz",
+        b"<html>404 not found</html> and more text to fill a tar header block..",
+    );
     assert_fails_untouched(&f, &["debian-12/20240106_03:00/lxd.tar.xz", "tarball"]);
 }
 
@@ -456,8 +760,15 @@ fn a_truncated_xz_is_named() {
     let f = tree_fixture();
     publish(&f).success();
     let full = &f.files["deb-incus-2"];
-    put(f.root(), "debian-12/20240106_03:00/incus.tar.xz", &full[..full.len() - 40]);
-    assert_fails_untouched(&f, &["debian-12/20240106_03:00/incus.tar.xz", "truncated xz data"]);
+    put(
+        f.root(),
+        "debian-12/20240106_03:00/incus.tar.xz",
+        &full[..full.len() - 40],
+    );
+    assert_fails_untouched(
+        &f,
+        &["debian-12/20240106_03:00/incus.tar.xz", "truncated xz data"],
+    );
 }
 
 #[test]
@@ -502,7 +813,11 @@ fn remote(routes: Vec<(&'static str, u16, Vec<u8>)>) -> Remote {
                 .find(|(p, _, _)| *p == path)
                 .map(|(_, s, b)| (*s, b.clone()))
                 .unwrap_or((404, b"not found".to_vec()));
-            let _ = write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
             let _ = stream.write_all(&body);
         }
     });
@@ -524,25 +839,42 @@ const FAR_SSB: &str = r#"{"name":"far:1:amd64:default","expiry":"1796314639","ve
 fn remote_manifests_are_fetched_once_and_the_token_stays_off_plain_http() {
     let srv = remote(vec![("/ns/far/ssb.json", 200, FAR_SSB.as_bytes().to_vec())]);
     let dir = remote_tree(&srv.url);
-    let out = bin().current_dir(dir.path()).args(["-k", "s3cret", "publish", "-t", "."]).assert().success();
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["-k", "s3cret", "publish", "-t", "."])
+        .assert()
+        .success();
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert!(stderr.contains("not sending the API key"), "{stderr}");
     {
         let reqs = srv.requests.lock().unwrap();
         assert_eq!(reqs.len(), 1, "fetched once for both files: {reqs:?}");
-        assert!(!reqs[0].to_lowercase().contains("authorization"), "bug 14: token sent over http");
+        assert!(
+            !reqs[0].to_lowercase().contains("authorization"),
+            "bug 14: token sent over http"
+        );
     }
     let images = read_json(&dir.path().join("streams/v1/images.json"));
     let p = product(&images, "far:1:amd64:default");
-    assert_eq!(p["support_eol"], "2026-12-03", "the original's Unix seconds, read and converted");
-    assert_eq!(p["versions"]["20240105_03:00"]["items"]["incus.tar.xz"]["combined_squashfs_sha256"], "aa");
+    assert_eq!(
+        p["support_eol"], "2026-12-03",
+        "the original's Unix seconds, read and converted"
+    );
+    assert_eq!(
+        p["versions"]["20240105_03:00"]["items"]["incus.tar.xz"]["combined_squashfs_sha256"],
+        "aa"
+    );
     bin()
         .current_dir(dir.path())
         .env("SSBUILDER_ALLOW_HTTP_TOKEN", "1")
         .args(["-k", "s3cret", "publish", "-t", "."])
         .assert()
         .success();
-    assert!(srv.requests.lock().unwrap()[1].contains("uthorization: token s3cret"), "{:?}", srv.requests.lock().unwrap());
+    assert!(
+        srv.requests.lock().unwrap()[1].contains("uthorization: token s3cret"),
+        "{:?}",
+        srv.requests.lock().unwrap()
+    );
 }
 
 #[test]
@@ -550,31 +882,65 @@ fn a_remote_manifest_that_404s_fails_and_publishes_nothing() {
     let srv = remote(vec![]);
     let dir = remote_tree(&srv.url);
     put(dir.path(), "streams/v1/images.json", b"{\"old\":true}\n");
-    let out = bin().current_dir(dir.path()).args(["publish", "-t", "."]).assert().failure();
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["publish", "-t", "."])
+        .assert()
+        .failure();
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert!(stderr.contains(&format!("product `far:1:amd64:default`: cannot fetch {}/ns/far/ssb.json: HTTP 404", srv.url)), "{stderr}");
-    assert_eq!(std::fs::read(dir.path().join("streams/v1/images.json")).unwrap(), b"{\"old\":true}\n");
-    assert_eq!(srv.requests.lock().unwrap().len(), 1, "a 404 is not retried");
-    let out = bin().current_dir(dir.path()).args(["publish", "-t", ".", "--skip-unavailable"]).assert().success();
-    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("left out (--skip-unavailable)"));
+    assert!(
+        stderr.contains(&format!(
+            "product `far:1:amd64:default`: cannot fetch {}/ns/far/ssb.json: HTTP 404",
+            srv.url
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("streams/v1/images.json")).unwrap(),
+        b"{\"old\":true}\n"
+    );
+    assert_eq!(
+        srv.requests.lock().unwrap().len(),
+        1,
+        "a 404 is not retried"
+    );
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["publish", "-t", ".", "--skip-unavailable"])
+        .assert()
+        .success();
+    assert!(
+        String::from_utf8_lossy(&out.get_output().stderr).contains("left out (--skip-unavailable)")
+    );
 }
 
 #[test]
 fn a_manifest_for_another_product_is_refused() {
-    let srv = remote(vec![("/ns/far/ssb.json", 200, FAR_SSB.replace("far:1", "near:1").into_bytes())]);
+    let srv = remote(vec![(
+        "/ns/far/ssb.json",
+        200,
+        FAR_SSB.replace("far:1", "near:1").into_bytes(),
+    )]);
     let dir = remote_tree(&srv.url);
     bin()
         .current_dir(dir.path())
         .args(["publish", "-t", "."])
         .assert()
         .failure()
-        .stderr(predicates::str::contains("holds the manifest of `near:1:amd64:default`"));
+        .stderr(predicates::str::contains(
+            "holds the manifest of `near:1:amd64:default`",
+        ));
 }
 
 #[test]
 fn print_shows_the_effective_configuration() {
     let f = tree_fixture();
-    let out = bin().current_dir(f.root()).env("SSBUILDER_PREFIX", "../ns").arg("print").assert().success();
+    let out = bin()
+        .current_dir(f.root())
+        .env("SSBUILDER_PREFIX", "../ns")
+        .arg("print")
+        .assert()
+        .success();
     let s = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert!(s.contains("prefix: ../ns"), "{s}");
     assert!(s.contains("\tname: debian:12:amd64:default"), "{s}");
@@ -584,17 +950,33 @@ fn print_shows_the_effective_configuration() {
 #[test]
 fn the_demo_builds_a_tree_real_clients_can_read() {
     let dir = tempfile::tempdir().unwrap();
-    bin().args(["demo", "--no-serve", "-t"]).arg(dir.path()).assert().success();
+    bin()
+        .args(["demo", "--no-serve", "-t"])
+        .arg(dir.path())
+        .assert()
+        .success();
     let images = read_json(&dir.path().join("streams/v1/images.json"));
-    let (id, p) = images["products"].as_object().unwrap().iter().next().unwrap();
+    let (id, p) = images["products"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
     assert!(id.starts_with("ssb-demo:1.0:"), "{id}");
     let (_, v) = p["versions"].as_object().unwrap().iter().next().unwrap();
     let items = &v["items"];
     let base = dir.path();
     let read = |k: &str| std::fs::read(base.join(items[k]["path"].as_str().unwrap())).unwrap();
-    assert_eq!(items["incus.tar.xz"]["combined_rootxz_sha256"], sha(&[&read("incus.tar.xz"), &read("root.tar.xz")]));
+    assert_eq!(
+        items["incus.tar.xz"]["combined_rootxz_sha256"],
+        sha(&[&read("incus.tar.xz"), &read("root.tar.xz")])
+    );
     // A second run reuses the image rather than adding a version.
-    bin().args(["demo", "--no-serve", "-t"]).arg(dir.path()).assert().success();
+    bin()
+        .args(["demo", "--no-serve", "-t"])
+        .arg(dir.path())
+        .assert()
+        .success();
     let again = read_json(&dir.path().join("streams/v1/images.json"));
     assert_eq!(again["products"], images["products"]);
 }
