@@ -18,11 +18,22 @@ use command::run_ok;
 /// Publishing a handful of tiny images is quick; this bounds a hang, not the work.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The binary under test, run from `cwd` (which decides whether a `tree.yml` is picked up).
-pub fn ssb(cwd: &Path) -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_simplestreams-builder"));
+/// The binary under test, run from `cwd` (which decides whether a `tree.yml` is picked up),
+/// with none of the caller's `SSBUILDER_*` settings and no colours in its logs.
+pub fn ssb_command(cwd: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_simplestreams-builder"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SSBUILDER_") {
+            cmd.env_remove(key);
+        }
+    }
     cmd.current_dir(cwd).env("NO_COLOR", "1");
     cmd
+}
+
+/// [`ssb_command`] with a deadline-capable runner.
+pub fn ssb(cwd: &Path) -> assert_cmd::Command {
+    assert_cmd::Command::from_std(ssb_command(cwd))
 }
 
 /// `publish -t DIR` in layout mode: `cwd` must hold no `tree.yml`.

@@ -26,7 +26,7 @@ impl TestServer {
     /// `simplestreams-builder serve -t <dir>` over HTTPS on an ephemeral loopback port, with the
     /// certificate of `ca`.
     pub fn serve(dir: &Path, ca: &TestCa) -> TestServer {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_simplestreams-builder"));
+        let mut cmd = super::ssb_command(dir);
         cmd.arg("serve")
             .arg("-t")
             .arg(dir)
@@ -34,8 +34,7 @@ impl TestServer {
             .arg("--tls-cert")
             .arg(ca.cert_pem())
             .arg("--tls-key")
-            .arg(ca.key_pem())
-            .env("NO_COLOR", "1");
+            .arg(ca.key_pem());
         TestServer::spawn("ssb-serve", cmd)
     }
 
