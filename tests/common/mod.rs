@@ -1,0 +1,73 @@
+//! Helpers shared by the integration tests: TLS material, image fixtures, the server under test,
+//! the real clients and what they report.
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+pub mod catalog;
+pub mod clients;
+pub mod command;
+pub mod fixtures;
+pub mod server;
+pub mod tls;
+
+use std::path::Path;
+use std::time::Duration;
+
+use command::run_ok;
+
+/// Publishing a handful of tiny images is quick; this bounds a hang, not the work.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The binary under test, run from `cwd` (which decides whether a `tree.yml` is picked up),
+/// with none of the caller's `SSBUILDER_*` settings and no colours in its logs.
+pub fn ssb_command(cwd: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_simplestreams-builder"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SSBUILDER_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.current_dir(cwd).env("NO_COLOR", "1");
+    cmd
+}
+
+/// [`ssb_command`] with a deadline-capable runner.
+pub fn ssb(cwd: &Path) -> assert_cmd::Command {
+    assert_cmd::Command::from_std(ssb_command(cwd))
+}
+
+/// `publish -t DIR` in layout mode: `cwd` must hold no `tree.yml`.
+pub fn publish_layout(cwd: &Path, target: &Path) {
+    assert!(
+        !cwd.join("tree.yml").exists(),
+        "layout mode needs a cwd without tree.yml"
+    );
+    publish(ssb(cwd).arg("publish").arg("-t").arg(target), target);
+}
+
+/// `publish -c TREE_YML -t DIR`.
+pub fn publish_tree(cwd: &Path, tree_yml: &Path, target: &Path) {
+    publish(
+        ssb(cwd)
+            .arg("publish")
+            .arg("-c")
+            .arg(tree_yml)
+            .arg("-t")
+            .arg(target),
+        target,
+    );
+}
+
+/// Runs a publish command, which must succeed and leave an index behind.
+fn publish(cmd: &mut assert_cmd::Command, target: &Path) {
+    let output = run_ok(cmd, PUBLISH_TIMEOUT);
+    let index = target.join("streams/v1/index.json");
+    assert!(
+        index.is_file(),
+        "`{}` exited 0 but wrote no {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        command::command_line(cmd),
+        index.display(),
+        String::from_utf8_lossy(&output.stdout).trim_end(),
+        String::from_utf8_lossy(&output.stderr).trim_end(),
+    );
+}
