@@ -91,8 +91,16 @@ impl FromStr for ExpiryDuration {
 }
 
 impl fmt::Display for ExpiryDuration {
+    /// Days, hours, minutes and seconds, largest first: `30d`, `3h30m`, `1d12h`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}s", self.seconds)
+        let mut rest = self.seconds;
+        for (unit, per) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+            if rest >= per {
+                write!(f, "{}{unit}", rest / per)?;
+                rest %= per;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -138,6 +146,19 @@ mod tests {
         for bad in ["", "abc", "10", "0d", "5x", "d", "1d 2h", "-1d"] {
             let err = ExpiryDuration::parse(bad).unwrap_err().to_string();
             assert!(err.contains("is not a duration"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn displays_in_the_largest_units() {
+        for (input, shown) in [
+            ("30d", "30d"),
+            ("1w2d", "9d"),
+            ("3h30m", "3h30m"),
+            ("90m", "1h30m"),
+            ("1d1s", "1d1s"),
+        ] {
+            assert_eq!(ExpiryDuration::parse(input).unwrap().to_string(), shown);
         }
     }
 

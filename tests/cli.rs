@@ -980,3 +980,46 @@ fn the_demo_builds_a_tree_real_clients_can_read() {
     let again = read_json(&dir.path().join("streams/v1/images.json"));
     assert_eq!(again["products"], images["products"]);
 }
+
+#[test]
+fn the_shipped_example_tree_is_valid_and_documents_every_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = root.join("tree.yml.example");
+    let out = bin()
+        .arg("-c")
+        .arg(&example)
+        .arg("print")
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        !stderr.contains("WARN"),
+        "the example has unknown keys:\n{stderr}"
+    );
+    let text = std::fs::read_to_string(&example).unwrap();
+    for key in [
+        "prefix:",
+        "images_path:",
+        "datatype:",
+        "format:",
+        "name:",
+        "arch:",
+        "release:",
+        "os:",
+        "release_title:",
+        "directory:",
+        "version:",
+        "prefix_path:",
+        "build_script_hook:",
+        "hidden:",
+        "days:",
+        "aliases:",
+        "variant:",
+        "release_codename:",
+        "requirements:",
+        "expiry:",
+    ] {
+        assert!(text.contains(key), "tree.yml.example does not show `{key}`");
+    }
+    assert!(root.join("products/debian-bookworm/image.yaml").is_file());
+}
