@@ -129,6 +129,12 @@ pub fn load_tree(
             problems.join("\n")
         );
     }
+    if products.is_empty() {
+        warn!(
+            "no products under {}: expected images/<os>/<release>/<arch>/<variant>/<YYYYMMDD_HH:MM>/ (or a tree.yml)",
+            root.display()
+        );
+    }
     let mut config = TreeConfig {
         file: PathBuf::new(),
         prefix: String::new(),
@@ -196,7 +202,7 @@ fn progress_bar() -> ProgressBar {
 /// remote ones fetched once each. Returns the entries, in tree order.
 fn load_entries(
     cli: &Cli,
-    tree: &mut Tree,
+    tree: &Tree,
     source: &Path,
     target: Option<&Path>,
     hash: Option<&BuildOptions>,
@@ -333,7 +339,7 @@ pub fn publish_tree(
     skip_unavailable: bool,
 ) -> Result<()> {
     let env = |k: &str| std::env::var(k).ok();
-    let mut tree = load_tree(config, source, &env)?;
+    let tree = load_tree(config, source, &env)?;
     let opts = BuildOptions {
         md5,
         cache: true,
@@ -341,7 +347,7 @@ pub fn publish_tree(
     };
     let entries = load_entries(
         cli,
-        &mut tree,
+        &tree,
         source,
         Some(target),
         Some(&opts),
@@ -479,8 +485,8 @@ fn catalog_cmd(cli: &Cli, args: &CatalogArgs, part: CatalogPart) -> Result<()> {
             "missing -t/--target-dir or --stdout (and -s/--source-dir to read ssb.json files from)",
         )?;
     let env = |k: &str| std::env::var(k).ok();
-    let mut tree = load_tree(config_path(cli), &source, &env)?;
-    let entries = load_entries(cli, &mut tree, &source, None, None, args.skip_unavailable)?;
+    let tree = load_tree(config_path(cli), &source, &env)?;
+    let entries = load_entries(cli, &tree, &source, None, None, args.skip_unavailable)?;
     let mut warnings = Vec::new();
     let (products, index) =
         publish::build_catalog(&entries, &catalog_settings(&tree), &mut warnings)?;
@@ -502,19 +508,7 @@ fn catalog_cmd(cli: &Cli, args: &CatalogArgs, part: CatalogPart) -> Result<()> {
         return crate::write_stdout(&bytes);
     }
     let _lock = publish::lock_tree(cli.target_dir.as_deref().unwrap_or(Path::new(".")))?;
-    let mut gz = Vec::new();
-    {
-        use std::io::Write;
-        let mut enc = flate2::GzBuilder::new().write(&mut gz, flate2::Compression::best());
-        enc.write_all(&bytes)?;
-        enc.finish()?;
-    }
-    let mut gz_path = path.clone().into_os_string();
-    gz_path.push(".gz");
-    crate::atomic::write(Path::new(&gz_path), &gz)
-        .with_context(|| format!("cannot write {}", gz_path.to_string_lossy()))?;
-    crate::atomic::write(&path, &bytes)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    publish::write_with_gz(&path, &bytes)?;
     info!("wrote {}", path.display());
     Ok(())
 }

@@ -298,7 +298,8 @@ pub fn products_path(target: &Path, images_path: &str) -> PathBuf {
         .join("images.json")
 }
 
-fn write_with_gz(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+/// Writes `bytes` and a gzip twin `<path>.gz` (written first), each atomically.
+pub fn write_with_gz(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     let fail = |p: &Path| {
         let p = p.to_owned();
         move |source| WriteError { path: p, source }
