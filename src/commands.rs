@@ -198,6 +198,29 @@ fn progress_bar() -> ProgressBar {
     bar
 }
 
+/// Hashes a local product's folder under `source` into its manifest.
+fn hash_product(
+    spec: &ProductSpec,
+    config: &TreeConfig,
+    source: &Path,
+    opts: &BuildOptions,
+    bar: &ProgressBar,
+    warnings: &mut Vec<String>,
+) -> Result<(crate::stream::Manifest, u64), manifest::ManifestError> {
+    manifest::build(
+        manifest::LocalProduct {
+            name: &spec.name,
+            arch: &spec.arch,
+            dir: &source.join(&spec.directory),
+            directory: &spec.directory,
+            prefix: &config.prefix,
+        },
+        opts,
+        &|n| bar.inc(n),
+        warnings,
+    )
+}
+
 /// Loads every product's manifest: local ones by hashing (`hash`) or from their ssb.json,
 /// remote ones fetched once each. Returns the entries, in tree order.
 fn load_entries(
@@ -235,33 +258,22 @@ fn load_entries(
             bar.set_message(spec.name.clone());
             let mut opts = opts.clone();
             opts.expiry = opts.expiry.or(spec.expiry);
-            manifest::build(
-                manifest::LocalProduct {
-                    name: &spec.name,
-                    arch: &spec.arch,
-                    dir: &source.join(&spec.directory),
-                    directory: &spec.directory,
-                    prefix: &tree.config.prefix,
-                },
-                &opts,
-                &|n| bar.inc(n),
-                &mut warnings,
-            )
-            .map(|(m, n)| {
-                bytes += n;
-                m
-            })
-            .and_then(|m| {
-                if let Some(target) = target {
-                    let path = target.join(&spec.directory).join(MANIFEST_FILE);
-                    manifest::write(&path, &m).map_err(|e| manifest::ManifestError::Read {
-                        product: spec.name.clone(),
-                        path,
-                        reason: format!("cannot write: {e}"),
-                    })?;
-                }
-                Ok(m)
-            })
+            hash_product(spec, &tree.config, source, &opts, &bar, &mut warnings)
+                .map(|(m, n)| {
+                    bytes += n;
+                    m
+                })
+                .and_then(|m| {
+                    if let Some(target) = target {
+                        let path = target.join(&spec.directory).join(MANIFEST_FILE);
+                        manifest::write(&path, &m).map_err(|e| manifest::ManifestError::Read {
+                            product: spec.name.clone(),
+                            path,
+                            reason: format!("cannot write: {e}"),
+                        })?;
+                    }
+                    Ok(m)
+                })
         } else {
             let path = source.join(&spec.directory).join(MANIFEST_FILE);
             manifest::read(&spec.name, &path, &mut warnings)
@@ -444,18 +456,7 @@ fn manifest_cmd(cli: &Cli, args: &ManifestArgs) -> Result<()> {
     };
     let mut warnings = Vec::new();
     let bar = progress_bar();
-    let (m, _) = manifest::build(
-        manifest::LocalProduct {
-            name: &spec.name,
-            arch: &spec.arch,
-            dir: &source.join(&spec.directory),
-            directory: &spec.directory,
-            prefix: &tree.config.prefix,
-        },
-        &opts,
-        &|n| bar.inc(n),
-        &mut warnings,
-    )?;
+    let (m, _) = hash_product(spec, &tree.config, &source, &opts, &bar, &mut warnings)?;
     bar.finish_and_clear();
     report(&warnings);
     if args.stdout {

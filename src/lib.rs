@@ -46,3 +46,16 @@ pub fn init_logging(verbose: bool) {
         .with_target(debug)
         .try_init();
 }
+
+/// An error and its sources on one line (`a: b: c`), for messages that must name the root cause
+/// (reqwest and rustls hide it in `source()`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -417,23 +417,24 @@ pub fn fetch_all(
     if products.is_empty() {
         return Vec::new();
     }
+    let fail_all = |reason: String| -> Vec<Result<Manifest, ManifestError>> {
+        products
+            .iter()
+            .map(|(p, url)| {
+                Err(ManifestError::Fetch {
+                    product: p.clone(),
+                    url: url.clone(),
+                    reason: reason.clone(),
+                })
+            })
+            .collect()
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => {
-            return products
-                .iter()
-                .map(|(p, url)| {
-                    Err(ManifestError::Fetch {
-                        product: p.clone(),
-                        url: url.clone(),
-                        reason: format!("cannot start the HTTP runtime: {e}"),
-                    })
-                })
-                .collect();
-        }
+        Err(e) => return fail_all(format!("cannot start the HTTP runtime: {e}")),
     };
     let client = reqwest::Client::builder()
         .timeout(http.timeout)
@@ -442,18 +443,7 @@ pub fn fetch_all(
         .build();
     let client = match client {
         Ok(c) => c,
-        Err(e) => {
-            return products
-                .iter()
-                .map(|(p, url)| {
-                    Err(ManifestError::Fetch {
-                        product: p.clone(),
-                        url: url.clone(),
-                        reason: format!("cannot build the HTTP client: {e}"),
-                    })
-                })
-                .collect();
-        }
+        Err(e) => return fail_all(format!("cannot build the HTTP client: {e}")),
     };
     if http.insecure {
         warnings.push("SSBUILDER_INSECURE_SKIPVERIFY is set: TLS certificates of remote manifests are not verified".into());
@@ -528,7 +518,7 @@ async fn fetch_one(
             },
             Ok(resp) if resp.status().is_server_error() => last = format!("HTTP {}", resp.status()),
             Ok(resp) => return (Err(fail(format!("HTTP {}", resp.status()))), warnings),
-            Err(e) => last = error_chain(&e),
+            Err(e) => last = crate::error_chain(&e),
         }
         if attempt < http.attempts {
             tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
@@ -541,17 +531,6 @@ async fn fetch_one(
         ))),
         warnings,
     )
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

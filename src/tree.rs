@@ -154,6 +154,13 @@ pub struct TreeError {
     pub source: std::io::Error,
 }
 
+fn stat(path: &Path) -> Result<std::fs::Metadata, TreeError> {
+    std::fs::metadata(path).map_err(|source| TreeError {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 fn read_dir_sorted(dir: &Path) -> Result<Vec<std::fs::DirEntry>, TreeError> {
     let err = |source| TreeError {
         path: dir.to_owned(),
@@ -177,11 +184,7 @@ pub fn scan_product(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<Versio
             continue;
         }
         let path = entry.path();
-        let meta = std::fs::metadata(&path).map_err(|source| TreeError {
-            path: path.clone(),
-            source,
-        })?;
-        if !meta.is_dir() {
+        if !stat(&path)?.is_dir() {
             continue;
         }
         let version = match VersionName::parse(&name) {
@@ -210,10 +213,7 @@ pub fn scan_version(
             continue;
         };
         let path = entry.path();
-        let meta = std::fs::metadata(&path).map_err(|source| TreeError {
-            path: path.clone(),
-            source,
-        })?;
+        let meta = stat(&path)?;
         if !meta.is_file() {
             warnings.push(format!("{}: skipped: not a regular file", path.display()));
             continue;

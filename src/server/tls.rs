@@ -111,7 +111,7 @@ pub(crate) fn self_signed(root: &Path, extra_sans: &[String]) -> Result<ServerCe
             Err(e @ ServerError::ReadPem { .. }) => return Err(e),
             Err(e) => tracing::warn!(
                 "stored self-signed certificate is unusable ({}); generating a new one",
-                error_chain(&e)
+                crate::error_chain(&e)
             ),
         }
     }
@@ -287,17 +287,6 @@ fn parse_error(path: &Path, reason: String) -> ServerError {
         path: path.to_owned(),
         reason,
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
