@@ -39,7 +39,10 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{}", render_print(&tree.config));
             Ok(())
         }
-        Command::Serve(args) => crate::serve_cmd::serve(&cli, args),
+        Command::Serve(args) => {
+            let root = cli.target_dir.clone().unwrap_or_else(|| ".".into());
+            crate::serve_cmd::serve(root, args)
+        }
         Command::Demo(args) => crate::demo::run(&cli, args),
     }
 }

@@ -121,7 +121,7 @@ pub fn run(cli: &Cli, args: &DemoArgs) -> Result<()> {
         return Ok(());
     }
     crate::serve_cmd::serve(
-        cli,
+        target,
         &crate::cli::ServeArgs {
             listen: args.listen,
             tls_cert: None,

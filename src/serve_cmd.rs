@@ -2,12 +2,13 @@
 
 use anyhow::Result;
 
-use crate::cli::{Cli, ServeArgs};
+use std::path::PathBuf;
+
+use crate::cli::ServeArgs;
 use crate::server::{ServeOptions, TlsMode, serve as run_server};
 
-/// Runs the server until SIGINT/SIGTERM.
-pub fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
-    let root = cli.target_dir.clone().unwrap_or_else(|| ".".into());
+/// Serves the tree at `root` until SIGINT/SIGTERM.
+pub fn serve(root: PathBuf, args: &ServeArgs) -> Result<()> {
     let tls = if args.http {
         TlsMode::Http
     } else if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {

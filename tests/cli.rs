@@ -1023,3 +1023,66 @@ fn the_shipped_example_tree_is_valid_and_documents_every_key() {
     }
     assert!(root.join("products/debian-bookworm/image.yaml").is_file());
 }
+
+#[test]
+fn the_readme_demo_command_serves_what_it_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_simplestreams-builder"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = child.stderr.take().unwrap();
+    let _guard = Kill(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(url) = line.split("listening on ").nth(1) {
+                let _ = tx.send(Ok(url.trim().to_owned()));
+            }
+        }
+        let _ = tx.send(Err(seen));
+    });
+    let url = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(Ok(url)) => url,
+        other => panic!("demo did not start serving: {other:?}"),
+    };
+    let cert = std::fs::read(dir.path().join("ssb-demo/.ssb/tls/cert.pem"))
+        .expect("the certificate lives in the demo tree");
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&cert).unwrap())
+        .resolve(
+            "localhost",
+            url.trim_start_matches("https://").parse().unwrap(),
+        )
+        .build()
+        .unwrap();
+    let port = url.rsplit(':').next().unwrap();
+    let body = client
+        .get(format!("https://localhost:{port}/streams/v1/index.json"))
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let index: Value = serde_json::from_slice(&body).unwrap();
+    let products = index["index"]["images"]["products"].as_array().unwrap();
+    assert!(
+        products[0].as_str().unwrap().starts_with("ssb-demo:1.0:"),
+        "{index}"
+    );
+}
