@@ -77,6 +77,12 @@ pub fn load_tree(
             layout: false,
         });
     }
+    if !root.is_dir() {
+        bail!(
+            "{} is not a folder; without a tree.yml, -t/-s must name a tree holding images/<os>/<release>/<arch>/<variant>/<version>/",
+            root.display()
+        );
+    }
     let mut warnings = Vec::new();
     let found = tree::discover_layout(root, &mut warnings)?;
     report(&warnings);

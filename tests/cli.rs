@@ -781,6 +781,18 @@ fn an_unreadable_file_is_named() {
     assert_fails_untouched(&f, &["debian-12/20240106_03:00/rootfs.squashfs"]);
 }
 
+#[test]
+fn a_missing_tree_is_an_error_not_an_empty_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    bin()
+        .current_dir(dir.path())
+        .args(["publish", "-t", "no-such-tree"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("no-such-tree is not a folder"));
+    assert!(!dir.path().join("no-such-tree").exists());
+}
+
 // ---- Remote manifests (prefix_path) against a loopback server ----
 
 /// A tiny HTTP server on 127.0.0.1 that answers from a table and records every request.
