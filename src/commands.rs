@@ -10,20 +10,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{info, warn};
 
 use crate::cli::{CatalogArgs, Cli, Command, ManifestArgs, PublishArgs};
-use crate::config::{self, Origin, ProductSpec, TreeConfig};
+use crate::config::TreeConfig;
 use crate::expiry::ExpiryDuration;
 use crate::manifest::{self, BuildOptions, HttpSettings, MANIFEST_FILE};
-use crate::publish::{self, CatalogSettings, Entry};
-use crate::stream::canonical_arch;
-use crate::tree;
-
-/// Where the products come from.
-pub struct Tree {
-    /// Validated configuration (synthesised in layout mode).
-    pub config: TreeConfig,
-    /// True when the products were discovered from the layout.
-    pub layout: bool,
-}
+use crate::products::{self, LoadOptions, Manifests, Tree};
+use crate::publish;
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
@@ -35,7 +26,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::BuildIndex(args) => catalog_cmd(&cli, args, CatalogPart::Index),
         Command::Print => {
             let root = cli.target_dir.clone().unwrap_or_else(|| ".".into());
-            let tree = load_tree(config_path(&cli), &root, &env)?;
+            let tree = Tree::load(config_path(&cli).as_deref(), &root, &env)?;
             print!("{}", render_print(&tree.config));
             Ok(())
         }
@@ -47,12 +38,6 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn report(warnings: &[String]) {
-    for w in warnings {
-        warn!("{w}");
-    }
-}
-
 /// Finds the tree.yml: `-c`/`SSBUILDER_CONFIG`, else `./tree.yml` when it exists; `None` means
 /// layout mode.
 pub fn config_path(cli: &Cli) -> Option<PathBuf> {
@@ -60,118 +45,6 @@ pub fn config_path(cli: &Cli) -> Option<PathBuf> {
         let default = PathBuf::from("tree.yml");
         default.is_file().then_some(default)
     })
-}
-
-/// Loads the products: from tree.yml, or discovered under `root` in layout mode.
-pub fn load_tree(
-    config: Option<PathBuf>,
-    root: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Tree> {
-    if let Some(path) = config {
-        let mut config = TreeConfig::load(&path)?;
-        config.apply_env(env);
-        report(&config.warnings);
-        return Ok(Tree {
-            config,
-            layout: false,
-        });
-    }
-    if !root.is_dir() {
-        bail!(
-            "{} is not a folder; without a tree.yml, -t/-s must name a tree holding images/<os>/<release>/<arch>/<variant>/<version>/",
-            root.display()
-        );
-    }
-    let mut warnings = Vec::new();
-    let found = tree::discover_layout(root, &mut warnings)?;
-    report(&warnings);
-    let mut problems = Vec::new();
-    let mut products = Vec::new();
-    for p in found {
-        let dir = root.join(&p.directory);
-        if canonical_arch(&p.arch).is_none() {
-            problems.push(format!(
-                "{}: unknown architecture folder `{}` (LXD and Incus would drop the product); use a name such as amd64 or arm64",
-                dir.display(),
-                p.arch
-            ));
-            continue;
-        }
-        let mut aliases = vec![format!("{}/{}/{}", p.os, p.release, p.variant)];
-        if p.variant == "default" {
-            aliases.push(format!("{}/{}", p.os, p.release));
-        }
-        for a in &aliases {
-            if let Err(why) = config::check_alias(a) {
-                problems.push(format!(
-                    "{}: the alias `{a}` made from these folder names {why}",
-                    dir.display()
-                ));
-            }
-        }
-        products.push(ProductSpec {
-            name: format!("{}:{}:{}:{}", p.os, p.release, p.arch, p.variant),
-            arch: p.arch,
-            release: Some(p.release),
-            os: None,
-            release_title: None,
-            directory: p.directory,
-            version: None,
-            prefix_path: None,
-            build_script_hook: None,
-            hidden: false,
-            days: 1,
-            aliases,
-            variant: Some(p.variant),
-            release_codename: None,
-            requirements: None,
-            expiry: None,
-            origin: Origin::Layout { dir },
-        });
-    }
-    if !problems.is_empty() {
-        bail!(
-            "the layout under {} has {} problem(s):\n{}",
-            root.display(),
-            problems.len(),
-            problems.join("\n")
-        );
-    }
-    if products.is_empty() {
-        warn!(
-            "no products under {}: expected images/<os>/<release>/<arch>/<variant>/<YYYYMMDD_HH:MM>/ (or a tree.yml)",
-            root.display()
-        );
-    }
-    let mut config = TreeConfig {
-        file: PathBuf::new(),
-        prefix: String::new(),
-        images_path: config::DEFAULT_IMAGES_PATH.into(),
-        datatype: config::DEFAULT_DATATYPE.into(),
-        format: config::DEFAULT_FORMAT.into(),
-        products,
-        warnings: Vec::new(),
-    };
-    config.apply_env(env);
-    Ok(Tree {
-        config,
-        layout: true,
-    })
-}
-
-/// Fills what a layout product leaves to its images: the OS name from metadata.yaml, else the
-/// folder name.
-fn finish_layout_spec(spec: &mut ProductSpec, m: &crate::stream::Manifest) {
-    if spec.os.is_none() {
-        let folder = spec
-            .directory
-            .split('/')
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned();
-        spec.os = Some(m.properties.get("os").cloned().unwrap_or(folder));
-    }
 }
 
 fn http_settings(cli: &Cli) -> HttpSettings {
@@ -207,130 +80,8 @@ fn progress_bar() -> ProgressBar {
     bar
 }
 
-/// Hashes a local product's folder under `source` into its manifest.
-fn hash_product(
-    spec: &ProductSpec,
-    config: &TreeConfig,
-    source: &Path,
-    opts: &BuildOptions,
-    bar: &ProgressBar,
-    warnings: &mut Vec<String>,
-) -> Result<(crate::stream::Manifest, u64), manifest::ManifestError> {
-    manifest::build(
-        manifest::LocalProduct {
-            name: &spec.name,
-            arch: &spec.arch,
-            dir: &source.join(&spec.directory),
-            directory: &spec.directory,
-            prefix: &config.prefix,
-        },
-        opts,
-        &|n| bar.inc(n),
-        warnings,
-    )
-}
-
-/// Loads every product's manifest: local ones by hashing (`hash`) or from their ssb.json,
-/// remote ones fetched once each. Returns the entries, in tree order.
-fn load_entries(
-    cli: &Cli,
-    tree: &Tree,
-    source: &Path,
-    target: Option<&Path>,
-    hash: Option<&BuildOptions>,
-    skip_unavailable: bool,
-) -> Result<Vec<Entry>> {
-    let mut warnings = Vec::new();
-    let remote: Vec<(String, String)> = tree
-        .config
-        .products
-        .iter()
-        .filter(|p| !p.hidden || hash.is_some())
-        .filter_map(|p| {
-            p.prefix_path
-                .as_ref()
-                .map(|pp| (p.name.clone(), manifest::remote_url(pp, &p.directory)))
-        })
-        .collect();
-    let mut fetched = manifest::fetch_all(&remote, &http_settings(cli), &mut warnings).into_iter();
-    let bar = progress_bar();
-    let mut entries = Vec::new();
-    let mut failures = Vec::new();
-    let mut bytes = 0u64;
-    for spec in &tree.config.products {
-        if spec.hidden && hash.is_none() {
-            continue;
-        }
-        let loaded = if spec.prefix_path.is_some() {
-            fetched.next().expect("one fetch result per remote product")
-        } else if let Some(opts) = hash {
-            bar.set_message(spec.name.clone());
-            let mut opts = opts.clone();
-            opts.expiry = opts.expiry.or(spec.expiry);
-            hash_product(spec, &tree.config, source, &opts, &bar, &mut warnings)
-                .map(|(m, n)| {
-                    bytes += n;
-                    m
-                })
-                .and_then(|m| {
-                    if let Some(target) = target {
-                        let path = target.join(&spec.directory).join(MANIFEST_FILE);
-                        manifest::write(&path, &m).map_err(|e| manifest::ManifestError::Read {
-                            product: spec.name.clone(),
-                            path,
-                            reason: format!("cannot write: {e}"),
-                        })?;
-                    }
-                    Ok(m)
-                })
-        } else {
-            let path = source.join(&spec.directory).join(MANIFEST_FILE);
-            manifest::read(&spec.name, &path, &mut warnings)
-        };
-        match loaded {
-            Ok(m) => {
-                let mut spec = spec.clone();
-                if tree.layout {
-                    finish_layout_spec(&mut spec, &m);
-                }
-                entries.push(Entry { spec, manifest: m });
-            }
-            Err(e) if skip_unavailable => {
-                warnings.push(format!("{e}; left out (--skip-unavailable)"))
-            }
-            Err(e) => failures.push(e.to_string()),
-        }
-    }
-    bar.finish_and_clear();
-    report(&warnings);
-    if hash.is_some() {
-        info!(
-            "hashed {} product(s), read {} of image data",
-            entries.len(),
-            human_bytes(bytes)
-        );
-    }
-    if !failures.is_empty() {
-        bail!(
-            "{} product(s) could not be loaded; nothing was published (use --skip-unavailable to publish the rest):\n{}",
-            failures.len(),
-            failures.join("\n")
-        );
-    }
-    Ok(entries)
-}
-
 fn human_bytes(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
-}
-
-fn catalog_settings(tree: &Tree) -> CatalogSettings {
-    CatalogSettings {
-        images_path: tree.config.images_path.clone(),
-        datatype: tree.config.datatype.clone(),
-        format: tree.config.format.clone(),
-        updated: publish::updated_now(),
-    }
 }
 
 fn publish_cmd(cli: &Cli, args: &PublishArgs) -> Result<()> {
@@ -350,7 +101,8 @@ fn publish_cmd(cli: &Cli, args: &PublishArgs) -> Result<()> {
     )
 }
 
-/// Manifests for every product, then images.json and index.json from that one state.
+/// Publishes the tree at `source` into `target` (see [`publish::publish_tree`]) and logs a
+/// summary.
 pub fn publish_tree(
     cli: &Cli,
     config: Option<PathBuf>,
@@ -360,31 +112,25 @@ pub fn publish_tree(
     skip_unavailable: bool,
 ) -> Result<()> {
     let env = |k: &str| std::env::var(k).ok();
-    let tree = load_tree(config, source, &env)?;
-    let opts = BuildOptions {
-        md5,
-        cache: true,
-        expiry: None,
-    };
-    let entries = load_entries(
-        cli,
-        &tree,
+    let bar = progress_bar();
+    let summary = publish::publish_tree(&publish::PublishRequest {
+        config: config.as_deref(),
         source,
-        Some(target),
-        Some(&opts),
+        target,
+        md5,
         skip_unavailable,
-    )?;
-    let mut warnings = Vec::new();
-    let (products, index) =
-        publish::build_catalog(&entries, &catalog_settings(&tree), &mut warnings)?;
-    report(&warnings);
-    publish::write_catalog(target, &tree.config.images_path, &products, &index)?;
-    let images: usize = products.products.values().map(|p| p.versions.len()).sum();
+        http: &http_settings(cli),
+        env: &env,
+        progress: &bar,
+    });
+    bar.finish_and_clear();
+    let summary = summary?;
     info!(
-        "published {} product(s), {} version(s) to {}",
-        products.products.len(),
-        images,
-        publish::index_path(target).display()
+        "published {} product(s), {} version(s) to {} (read {} of image data)",
+        summary.products,
+        summary.versions,
+        summary.index.display(),
+        human_bytes(summary.bytes_read)
     );
     Ok(())
 }
@@ -429,7 +175,7 @@ fn manifest_cmd(cli: &Cli, args: &ManifestArgs) -> Result<()> {
         .unwrap_or_else(|| ".".into());
     let target = cli.target_dir.clone().unwrap_or_else(|| source.clone());
     let env = |k: &str| std::env::var(k).ok();
-    let tree = load_tree(config_path(cli), &source, &env)?;
+    let tree = Tree::load(config_path(cli).as_deref(), &source, &env)?;
     let Some(spec) = tree.config.product(&args.product) else {
         bail!(
             "no product named `{}`; known: {}",
@@ -465,9 +211,9 @@ fn manifest_cmd(cli: &Cli, args: &ManifestArgs) -> Result<()> {
     };
     let mut warnings = Vec::new();
     let bar = progress_bar();
-    let (m, _) = hash_product(spec, &tree.config, &source, &opts, &bar, &mut warnings)?;
+    let (m, _) = products::hash_product(spec, &tree.config, &source, &opts, &bar, &mut warnings)?;
     bar.finish_and_clear();
-    report(&warnings);
+    products::report(&warnings);
     if args.stdout {
         crate::write_stdout(&manifest::to_json(&m))?;
     } else {
@@ -495,12 +241,25 @@ fn catalog_cmd(cli: &Cli, args: &CatalogArgs, part: CatalogPart) -> Result<()> {
             "missing -t/--target-dir or --stdout (and -s/--source-dir to read ssb.json files from)",
         )?;
     let env = |k: &str| std::env::var(k).ok();
-    let tree = load_tree(config_path(cli), &source, &env)?;
-    let entries = load_entries(cli, &tree, &source, None, None, args.skip_unavailable)?;
+    let tree = Tree::load(config_path(cli).as_deref(), &source, &env)?;
+    let bar = progress_bar();
+    let loaded = products::load_entries(
+        &tree,
+        &LoadOptions {
+            source: &source,
+            manifests: Manifests::Read,
+            skip_unavailable: args.skip_unavailable,
+            http: &http_settings(cli),
+            progress: &bar,
+        },
+    )?;
     let mut warnings = Vec::new();
-    let (products, index) =
-        publish::build_catalog(&entries, &catalog_settings(&tree), &mut warnings)?;
-    report(&warnings);
+    let (products, index) = publish::build_catalog(
+        &loaded.entries,
+        &publish::catalog_settings(&tree),
+        &mut warnings,
+    )?;
+    products::report(&warnings);
     let (bytes, path) = match part {
         CatalogPart::Products => (
             publish::to_json(&products),

@@ -7,6 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::config::ProductSpec;
+use crate::manifest::{BuildOptions, HttpSettings};
+use crate::products::{LoadError, LoadOptions, Manifests, Tree};
 use crate::stream::{
     Family, Ftype, ImageType, Index, IndexEntry, Manifest, Product, ProductsFile, Version,
     VersionName, canonical_arch,
@@ -354,4 +356,95 @@ pub fn lock_tree(target: &Path) -> Result<std::fs::File, WriteError> {
         file.lock().map_err(fail)?;
     }
     Ok(file)
+}
+
+/// Publishing a tree failed; nothing of the catalog was written.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Products or manifests could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The catalog breaks a client rule.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A file could not be written.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// What to publish.
+pub struct PublishRequest<'a> {
+    /// tree.yml, or `None` for layout mode.
+    pub config: Option<&'a Path>,
+    /// Where the images are.
+    pub source: &'a Path,
+    /// Where ssb.json files and the catalog are written.
+    pub target: &'a Path,
+    /// Also compute md5.
+    pub md5: bool,
+    /// Leave out products that cannot be loaded.
+    pub skip_unavailable: bool,
+    /// How remote manifests are fetched.
+    pub http: &'a HttpSettings,
+    /// `SSBUILDER_*` overrides.
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// Told about every byte hashed.
+    pub progress: &'a indicatif::ProgressBar,
+}
+
+/// What was published.
+#[derive(Clone, Debug)]
+pub struct PublishSummary {
+    /// Products in the catalog.
+    pub products: usize,
+    /// Versions in the catalog.
+    pub versions: usize,
+    /// Image bytes read (zero on an unchanged tree).
+    pub bytes_read: u64,
+    /// The index written.
+    pub index: PathBuf,
+}
+
+/// The catalog settings of a tree, stamped now.
+pub fn catalog_settings(tree: &Tree) -> CatalogSettings {
+    CatalogSettings {
+        images_path: tree.config.images_path.clone(),
+        datatype: tree.config.datatype.clone(),
+        format: tree.config.format.clone(),
+        updated: updated_now(),
+    }
+}
+
+/// Manifests for every product, then images.json and index.json from that one state.
+pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishError> {
+    let tree = Tree::load(req.config, req.source, req.env)?;
+    let build = BuildOptions {
+        md5: req.md5,
+        cache: true,
+        expiry: None,
+    };
+    let loaded = crate::products::load_entries(
+        &tree,
+        &LoadOptions {
+            source: req.source,
+            manifests: Manifests::Hash {
+                opts: &build,
+                write_to: Some(req.target),
+            },
+            skip_unavailable: req.skip_unavailable,
+            http: req.http,
+            progress: req.progress,
+        },
+    )?;
+    let mut warnings = Vec::new();
+    let (products, index) =
+        build_catalog(&loaded.entries, &catalog_settings(&tree), &mut warnings)?;
+    crate::products::report(&warnings);
+    write_catalog(req.target, &tree.config.images_path, &products, &index)?;
+    Ok(PublishSummary {
+        products: products.products.len(),
+        versions: products.products.values().map(|p| p.versions.len()).sum(),
+        bytes_read: loaded.bytes_read,
+        index: index_path(req.target),
+    })
 }

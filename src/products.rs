@@ -1,0 +1,319 @@
+//! The products of a tree: declared in tree.yml or discovered from the layout, and their
+//! manifests, loaded by hashing the local folders, reading their ssb.json, or fetching them from
+//! other namespaces (each once). Warnings are logged; failures are returned.
+
+use std::path::{Path, PathBuf};
+
+use indicatif::ProgressBar;
+use tracing::warn;
+
+use crate::config::{self, ConfigError, Origin, ProductSpec, TreeConfig};
+use crate::manifest::{self, BuildOptions, HttpSettings, MANIFEST_FILE, ManifestError};
+use crate::publish::Entry;
+use crate::stream::{Manifest, canonical_arch};
+use crate::tree::{self, TreeError};
+
+/// Where the products come from.
+#[derive(Clone, Debug)]
+pub struct Tree {
+    /// Validated configuration (synthesised in layout mode).
+    pub config: TreeConfig,
+    /// True when the products were discovered from the layout.
+    pub layout: bool,
+}
+
+/// The products or their manifests cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// tree.yml is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The tree folder is missing.
+    #[error("{} is not a folder; without a tree.yml, -t/-s must name a tree holding images/<os>/<release>/<arch>/<variant>/<version>/", path.display())]
+    NotAFolder {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// Layout folders that cannot make valid products.
+    #[error("the layout under {} has {} problem(s):\n{}", root.display(), problems.len(), problems.join("\n"))]
+    Layout {
+        /// The tree.
+        root: PathBuf,
+        /// One line per problem.
+        problems: Vec<String>,
+    },
+    /// A folder cannot be read.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    /// Some products could not be loaded.
+    #[error("{} product(s) could not be loaded; nothing was published (use --skip-unavailable to publish the rest):\n{}", failures.len(), failures.join("\n"))]
+    Unavailable {
+        /// One line per product.
+        failures: Vec<String>,
+    },
+}
+
+/// Logs non-fatal findings.
+pub fn report(warnings: &[String]) {
+    for w in warnings {
+        warn!("{w}");
+    }
+}
+
+impl Tree {
+    /// Loads the products: from the tree.yml at `config`, or discovered under `root` in layout
+    /// mode. `env` supplies the `SSBUILDER_*` overrides.
+    pub fn load(
+        config: Option<&Path>,
+        root: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, LoadError> {
+        if let Some(path) = config {
+            let mut config = TreeConfig::load(path)?;
+            config.apply_env(env);
+            report(&config.warnings);
+            return Ok(Self {
+                config,
+                layout: false,
+            });
+        }
+        if !root.is_dir() {
+            return Err(LoadError::NotAFolder {
+                path: root.to_owned(),
+            });
+        }
+        let mut warnings = Vec::new();
+        let found = tree::discover_layout(root, &mut warnings)?;
+        report(&warnings);
+        let mut problems = Vec::new();
+        let mut products = Vec::new();
+        for p in found {
+            let dir = root.join(&p.directory);
+            if canonical_arch(&p.arch).is_none() {
+                problems.push(format!(
+                    "{}: unknown architecture folder `{}` (LXD and Incus would drop the product); use a name such as amd64 or arm64",
+                    dir.display(),
+                    p.arch
+                ));
+                continue;
+            }
+            let mut aliases = vec![format!("{}/{}/{}", p.os, p.release, p.variant)];
+            if p.variant == "default" {
+                aliases.push(format!("{}/{}", p.os, p.release));
+            }
+            for a in &aliases {
+                if let Err(why) = config::check_alias(a) {
+                    problems.push(format!(
+                        "{}: the alias `{a}` made from these folder names {why}",
+                        dir.display()
+                    ));
+                }
+            }
+            products.push(ProductSpec {
+                name: format!("{}:{}:{}:{}", p.os, p.release, p.arch, p.variant),
+                arch: p.arch,
+                release: Some(p.release),
+                os: None,
+                release_title: None,
+                directory: p.directory,
+                version: None,
+                prefix_path: None,
+                build_script_hook: None,
+                hidden: false,
+                days: 1,
+                aliases,
+                variant: Some(p.variant),
+                release_codename: None,
+                requirements: None,
+                expiry: None,
+                origin: Origin::Layout { dir },
+            });
+        }
+        if !problems.is_empty() {
+            return Err(LoadError::Layout {
+                root: root.to_owned(),
+                problems,
+            });
+        }
+        if products.is_empty() {
+            warn!(
+                "no products under {}: expected images/<os>/<release>/<arch>/<variant>/<YYYYMMDD_HH:MM>/ (or a tree.yml)",
+                root.display()
+            );
+        }
+        let mut config = TreeConfig {
+            file: PathBuf::new(),
+            prefix: String::new(),
+            images_path: config::DEFAULT_IMAGES_PATH.into(),
+            datatype: config::DEFAULT_DATATYPE.into(),
+            format: config::DEFAULT_FORMAT.into(),
+            products,
+            warnings: Vec::new(),
+        };
+        config.apply_env(env);
+        Ok(Self {
+            config,
+            layout: true,
+        })
+    }
+}
+
+/// Fills what a layout product leaves to its images: the OS name from metadata.yaml, else the
+/// folder name.
+fn finish_layout_spec(spec: &mut ProductSpec, m: &Manifest) {
+    if spec.os.is_none() {
+        let folder = spec
+            .directory
+            .split('/')
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        spec.os = Some(m.properties.get("os").cloned().unwrap_or(folder));
+    }
+}
+
+/// Hashes a local product's folder under `source` into its manifest; also returns the image
+/// bytes read.
+pub fn hash_product(
+    spec: &ProductSpec,
+    config: &TreeConfig,
+    source: &Path,
+    opts: &BuildOptions,
+    progress: &ProgressBar,
+    warnings: &mut Vec<String>,
+) -> Result<(Manifest, u64), ManifestError> {
+    manifest::build(
+        manifest::LocalProduct {
+            name: &spec.name,
+            arch: &spec.arch,
+            dir: &source.join(&spec.directory),
+            directory: &spec.directory,
+            prefix: &config.prefix,
+        },
+        opts,
+        &|n| progress.inc(n),
+        warnings,
+    )
+}
+
+/// How local manifests are obtained.
+#[derive(Clone, Copy, Debug)]
+pub enum Manifests<'a> {
+    /// Hash the product folders; write each ssb.json under `write_to` when given.
+    Hash {
+        /// Hashing options (a product's own `expiry` applies when these have none).
+        opts: &'a BuildOptions,
+        /// The tree the ssb.json files are written into.
+        write_to: Option<&'a Path>,
+    },
+    /// Read each product's existing ssb.json.
+    Read,
+}
+
+/// What [`load_entries`] works with.
+pub struct LoadOptions<'a> {
+    /// The tree the product folders are under.
+    pub source: &'a Path,
+    /// Hash or read local manifests.
+    pub manifests: Manifests<'a>,
+    /// Leave out products that cannot be loaded, with a warning.
+    pub skip_unavailable: bool,
+    /// How remote manifests are fetched.
+    pub http: &'a HttpSettings,
+    /// Told about every byte hashed.
+    pub progress: &'a ProgressBar,
+}
+
+/// Loaded products, in tree order, and the image bytes read to hash them.
+pub struct Loaded {
+    /// One entry per product that loaded.
+    pub entries: Vec<Entry>,
+    /// Image bytes read.
+    pub bytes_read: u64,
+}
+
+/// Loads every product's manifest: local ones hashed or read, remote ones fetched once each.
+/// Hidden products are hashed (their ssb.json is kept current) but not fetched or read.
+pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
+    let hashing = matches!(opts.manifests, Manifests::Hash { .. });
+    let mut warnings = Vec::new();
+    let remote: Vec<(String, String)> = tree
+        .config
+        .products
+        .iter()
+        .filter(|p| !p.hidden || hashing)
+        .filter_map(|p| {
+            p.prefix_path
+                .as_ref()
+                .map(|pp| (p.name.clone(), manifest::remote_url(pp, &p.directory)))
+        })
+        .collect();
+    let mut fetched = manifest::fetch_all(&remote, opts.http, &mut warnings).into_iter();
+    let mut entries = Vec::new();
+    let mut failures = Vec::new();
+    let mut bytes_read = 0u64;
+    for spec in &tree.config.products {
+        if spec.hidden && !hashing {
+            continue;
+        }
+        let loaded = if spec.prefix_path.is_some() {
+            fetched.next().expect("one fetch result per remote product")
+        } else {
+            match opts.manifests {
+                Manifests::Hash {
+                    opts: build,
+                    write_to,
+                } => {
+                    opts.progress.set_message(spec.name.clone());
+                    let mut build = build.clone();
+                    build.expiry = build.expiry.or(spec.expiry);
+                    hash_product(
+                        spec,
+                        &tree.config,
+                        opts.source,
+                        &build,
+                        opts.progress,
+                        &mut warnings,
+                    )
+                    .and_then(|(m, n)| {
+                        bytes_read += n;
+                        if let Some(target) = write_to {
+                            let path = target.join(&spec.directory).join(MANIFEST_FILE);
+                            manifest::write(&path, &m).map_err(|e| ManifestError::Read {
+                                product: spec.name.clone(),
+                                path,
+                                reason: format!("cannot write: {e}"),
+                            })?;
+                        }
+                        Ok(m)
+                    })
+                }
+                Manifests::Read => {
+                    let path = opts.source.join(&spec.directory).join(MANIFEST_FILE);
+                    manifest::read(&spec.name, &path, &mut warnings)
+                }
+            }
+        };
+        match loaded {
+            Ok(m) => {
+                let mut spec = spec.clone();
+                if tree.layout {
+                    finish_layout_spec(&mut spec, &m);
+                }
+                entries.push(Entry { spec, manifest: m });
+            }
+            Err(e) if opts.skip_unavailable => {
+                warnings.push(format!("{e}; left out (--skip-unavailable)"));
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    report(&warnings);
+    if !failures.is_empty() {
+        return Err(LoadError::Unavailable { failures });
+    }
+    Ok(Loaded {
+        entries,
+        bytes_read,
+    })
+}
