@@ -26,6 +26,11 @@ pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Makes a file world-readable (0644), as published files must be.
+pub fn set_file_mode(path: &Path) -> std::io::Result<()> {
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(FILE_MODE))
+}
+
 /// Writes `bytes` to `path` atomically with mode 0644, creating the folder if needed.
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_with(path, |w| w.write_all(bytes))

@@ -47,6 +47,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build one product with distrobuilder into a new version, publish it, purge old versions
+    BuildProduct(BuildProductArgs),
     /// Hash every product and write ssb.json files, images.json and index.json in one go
     Publish(PublishArgs),
     /// Hash one product's versions into its ssb.json
@@ -75,6 +77,34 @@ pub struct PublishArgs {
     /// Leave out products whose manifest cannot be loaded, with a warning, instead of failing
     #[arg(long)]
     pub skip_unavailable: bool,
+}
+
+/// `build-product`.
+#[derive(Debug, Args)]
+pub struct BuildProductArgs {
+    /// Product name
+    pub product: String,
+    /// Folder holding `<directory>/<image file>` or `<image file>` (default: .)
+    #[arg(short = 's', long = "source-dir", value_name = "DIR")]
+    pub source_dir: Option<PathBuf>,
+    /// distrobuilder definition file name (default: the product's image_file, else image.yaml)
+    #[arg(short = 'i', long = "image-filename", value_name = "IMAGE_YAML")]
+    pub image_file: Option<PathBuf>,
+    /// Do not build the LXC image (meta.tar.xz + rootfs.tar.xz)
+    #[arg(long)]
+    pub skip_lxc: bool,
+    /// Do not build the Incus/LXD images (metadata + squashfs, and the VM when `vm: true`)
+    #[arg(long)]
+    pub skip_lxd: bool,
+    /// Do not delete old versions
+    #[arg(long)]
+    pub skip_purge: bool,
+    /// Keep the partial folder of a failed build, for debugging
+    #[arg(long)]
+    pub keep_failed: bool,
+    /// Do not write ssb.json or the catalog after building (the original tool's behaviour)
+    #[arg(long)]
+    pub no_publish: bool,
 }
 
 /// `build-versions-manifest`.

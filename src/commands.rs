@@ -9,9 +9,9 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{info, warn};
 
-use crate::cli::{CatalogArgs, Cli, Command, ManifestArgs, PublishArgs};
+use crate::cli::{BuildProductArgs, CatalogArgs, Cli, Command, ManifestArgs, PublishArgs};
 use crate::config::TreeConfig;
-use crate::expiry::ExpiryDuration;
+use crate::expiry::HumanDuration;
 use crate::manifest::{self, BuildOptions, HttpSettings, MANIFEST_FILE};
 use crate::products::{self, LoadOptions, Manifests, Tree};
 use crate::publish;
@@ -20,6 +20,7 @@ use crate::publish;
 pub fn run(cli: Cli) -> Result<()> {
     let env = |k: &str| std::env::var(k).ok();
     match &cli.command {
+        Command::BuildProduct(args) => build_product_cmd(&cli, args),
         Command::Publish(args) => publish_cmd(&cli, args),
         Command::BuildVersionsManifest(args) => manifest_cmd(&cli, args),
         Command::BuildImagesFile(args) => catalog_cmd(&cli, args, CatalogPart::Products),
@@ -122,6 +123,7 @@ pub fn publish_tree(
         http: &http_settings(cli),
         env: &env,
         progress: &bar,
+        exclude: &products::Exclusions::new(),
     });
     bar.finish_and_clear();
     let summary = summary?;
@@ -135,7 +137,7 @@ pub fn publish_tree(
     Ok(())
 }
 
-fn image_file_expiry(path: &Path, candidates: &[PathBuf]) -> Result<Option<ExpiryDuration>> {
+fn image_file_expiry(path: &Path, candidates: &[PathBuf]) -> Result<Option<HumanDuration>> {
     let found = candidates.iter().find(|p| p.is_file()).with_context(|| {
         format!(
             "image file {} not found; looked at: {}",
@@ -162,7 +164,7 @@ fn image_file_expiry(path: &Path, candidates: &[PathBuf]) -> Result<Option<Expir
         .and_then(|i| i.expiry)
         .filter(|e| !e.trim().is_empty())
         .map(|e| {
-            ExpiryDuration::parse(&e).with_context(|| format!("{}: image.expiry", found.display()))
+            HumanDuration::parse(&e).with_context(|| format!("{}: image.expiry", found.display()))
         })
         .transpose()
 }
@@ -189,7 +191,7 @@ fn manifest_cmd(cli: &Cli, args: &ManifestArgs) -> Result<()> {
         );
     };
     let expiry = match (&args.expire, &args.image_file) {
-        (Some(e), _) => Some(ExpiryDuration::parse(e).context("-e/--force-expire")?),
+        (Some(e), _) => Some(HumanDuration::parse(e).context("-e/--force-expire")?),
         (None, Some(file)) => {
             let mut candidates = vec![file.clone()];
             if file.is_relative() {
@@ -208,6 +210,7 @@ fn manifest_cmd(cli: &Cli, args: &ManifestArgs) -> Result<()> {
         md5: args.md5,
         cache: true,
         expiry,
+        ..BuildOptions::default()
     };
     let mut warnings = Vec::new();
     let bar = progress_bar();
@@ -251,6 +254,7 @@ fn catalog_cmd(cli: &Cli, args: &CatalogArgs, part: CatalogPart) -> Result<()> {
             skip_unavailable: args.skip_unavailable,
             http: &http_settings(cli),
             progress: &bar,
+            exclude: &products::Exclusions::new(),
         },
     )?;
     let mut warnings = Vec::new();
@@ -324,4 +328,119 @@ pub fn render_print(c: &TreeConfig) -> String {
         c.file.display()
     );
     s
+}
+
+/// The build time: `SOURCE_DATE_EPOCH` when set (reproducible builds, tests), else now.
+fn build_time() -> jiff::Timestamp {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .unwrap_or_else(jiff::Timestamp::now)
+}
+
+fn build_product_cmd(cli: &Cli, args: &BuildProductArgs) -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use crate::build::{self, AfterBuild, BuildRequest, Stage};
+
+    let target = cli
+        .target_dir
+        .clone()
+        .context("build-product needs -t DIR (the tree the version is written into)")?;
+    let source = args.source_dir.clone().unwrap_or_else(|| ".".into());
+    let env = |k: &str| std::env::var(k).ok();
+    let config = config_path(cli);
+    let tree = Tree::load(config.as_deref(), &target, &env)?;
+    let Some(product) = tree.config.product(&args.product) else {
+        bail!(
+            "no product named `{}`; known: {}",
+            args.product,
+            tree.config
+                .products
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&interrupted))
+            .context("cannot install the signal handler")?;
+    }
+    let cache_root = std::env::var_os("CACHEDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("ssb-cache"));
+    let terminal = std::io::stderr().is_terminal();
+    let bar = if terminal {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix}: {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_prefix(product.name.clone());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let name = product.name.clone();
+    let output = |line: &str| {
+        if terminal {
+            bar.println(format!("[{name}] {line}"));
+        } else {
+            eprintln!("[{name}] {line}");
+        }
+    };
+    let stage = |s: Stage| {
+        bar.set_message(s.to_string());
+        info!("product `{}`: {s}", product.name);
+    };
+    let http = http_settings(cli);
+    let after = if args.no_publish {
+        AfterBuild::Nothing
+    } else if product.prefix_path.is_some() {
+        // Its catalog is built in another namespace from the ssb.json written here.
+        AfterBuild::Manifest
+    } else {
+        AfterBuild::Publish {
+            config: config.as_deref(),
+            http: &http,
+            env: &env,
+        }
+    };
+    let report = build::build_product(
+        &BuildRequest {
+            product,
+            tree: &tree.config,
+            source: &source,
+            target: &target,
+            image_file: args.image_file.as_deref(),
+            skip_lxc: args.skip_lxc,
+            skip_lxd: args.skip_lxd,
+            skip_purge: args.skip_purge,
+            keep_failed: args.keep_failed,
+            now: build_time(),
+            cache_root: &cache_root,
+            output: &output,
+            stage: &stage,
+            interrupted: &interrupted,
+        },
+        &after,
+    );
+    bar.finish_and_clear();
+    let report = report?;
+    if let Some(dir) = &report.dir {
+        info!(
+            "product `{}`: version {} is ready",
+            product.name,
+            dir.display()
+        );
+    }
+    for dir in &report.purged {
+        info!("purged {}", dir.display());
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
-use crate::expiry::ExpiryDuration;
+use crate::expiry::HumanDuration;
 use crate::stream::{Requirements, arch};
 
 /// Where a product was declared, for error messages.
@@ -79,9 +79,30 @@ pub struct ProductSpec {
     /// Requirements (written as both `requirements` and `lxd_requirements`).
     pub requirements: Option<Requirements>,
     /// Support duration from the newest build.
-    pub expiry: Option<ExpiryDuration>,
+    pub expiry: Option<HumanDuration>,
+    /// How build-product builds it.
+    pub build: BuildSpec,
     /// Where it was declared.
     pub origin: Origin,
+}
+
+/// The build settings of a product (build-product).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BuildSpec {
+    /// The distrobuilder definition's file name (default `image.yaml`).
+    pub image_file: Option<String>,
+    /// Also build a VM image into the same version.
+    pub vm: bool,
+    /// `--compression` for the pack commands.
+    pub compression: Option<String>,
+    /// distrobuilder `-o key=value` overrides.
+    pub options: BTreeMap<String, String>,
+    /// Time limit of one build.
+    pub timeout: Option<HumanDuration>,
+    /// Versions older than this are purged.
+    pub max_age: Option<HumanDuration>,
+    /// The builder binary for this product.
+    pub distrobuilder: Option<String>,
 }
 
 /// A validated tree.yml.
@@ -99,6 +120,8 @@ pub struct TreeConfig {
     pub format: String,
     /// The products, in file order.
     pub products: Vec<ProductSpec>,
+    /// The builder binary for every product (`distrobuilder:`; env `SSBUILDER_DISTROBUILDER`).
+    pub distrobuilder: Option<String>,
     /// Non-fatal findings (unknown keys), already located.
     pub warnings: Vec<String>,
 }
@@ -149,6 +172,7 @@ struct RawTree {
     images_path: Option<String>,
     datatype: Option<String>,
     format: Option<String>,
+    distrobuilder: Option<String>,
     #[serde(default)]
     products: Option<Vec<Spanned<RawProduct>>>,
 }
@@ -203,9 +227,23 @@ struct RawProduct {
     release_codename: Option<String>,
     requirements: Option<Spanned<BTreeMap<String, String>>>,
     expiry: Option<Spanned<String>>,
+    image_file: Option<Spanned<String>>,
+    vm: Option<bool>,
+    compression: Option<String>,
+    options: Option<Spanned<BTreeMap<String, String>>>,
+    timeout: Option<Spanned<String>>,
+    max_age: Option<Spanned<String>>,
+    distrobuilder: Option<String>,
 }
 
-const TOP_KEYS: &[&str] = &["prefix", "images_path", "datatype", "format", "products"];
+const TOP_KEYS: &[&str] = &[
+    "prefix",
+    "images_path",
+    "datatype",
+    "format",
+    "distrobuilder",
+    "products",
+];
 const PRODUCT_KEYS: &[&str] = &[
     "name",
     "arch",
@@ -223,6 +261,13 @@ const PRODUCT_KEYS: &[&str] = &[
     "release_codename",
     "requirements",
     "expiry",
+    "image_file",
+    "vm",
+    "compression",
+    "options",
+    "timeout",
+    "max_age",
+    "distrobuilder",
 ];
 
 /// The keys of the file with their positions, read in a second pass so that unknown keys can be
@@ -455,15 +500,41 @@ impl TreeConfig {
                 }
                 (!r.value.is_empty()).then_some(r.value)
             });
-            let expiry = p
-                .expiry
-                .and_then(|e| match ExpiryDuration::parse(&e.value) {
+            let mut duration = |key: &str, v: Option<Spanned<String>>| {
+                v.and_then(|e| match HumanDuration::parse(&e.value) {
                     Ok(d) => Some(d),
                     Err(err) => {
-                        problems.push(format!("{}: `expiry`: {err}", at(&e.referenced)));
+                        problems.push(format!("{}: `{key}`: {err}", at(&e.referenced)));
                         None
                     }
-                });
+                })
+            };
+            let expiry = duration("expiry", p.expiry);
+            let timeout = duration("timeout", p.timeout);
+            let max_age = duration("max_age", p.max_age);
+            let image_file = p.image_file.and_then(|f| {
+                let v = f.value.trim().to_owned();
+                if v.is_empty() {
+                    return None;
+                }
+                if let Err(why) = check_relative_dir(&v) {
+                    problems.push(format!("{}: `image_file: {v}` {why}", at(&f.referenced)));
+                }
+                Some(v)
+            });
+            let options = p.options.map(|o| {
+                if let Some(k) = o
+                    .value
+                    .keys()
+                    .find(|k| k.trim().is_empty() || k.contains('='))
+                {
+                    problems.push(format!(
+                        "{}: option key `{k}` must be non-empty and have no `=`",
+                        at(&o.referenced)
+                    ));
+                }
+                o.value
+            });
             let prefix_path = p.prefix_path.and_then(|pp| {
                 let v = pp.value.trim().to_owned();
                 if v.is_empty() {
@@ -494,6 +565,15 @@ impl TreeConfig {
                 release_codename: nonempty(p.release_codename),
                 requirements,
                 expiry,
+                build: BuildSpec {
+                    image_file,
+                    vm: p.vm.unwrap_or(false),
+                    compression: nonempty(p.compression),
+                    options: options.unwrap_or_default(),
+                    timeout,
+                    max_age,
+                    distrobuilder: nonempty(p.distrobuilder),
+                },
                 origin,
             });
         }
@@ -516,6 +596,7 @@ impl TreeConfig {
             datatype,
             format,
             products,
+            distrobuilder: nonempty(raw.distrobuilder),
             warnings,
         })
     }
@@ -533,6 +614,9 @@ impl TreeConfig {
         }
         if let Some(v) = var("SSBUILDER_FORMAT").filter(|v| !v.trim().is_empty()) {
             self.format = v.trim().to_owned();
+        }
+        if let Some(v) = var("SSBUILDER_DISTROBUILDER").filter(|v| !v.trim().is_empty()) {
+            self.distrobuilder = Some(v.trim().to_owned());
         }
     }
 
@@ -699,6 +783,28 @@ products:
                 "tree.yml:1:1: unknown key `prefx` ignored",
                 "tree.yml:6:5: unknown product key `archs` ignored"
             ]
+        );
+    }
+
+    #[test]
+    fn reads_the_build_keys() {
+        let t = parse("distrobuilder: /opt/db\nproducts:\n  - name: a\n    arch: amd64\n    directory: a\n    vm: true\n    image_file: a.yaml\n    compression: zstd\n    options:\n      image.serial: \"7\"\n    timeout: 2h\n    max_age: 30d\n    distrobuilder: lxd-imagebuilder\n").unwrap();
+        assert_eq!(t.distrobuilder.as_deref(), Some("/opt/db"));
+        let b = &t.products[0].build;
+        assert!(b.vm);
+        assert_eq!(b.image_file.as_deref(), Some("a.yaml"));
+        assert_eq!(b.compression.as_deref(), Some("zstd"));
+        assert_eq!(b.options.get("image.serial").map(String::as_str), Some("7"));
+        assert_eq!(b.timeout.unwrap().seconds(), 7200);
+        assert_eq!(b.max_age.unwrap().seconds(), 30 * 86_400);
+        assert_eq!(b.distrobuilder.as_deref(), Some("lxd-imagebuilder"));
+        let err =
+            parse("products:\n  - name: a\n    arch: amd64\n    directory: a\n    timeout: soon\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("tree.yml:5:14: `timeout`: `soon` is not a duration"),
+            "{err}"
         );
     }
 

@@ -10,9 +10,10 @@ use std::str::FromStr;
 use jiff::civil::{Date, DateTime};
 use jiff::{Span, Timestamp, tz::TimeZone};
 
-/// A positive duration such as `30d`, `1w2d`, `3h30m` or `1y`.
+/// A positive duration such as `30d`, `1w2d`, `3h30m` or `1y`: support periods (`expiry`),
+/// retention (`max_age`) and build timeouts (`timeout`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExpiryDuration {
+pub struct HumanDuration {
     seconds: i64,
 }
 
@@ -26,7 +27,7 @@ pub struct DurationError {
     reason: String,
 }
 
-impl ExpiryDuration {
+impl HumanDuration {
     /// Parses a sum of number+unit pairs: `s`, `m` (minutes), `h`, `d`, `w`, `y` (365 days).
     pub fn parse(input: &str) -> Result<Self, DurationError> {
         let fail = |reason: String| DurationError {
@@ -75,6 +76,11 @@ impl ExpiryDuration {
         self.seconds
     }
 
+    /// As a standard duration.
+    pub fn as_std(self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.seconds.unsigned_abs())
+    }
+
     /// The end-of-support date for something built at `built` (UTC).
     pub fn eol_after(self, built: DateTime) -> Option<Date> {
         let ts = TimeZone::UTC.to_timestamp(built).ok()?;
@@ -83,14 +89,14 @@ impl ExpiryDuration {
     }
 }
 
-impl FromStr for ExpiryDuration {
+impl FromStr for HumanDuration {
     type Err = DurationError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }
 }
 
-impl fmt::Display for ExpiryDuration {
+impl fmt::Display for HumanDuration {
     /// Days, hours, minutes and seconds, largest first: `30d`, `3h30m`, `1d12h`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut rest = self.seconds;
@@ -132,19 +138,19 @@ mod tests {
 
     #[test]
     fn every_pair_counts() {
-        assert_eq!(ExpiryDuration::parse("1w2d").unwrap().seconds(), 9 * 86_400);
+        assert_eq!(HumanDuration::parse("1w2d").unwrap().seconds(), 9 * 86_400);
         assert_eq!(
-            ExpiryDuration::parse("3h30m").unwrap().seconds(),
+            HumanDuration::parse("3h30m").unwrap().seconds(),
             3 * 3600 + 30 * 60
         );
-        assert_eq!(ExpiryDuration::parse("30d").unwrap().seconds(), 30 * 86_400);
-        assert_eq!(ExpiryDuration::parse("1y").unwrap().seconds(), 365 * 86_400);
+        assert_eq!(HumanDuration::parse("30d").unwrap().seconds(), 30 * 86_400);
+        assert_eq!(HumanDuration::parse("1y").unwrap().seconds(), 365 * 86_400);
     }
 
     #[test]
     fn refuses_what_cannot_be_meant() {
         for bad in ["", "abc", "10", "0d", "5x", "d", "1d 2h", "-1d"] {
-            let err = ExpiryDuration::parse(bad).unwrap_err().to_string();
+            let err = HumanDuration::parse(bad).unwrap_err().to_string();
             assert!(err.contains("is not a duration"), "{bad}: {err}");
         }
     }
@@ -158,14 +164,14 @@ mod tests {
             ("90m", "1h30m"),
             ("1d1s", "1d1s"),
         ] {
-            assert_eq!(ExpiryDuration::parse(input).unwrap().to_string(), shown);
+            assert_eq!(HumanDuration::parse(input).unwrap().to_string(), shown);
         }
     }
 
     #[test]
     fn eol_is_a_calendar_date_after_the_build() {
         let built = jiff::civil::date(2024, 1, 6).at(3, 0, 0, 0);
-        let d = ExpiryDuration::parse("10d")
+        let d = HumanDuration::parse("10d")
             .unwrap()
             .eol_after(built)
             .unwrap();

@@ -7,6 +7,7 @@
 //! ([`publish`], [`stream`]) and served ([`server`]).
 
 pub mod atomic;
+pub mod build;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -2,13 +2,13 @@
 //! from another namespace (`prefix_path`) with retries and a token that never travels over
 //! plain http unless asked for.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::expiry::{ExpiryDuration, eol_from_unix, format_eol, normalize_eol};
+use crate::expiry::{HumanDuration, eol_from_unix, format_eol, normalize_eol};
 use crate::hash::{HashCache, HashError, hash_version};
 use crate::inspect::ImageMetadata;
 use crate::stream::{Family, Ftype, Item, Manifest, Version, VersionName, canonical_arch};
@@ -96,7 +96,9 @@ pub struct BuildOptions {
     /// Use and refresh the hash cache.
     pub cache: bool,
     /// Support duration from the newest version (overrides metadata.yaml's expiry_date).
-    pub expiry: Option<ExpiryDuration>,
+    pub expiry: Option<HumanDuration>,
+    /// Versions left out (about to be purged), so no catalog points at them.
+    pub exclude: BTreeSet<VersionName>,
 }
 
 /// Joins the tree `prefix` and a tree-relative path: by URL rules when the prefix is a URL
@@ -195,7 +197,7 @@ pub fn build(
     };
     let mut newest_meta: Option<(VersionName, ImageMetadata)> = None;
     let expected = canonical_arch(arch);
-    for v in &versions {
+    for v in versions.iter().filter(|v| !opts.exclude.contains(&v.name)) {
         if v.files.is_empty() {
             warnings.push(format!("{}: skipped: no image files", v.path.display()));
             continue;

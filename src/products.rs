@@ -126,6 +126,7 @@ impl Tree {
                 release_codename: None,
                 requirements: None,
                 expiry: None,
+                build: config::BuildSpec::default(),
                 origin: Origin::Layout { dir },
             });
         }
@@ -148,6 +149,7 @@ impl Tree {
             datatype: config::DEFAULT_DATATYPE.into(),
             format: config::DEFAULT_FORMAT.into(),
             products,
+            distrobuilder: None,
             warnings: Vec::new(),
         };
         config.apply_env(env);
@@ -222,7 +224,13 @@ pub struct LoadOptions<'a> {
     pub http: &'a HttpSettings,
     /// Told about every byte hashed.
     pub progress: &'a ProgressBar,
+    /// Versions to leave out of hashed manifests, by product name.
+    pub exclude: &'a Exclusions,
 }
+
+/// Versions to leave out of manifests, by product name (versions about to be purged).
+pub type Exclusions =
+    std::collections::BTreeMap<String, std::collections::BTreeSet<crate::stream::VersionName>>;
 
 /// Loaded products, in tree order, and the image bytes read to hash them.
 pub struct Loaded {
@@ -267,6 +275,9 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
                     opts.progress.set_message(spec.name.clone());
                     let mut build = build.clone();
                     build.expiry = build.expiry.or(spec.expiry);
+                    if let Some(exclude) = opts.exclude.get(&spec.name) {
+                        build.exclude.extend(exclude.iter().cloned());
+                    }
                     hash_product(
                         spec,
                         &tree.config,

@@ -390,6 +390,8 @@ pub struct PublishRequest<'a> {
     pub env: &'a dyn Fn(&str) -> Option<String>,
     /// Told about every byte hashed.
     pub progress: &'a indicatif::ProgressBar,
+    /// Versions to leave out, by product (about to be purged).
+    pub exclude: &'a crate::products::Exclusions,
 }
 
 /// What was published.
@@ -421,7 +423,7 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
     let build = BuildOptions {
         md5: req.md5,
         cache: true,
-        expiry: None,
+        ..BuildOptions::default()
     };
     let loaded = crate::products::load_entries(
         &tree,
@@ -434,6 +436,7 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
             skip_unavailable: req.skip_unavailable,
             http: req.http,
             progress: req.progress,
+            exclude: req.exclude,
         },
     )?;
     let mut warnings = Vec::new();
