@@ -137,8 +137,13 @@ mod tests {
 
     #[test]
     fn never_deletes_the_version_just_built() {
-        // A build stamped in the past (SOURCE_DATE_EPOCH) older than max_age survives.
-        let all = [v("20230101_00:00"), v("20240110_00:00")];
+        // A build stamped in the past (SOURCE_DATE_EPOCH), older than max_age and not among
+        // the newest `keep`, survives; the others go.
+        let all = [
+            v("20230101_00:00"),
+            v("20231201_00:00"),
+            v("20240110_00:00"),
+        ];
         let r = Retention {
             keep: 1,
             max_age: Some(HumanDuration::parse("1d").unwrap()),
@@ -146,7 +151,16 @@ mod tests {
         let protect = v("20230101_00:00");
         assert_eq!(
             names(&plan(&all, r, Some(&protect), NOW)),
-            ["20240110_00:00"]
+            ["20231201_00:00"]
+        );
+        let r = Retention {
+            keep: 1,
+            max_age: None,
+        };
+        let newest = v("20240110_00:00");
+        assert_eq!(
+            names(&plan(&all, r, Some(&newest), NOW)),
+            ["20230101_00:00", "20231201_00:00"]
         );
     }
 
