@@ -671,3 +671,41 @@ fn no_publish_keeps_the_original_behaviour_and_prefix_path_products_write_their_
     );
     assert_eq!(b.versions_on_disk(), ["20240102_00:00"]);
 }
+
+#[test]
+fn the_readme_example_builds_from_products_with_the_example_tree() {
+    // The README's command, with the stub standing in for distrobuilder (the real one needs the
+    // network for debootstrap): the example tree finds products/debian-bookworm/image.yaml.
+    let b = Bench::new("");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut c = Command::cargo_bin("simplestreams-builder").unwrap();
+    let out = c
+        .current_dir(repo)
+        .env("SOURCE_DATE_EPOCH", DAY1.to_string())
+        .env("SSBUILDER_DISTROBUILDER", b.path("stub-distrobuilder"))
+        .env("STUB_LOG", b.path("calls.log"))
+        .env("STUB_META", b.path("meta.tar.xz"))
+        .env("CACHEDIR", b.path("cache"))
+        .args(["-c", "tree.yml.example", "-t"])
+        .arg(b.path("srv"))
+        .args([
+            "build-product",
+            "debian:bookworm:amd64:default",
+            "-s",
+            "products",
+            "--no-publish",
+        ])
+        .output()
+        .unwrap();
+    ok(&out);
+    let log = std::fs::read_to_string(b.path("calls.log")).unwrap();
+    assert!(log.contains("products/debian-bookworm/image.yaml"), "{log}");
+    assert!(
+        log.contains("-o image.serial=nightly") && log.contains("--compression xz"),
+        "{log}"
+    );
+    assert!(
+        b.path("srv/debian-bookworm/20240101_00:00/incus.tar.xz")
+            .is_file()
+    );
+}

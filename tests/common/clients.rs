@@ -57,6 +57,7 @@ pub enum Program {
     QemuImg,
     QemuIo,
     Python3,
+    Distrobuilder,
 }
 
 impl Program {
@@ -82,6 +83,7 @@ impl Program {
             Program::QemuImg => "qemu-img",
             Program::QemuIo => "qemu-io",
             Program::Python3 => "python3",
+            Program::Distrobuilder => "distrobuilder",
         }
     }
 
