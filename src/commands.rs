@@ -178,18 +178,7 @@ fn manifest_cmd(cli: &Cli, args: &ManifestArgs) -> Result<()> {
     let target = cli.target_dir.clone().unwrap_or_else(|| source.clone());
     let env = |k: &str| std::env::var(k).ok();
     let tree = Tree::load(config_path(cli).as_deref(), &source, &env)?;
-    let Some(spec) = tree.config.product(&args.product) else {
-        bail!(
-            "no product named `{}`; known: {}",
-            args.product,
-            tree.config
-                .products
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    };
+    let spec = tree.product(&args.product)?;
     let expiry = match (&args.expire, &args.image_file) {
         (Some(e), _) => Some(HumanDuration::parse(e).context("-e/--force-expire")?),
         (None, Some(file)) => {
@@ -353,18 +342,7 @@ fn build_product_cmd(cli: &Cli, args: &BuildProductArgs) -> Result<()> {
     let env = |k: &str| std::env::var(k).ok();
     let config = config_path(cli);
     let tree = Tree::load(config.as_deref(), &target, &env)?;
-    let Some(product) = tree.config.product(&args.product) else {
-        bail!(
-            "no product named `{}`; known: {}",
-            args.product,
-            tree.config
-                .products
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    };
+    let product = tree.product(&args.product)?;
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&interrupted))

@@ -45,6 +45,14 @@ pub enum LoadError {
     /// A folder cannot be read.
     #[error(transparent)]
     Tree(#[from] TreeError),
+    /// No product of that name.
+    #[error("no product named `{name}`; known: {}", known.join(", "))]
+    NoProduct {
+        /// The name asked for.
+        name: String,
+        /// The names there are.
+        known: Vec<String>,
+    },
     /// Some products could not be loaded.
     #[error("{} product(s) could not be loaded; nothing was published (use --skip-unavailable to publish the rest):\n{}", failures.len(), failures.join("\n"))]
     Unavailable {
@@ -157,6 +165,23 @@ impl Tree {
             config,
             layout: true,
         })
+    }
+}
+
+impl Tree {
+    /// The product named `name`.
+    pub fn product(&self, name: &str) -> Result<&ProductSpec, LoadError> {
+        self.config
+            .product(name)
+            .ok_or_else(|| LoadError::NoProduct {
+                name: name.to_owned(),
+                known: self
+                    .config
+                    .products
+                    .iter()
+                    .map(|p| p.name.clone())
+                    .collect(),
+            })
     }
 }
 

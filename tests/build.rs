@@ -101,13 +101,19 @@ impl Bench {
         std::fs::write(self.path("tree.yml"), yml).unwrap();
     }
 
-    fn cmd(&self, epoch: i64) -> Command {
+    /// The binary, with the stub's environment and a build time.
+    fn bin(&self, epoch: i64) -> Command {
         let mut c = Command::cargo_bin("simplestreams-builder").unwrap();
-        c.current_dir(self.dir.path())
-            .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        c.env("SOURCE_DATE_EPOCH", epoch.to_string())
             .env("STUB_LOG", self.path("calls.log"))
             .env("STUB_META", self.path("meta.tar.xz"))
-            .env("CACHEDIR", self.path("cache"))
+            .env("CACHEDIR", self.path("cache"));
+        c
+    }
+
+    fn cmd(&self, epoch: i64) -> Command {
+        let mut c = self.bin(epoch);
+        c.current_dir(self.dir.path())
             .env_remove("SSBUILDER_DISTROBUILDER")
             .env_remove("SSBUILDER_CONFIG")
             .env_remove("STUB_FAIL_AT")
@@ -678,14 +684,10 @@ fn the_readme_example_builds_from_products_with_the_example_tree() {
     // network for debootstrap): the example tree finds products/debian-bookworm/image.yaml.
     let b = Bench::new("");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut c = Command::cargo_bin("simplestreams-builder").unwrap();
-    let out = c
+    let out = b
+        .bin(DAY1)
         .current_dir(repo)
-        .env("SOURCE_DATE_EPOCH", DAY1.to_string())
         .env("SSBUILDER_DISTROBUILDER", b.path("stub-distrobuilder"))
-        .env("STUB_LOG", b.path("calls.log"))
-        .env("STUB_META", b.path("meta.tar.xz"))
-        .env("CACHEDIR", b.path("cache"))
         .args(["-c", "tree.yml.example", "-t"])
         .arg(b.path("srv"))
         .args([
