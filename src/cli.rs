@@ -59,6 +59,13 @@ pub enum Command {
     BuildIndex(CatalogArgs),
     /// Print the effective configuration
     Print,
+    /// Re-hash every published item (sizes, sha256, fingerprints) and find unreferenced files
+    Verify(InventoryArgs),
+    /// Delete image files and version folders the catalog no longer references (dry run
+    /// unless --yes)
+    Prune(PruneArgs),
+    /// List the published images
+    List(InventoryArgs),
     /// Serve the tree over HTTPS (TLS 1.3) for incus, lxc and simplestreams clients
     Serve(ServeArgs),
     /// Make a demo tree with a container image built in-process, publish it and serve it
@@ -142,6 +149,32 @@ pub struct CatalogArgs {
     /// Leave out products whose manifest cannot be loaded, with a warning, instead of failing
     #[arg(long)]
     pub skip_unavailable: bool,
+}
+
+/// Output format of `verify` and `list`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A table for people.
+    #[default]
+    Table,
+    /// JSON for programs.
+    Json,
+}
+
+/// `verify` and `list`.
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// `prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Delete for real (without it, only list what would go)
+    #[arg(long)]
+    pub yes: bool,
 }
 
 /// `serve`.

@@ -9,7 +9,10 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{info, warn};
 
-use crate::cli::{BuildProductArgs, CatalogArgs, Cli, Command, ManifestArgs, PublishArgs};
+use crate::cli::{
+    BuildProductArgs, CatalogArgs, Cli, Command, Format, InventoryArgs, ManifestArgs, PruneArgs,
+    PublishArgs,
+};
 use crate::config::TreeConfig;
 use crate::expiry::HumanDuration;
 use crate::manifest::{self, BuildOptions, HttpSettings, MANIFEST_FILE};
@@ -31,6 +34,9 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{}", render_print(&tree.config));
             Ok(())
         }
+        Command::Verify(args) => verify_cmd(&cli, args),
+        Command::Prune(args) => prune_cmd(&cli, args),
+        Command::List(args) => list_cmd(&cli, args),
         Command::Serve(args) => {
             let root = cli.target_dir.clone().unwrap_or_else(|| ".".into());
             crate::serve_cmd::serve(root, args)
@@ -421,4 +427,132 @@ fn build_product_cmd(cli: &Cli, args: &BuildProductArgs) -> Result<()> {
         info!("purged {}", dir.display());
     }
     Ok(())
+}
+
+fn inventory_tree(cli: &Cli) -> Result<(PathBuf, Tree)> {
+    let target = cli.target_dir.clone().unwrap_or_else(|| ".".into());
+    let env = |k: &str| std::env::var(k).ok();
+    let tree = Tree::load(config_path(cli).as_deref(), &target, &env)?;
+    Ok((target, tree))
+}
+
+fn verify_cmd(cli: &Cli, args: &InventoryArgs) -> Result<()> {
+    let (target, tree) = inventory_tree(cli)?;
+    let bar = progress_bar();
+    let report = crate::inventory::verify(&target, &tree, &|n| bar.inc(n));
+    bar.finish_and_clear();
+    let report = report?;
+    match args.format {
+        Format::Json => {
+            let mut json = serde_json::to_vec(&report)?;
+            json.push(b'\n');
+            crate::write_stdout(&json)?;
+        }
+        Format::Table => {
+            let mut out = String::new();
+            for p in &report.problems {
+                out.push_str(&format!("{p}\n"));
+            }
+            out.push_str(&format!(
+                "checked {} file(s), {} fingerprint(s), {}: {} problem(s)\n",
+                report.files,
+                report.fingerprints,
+                human_bytes(report.bytes),
+                report.problems.len()
+            ));
+            crate::write_stdout(out.as_bytes())?;
+        }
+    }
+    if !report.problems.is_empty() {
+        bail!(
+            "{} problem(s) in {}",
+            report.problems.len(),
+            target.display()
+        );
+    }
+    Ok(())
+}
+
+fn prune_cmd(cli: &Cli, args: &PruneArgs) -> Result<()> {
+    let (target, tree) = inventory_tree(cli)?;
+    let report = crate::inventory::prune(&target, &tree, !args.yes)?;
+    let verb = if args.yes { "removed" } else { "would remove" };
+    let mut out = String::new();
+    for r in &report.removed {
+        out.push_str(&format!("{verb} {r}\n"));
+    }
+    if !args.yes && !report.removed.is_empty() {
+        out.push_str("(dry run: add --yes to delete)\n");
+    }
+    if report.removed.is_empty() {
+        out.push_str("nothing to prune\n");
+    }
+    crate::write_stdout(out.as_bytes())?;
+    if !report.failed.is_empty() {
+        bail!(
+            "{} file(s) could not be removed:\n{}",
+            report.failed.len(),
+            report.failed.join("\n")
+        );
+    }
+    Ok(())
+}
+
+fn list_cmd(cli: &Cli, args: &InventoryArgs) -> Result<()> {
+    let target = cli.target_dir.clone().unwrap_or_else(|| ".".into());
+    let (_, products, _) = crate::inventory::load_catalog(&target)?;
+    let rows = crate::inventory::list(&products);
+    match args.format {
+        Format::Json => {
+            let mut json = serde_json::to_vec(&rows)?;
+            json.push(b'\n');
+            crate::write_stdout(&json)
+        }
+        Format::Table => {
+            let header = [
+                "PRODUCT",
+                "VERSION",
+                "TYPE",
+                "FORMAT",
+                "FINGERPRINT",
+                "SIZE",
+                "ALIASES",
+            ];
+            let body: Vec<[String; 7]> = rows
+                .iter()
+                .map(|r| {
+                    [
+                        r.product.clone(),
+                        r.version.clone(),
+                        r.image_type.clone(),
+                        r.format.clone(),
+                        r.fingerprint.chars().take(12).collect(),
+                        human_bytes(r.size),
+                        r.aliases.join(","),
+                    ]
+                })
+                .collect();
+            let mut widths = header.map(str::len);
+            for row in &body {
+                for (w, cell) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+            let mut out = String::new();
+            let mut line = |cells: &[String]| {
+                let parts: Vec<String> = cells
+                    .iter()
+                    .zip(widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                out.push_str(parts.join("  ").trim_end());
+                out.push('\n');
+            };
+            line(&header.map(String::from));
+            for row in &body {
+                line(row);
+            }
+            crate::write_stdout(out.as_bytes())
+        }
+    }
 }

@@ -17,6 +17,8 @@ use md5::Md5;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+pub use sha2::Sha256 as Sha256State;
+
 use crate::inspect::{self, ImageMetadata, InspectError};
 use crate::tree::{FileRole, FileSig, VersionDir};
 
@@ -435,6 +437,43 @@ pub fn hash_version(
         );
     }
     Ok(out)
+}
+
+/// Streams a file once and returns its sha256 and, for each given hasher state (the state after
+/// some metadata file), the sha256 of that prefix followed by this file: the combined hashes.
+pub fn sha256_with_prefixes(
+    path: &Path,
+    prefixes: Vec<Sha256>,
+    progress: &dyn Fn(u64),
+) -> Result<(String, Vec<String>), HashError> {
+    let mut sinks = vec![Sink::Sha(Sha256::new())];
+    sinks.extend(prefixes.into_iter().map(Sink::Sha));
+    let mut done = stream_file(path, sinks, progress)?.into_iter();
+    let own = done.next().map(Sink::hex).unwrap_or_default();
+    Ok((own, done.map(Sink::hex).collect()))
+}
+
+/// Hashes a (small) file and returns its sha256 and the hasher state after it, to seed
+/// [`sha256_with_prefixes`].
+pub fn sha256_state(path: &Path, progress: &dyn Fn(u64)) -> Result<(String, Sha256), HashError> {
+    let mut file = fs_err::File::open(path).map_err(|source| HashError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = read_full(&mut file, &mut buf).map_err(|source| HashError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        progress(n as u64);
+    }
+    Ok((hex::encode(h.clone().finalize()), h))
 }
 
 /// sha256 of a byte string, as lowercase hex (tests and small files).

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod expiry;
 pub mod hash;
 pub mod inspect;
+pub mod inventory;
 pub mod manifest;
 pub mod products;
 pub mod publish;

@@ -1,0 +1,483 @@
+//! The published catalog against the tree: `verify` re-hashes every item (sizes, sha256 and the
+//! combined fingerprints, each file read once) and finds files the catalog does not reference;
+//! `prune` deletes those; `list` shows what is published.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::hash::{HashError, Sha256State, sha256_state, sha256_with_prefixes};
+use crate::products::Tree;
+use crate::publish::index_path;
+use crate::stream::{Family, Ftype, ImageType, Index, ProductsFile};
+use crate::tree::{TreeError, scan_product};
+
+/// The catalog cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    /// A catalog file is missing or not valid JSON.
+    #[error("{}: {reason} (run `publish` first?)", path.display())]
+    Catalog {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The tree cannot be read.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+}
+
+/// One thing wrong with the published tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum Problem {
+    /// An item's file does not exist.
+    Missing {
+        /// Product id.
+        product: String,
+        /// Version.
+        version: String,
+        /// Item path.
+        path: String,
+    },
+    /// An item's file has another size.
+    Size {
+        /// Item path.
+        path: String,
+        /// Published.
+        expected: u64,
+        /// On disk.
+        actual: u64,
+    },
+    /// An item's file has another sha256.
+    Sha256 {
+        /// Item path.
+        path: String,
+        /// Published.
+        expected: String,
+        /// On disk.
+        actual: String,
+    },
+    /// A published fingerprint does not match sha256(meta ‖ rootfs) on disk.
+    Combined {
+        /// Metadata item path.
+        meta: String,
+        /// Rootfs item path.
+        rootfs: String,
+        /// Published.
+        expected: String,
+        /// On disk.
+        actual: String,
+    },
+    /// A file could not be read.
+    Unreadable {
+        /// Item path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// An image file in a product folder that the catalog does not reference.
+    Orphan {
+        /// The file or folder, relative to the tree.
+        path: String,
+    },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Missing {
+                product,
+                version,
+                path,
+            } => {
+                write!(f, "missing: {path} (product {product}, version {version})")
+            }
+            Problem::Size {
+                path,
+                expected,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "wrong size: {path}: published {expected} bytes, found {actual}"
+                )
+            }
+            Problem::Sha256 {
+                path,
+                expected,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "wrong sha256: {path}: published {expected}, found {actual}"
+                )
+            }
+            Problem::Combined {
+                meta,
+                rootfs,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "wrong fingerprint: sha256({meta} ‖ {rootfs}) is {actual}, published {expected}"
+            ),
+            Problem::Unreadable { path, reason } => write!(f, "unreadable: {path}: {reason}"),
+            Problem::Orphan { path } => write!(f, "not in the catalog: {path}"),
+        }
+    }
+}
+
+/// What `verify` found.
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    /// Distinct files checked.
+    pub files: usize,
+    /// Fingerprints checked.
+    pub fingerprints: usize,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Everything wrong.
+    pub problems: Vec<Problem>,
+}
+
+/// Reads the published catalog of `target`.
+pub fn load_catalog(target: &Path) -> Result<(Index, ProductsFile, PathBuf), InventoryError> {
+    let read = |path: &Path| -> Result<Vec<u8>, InventoryError> {
+        fs_err::read(path).map_err(|e| InventoryError::Catalog {
+            path: path.to_owned(),
+            reason: e.kind().to_string(),
+        })
+    };
+    let ipath = index_path(target);
+    let index: Index =
+        serde_json::from_slice(&read(&ipath)?).map_err(|e| InventoryError::Catalog {
+            path: ipath.clone(),
+            reason: e.to_string(),
+        })?;
+    let entry = index
+        .index
+        .values()
+        .find(|e| e.datatype == crate::config::DEFAULT_DATATYPE)
+        .ok_or_else(|| InventoryError::Catalog {
+            path: ipath.clone(),
+            reason: "no image-downloads entry".into(),
+        })?;
+    let ppath = target.join(&entry.path);
+    let products: ProductsFile =
+        serde_json::from_slice(&read(&ppath)?).map_err(|e| InventoryError::Catalog {
+            path: ppath.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok((index, products, ppath))
+}
+
+/// `base` joined with a catalog path, `..` resolved lexically.
+fn resolve(base: &Path, rel: &str) -> PathBuf {
+    let mut out = base.to_path_buf();
+    for c in Path::new(rel).components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(p) => out.push(p),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn is_url(path: &str) -> bool {
+    path.starts_with("http://") || path.starts_with("https://")
+}
+
+/// Re-hashes every item of the published catalog of `target` and looks for orphans.
+pub fn verify(
+    target: &Path,
+    tree: &Tree,
+    progress: &dyn Fn(u64),
+) -> Result<VerifyReport, InventoryError> {
+    let (_, products, _) = load_catalog(target)?;
+    let mut report = VerifyReport::default();
+    // A file is published by several items (lxd/incus twins) and in one version only; check it
+    // once per version.
+    for (pid, product) in &products.products {
+        for (vname, version) in &product.versions {
+            let mut by_path: BTreeMap<&str, Vec<&crate::stream::Item>> = BTreeMap::new();
+            for item in version.items.values() {
+                by_path.entry(item.path.as_str()).or_default().push(item);
+            }
+            let mut present: BTreeSet<&str> = BTreeSet::new();
+            for (&path, items) in &by_path {
+                if is_url(path) {
+                    continue;
+                }
+                let file = resolve(target, path);
+                match std::fs::metadata(&file) {
+                    Ok(m) if m.is_file() => {
+                        present.insert(path);
+                        let size = items[0].size;
+                        if m.len() != size {
+                            report.problems.push(Problem::Size {
+                                path: path.to_owned(),
+                                expected: size,
+                                actual: m.len(),
+                            });
+                        }
+                    }
+                    _ => report.problems.push(Problem::Missing {
+                        product: pid.clone(),
+                        version: vname.to_string(),
+                        path: path.to_owned(),
+                    }),
+                }
+            }
+            // Metadata first: their states seed the fingerprints.
+            let mut states: BTreeMap<&str, Sha256State> = BTreeMap::new();
+            let is_meta = |i: &crate::stream::Item| matches!(i.ftype, Ftype::Meta(_));
+            for (&path, items) in by_path
+                .iter()
+                .filter(|(p, it)| present.contains(**p) && it.iter().any(|i| is_meta(i)))
+            {
+                match sha256_state(&resolve(target, path), progress) {
+                    Ok((sha, state)) => {
+                        report.files += 1;
+                        report.bytes += items[0].size;
+                        check_sha(&mut report, path, &items[0].sha256, &sha);
+                        states.insert(path, state);
+                    }
+                    Err(e) => unreadable(&mut report, path, &e),
+                }
+            }
+            for (&path, items) in by_path
+                .iter()
+                .filter(|(p, it)| present.contains(**p) && !it.iter().any(|i| is_meta(i)))
+            {
+                // Which metadata files claim a fingerprint with this rootfs.
+                let kind = items.iter().find_map(|i| i.ftype.rootfs_kind());
+                let mut claims: Vec<(&str, String)> = Vec::new();
+                if let Some(kind) = kind {
+                    let mut seen = BTreeSet::new();
+                    for meta in version.items.values().filter(|i| is_meta(i)) {
+                        if let Some(fp) = meta.combined_for(kind)
+                            && states.contains_key(meta.path.as_str())
+                            && seen.insert((meta.path.as_str(), fp))
+                        {
+                            claims.push((meta.path.as_str(), fp.to_owned()));
+                        }
+                    }
+                }
+                let prefixes = claims.iter().map(|(m, _)| states[m].clone()).collect();
+                match sha256_with_prefixes(&resolve(target, path), prefixes, progress) {
+                    Ok((sha, combined)) => {
+                        report.files += 1;
+                        report.bytes += items[0].size;
+                        check_sha(&mut report, path, &items[0].sha256, &sha);
+                        for ((meta, expected), actual) in claims.into_iter().zip(combined) {
+                            report.fingerprints += 1;
+                            if expected != actual {
+                                report.problems.push(Problem::Combined {
+                                    meta: meta.to_owned(),
+                                    rootfs: path.to_owned(),
+                                    expected,
+                                    actual,
+                                });
+                            }
+                        }
+                    }
+                    Err(e) => unreadable(&mut report, path, &e),
+                }
+            }
+        }
+    }
+    report
+        .problems
+        .extend(
+            orphans(target, tree, &products)?
+                .into_iter()
+                .map(|p| Problem::Orphan {
+                    path: p.strip_prefix(target).unwrap_or(&p).display().to_string(),
+                }),
+        );
+    Ok(report)
+}
+
+fn check_sha(report: &mut VerifyReport, path: &str, expected: &str, actual: &str) {
+    if expected != actual {
+        report.problems.push(Problem::Sha256 {
+            path: path.to_owned(),
+            expected: expected.to_owned(),
+            actual: actual.to_owned(),
+        });
+    }
+}
+
+fn unreadable(report: &mut VerifyReport, path: &str, e: &HashError) {
+    report.problems.push(Problem::Unreadable {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    });
+}
+
+/// Image files and version folders in the product folders of `tree` that `products` does not
+/// reference. Hidden products and remote ones (`prefix_path`) are not looked at; other files
+/// (build logs, definitions, LXC's meta.tar.xz) are not image files and never orphans.
+pub fn orphans(
+    target: &Path,
+    tree: &Tree,
+    products: &ProductsFile,
+) -> Result<Vec<PathBuf>, InventoryError> {
+    let referenced: BTreeSet<PathBuf> = products
+        .products
+        .values()
+        .flat_map(|p| p.versions.values())
+        .flat_map(|v| v.items.values())
+        .filter(|i| !is_url(&i.path))
+        .map(|i| resolve(target, &i.path))
+        .collect();
+    let mut out = Vec::new();
+    for spec in tree
+        .config
+        .products
+        .iter()
+        .filter(|p| !p.hidden && p.prefix_path.is_none())
+    {
+        let dir = target.join(&spec.directory);
+        if !dir.is_dir() {
+            continue;
+        }
+        let mut w = Vec::new();
+        for v in scan_product(&dir, &mut w)? {
+            let files: Vec<PathBuf> = v.files.iter().map(|f| f.path.clone()).collect();
+            let unreferenced: Vec<&PathBuf> =
+                files.iter().filter(|f| !referenced.contains(*f)).collect();
+            if unreferenced.is_empty() {
+                continue;
+            }
+            if unreferenced.len() == files.len() {
+                // Nothing of this version is published: the whole folder is an orphan.
+                out.push(v.path.clone());
+            } else {
+                out.extend(unreferenced.into_iter().cloned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What `prune` did (or would do).
+#[derive(Debug, Default, Serialize)]
+pub struct PruneReport {
+    /// Removed (or to remove), relative to the tree.
+    pub removed: Vec<String>,
+    /// Failures.
+    pub failed: Vec<String>,
+}
+
+/// Removes what [`orphans`] finds, or only reports it when `dry_run`. Product folders themselves
+/// and files that are not image files are left alone.
+pub fn prune(target: &Path, tree: &Tree, dry_run: bool) -> Result<PruneReport, InventoryError> {
+    let (_, products, _) = load_catalog(target)?;
+    let _lock = crate::publish::lock_tree(target).map_err(|e| InventoryError::Catalog {
+        path: e.path.clone(),
+        reason: e.source.to_string(),
+    })?;
+    let mut report = PruneReport::default();
+    for path in orphans(target, tree, &products)? {
+        let rel = path
+            .strip_prefix(target)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        if dry_run {
+            report.removed.push(rel);
+            continue;
+        }
+        let result = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match result {
+            Ok(()) => report.removed.push(rel),
+            Err(e) => report.failed.push(format!("{rel}: {e}")),
+        }
+    }
+    Ok(report)
+}
+
+/// One published image, as `list` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ListRow {
+    /// Product id.
+    pub product: String,
+    /// Version.
+    pub version: String,
+    /// Aliases of the product.
+    pub aliases: Vec<String>,
+    /// container or virtual-machine.
+    #[serde(rename = "type")]
+    pub image_type: String,
+    /// The rootfs kind (squashfs, root.tar.xz, disk-kvm.img) or `unified`.
+    pub format: String,
+    /// Fingerprint.
+    pub fingerprint: String,
+    /// Download size (metadata + rootfs).
+    pub size: u64,
+}
+
+/// Every image of the catalog, as Incus sees it (LXD sees the same through the twins).
+pub fn list(products: &ProductsFile) -> Vec<ListRow> {
+    let mut rows = Vec::new();
+    for (pid, product) in &products.products {
+        let aliases: Vec<String> = product
+            .aliases
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for (vname, version) in &product.versions {
+            for meta in version
+                .items
+                .values()
+                .filter(|i| i.ftype == Ftype::Meta(Family::Incus))
+            {
+                for root in version.items.values() {
+                    let Some(kind) = root.ftype.rootfs_kind() else {
+                        continue;
+                    };
+                    let Some(fp) = meta.combined_for(kind) else {
+                        continue;
+                    };
+                    rows.push(ListRow {
+                        product: pid.clone(),
+                        version: vname.to_string(),
+                        aliases: aliases.clone(),
+                        image_type: kind.image_type().to_string(),
+                        format: kind.ftype().to_string(),
+                        fingerprint: fp.to_owned(),
+                        size: meta.size + root.size,
+                    });
+                }
+            }
+            for unified in version
+                .items
+                .values()
+                .filter(|i| i.ftype == Ftype::Unified(Family::Incus))
+            {
+                rows.push(ListRow {
+                    product: pid.clone(),
+                    version: vname.to_string(),
+                    aliases: aliases.clone(),
+                    image_type: ImageType::Container.to_string(),
+                    format: "unified".into(),
+                    fingerprint: unified.sha256.clone(),
+                    size: unified.size,
+                });
+            }
+        }
+    }
+    rows
+}
