@@ -59,6 +59,8 @@ pub enum Command {
     BuildIndex(CatalogArgs),
     /// Print the effective configuration
     Print,
+    /// Import exported or built images (split or unified) into the layout and publish
+    Import(ImportArgs),
     /// Re-hash every published item (sizes, sha256, fingerprints) and find unreferenced files
     Verify(InventoryArgs),
     /// Delete image files and version folders the catalog no longer references (dry run
@@ -149,6 +151,23 @@ pub struct CatalogArgs {
     /// Leave out products whose manifest cannot be loaded, with a warning, instead of failing
     #[arg(long)]
     pub skip_unavailable: bool,
+}
+
+/// `import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// One unified tarball, or a metadata tarball and its rootfs (squashfs, root.tar.xz, qcow2)
+    #[arg(value_name = "FILE", num_args = 0..=2, required_unless_present = "from_dir")]
+    pub files: Vec<PathBuf>,
+    /// Import every image found under this folder instead
+    #[arg(long, value_name = "SRC", conflicts_with = "files")]
+    pub from_dir: Option<PathBuf>,
+    /// Extra alias for the product (repeatable)
+    #[arg(long = "alias", value_name = "ALIAS")]
+    pub aliases: Vec<String>,
+    /// Variant folder instead of metadata.yaml's `variant` (default: default)
+    #[arg(long)]
+    pub variant: Option<String>,
 }
 
 /// Output format of `verify` and `list`.

@@ -10,8 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{info, warn};
 
 use crate::cli::{
-    BuildProductArgs, CatalogArgs, Cli, Command, Format, InventoryArgs, ManifestArgs, PruneArgs,
-    PublishArgs,
+    BuildProductArgs, CatalogArgs, Cli, Command, Format, ImportArgs, InventoryArgs, ManifestArgs,
+    PruneArgs, PublishArgs,
 };
 use crate::config::TreeConfig;
 use crate::expiry::HumanDuration;
@@ -34,6 +34,7 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{}", render_print(&tree.config));
             Ok(())
         }
+        Command::Import(args) => import_cmd(&cli, args),
         Command::Verify(args) => verify_cmd(&cli, args),
         Command::Prune(args) => prune_cmd(&cli, args),
         Command::List(args) => list_cmd(&cli, args),
@@ -555,4 +556,75 @@ fn list_cmd(cli: &Cli, args: &InventoryArgs) -> Result<()> {
             crate::write_stdout(out.as_bytes())
         }
     }
+}
+
+fn import_cmd(cli: &Cli, args: &ImportArgs) -> Result<()> {
+    use crate::import::{self, ImportRequest, Imported};
+    let target = cli.target_dir.clone().unwrap_or_else(|| ".".into());
+    let images = match &args.from_dir {
+        Some(src) => {
+            let found = import::find_images(src)?;
+            if found.is_empty() {
+                bail!("no images found under {}", src.display());
+            }
+            found
+        }
+        None => vec![args.files.clone()],
+    };
+    let mut failures = Vec::new();
+    let mut changed = 0;
+    for files in &images {
+        let shown = files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let result = import::import(&ImportRequest {
+            target: &target,
+            files,
+            variant: args.variant.as_deref(),
+        });
+        let dir = match result {
+            Ok(Imported::New(dir)) => {
+                info!("imported {shown} into {}", dir.display());
+                changed += 1;
+                dir
+            }
+            Ok(Imported::AlreadyThere(dir)) => {
+                info!(
+                    "{shown}: already imported in {} (nothing changed)",
+                    dir.display()
+                );
+                dir
+            }
+            Err(e) => {
+                failures.push(format!("{shown}: {e}"));
+                continue;
+            }
+        };
+        if let Some(product) = dir.parent() {
+            let parts: Vec<String> = product
+                .strip_prefix(target.join(crate::tree::LAYOUT_ROOT))
+                .map(|p| p.iter().map(|s| s.to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            if let [os, release, _arch, variant] = parts.as_slice() {
+                let mut defaults = vec![format!("{os}/{release}/{variant}")];
+                if variant == "default" {
+                    defaults.push(format!("{os}/{release}"));
+                }
+                import::add_aliases(product, &defaults, &args.aliases)?;
+            }
+        }
+    }
+    if changed > 0 || !args.aliases.is_empty() {
+        publish_tree(cli, None, &target, &target, false, false)?;
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} image(s) not imported:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+    Ok(())
 }

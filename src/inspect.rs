@@ -62,9 +62,15 @@ fn sniff(head: &[u8]) -> Compression {
     }
 }
 
-/// Reads metadata.yaml from a metadata tarball given as a reader, consuming the whole archive.
-/// `path` names the file in errors.
-pub fn read_metadata(reader: impl Read, path: &Path) -> Result<ImageMetadata, InspectError> {
+/// A tarball being read through its decompressor.
+pub type Tarball<'a> = tar::Archive<Box<dyn Read + 'a>>;
+
+/// Opens a tarball compressed with xz, gzip or zstd, or not at all, for reading its entries.
+/// Also returns the compression's name (`xz`, `gzip`, `zstd`, `tar`). `path` names it in errors.
+pub fn open_tarball<'a>(
+    reader: impl Read + 'a,
+    path: &Path,
+) -> Result<(Tarball<'a>, &'static str), InspectError> {
     let fail = |problem: String| InspectError {
         path: path.to_owned(),
         problem,
@@ -75,9 +81,9 @@ pub fn read_metadata(reader: impl Read, path: &Path) -> Result<ImageMetadata, In
         .map_err(|e| fail(format!("cannot read: {e}")))?
         .to_vec();
     if head.is_empty() {
-        return Err(fail("is empty, not a metadata tarball".into()));
+        return Err(fail("is empty, not a tarball".into()));
     }
-    let (decoder, what): (Box<dyn Read + '_>, &str) = match sniff(&head) {
+    let (decoder, what): (Box<dyn Read + 'a>, &'static str) = match sniff(&head) {
         Compression::Xz => (
             Box::new(liblzma::read::XzDecoder::new_multi_decoder(buf)),
             "xz",
@@ -100,7 +106,20 @@ pub fn read_metadata(reader: impl Read, path: &Path) -> Result<ImageMetadata, In
             (Box::new(buf), "tar")
         }
     };
-    let mut archive = tar::Archive::new(decoder);
+    Ok((tar::Archive::new(decoder), what))
+}
+
+/// Reads metadata.yaml from a metadata tarball given as a reader, consuming the whole archive.
+/// `path` names the file in errors.
+pub fn read_metadata(reader: impl Read, path: &Path) -> Result<ImageMetadata, InspectError> {
+    let fail = |problem: String| InspectError {
+        path: path.to_owned(),
+        problem,
+    };
+    let (mut archive, what) = open_tarball(reader, path).map_err(|e| match e.problem.as_str() {
+        "is empty, not a tarball" => fail("is empty, not a metadata tarball".into()),
+        _ => e,
+    })?;
     let entries = archive
         .entries()
         .map_err(|e| fail(format!("not a metadata tarball ({what}): {e}")))?;
@@ -144,7 +163,16 @@ pub fn read_metadata(reader: impl Read, path: &Path) -> Result<ImageMetadata, In
     let yaml = yaml.ok_or_else(|| {
         fail("holds no metadata.yaml: is this the rootfs instead of the metadata tarball?".into())
     })?;
-    let raw: RawMetadata = serde_saphyr::from_str(&yaml)
+    parse_metadata_yaml(&yaml, path)
+}
+
+/// Parses the text of a metadata.yaml; `path` names the tarball it came from.
+pub fn parse_metadata_yaml(yaml: &str, path: &Path) -> Result<ImageMetadata, InspectError> {
+    let fail = |problem: String| InspectError {
+        path: path.to_owned(),
+        problem,
+    };
+    let raw: RawMetadata = serde_saphyr::from_str(yaml)
         .map_err(|e| fail(format!("metadata.yaml: {}", e.without_snippet())))?;
     let architecture = raw
         .architecture

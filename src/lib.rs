@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod expiry;
 pub mod hash;
+pub mod import;
 pub mod inspect;
 pub mod inventory;
 pub mod manifest;

@@ -1,0 +1,625 @@
+//! `import`: images as `incus image export`, `lxc image export` and distrobuilder produce them —
+//! split (a metadata tarball plus a squashfs, a root tarball or a qcow2) or unified (one tarball
+//! holding metadata.yaml, templates/ and rootfs/ or rootfs.img) — placed into the layout
+//! `images/<os>/<release>/<arch>/<variant>/<YYYYMMDD_HH:MM>/` under the standard names.
+//!
+//! A unified tarball is split in one pass into a metadata tarball (everything but the rootfs)
+//! and a root.tar.xz of the rootfs with paths relative to it, keeping ownership, modes, extended
+//! attributes, device nodes and hard links; a gzip original is kept as `incus_combined.tar.gz`.
+//! Every file lands through a temp file in its destination folder, hashed on the way.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::inspect::{self, ImageMetadata, InspectError};
+use crate::stream::{VersionName, canonical_arch};
+
+/// Largest metadata.yaml accepted, as for metadata tarballs.
+const MAX_METADATA_YAML: u64 = 1 << 20;
+
+/// An import that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// A file cannot be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An input is not what it must be.
+    #[error(transparent)]
+    Inspect(#[from] InspectError),
+    /// The inputs do not make an image.
+    #[error("{0}")]
+    Input(String),
+    /// The version folder holds a different image already.
+    #[error("{} already holds a different {what}; remove it first, or import as another variant (--variant)", dir.display())]
+    Clash {
+        /// The version folder.
+        dir: PathBuf,
+        /// Which file differs.
+        what: String,
+    },
+}
+
+/// What an import did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Imported {
+    /// New files were placed in this version folder.
+    New(PathBuf),
+    /// The same image was already there; nothing changed.
+    AlreadyThere(PathBuf),
+}
+
+/// What to import.
+pub struct ImportRequest<'a> {
+    /// The tree (its `images/` is written).
+    pub target: &'a Path,
+    /// One unified tarball, or a metadata tarball and a rootfs/disk.
+    pub files: &'a [PathBuf],
+    /// Variant instead of metadata.yaml's (default `default`).
+    pub variant: Option<&'a str>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImportError + '_ {
+    move |source| ImportError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The Debian name of an architecture, as the layout and images.linuxcontainers.org use it.
+pub fn debian_arch(name: &str) -> Option<&'static str> {
+    Some(match canonical_arch(name)? {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "i686" => "i386",
+        "armv7l" => "armhf",
+        "armv6l" => "armel",
+        "ppc64le" => "ppc64el",
+        "ppc64" => "powerpc64",
+        "ppc" => "powerpc",
+        "mips64" => "mips64el",
+        "mips" => "mipsel",
+        "loongarch64" => "loong64",
+        other => other,
+    })
+}
+
+/// What a data file is, by its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Data {
+    Squashfs,
+    Qcow2,
+    XzTarball,
+    Tarball,
+}
+
+fn sniff(path: &Path) -> Result<Data, ImportError> {
+    let mut head = [0u8; 512];
+    let mut f = fs_err::File::open(path).map_err(io(path))?;
+    let n = f.read(&mut head).map_err(io(path))?;
+    let head = &head[..n];
+    Ok(match head {
+        [b'h', b's', b'q', b's', ..] => Data::Squashfs,
+        [b'Q', b'F', b'I', 0xfb, ..] => Data::Qcow2,
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Data::XzTarball,
+        [0x1f, 0x8b, ..] | [0x28, 0xb5, 0x2f, 0xfd, ..] => Data::Tarball,
+        _ if head.get(257..262) == Some(b"ustar".as_slice()) => Data::Tarball,
+        _ => {
+            return Err(ImportError::Input(format!(
+                "{}: neither squashfs, qcow2 nor a tarball",
+                path.display()
+            )));
+        }
+    })
+}
+
+/// A path segment of the layout made from a metadata property.
+fn segment(value: &str, what: &str, source: &Path) -> Result<String, ImportError> {
+    let v = value.trim();
+    let ok = !v.is_empty()
+        && !v.starts_with('.')
+        && !v
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c == ',' || c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(ImportError::Input(format!(
+            "{}: metadata.yaml property `{what}` is `{value}`, which cannot name a folder; set it in metadata.yaml (or --variant)",
+            source.display()
+        )))
+    }
+}
+
+/// Where an image goes in the layout, from its metadata.
+pub fn version_dir(
+    target: &Path,
+    meta: &ImageMetadata,
+    variant: Option<&str>,
+    source: &Path,
+) -> Result<PathBuf, ImportError> {
+    let prop = |k: &str| meta.properties.get(k).map(String::as_str).unwrap_or("");
+    let os = segment(&prop("os").to_lowercase(), "os", source)?;
+    let release = segment(prop("release"), "release", source)?;
+    let arch = debian_arch(&meta.architecture).ok_or_else(|| {
+        ImportError::Input(format!(
+            "{}: metadata.yaml architecture `{}` is not one LXD or Incus knows",
+            source.display(),
+            meta.architecture
+        ))
+    })?;
+    let variant = segment(
+        variant.unwrap_or(match prop("variant") {
+            "" => "default",
+            v => v,
+        }),
+        "variant",
+        source,
+    )?;
+    if meta.creation_date <= 0 {
+        return Err(ImportError::Input(format!(
+            "{}: metadata.yaml has no creation_date, which names the version",
+            source.display()
+        )));
+    }
+    let at = jiff::Timestamp::from_second(meta.creation_date)
+        .map_err(|e| ImportError::Input(format!("{}: creation_date: {e}", source.display())))?
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .datetime();
+    let version = VersionName::from_datetime(at);
+    Ok(target
+        .join(crate::tree::LAYOUT_ROOT)
+        .join(os)
+        .join(release)
+        .join(arch)
+        .join(variant)
+        .join(version.as_str()))
+}
+
+/// A file being written into a version folder: a hidden temp file, renamed at the end.
+struct Landing {
+    tmp: tempfile::NamedTempFile,
+    sha: Sha256,
+}
+
+impl Landing {
+    fn new(dir: &Path) -> Result<Self, ImportError> {
+        crate::atomic::create_dir_all(dir).map_err(io(dir))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".import-")
+            .tempfile_in(dir)
+            .map_err(io(dir))?;
+        Ok(Self {
+            tmp,
+            sha: Sha256::new(),
+        })
+    }
+
+    fn finish(self) -> Result<(tempfile::NamedTempFile, String), ImportError> {
+        let path = self.tmp.path().to_owned();
+        self.tmp.as_file().sync_all().map_err(io(&path))?;
+        crate::atomic::set_file_mode(&path).map_err(io(&path))?;
+        Ok((self.tmp, hex::encode(self.sha.finalize())))
+    }
+}
+
+impl Write for Landing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.tmp.write(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tmp.flush()
+    }
+}
+
+/// Copies `src` into a landing in `dir`, hashing it.
+fn land_copy(src: &Path, dir: &Path) -> Result<(tempfile::NamedTempFile, String), ImportError> {
+    let mut landing = Landing::new(dir)?;
+    let mut f =
+        std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(src).map_err(io(src))?);
+    std::io::copy(&mut f, &mut landing).map_err(io(src))?;
+    landing.finish()
+}
+
+/// Places `tmp` at `dest`, unless an identical file is there; errors if a different one is.
+fn place(
+    tmp: tempfile::NamedTempFile,
+    sha: &str,
+    dest: &Path,
+    what: &str,
+) -> Result<bool, ImportError> {
+    if dest.exists() {
+        let existing = crate::hash::sha256_state(dest, &|_| {})
+            .map_err(|e| ImportError::Input(e.to_string()))?
+            .0;
+        if existing == sha {
+            return Ok(false);
+        }
+        return Err(ImportError::Clash {
+            dir: dest.parent().unwrap_or(dest).to_owned(),
+            what: what.to_owned(),
+        });
+    }
+    tmp.persist(dest).map_err(|e| ImportError::Io {
+        path: dest.to_owned(),
+        source: e.error,
+    })?;
+    Ok(true)
+}
+
+/// Imports one image (see the module docs).
+pub fn import(req: &ImportRequest<'_>) -> Result<Imported, ImportError> {
+    match req.files {
+        [one] => import_unified(req, one),
+        [a, b] => import_split(req, a, b),
+        _ => Err(ImportError::Input(
+            "import takes one unified tarball, or a metadata tarball and a rootfs".into(),
+        )),
+    }
+}
+
+fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported, ImportError> {
+    let (ka, kb) = (sniff(a)?, sniff(b)?);
+    let is_data = |k: Data| matches!(k, Data::Squashfs | Data::Qcow2);
+    // The metadata is the tarball; of two tarballs, the one whose name says so, else the smaller.
+    let (meta_path, data_path, data) = match (is_data(ka), is_data(kb)) {
+        (false, true) => (a, b, kb),
+        (true, false) => (b, a, ka),
+        (true, true) => {
+            return Err(ImportError::Input(format!(
+                "neither {} nor {} is a metadata tarball",
+                a.display(),
+                b.display()
+            )));
+        }
+        (false, false) => {
+            let named = |p: &Path| {
+                let n = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_lowercase())
+                    .unwrap_or_default();
+                n.starts_with("meta") || n.starts_with("incus") || n.starts_with("lxd")
+            };
+            let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(u64::MAX);
+            if named(a) && !named(b) || (named(a) == named(b) && size(a) <= size(b)) {
+                (a, b, kb)
+            } else {
+                (b, a, ka)
+            }
+        }
+    };
+    let meta = inspect::read_metadata(
+        std::io::BufReader::new(fs_err::File::open(meta_path).map_err(io(meta_path))?),
+        meta_path,
+    )?;
+    let dir = version_dir(req.target, &meta, req.variant, meta_path)?;
+    let rootfs_name = match data {
+        Data::Squashfs => "rootfs.squashfs",
+        Data::Qcow2 => "disk.qcow2",
+        Data::XzTarball => "rootfs.tar.xz",
+        Data::Tarball => {
+            return Err(ImportError::Input(format!(
+                "{}: a root tarball must be xz-compressed (the ftype is root.tar.xz); recompress it with xz",
+                data_path.display()
+            )));
+        }
+    };
+    let (meta_tmp, meta_sha) = land_copy(meta_path, &dir)?;
+    // A VM's own metadata beside a container's: keep both, the VM's paired with the disk only.
+    let container_meta = dir.join("incus.tar.xz");
+    let meta_dest = if data == Data::Qcow2
+        && container_meta.exists()
+        && crate::hash::sha256_state(&container_meta, &|_| {})
+            .map(|h| h.0)
+            .ok()
+            .as_deref()
+            != Some(meta_sha.as_str())
+    {
+        dir.join("incus-vm.tar.xz")
+    } else {
+        container_meta
+    };
+    let (data_tmp, data_sha) = land_copy(data_path, &dir)?;
+    let new_data = place(data_tmp, &data_sha, &dir.join(rootfs_name), rootfs_name)?;
+    let new_meta = place(meta_tmp, &meta_sha, &meta_dest, "metadata tarball")?;
+    Ok(if new_data || new_meta {
+        Imported::New(dir)
+    } else {
+        Imported::AlreadyThere(dir)
+    })
+}
+
+fn strip_rootfs(path: &str) -> Option<String> {
+    let p = path.strip_prefix("./").unwrap_or(path);
+    let rest = p.strip_prefix("rootfs")?;
+    match rest {
+        "" | "/" => Some("./".into()),
+        r if r.starts_with('/') => Some(r[1..].to_owned()),
+        _ => None,
+    }
+}
+
+fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, ImportError> {
+    // Split into temp files in a staging folder of the target, then move them into the version
+    // folder that metadata.yaml names (known only once the archive has been read).
+    let staging_parent = req.target.join(crate::tree::LAYOUT_ROOT);
+    let mut meta_out = Landing::new(&staging_parent)?;
+    let mut root_out = Landing::new(&staging_parent)?;
+    let mut disk_out: Option<Landing> = None;
+    let mut yaml: Option<String> = None;
+    let mut has_rootfs = false;
+    {
+        let file =
+            std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(src).map_err(io(src))?);
+        let (mut archive, what) = inspect::open_tarball(file, src)?;
+        let mut meta_tar = tar::Builder::new(liblzma::write::XzEncoder::new(&mut meta_out, 6));
+        let mut root_tar = tar::Builder::new(liblzma::write::XzEncoder::new(&mut root_out, 6));
+        meta_tar.mode(tar::HeaderMode::Complete);
+        root_tar.mode(tar::HeaderMode::Complete);
+        let bad = |e: std::io::Error| {
+            ImportError::Input(format!("{}: corrupt {what} tarball: {e}", src.display()))
+        };
+        for entry in archive.entries().map_err(bad)? {
+            let mut entry = entry.map_err(bad)?;
+            let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+            let pax: Vec<(String, Vec<u8>)> = entry
+                .pax_extensions()
+                .map_err(bad)?
+                .map(|exts| {
+                    exts.filter_map(Result::ok)
+                        .filter_map(|e| {
+                            e.key()
+                                .ok()
+                                .map(|k| (k.to_owned(), e.value_bytes().to_vec()))
+                        })
+                        .filter(|(k, _)| k != "path" && k != "linkpath")
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut header = entry.header().clone();
+            let kind = header.entry_type();
+            let link = entry
+                .link_name()
+                .map_err(bad)?
+                .map(|l| l.to_string_lossy().into_owned());
+            let plain = name.strip_prefix("./").unwrap_or(&name);
+            if plain == "rootfs.img" {
+                let mut landing = Landing::new(&staging_parent)?;
+                std::io::copy(&mut entry, &mut landing).map_err(bad)?;
+                disk_out = Some(landing);
+                has_rootfs = true;
+                continue;
+            }
+            if let Some(rel) = strip_rootfs(&name) {
+                has_rootfs = true;
+                if !pax.is_empty() {
+                    root_tar
+                        .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                        .map_err(io(src))?;
+                }
+                match (kind, link) {
+                    (tar::EntryType::Link, Some(target)) => {
+                        let target = strip_rootfs(&target).unwrap_or(target);
+                        root_tar
+                            .append_link(&mut header, &rel, &target)
+                            .map_err(io(src))?;
+                    }
+                    (tar::EntryType::Symlink, Some(target)) => {
+                        root_tar
+                            .append_link(&mut header, &rel, &target)
+                            .map_err(io(src))?;
+                    }
+                    _ => root_tar
+                        .append_data(&mut header, &rel, &mut entry)
+                        .map_err(io(src))?,
+                }
+                continue;
+            }
+            if plain == "metadata.yaml" {
+                if entry.size() > MAX_METADATA_YAML {
+                    return Err(ImportError::Input(format!(
+                        "{}: metadata.yaml is larger than 1 MiB",
+                        src.display()
+                    )));
+                }
+                let mut text = String::new();
+                entry.read_to_string(&mut text).map_err(bad)?;
+                meta_tar
+                    .append_data(&mut header, &name, text.as_bytes())
+                    .map_err(io(src))?;
+                yaml = Some(text);
+                continue;
+            }
+            if !pax.is_empty() {
+                meta_tar
+                    .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                    .map_err(io(src))?;
+            }
+            match link {
+                Some(target) if matches!(kind, tar::EntryType::Link | tar::EntryType::Symlink) => {
+                    meta_tar
+                        .append_link(&mut header, &name, &target)
+                        .map_err(io(src))?;
+                }
+                _ => meta_tar
+                    .append_data(&mut header, &name, &mut entry)
+                    .map_err(io(src))?,
+            }
+        }
+        meta_tar
+            .into_inner()
+            .and_then(|xz| xz.finish())
+            .map_err(io(src))?;
+        root_tar
+            .into_inner()
+            .and_then(|xz| xz.finish())
+            .map_err(io(src))?;
+    }
+    let yaml = yaml.ok_or_else(|| {
+        ImportError::Input(format!(
+            "{}: no metadata.yaml: not an image tarball",
+            src.display()
+        ))
+    })?;
+    if !has_rootfs {
+        return Err(ImportError::Input(format!(
+            "{}: neither rootfs/ nor rootfs.img: a metadata tarball alone is not an image (give its rootfs too)",
+            src.display()
+        )));
+    }
+    let meta = inspect::parse_metadata_yaml(&yaml, src)?;
+    let dir = version_dir(req.target, &meta, req.variant, src)?;
+    crate::atomic::create_dir_all(&dir).map_err(io(&dir))?;
+    let mut changed = false;
+    let (meta_tmp, meta_sha) = meta_out.finish()?;
+    let (meta_name, data) = match disk_out {
+        Some(disk) => {
+            drop(root_out);
+            ("incus.tar.xz", Some((disk.finish()?, "disk.qcow2")))
+        }
+        None => ("incus.tar.xz", Some((root_out.finish()?, "rootfs.tar.xz"))),
+    };
+    if let Some(((tmp, sha), name)) = data {
+        changed |= place(tmp, &sha, &dir.join(name), name)?;
+    }
+    changed |= place(
+        meta_tmp,
+        &meta_sha,
+        &dir.join(meta_name),
+        "metadata tarball",
+    )?;
+    // The unified original, as clients can download it whole (gzip only: the ftype's name).
+    if sniff_gzip(src)? {
+        let (tmp, sha) = land_copy(src, &dir)?;
+        changed |= place(
+            tmp,
+            &sha,
+            &dir.join("incus_combined.tar.gz"),
+            "unified tarball",
+        )?;
+    }
+    Ok(if changed {
+        Imported::New(dir)
+    } else {
+        Imported::AlreadyThere(dir)
+    })
+}
+
+fn sniff_gzip(path: &Path) -> Result<bool, ImportError> {
+    let mut head = [0u8; 2];
+    let n = fs_err::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(io(path))?;
+    Ok(n == 2 && head == [0x1f, 0x8b])
+}
+
+/// Adds aliases to a product through its folder's metadata.json (kept with the default ones,
+/// since an `aliases` there replaces them).
+pub fn add_aliases(
+    product_dir: &Path,
+    defaults: &[String],
+    extra: &[String],
+) -> Result<(), ImportError> {
+    if extra.is_empty() {
+        return Ok(());
+    }
+    for a in extra {
+        crate::config::check_alias(a)
+            .map_err(|why| ImportError::Input(format!("alias `{a}` {why}")))?;
+    }
+    let path = product_dir.join("metadata.json");
+    let mut doc: serde_json::Map<String, serde_json::Value> = match fs_err::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            ImportError::Input(format!("{}: {e}; fix or remove it", path.display()))
+        })?,
+        Err(_) => serde_json::Map::new(),
+    };
+    let mut aliases: Vec<String> = match doc.get("aliases") {
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        Some(serde_json::Value::String(s)) => s
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => defaults.to_vec(),
+    };
+    let mut seen: BTreeSet<String> = aliases.iter().cloned().collect();
+    for a in extra {
+        if seen.insert(a.clone()) {
+            aliases.push(a.clone());
+        }
+    }
+    doc.insert("aliases".into(), serde_json::Value::from(aliases));
+    let mut bytes =
+        serde_json::to_vec_pretty(&doc).map_err(|e| ImportError::Input(e.to_string()))?;
+    bytes.push(b'\n');
+    crate::atomic::write(&path, &bytes).map_err(io(&path))
+}
+
+/// The images found under `src`: unified tarballs alone, and a metadata tarball with the
+/// rootfs files beside it. Folders are walked in name order; hidden entries are skipped.
+pub fn find_images(src: &Path) -> Result<Vec<Vec<PathBuf>>, ImportError> {
+    let mut out = Vec::new();
+    let mut dirs = vec![src.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let mut entries: Vec<PathBuf> = fs_err::read_dir(&dir)
+            .map_err(io(&dir))?
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        let mut metas = Vec::new();
+        let mut datas = Vec::new();
+        for p in entries {
+            if p.is_dir() {
+                dirs.push(p);
+                continue;
+            }
+            let Ok(kind) = sniff(&p) else { continue };
+            match kind {
+                Data::Squashfs | Data::Qcow2 => datas.push(p),
+                Data::XzTarball | Data::Tarball => {
+                    let name = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().to_lowercase())
+                        .unwrap_or_default();
+                    if name.starts_with("meta")
+                        || name.starts_with("incus")
+                        || name.starts_with("lxd")
+                    {
+                        metas.push(p);
+                    } else if name.starts_with("rootfs") || name.starts_with("root.") {
+                        datas.push(p);
+                    } else {
+                        out.push(vec![p]);
+                    }
+                }
+            }
+        }
+        match (metas.len(), datas.len()) {
+            (0, _) => {}
+            (1, _) => out.extend(datas.into_iter().map(|d| vec![metas[0].clone(), d])),
+            _ => {
+                return Err(ImportError::Input(format!(
+                    "{}: {} metadata tarballs in one folder; import them one by one",
+                    dir.display(),
+                    metas.len()
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
