@@ -20,6 +20,7 @@ pub mod inventory;
 pub mod manifest;
 pub mod products;
 pub mod publish;
+pub mod requirements_file;
 pub mod serve_cmd;
 pub mod server;
 pub mod stream;

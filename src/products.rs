@@ -336,6 +336,9 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
                 if tree.layout {
                     finish_layout_spec(&mut spec, &m);
                 }
+                if spec.prefix_path.is_none() {
+                    crate::requirements_file::apply(&mut spec, opts.source, &mut warnings);
+                }
                 entries.push(Entry { spec, manifest: m });
             }
             Err(e) if opts.skip_unavailable => {

@@ -1098,3 +1098,36 @@ fn the_readme_demo_command_serves_what_it_built() {
         "{index}"
     );
 }
+
+#[test]
+fn requirements_files_apply_to_every_product_below_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    for os in ["debian", "alpine"] {
+        put(
+            r,
+            &format!("images/{os}/1/amd64/default/20240101_00:00/incus.tar.xz"),
+            &meta(os, "1", "amd64", os),
+        );
+        put(
+            r,
+            &format!("images/{os}/1/amd64/default/20240101_00:00/rootfs.squashfs"),
+            os.as_bytes(),
+        );
+    }
+    put(r, "images/.requirements", br#"{"secureboot": false}"#);
+    put(r, "images/debian/.requirements", br#"{"cgroup": "v2"}"#);
+    bin().args(["publish", "-t"]).arg(r).assert().success();
+    let images = read_json(&r.join("streams/v1/images.json"));
+    let deb = product(&images, "debian:1:amd64:default");
+    let want = serde_json::json!({"cgroup": "v2", "secureboot": "false"});
+    assert_eq!(deb["requirements"], want);
+    assert_eq!(
+        deb["lxd_requirements"], want,
+        "LXD reads lxd_requirements: both or neither"
+    );
+    assert_eq!(
+        product(&images, "alpine:1:amd64:default")["requirements"],
+        serde_json::json!({"secureboot": "false"})
+    );
+}
