@@ -148,6 +148,7 @@ impl Tree {
             datatype: config::DEFAULT_DATATYPE.into(),
             format: config::DEFAULT_FORMAT.into(),
             products,
+            mirrors: Vec::new(),
             warnings: Vec::new(),
         };
         config.apply_env(env);
