@@ -124,7 +124,7 @@ pub fn parse_products(doc: &Value, source: &str, warnings: &mut Vec<String>) -> 
                 raw: vraw.clone(),
             });
         }
-        versions.sort_by(|a, b| version_key(&b.name).cmp(&version_key(&a.name)));
+        versions.sort_by_key(|v| std::cmp::Reverse(version_key(&v.name)));
         out.push(RemoteProduct {
             id: id.clone(),
             os: string_field(raw, "os").unwrap_or_default(),
