@@ -192,6 +192,15 @@ pub struct ServeArgs {
     /// Serve plain HTTP, for use behind a TLS-terminating proxy
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_san"])]
     pub http: bool,
+    /// Pull the `mirrors:` of tree.yml into the served tree now and then every DURATION
+    /// (e.g. 30m, 6h)
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    pub mirror_interval: Option<std::time::Duration>,
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = crate::expiry::ExpiryDuration::parse(s).map_err(|e| e.to_string())?;
+    Ok(std::time::Duration::from_secs(d.seconds().max(1) as u64))
 }
 
 /// `demo`.

@@ -32,6 +32,10 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve(args) => {
             let root = cli.target_dir.clone().unwrap_or_else(|| ".".into());
+            if let Some(every) = args.mirror_interval {
+                let req = mirror_config_request(&cli, root.clone(), Vec::new(), false)?;
+                crate::mirror::pull_every(req, every);
+            }
             crate::serve_cmd::serve(root, args)
         }
         Command::Demo(args) => crate::demo::run(&cli, args),
@@ -95,7 +99,7 @@ pub fn mirror_pull_request(
     args: &crate::cli::MirrorPullArgs,
     target: PathBuf,
 ) -> Result<crate::mirror::PullRequest> {
-    use crate::mirror::{Filters, PullRequest, Source, TlsSettings};
+    use crate::mirror::{Filters, Source};
     let filters = Filters {
         os: args.os.clone(),
         release: args.release.clone(),
@@ -105,39 +109,60 @@ pub fn mirror_pull_request(
         image_type: args.image_type,
         keep: args.keep.map(|k| k as usize),
     };
-    let mut ca_certs = args.ca_cert.clone();
-    let sources = match &args.url {
-        Some(url) => vec![Source {
-            url: url.trim().to_owned(),
-            filters,
-        }],
+    let mut req = match &args.url {
+        Some(url) => {
+            let sources = vec![Source {
+                url: url.trim().to_owned(),
+                filters,
+            }];
+            finish_pull_request(sources, target, args.ca_cert.clone(), args.insecure)?
+        }
         None => {
             if filters != Filters::default() {
                 bail!(
                     "filters (--os, --keep, …) need a URL; without one, tree.yml `mirrors:` says what to pull"
                 );
             }
-            let path = config_path(cli)
-                .context("mirror pull needs a URL, or a tree.yml (-c) with a `mirrors:` section")?;
-            let config = TreeConfig::load(&path)?;
-            products::report(&config.warnings);
-            if config.mirrors.is_empty() {
-                bail!(
-                    "{} has no `mirrors:` section and no URL was given",
-                    path.display()
-                );
-            }
-            ca_certs.extend(config.mirrors.iter().filter_map(|m| m.ca_cert.clone()));
-            config
-                .mirrors
-                .into_iter()
-                .map(|m| Source {
-                    url: m.url,
-                    filters: m.filters,
-                })
-                .collect()
+            mirror_config_request(cli, target, args.ca_cert.clone(), args.insecure)?
         }
     };
+    req.jobs = args.jobs as usize;
+    Ok(req)
+}
+
+/// A pull of tree.yml's `mirrors:` (for `mirror pull` without a URL and `serve
+/// --mirror-interval`).
+pub fn mirror_config_request(
+    cli: &Cli,
+    target: PathBuf,
+    mut ca_certs: Vec<PathBuf>,
+    insecure: bool,
+) -> Result<crate::mirror::PullRequest> {
+    let path = config_path(cli)
+        .context("mirror pull needs a URL, or a tree.yml (-c) with a `mirrors:` section")?;
+    let config = TreeConfig::load(&path)?;
+    products::report(&config.warnings);
+    if config.mirrors.is_empty() {
+        bail!("{} has no `mirrors:` section", path.display());
+    }
+    ca_certs.extend(config.mirrors.iter().filter_map(|m| m.ca_cert.clone()));
+    let sources = config
+        .mirrors
+        .into_iter()
+        .map(|m| crate::mirror::Source {
+            url: m.url,
+            filters: m.filters,
+        })
+        .collect();
+    finish_pull_request(sources, target, ca_certs, insecure)
+}
+
+fn finish_pull_request(
+    sources: Vec<crate::mirror::Source>,
+    target: PathBuf,
+    mut ca_certs: Vec<PathBuf>,
+    insecure: bool,
+) -> Result<crate::mirror::PullRequest> {
     // rustls-platform-verifier reads SSL_CERT_FILE on Linux; adding it explicitly keeps the
     // promise if that ever changes.
     if let Some(file) = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from)
@@ -145,7 +170,7 @@ pub fn mirror_pull_request(
     {
         ca_certs.push(file);
     }
-    if args.insecure {
+    if insecure {
         warn!(
             "--insecure: TLS certificates are not verified; file contents are still checked against their sha256"
         );
@@ -160,14 +185,11 @@ pub fn mirror_pull_request(
             bail!("`{}` is not an https:// (or http://) URL", s.url);
         }
     }
-    Ok(PullRequest {
+    Ok(crate::mirror::PullRequest {
         sources,
         target,
-        jobs: args.jobs as usize,
-        tls: TlsSettings {
-            ca_certs,
-            insecure: args.insecure,
-        },
+        jobs: 4,
+        tls: crate::mirror::TlsSettings { ca_certs, insecure },
         progress: true,
     })
 }

@@ -819,3 +819,56 @@ fn mirror_push_writes_the_catalog_after_the_files_and_removes_last() {
         stderr(&out)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// `serve --mirror-interval`: the served tree follows upstream.
+
+#[test]
+fn serve_with_mirror_interval_pulls_the_configured_mirrors() {
+    let ca = TestCa::generate();
+    let site = TempDir::with_prefix("ssb-mirror-serve-").unwrap();
+    let www = site.path().join("upstream");
+    let layout = Layout::new(&www);
+    big_container(&layout, "tick", V1, 3_000);
+    publish_layout(site.path(), &www);
+    let upstream = KnobServer::start(&www);
+    let tree_yml = site.path().join("mirrors.yml");
+    write_text(
+        &tree_yml,
+        &format!("mirrors:\n  - url: {}\n    keep: 1\n", upstream.url),
+    );
+    let mirror = site.path().join("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    let mut cmd = common::ssb_command(site.path());
+    cmd.args(["serve", "-c"])
+        .arg(&tree_yml)
+        .arg("-t")
+        .arg(&mirror)
+        .args(["--listen", "127.0.0.1:0", "--mirror-interval", "1s"])
+        .arg("--tls-cert")
+        .arg(ca.cert_pem())
+        .arg("--tls-key")
+        .arg(ca.key_pem());
+    let _server = TestServer::spawn("ssb-serve-mirror", cmd);
+    let wait_for = |version: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if mirror.join("streams/v1/index.json").is_file()
+                && versions_of(&mirror).get("tick:1:amd64:default")
+                    == Some(&vec![version.to_owned()])
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the mirror never showed {version}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(V1);
+    big_container(&layout, "tick", V2, 3_000);
+    publish_layout(site.path(), &www);
+    wait_for(V2);
+    assert_catalog_files_verified(&mirror);
+}

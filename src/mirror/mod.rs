@@ -460,6 +460,44 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
     Ok(report)
 }
 
+/// Runs [`pull`] now and then every `every`, on a thread of its own, logging each outcome
+/// (for `serve --mirror-interval`). A failed run is retried at the next tick.
+pub fn pull_every(mut req: PullRequest, every: std::time::Duration) -> std::thread::JoinHandle<()> {
+    req.progress = false;
+    std::thread::spawn(move || {
+        loop {
+            match pull(&req) {
+                Ok(r) => {
+                    for w in &r.warnings {
+                        tracing::warn!("{w}");
+                    }
+                    for f in &r.failed {
+                        tracing::error!("{f}");
+                    }
+                    tracing::info!(
+                        "mirror: {} product(s), {} version(s); fetched {} file(s) ({} bytes), verified {}, skipped {}, failed {}, removed {}; next pull in {}s",
+                        r.products,
+                        r.versions,
+                        r.fetched,
+                        r.bytes,
+                        r.verified,
+                        r.skipped,
+                        r.failed.len(),
+                        r.removed,
+                        every.as_secs()
+                    );
+                }
+                Err(e) => tracing::error!(
+                    "mirror pull failed: {}; next try in {}s",
+                    crate::error_chain(&e),
+                    every.as_secs()
+                ),
+            }
+            std::thread::sleep(every);
+        }
+    })
+}
+
 /// Removes the now empty folders between `file` and `root`.
 fn remove_empty_parents(root: &Path, file: &Path) {
     let mut dir = file.parent();
