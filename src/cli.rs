@@ -72,6 +72,66 @@ pub enum Command {
     Serve(ServeArgs),
     /// Make a demo tree with a container image built in-process, publish it and serve it
     Demo(DemoArgs),
+    /// Pull images from a simplestreams server into a local mirror (-t), or push a tree out
+    #[command(subcommand)]
+    Mirror(MirrorCommand),
+}
+
+/// `mirror pull` and `mirror push`.
+#[derive(Debug, Subcommand)]
+pub enum MirrorCommand {
+    /// Download selected images (with their metadata/rootfs partners) from a simplestreams
+    /// server into -t DIR, verified, and publish them there as our own catalog
+    Pull(MirrorPullArgs),
+    /// Copy the tree at -t DIR to a folder or an rsync/ssh destination: image files first,
+    /// the catalog last, removals after that
+    Push(MirrorPushArgs),
+}
+
+/// `mirror pull`.
+#[derive(Debug, Args)]
+pub struct MirrorPullArgs {
+    /// The remote, as for `incus remote add` (default: the `mirrors:` of tree.yml)
+    #[arg(value_name = "URL")]
+    pub url: Option<String>,
+    /// Only products of this os (repeatable; case-insensitive)
+    #[arg(long, value_name = "OS")]
+    pub os: Vec<String>,
+    /// Only products of this release (repeatable; case-insensitive)
+    #[arg(long, value_name = "RELEASE")]
+    pub release: Vec<String>,
+    /// Only products of this architecture (repeatable; amd64 and x86_64 are the same)
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Vec<String>,
+    /// Only products of this variant (repeatable; case-insensitive)
+    #[arg(long, value_name = "VARIANT")]
+    pub variant: Vec<String>,
+    /// Only products with an alias matching this glob (`*`, `?`; repeatable)
+    #[arg(long, value_name = "GLOB")]
+    pub alias: Vec<String>,
+    /// Only container or only VM images: container, vm
+    #[arg(long = "type", value_name = "TYPE", value_parser = crate::config::parse_image_type)]
+    pub image_type: Option<crate::stream::ImageType>,
+    /// Keep the newest N versions of each product (default: every version upstream lists)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: Option<u32>,
+    /// Downloads at once
+    #[arg(short = 'j', long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
+    /// Also trust this CA certificate (PEM; repeatable). SSL_CERT_FILE is honoured too
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    pub ca_cert: Vec<PathBuf>,
+    /// Do not verify the server's TLS certificate (the sha256 of every file is still checked)
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// `mirror push`.
+#[derive(Debug, Args)]
+pub struct MirrorPushArgs {
+    /// A folder, or an rsync destination (`host:path`, `user@host:path`, `rsync://…`)
+    #[arg(value_name = "DEST")]
+    pub dest: String,
 }
 
 /// `publish`.
@@ -214,6 +274,15 @@ pub struct ServeArgs {
     /// Serve plain HTTP, for use behind a TLS-terminating proxy
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_san"])]
     pub http: bool,
+    /// Pull the `mirrors:` of tree.yml into the served tree now and then every DURATION
+    /// (e.g. 30m, 6h)
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    pub mirror_interval: Option<std::time::Duration>,
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = crate::expiry::HumanDuration::parse(s).map_err(|e| e.to_string())?;
+    Ok(std::time::Duration::from_secs(d.seconds().max(1) as u64))
 }
 
 /// `demo`.

@@ -40,10 +40,166 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::List(args) => list_cmd(&cli, args),
         Command::Serve(args) => {
             let root = cli.target_dir.clone().unwrap_or_else(|| ".".into());
+            if let Some(every) = args.mirror_interval {
+                let req = mirror_config_request(&cli, root.clone(), Vec::new(), false)?;
+                crate::mirror::pull_every(req, every);
+            }
             crate::serve_cmd::serve(root, args)
         }
         Command::Demo(args) => crate::demo::run(&cli, args),
+        Command::Mirror(args) => mirror_cmd(&cli, args),
     }
+}
+
+/// `mirror pull` / `mirror push`: CLI + tree.yml `mirrors:` into a request for [`crate::mirror`].
+fn mirror_cmd(cli: &Cli, cmd: &crate::cli::MirrorCommand) -> Result<()> {
+    use crate::cli::MirrorCommand;
+    let target = cli
+        .target_dir
+        .clone()
+        .context("mirror needs -t DIR (the mirror tree)")?;
+    match cmd {
+        MirrorCommand::Pull(args) => {
+            let req = mirror_pull_request(cli, args, target)?;
+            let report = crate::mirror::pull(&req)?;
+            products::report(&report.warnings);
+            info!(
+                "mirror: {} product(s), {} version(s) published in {}; fetched {} file(s) ({}), verified {}, skipped {}, failed {}, removed {}",
+                report.products,
+                report.versions,
+                req.target.display(),
+                report.fetched,
+                human_bytes(report.bytes),
+                report.verified,
+                report.skipped,
+                report.failed.len(),
+                report.removed
+            );
+            if !report.failed.is_empty() {
+                for f in &report.failed {
+                    tracing::error!("{f}");
+                }
+                bail!(
+                    "{} file(s) could not be mirrored; everything else was published (run again to retry them)",
+                    report.failed.len()
+                );
+            }
+            Ok(())
+        }
+        MirrorCommand::Push(args) => {
+            let report = crate::mirror::push(&target, &args.dest, &mut |_| {})?;
+            info!(
+                "pushed {} to {}: {} file(s) copied, {} unchanged, {} removed",
+                target.display(),
+                args.dest,
+                report.copied,
+                report.unchanged,
+                report.removed
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The sources (the URL and filters, or tree.yml's `mirrors:`) and TLS settings of a pull.
+pub fn mirror_pull_request(
+    cli: &Cli,
+    args: &crate::cli::MirrorPullArgs,
+    target: PathBuf,
+) -> Result<crate::mirror::PullRequest> {
+    use crate::mirror::{Filters, Source};
+    let filters = Filters {
+        os: args.os.clone(),
+        release: args.release.clone(),
+        arch: args.arch.clone(),
+        variant: args.variant.clone(),
+        alias: args.alias.clone(),
+        image_type: args.image_type,
+        keep: args.keep.map(|k| k as usize),
+    };
+    let mut req = match &args.url {
+        Some(url) => {
+            let sources = vec![Source {
+                url: url.trim().to_owned(),
+                filters,
+            }];
+            finish_pull_request(sources, target, args.ca_cert.clone(), args.insecure)?
+        }
+        None => {
+            if filters != Filters::default() {
+                bail!(
+                    "filters (--os, --keep, …) need a URL; without one, tree.yml `mirrors:` says what to pull"
+                );
+            }
+            mirror_config_request(cli, target, args.ca_cert.clone(), args.insecure)?
+        }
+    };
+    req.jobs = args.jobs as usize;
+    Ok(req)
+}
+
+/// A pull of tree.yml's `mirrors:` (for `mirror pull` without a URL and `serve
+/// --mirror-interval`).
+pub fn mirror_config_request(
+    cli: &Cli,
+    target: PathBuf,
+    mut ca_certs: Vec<PathBuf>,
+    insecure: bool,
+) -> Result<crate::mirror::PullRequest> {
+    let path = config_path(cli)
+        .context("mirror pull needs a URL, or a tree.yml (-c) with a `mirrors:` section")?;
+    let config = TreeConfig::load(&path)?;
+    products::report(&config.warnings);
+    if config.mirrors.is_empty() {
+        bail!("{} has no `mirrors:` section", path.display());
+    }
+    ca_certs.extend(config.mirrors.iter().filter_map(|m| m.ca_cert.clone()));
+    let sources = config
+        .mirrors
+        .into_iter()
+        .map(|m| crate::mirror::Source {
+            url: m.url,
+            filters: m.filters,
+        })
+        .collect();
+    finish_pull_request(sources, target, ca_certs, insecure)
+}
+
+fn finish_pull_request(
+    sources: Vec<crate::mirror::Source>,
+    target: PathBuf,
+    mut ca_certs: Vec<PathBuf>,
+    insecure: bool,
+) -> Result<crate::mirror::PullRequest> {
+    // rustls-platform-verifier reads SSL_CERT_FILE on Linux; adding it explicitly keeps the
+    // promise if that ever changes.
+    if let Some(file) = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from)
+        && file.is_file()
+    {
+        ca_certs.push(file);
+    }
+    if insecure {
+        warn!(
+            "--insecure: TLS certificates are not verified; file contents are still checked against their sha256"
+        );
+    }
+    for s in &sources {
+        if s.url.starts_with("http://") {
+            warn!(
+                "{}: plain http; file contents are still checked against their sha256, but the catalog itself is not protected",
+                s.url
+            );
+        } else if !s.url.starts_with("https://") {
+            bail!("`{}` is not an https:// (or http://) URL", s.url);
+        }
+    }
+    Ok(crate::mirror::PullRequest {
+        sources,
+        target,
+        jobs: 4,
+        tls: crate::mirror::TlsSettings { ca_certs, insecure },
+        progress: true,
+    })
 }
 
 /// Finds the tree.yml: `-c`/`SSBUILDER_CONFIG`, else `./tree.yml` when it exists; `None` means

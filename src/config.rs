@@ -122,6 +122,8 @@ pub struct TreeConfig {
     pub products: Vec<ProductSpec>,
     /// The builder binary for every product (`distrobuilder:`; env `SSBUILDER_DISTROBUILDER`).
     pub distrobuilder: Option<String>,
+    /// Remotes to mirror (`mirrors:`), in file order.
+    pub mirrors: Vec<MirrorSpec>,
     /// Non-fatal findings (unknown keys), already located.
     pub warnings: Vec<String>,
 }
@@ -175,6 +177,41 @@ struct RawTree {
     distrobuilder: Option<String>,
     #[serde(default)]
     products: Option<Vec<Spanned<RawProduct>>>,
+    #[serde(default)]
+    mirrors: Option<Vec<Spanned<RawMirror>>>,
+}
+
+/// One entry of `mirrors:`. A new section, so unknown keys are errors rather than warnings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMirror {
+    url: Option<String>,
+    #[serde(default)]
+    os: Vec<String>,
+    #[serde(default)]
+    release: Vec<String>,
+    #[serde(default)]
+    arch: Vec<String>,
+    #[serde(default)]
+    variant: Vec<String>,
+    #[serde(default)]
+    alias: Vec<String>,
+    #[serde(rename = "type")]
+    image_type: Option<Spanned<String>>,
+    keep: Option<Spanned<i64>>,
+    ca_cert: Option<PathBuf>,
+}
+
+/// A validated `mirrors:` entry: what `mirror pull` without a URL (and `serve
+/// --mirror-interval`) pulls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorSpec {
+    /// The remote (`https://…`, or `http://…`).
+    pub url: String,
+    /// What to take from it.
+    pub filters: crate::mirror::Filters,
+    /// An extra CA to trust for it.
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// `aliases:` as a list, or as one scalar (the original accepted `aliases: x` as `[x]`).
@@ -243,6 +280,7 @@ const TOP_KEYS: &[&str] = &[
     "format",
     "distrobuilder",
     "products",
+    "mirrors",
 ];
 const PRODUCT_KEYS: &[&str] = &[
     "name",
@@ -577,6 +615,48 @@ impl TreeConfig {
                 origin,
             });
         }
+        let mut mirrors = Vec::new();
+        for m in raw.mirrors.unwrap_or_default() {
+            let here = at(&m.referenced);
+            let m = m.value;
+            let url = m.url.map(|u| u.trim().to_owned()).unwrap_or_default();
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                problems.push(format!(
+                    "{here}: mirror `url: {url}` must be an https:// (or http://) URL"
+                ));
+            }
+            let image_type = m.image_type.and_then(|t| match parse_image_type(&t.value) {
+                Ok(t) => Some(t),
+                Err(why) => {
+                    problems.push(format!("{}: mirror `type`: {why}", at(&t.referenced)));
+                    None
+                }
+            });
+            let keep = m.keep.and_then(|k| match usize::try_from(k.value) {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    problems.push(format!(
+                        "{}: mirror `keep: {}` must be at least 1 (leave it out to keep every version)",
+                        at(&k.referenced),
+                        k.value
+                    ));
+                    None
+                }
+            });
+            mirrors.push(MirrorSpec {
+                url,
+                filters: crate::mirror::Filters {
+                    os: m.os,
+                    release: m.release,
+                    arch: m.arch,
+                    variant: m.variant,
+                    alias: m.alias,
+                    image_type,
+                    keep,
+                },
+                ca_cert: m.ca_cert,
+            });
+        }
         if let Err(why) = check_relative_dir(&images_path) {
             problems.push(format!(
                 "{}: `images_path: {images_path}` {why}",
@@ -597,6 +677,7 @@ impl TreeConfig {
             format,
             products,
             distrobuilder: nonempty(raw.distrobuilder),
+            mirrors,
             warnings,
         })
     }
@@ -623,6 +704,15 @@ impl TreeConfig {
     /// The product with this name.
     pub fn product(&self, name: &str) -> Option<&ProductSpec> {
         self.products.iter().find(|p| p.name == name)
+    }
+}
+
+/// `container`, or `vm` / `virtual-machine`.
+pub fn parse_image_type(s: &str) -> Result<crate::stream::ImageType, String> {
+    match s.trim() {
+        "container" => Ok(crate::stream::ImageType::Container),
+        "vm" | "virtual-machine" => Ok(crate::stream::ImageType::VirtualMachine),
+        other => Err(format!("`{other}` is not an image type (container or vm)")),
     }
 }
 
@@ -806,6 +896,40 @@ products:
             err.contains("tree.yml:5:14: `timeout`: `soon` is not a duration"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn reads_mirrors_and_locates_their_problems() {
+        let t = parse(
+            "mirrors:\n  - url: https://images.example.org/\n    os: [Debian]\n    release: ['12', '3.20']\n    alias: ['debian/*']\n    type: vm\n    keep: 2\n    ca_cert: /etc/ca.pem\n",
+        )
+        .unwrap();
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        let m = &t.mirrors[0];
+        assert_eq!(m.url, "https://images.example.org/");
+        assert_eq!(m.filters.os, ["Debian"]);
+        assert_eq!(m.filters.release, ["12", "3.20"]);
+        assert_eq!(
+            m.filters.image_type,
+            Some(crate::stream::ImageType::VirtualMachine)
+        );
+        assert_eq!(m.filters.keep, Some(2));
+        assert_eq!(m.ca_cert.as_deref(), Some(Path::new("/etc/ca.pem")));
+
+        let err = parse("mirrors:\n  - url: ftp://x\n    type: lxc\n    keep: 0\n")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "tree.yml:2:5: mirror `url: ftp://x` must be an https://",
+            "tree.yml:3:11: mirror `type`: `lxc` is not an image type",
+            "tree.yml:4:11: mirror `keep: 0` must be at least 1",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
+        let err = parse("mirrors:\n  - url: https://x\n    oss: [a]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("oss"), "{err}");
     }
 
     #[test]

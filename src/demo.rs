@@ -128,6 +128,7 @@ pub fn run(cli: &Cli, args: &DemoArgs) -> Result<()> {
             tls_key: None,
             tls_san: Vec::new(),
             http: false,
+            mirror_interval: None,
         },
     )
 }

@@ -158,6 +158,7 @@ impl Tree {
             format: config::DEFAULT_FORMAT.into(),
             products,
             distrobuilder: None,
+            mirrors: Vec::new(),
             warnings: Vec::new(),
         };
         config.apply_env(env);

@@ -1,0 +1,516 @@
+//! What to mirror: a remote catalog read leniently (a foreign server may write version names,
+//! items or fields we would never publish), the images each version makes for the clients,
+//! the user's filters, and the newest `--keep N` versions. Pure: no I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use crate::stream::{Ftype, ImageType, Item, canonical_arch};
+
+/// One product of a remote products file, with the raw JSON kept so every upstream field can
+/// be republished as it was.
+#[derive(Clone, Debug)]
+pub struct RemoteProduct {
+    /// Product id (the key in `products`).
+    pub id: String,
+    /// `os`.
+    pub os: String,
+    /// `release`.
+    pub release: String,
+    /// `arch`, as published.
+    pub arch: String,
+    /// `variant`, if any.
+    pub variant: Option<String>,
+    /// `aliases`, split on `,` as the clients do (empty entries dropped).
+    pub aliases: Vec<String>,
+    /// The usable versions, newest first.
+    pub versions: Vec<RemoteVersion>,
+    /// The product object as upstream wrote it.
+    pub raw: Value,
+}
+
+/// One version of a remote product.
+#[derive(Clone, Debug)]
+pub struct RemoteVersion {
+    /// The version name (the key in `versions`).
+    pub name: String,
+    /// The items we could read, by key.
+    pub items: BTreeMap<String, Item>,
+    /// The version object as upstream wrote it.
+    pub raw: Value,
+}
+
+/// An image a client makes from a version: a metadata item with a rootfs, or a unified item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    /// Container or VM.
+    pub image_type: ImageType,
+    /// The fingerprint clients look it up by.
+    pub fingerprint: String,
+    /// Which client family reads it (`lxd` or `incus`).
+    pub family: crate::stream::Family,
+    /// The item keys it needs: all of them or the image is unusable.
+    pub items: Vec<String>,
+}
+
+/// Order of versions as the clients see them: by the digits of the name (so `20240106_03:00`,
+/// `20240106_0300` and `202401060300` sort together), then by the name.
+fn version_key(name: &str) -> (String, String) {
+    (
+        name.chars().filter(char::is_ascii_digit).collect(),
+        name.to_owned(),
+    )
+}
+
+/// The clients' rule (protocol.md §1.3): at least 8 characters, the first 8 a real `YYYYMMDD`.
+fn client_reads_version(name: &str) -> bool {
+    let Some(day) = name.get(..8) else {
+        return false;
+    };
+    day.bytes().all(|b| b.is_ascii_digit()) && jiff::civil::Date::strptime("%Y%m%d", day).is_ok()
+}
+
+fn string_field(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Reads the products of a products file. Products, versions and items the clients would not
+/// use, or that we could not verify (no `sha256`, `size` or `path`), are left out with a
+/// warning naming them; `source` names the file in those warnings.
+pub fn parse_products(doc: &Value, source: &str, warnings: &mut Vec<String>) -> Vec<RemoteProduct> {
+    let Some(products) = doc.get("products").and_then(Value::as_object) else {
+        warnings.push(format!("{source}: no `products` object; nothing to mirror"));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (id, raw) in products {
+        let Some(arch) = string_field(raw, "arch") else {
+            warnings.push(format!("{source}: product `{id}` skipped: no `arch`"));
+            continue;
+        };
+        let mut versions = Vec::new();
+        for (name, vraw) in raw
+            .get("versions")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            if !client_reads_version(name) {
+                warnings.push(format!(
+                    "{source}: product `{id}` version `{name}` skipped: clients ignore version names that do not start with YYYYMMDD"
+                ));
+                continue;
+            }
+            let mut items = BTreeMap::new();
+            for (key, iraw) in vraw
+                .get("items")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                match serde_json::from_value::<Item>(iraw.clone()) {
+                    Ok(item) => {
+                        items.insert(key.clone(), item);
+                    }
+                    Err(e) => warnings.push(format!(
+                        "{source}: product `{id}` version `{name}` item `{key}` skipped: {e}"
+                    )),
+                }
+            }
+            versions.push(RemoteVersion {
+                name: name.clone(),
+                items,
+                raw: vraw.clone(),
+            });
+        }
+        versions.sort_by_key(|v| std::cmp::Reverse(version_key(&v.name)));
+        out.push(RemoteProduct {
+            id: id.clone(),
+            os: string_field(raw, "os").unwrap_or_default(),
+            release: string_field(raw, "release").unwrap_or_default(),
+            arch,
+            variant: string_field(raw, "variant"),
+            aliases: string_field(raw, "aliases")
+                .unwrap_or_default()
+                .split(',')
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            versions,
+            raw: raw.clone(),
+        });
+    }
+    out
+}
+
+/// The images a version makes, for both client families, as the clients pair items
+/// (protocol.md §1.4): every metadata item with every rootfs item its combined hash names a
+/// fingerprint for, and every unified item on its own.
+pub fn images_of(version: &RemoteVersion) -> Vec<Image> {
+    let mut out = Vec::new();
+    for (key, item) in &version.items {
+        match &item.ftype {
+            Ftype::Meta(family) => {
+                for (root_key, root) in &version.items {
+                    let Some(kind) = root.ftype.rootfs_kind() else {
+                        continue;
+                    };
+                    if let Some(fp) = item.combined_for(kind).filter(|fp| !fp.is_empty()) {
+                        out.push(Image {
+                            image_type: kind.image_type(),
+                            fingerprint: fp.to_owned(),
+                            family: *family,
+                            items: vec![key.clone(), root_key.clone()],
+                        });
+                    }
+                }
+            }
+            Ftype::Unified(family) => out.push(Image {
+                image_type: ImageType::Container,
+                fingerprint: item.sha256.clone(),
+                family: *family,
+                items: vec![key.clone()],
+            }),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Which products, versions and image types to mirror. Empty lists match everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// `--os` (case-insensitive).
+    pub os: Vec<String>,
+    /// `--release` (case-insensitive).
+    pub release: Vec<String>,
+    /// `--arch`: matches the published name or any name of the same architecture.
+    pub arch: Vec<String>,
+    /// `--variant` (case-insensitive).
+    pub variant: Vec<String>,
+    /// `--alias GLOB`: `*` and `?` wildcards, matched against each alias.
+    pub alias: Vec<String>,
+    /// `--type`: only container or only VM images.
+    pub image_type: Option<ImageType>,
+    /// `--keep N`: the newest N versions of each product (`None`: all).
+    pub keep: Option<usize>,
+}
+
+/// `*` matches any run of characters (`/` included), `?` exactly one.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+impl Filters {
+    /// True when the product passes the os, release, arch, variant and alias filters.
+    pub fn matches(&self, p: &RemoteProduct) -> bool {
+        let any_ci = |wanted: &[String], value: &str| {
+            wanted.is_empty() || wanted.iter().any(|w| w.eq_ignore_ascii_case(value))
+        };
+        let arch_ok = self.arch.is_empty()
+            || self.arch.iter().any(|a| {
+                *a == p.arch
+                    || canonical_arch(a).is_some_and(|c| Some(c) == canonical_arch(&p.arch))
+            });
+        any_ci(&self.os, &p.os)
+            && any_ci(&self.release, &p.release)
+            && arch_ok
+            && any_ci(&self.variant, p.variant.as_deref().unwrap_or(""))
+            && (self.alias.is_empty()
+                || p.aliases
+                    .iter()
+                    .any(|a| self.alias.iter().any(|g| glob_match(g, a))))
+    }
+
+    /// The images of a version that pass the `--type` filter.
+    pub fn images(&self, version: &RemoteVersion) -> Vec<Image> {
+        images_of(version)
+            .into_iter()
+            .filter(|i| self.image_type.is_none_or(|t| t == i.image_type))
+            .collect()
+    }
+}
+
+/// One version chosen for mirroring and the images wanted from it.
+#[derive(Clone, Debug)]
+pub struct PlannedVersion {
+    /// Index into the product's `versions`.
+    pub index: usize,
+    /// The images to mirror (each complete or not at all).
+    pub images: Vec<Image>,
+    /// Within `--keep`: downloaded if missing. Older versions are candidates only when already
+    /// present locally, so a failed download of a new version does not empty the product.
+    pub wanted: bool,
+}
+
+/// A product chosen for mirroring.
+#[derive(Clone, Debug)]
+pub struct PlannedProduct {
+    /// The product as read.
+    pub product: RemoteProduct,
+    /// Its versions with at least one wanted image, newest first.
+    pub versions: Vec<PlannedVersion>,
+}
+
+impl PlannedProduct {
+    /// Every item key of a planned version that some image needs, in key order.
+    pub fn item_keys(&self, v: &PlannedVersion) -> BTreeSet<String> {
+        v.images
+            .iter()
+            .flat_map(|i| i.items.iter().cloned())
+            .collect()
+    }
+}
+
+/// Applies the filters: matching products, and in each its versions with wanted images, the
+/// newest `keep` of them marked as wanted.
+pub fn plan(products: Vec<RemoteProduct>, filters: &Filters) -> Vec<PlannedProduct> {
+    let mut out = Vec::new();
+    for product in products.into_iter().filter(|p| filters.matches(p)) {
+        let mut versions = Vec::new();
+        for (index, v) in product.versions.iter().enumerate() {
+            let images = filters.images(v);
+            if images.is_empty() {
+                continue;
+            }
+            let wanted = filters.keep.is_none_or(|k| versions.len() < k);
+            versions.push(PlannedVersion {
+                index,
+                images,
+                wanted,
+            });
+        }
+        if !versions.is_empty() {
+            out.push(PlannedProduct { product, versions });
+        }
+    }
+    out
+}
+
+/// Where an upstream item path is stored under the mirror: the same relative path, if it is a
+/// plain one. Absolute paths, URLs, `..`, hidden or empty segments, and the catalog folder are
+/// refused: a remote must not be able to write outside the tree, over our catalog or state, or
+/// into files the server hides.
+pub fn local_path(path: &str) -> Result<String, &'static str> {
+    if path.is_empty() {
+        return Err("is empty");
+    }
+    if path.starts_with('/') {
+        return Err("is absolute");
+    }
+    if path.contains("://") {
+        return Err("is a URL");
+    }
+    if path.contains('\\') || path.chars().any(char::is_control) {
+        return Err("contains a backslash or a control character");
+    }
+    for segment in path.split('/') {
+        if segment.is_empty() {
+            return Err("has an empty segment");
+        }
+        if segment == ".." || segment == "." {
+            return Err("has a `.` or `..` segment");
+        }
+        if segment.starts_with('.') {
+            return Err("has a hidden segment");
+        }
+    }
+    if path == "streams" || path.starts_with("streams/") {
+        return Err("is inside streams/, where the catalog lives");
+    }
+    Ok(path.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc() -> Value {
+        let meta = |fp: &str| {
+            json!({"ftype": "incus.tar.xz", "path": "a/m", "sha256": "m", "size": 1,
+                   "combined_squashfs_sha256": fp, "combined_disk-kvm-img_sha256": format!("{fp}vm")})
+        };
+        json!({"products": {
+            "debian:12:amd64:default": {
+                "arch": "amd64", "os": "Debian", "release": "12", "variant": "default",
+                "aliases": "debian/12,debian/12/default", "supported": true,
+                "versions": {
+                    "20240101_10:00": {"items": {
+                        "incus.tar.xz": meta("a1"),
+                        "root.squashfs": {"ftype": "squashfs", "path": "a/r1", "sha256": "r", "size": 2},
+                        "disk.qcow2": {"ftype": "disk-kvm.img", "path": "a/d1", "sha256": "d", "size": 3},
+                        "delta": {"ftype": "squashfs.vcdiff", "path": "a/x", "sha256": "x", "size": 1},
+                        "broken": {"ftype": "squashfs", "path": "a/b"}
+                    }},
+                    "202401030000": {"items": {
+                        "incus.tar.xz": meta("a3"),
+                        "root.squashfs": {"ftype": "squashfs", "path": "a/r3", "sha256": "r", "size": 2}
+                    }},
+                    "20240102_10:00": {"items": {
+                        "incus.tar.xz": meta("a2"),
+                        "root.squashfs": {"ftype": "squashfs", "path": "a/r2", "sha256": "r", "size": 2}
+                    }},
+                    "staging": {"items": {}}
+                }
+            },
+            "alpine:3.20:arm64:cloud": {
+                "arch": "arm64", "os": "Alpine", "release": "3.20", "variant": "cloud",
+                "aliases": "alpine/3.20/cloud", "versions": {}
+            },
+            "nameless": {"os": "x"}
+        }})
+    }
+
+    #[test]
+    fn reads_leniently_and_orders_versions_newest_first() {
+        let mut w = Vec::new();
+        let products = parse_products(&doc(), "images.json", &mut w);
+        assert_eq!(products.len(), 2);
+        let debian = products.iter().find(|p| p.os == "Debian").unwrap();
+        let names: Vec<_> = debian.versions.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["202401030000", "20240102_10:00", "20240101_10:00"]);
+        assert_eq!(debian.aliases, ["debian/12", "debian/12/default"]);
+        assert!(!debian.versions[2].items.contains_key("broken"));
+        let w = w.join("\n");
+        for needle in [
+            "`nameless` skipped: no `arch`",
+            "`staging` skipped",
+            "`broken` skipped",
+        ] {
+            assert!(w.contains(needle), "{needle} not in {w}");
+        }
+    }
+
+    #[test]
+    fn pairs_items_as_clients_do_and_filters_by_type() {
+        let mut w = Vec::new();
+        let products = parse_products(&doc(), "x", &mut w);
+        let debian = products.iter().find(|p| p.os == "Debian").unwrap();
+        let oldest = &debian.versions[2];
+        let images = images_of(oldest);
+        assert_eq!(images.len(), 2);
+        let vm = Filters {
+            image_type: Some(ImageType::VirtualMachine),
+            ..Filters::default()
+        };
+        let only = vm.images(oldest);
+        assert_eq!(only.len(), 1);
+        assert_eq!(only[0].fingerprint, "a1vm");
+        assert_eq!(only[0].items, ["incus.tar.xz", "disk.qcow2"]);
+        // The VM filter drops versions without a VM image.
+        let planned = plan(products, &vm);
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].versions.len(), 1);
+    }
+
+    #[test]
+    fn filters_products_and_keeps_the_newest_versions() {
+        let mut w = Vec::new();
+        let products = parse_products(&doc(), "x", &mut w);
+        let f = |f: Filters| {
+            plan(products.clone(), &f)
+                .into_iter()
+                .map(|p| p.product.id)
+                .collect::<Vec<_>>()
+        };
+        let debian = vec!["debian:12:amd64:default".to_owned()];
+        assert_eq!(
+            f(Filters {
+                os: vec!["debian".into()],
+                ..Default::default()
+            }),
+            debian
+        );
+        assert_eq!(
+            f(Filters {
+                arch: vec!["x86_64".into()],
+                ..Default::default()
+            }),
+            debian
+        );
+        assert_eq!(
+            f(Filters {
+                alias: vec!["debian/*".into()],
+                ..Default::default()
+            }),
+            debian
+        );
+        assert!(
+            f(Filters {
+                alias: vec!["debian".into()],
+                ..Default::default()
+            })
+            .is_empty()
+        );
+        assert!(
+            f(Filters {
+                variant: vec!["cloud".into()],
+                ..Default::default()
+            })
+            .is_empty()
+        );
+        let kept = plan(
+            products,
+            &Filters {
+                keep: Some(2),
+                ..Default::default()
+            },
+        );
+        let wanted: Vec<bool> = kept[0].versions.iter().map(|v| v.wanted).collect();
+        assert_eq!(wanted, [true, true, false]);
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("debian/*", "debian/12/cloud"));
+        assert!(glob_match("*/12", "debian/12"));
+        assert!(glob_match("de?ian/1*", "debian/12"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("debian/?", "debian/12"));
+        assert!(!glob_match("ubuntu*", "debian"));
+    }
+
+    #[test]
+    fn local_paths_stay_inside_the_tree() {
+        assert_eq!(
+            local_path("images/debian/12/amd64/default/20240101_10:00/rootfs.squashfs"),
+            Ok("images/debian/12/amd64/default/20240101_10:00/rootfs.squashfs".into())
+        );
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "a//b",
+            "a/.ssb/mirror.json",
+            ".hidden",
+            "streams/v1/index.json",
+            "https://evil/x",
+            "a\\b",
+            "a\nb",
+        ] {
+            assert!(local_path(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+}
