@@ -15,6 +15,7 @@ pub mod expiry;
 pub mod hash;
 pub mod inspect;
 pub mod manifest;
+pub mod metadata_json;
 pub mod products;
 pub mod publish;
 pub mod serve_cmd;
