@@ -32,7 +32,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve(args) => {
             let root = cli.target_dir.clone().unwrap_or_else(|| ".".into());
-            crate::serve_cmd::serve(root, args)
+            crate::serve_cmd::serve(root, config_path(&cli), http_settings(&cli), args)
         }
         Command::Demo(args) => crate::demo::run(&cli, args),
     }
