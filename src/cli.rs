@@ -144,13 +144,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SSB_WRITE_TOKEN_FILE", value_name = "FILE")]
     pub write_token_file: Option<PathBuf>,
     /// The write token itself (prefer the environment or --write-token-file: command lines are
-    /// visible to other users)
+    /// visible to other users); --write-token-file wins when both are given
     #[arg(
         long,
         env = "SSB_WRITE_TOKEN",
         hide_env_values = true,
-        value_name = "TOKEN",
-        conflicts_with = "write_token_file"
+        value_name = "TOKEN"
     )]
     pub write_token: Option<String>,
     /// Accept uploads and deletes without a token (only on a trusted network)

@@ -15,10 +15,7 @@ use super::write_path;
 use super::writes::Writes;
 
 pub(crate) async fn delete(writes: Arc<Writes>, req: Request) -> Result<Response, RequestError> {
-    writes.authorize(req.headers())?;
-    if !writes.allow_deletes {
-        return Err(RequestError::DeletesDisabled);
-    }
+    // Auth and ALLOW_DELETES are checked by the router before this runs.
     let raw = req.uri().path().to_owned();
     let bad = |path: &str, reason: String| RequestError::BadPath {
         path: path.to_owned(),

@@ -75,14 +75,26 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
         )
             .into_response();
     };
-    let result = match method {
-        Method::POST => super::upload::post(writes, req).await,
-        Method::PUT => super::upload::put(writes, req).await,
-        Method::DELETE => super::delete::delete(writes, req).await,
-        other => Err(RequestError::MethodNotAllowed {
+    let refused = match &method {
+        &Method::POST | &Method::PUT | &Method::DELETE => {
+            writes.authorize(req.headers()).err().or_else(|| {
+                (method == Method::DELETE && !writes.allow_deletes)
+                    .then_some(RequestError::DeletesDisabled)
+            })
+        }
+        other => Some(RequestError::MethodNotAllowed {
             method: other.to_string(),
             allow: "GET, HEAD, POST, PUT, DELETE",
         }),
+    };
+    if let Some(error) = refused {
+        super::upload::drain_small(req.into_body()).await;
+        return error.into_response();
+    }
+    let result = match method {
+        Method::POST => super::upload::post(writes, req).await,
+        Method::PUT => super::upload::put(writes, req).await,
+        _ => super::delete::delete(writes, req).await,
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
