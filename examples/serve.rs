@@ -28,6 +28,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             key: args.get(3).ok_or("missing KEY")?.into(),
         },
     };
-    serve(ServeOptions { root, listen, tls })?;
+    serve(ServeOptions {
+        root,
+        listen,
+        tls,
+        index: None,
+        writes: Default::default(),
+    })?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::builder::FalseyValueParser;
 use clap::{Args, Parser, Subcommand};
 
 /// Build, publish and serve LXD and Incus image trees over simplestreams.
@@ -278,11 +279,67 @@ pub struct ServeArgs {
     /// (e.g. 30m, 6h)
     #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
     pub mirror_interval: Option<std::time::Duration>,
+    /// Own the catalog: publish at start-up, re-index after every upload or delete and when
+    /// files arrive by other means (implied by a write token or --allow-anonymous-writes)
+    #[arg(long, env = "SSB_INDEX", value_parser = FalseyValueParser::new())]
+    pub index: bool,
+    /// With --index, do not watch the tree for files copied in by other means
+    #[arg(long)]
+    pub no_watch: bool,
+    /// File holding the bearer token that uploads and deletes must carry
+    #[arg(long, env = "SSB_WRITE_TOKEN_FILE", value_name = "FILE")]
+    pub write_token_file: Option<PathBuf>,
+    /// The write token itself (prefer the environment or --write-token-file: command lines are
+    /// visible to other users); --write-token-file wins when both are given
+    #[arg(
+        long,
+        env = "SSB_WRITE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub write_token: Option<String>,
+    /// Accept uploads and deletes without a token (only on a trusted network)
+    #[arg(long)]
+    pub allow_anonymous_writes: bool,
+    /// An upload replaces an existing file; without it the upload is stored under a changed
+    /// name (lxd.tar-1.xz) that the response states
+    #[arg(long, env = "ALLOW_OVERWRITES", value_parser = FalseyValueParser::new())]
+    pub allow_overwrites: bool,
+    /// Accept DELETE of image files and version folders under images/
+    #[arg(long, env = "ALLOW_DELETES", value_parser = FalseyValueParser::new())]
+    pub allow_deletes: bool,
+    /// Largest accepted upload: bytes, or with a K, M, G or T suffix (powers of 1024)
+    #[arg(long, env = "SSB_MAX_UPLOAD_SIZE", default_value = "10G", value_parser = parse_size, value_name = "SIZE")]
+    pub max_upload_size: u64,
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     let d = crate::expiry::HumanDuration::parse(s).map_err(|e| e.to_string())?;
     Ok(std::time::Duration::from_secs(d.seconds().max(1) as u64))
+}
+
+/// `10G` → 10 GiB; a plain number is bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix `{c}` (use K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as 1048576, 512M or 10G"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// `demo`.
@@ -300,6 +357,16 @@ pub struct DemoArgs {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("2k"), Ok(2048));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert!(parse_size("10X").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

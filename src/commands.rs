@@ -44,7 +44,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 let req = mirror_config_request(&cli, root.clone(), Vec::new(), false)?;
                 crate::mirror::pull_every(req, every);
             }
-            crate::serve_cmd::serve(root, args)
+            crate::serve_cmd::serve(root, config_path(&cli), http_settings(&cli), args)
         }
         Command::Demo(args) => crate::demo::run(&cli, args),
         Command::Mirror(args) => mirror_cmd(&cli, args),

@@ -120,15 +120,5 @@ pub fn run(cli: &Cli, args: &DemoArgs) -> Result<()> {
     if args.no_serve {
         return Ok(());
     }
-    crate::serve_cmd::serve(
-        target,
-        &crate::cli::ServeArgs {
-            listen: args.listen,
-            tls_cert: None,
-            tls_key: None,
-            tls_san: Vec::new(),
-            http: false,
-            mirror_interval: None,
-        },
-    )
+    crate::serve_cmd::serve_static(target, args.listen)
 }

@@ -476,6 +476,119 @@ pub fn sha256_state(path: &Path, progress: &dyn Fn(u64)) -> Result<(String, Sha2
     Ok((hex::encode(h.clone().finalize()), h))
 }
 
+/// A metadata tarball read ahead of a rootfs that arrives another way (an upload): its digest,
+/// its metadata.yaml, and the sha256 state after its last byte, which the rootfs bytes are fed
+/// into to get the combined hash without reading the rootfs again.
+#[derive(Clone, Debug)]
+pub struct MetaPrefix {
+    /// File name in the version folder.
+    pub name: String,
+    /// Signature when it was read.
+    pub sig: FileSig,
+    /// Its own sha256.
+    pub sha256: String,
+    /// Its metadata.yaml.
+    pub metadata: ImageMetadata,
+    /// The sha256 state after the whole file.
+    pub state: Sha256,
+}
+
+/// Reads a metadata tarball for [`MetaPrefix`]; fails if it changes while being read.
+pub fn read_meta_prefix(path: &Path) -> Result<MetaPrefix, HashError> {
+    let sig = std::fs::metadata(path)
+        .map(|m| FileSig::of(&m))
+        .map_err(|source| HashError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    let (digest, state, metadata, _) = read_meta(path, false)?;
+    check_unchanged(path, &sig)?;
+    Ok(MetaPrefix {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        sig,
+        sha256: digest.sha256,
+        metadata,
+        state,
+    })
+}
+
+/// Digests of an image file computed outside [`hash_version`] (the server hashes an upload
+/// while it arrives), to be put in the product's cache so the next re-index does not read the
+/// file again.
+#[derive(Clone, Debug)]
+pub struct KnownDigest {
+    /// The version folder name.
+    pub version: String,
+    /// The file name.
+    pub file: String,
+    /// The file's signature once in place; a later change to the file misses the cache.
+    pub sig: FileSig,
+    /// Its sha256.
+    pub sha256: String,
+    /// Metadata files it pairs with and sha256(meta ‖ file) for each.
+    pub combined: Vec<(MetaPrefix, String)>,
+}
+
+impl HashCache {
+    /// Adds `known` digests to the cache of `product_dir`, keeping every entry already there.
+    /// Only sha256 is known, so an md5 run still reads the file.
+    pub fn record(product_dir: &Path, known: &[KnownDigest]) -> std::io::Result<()> {
+        let mut cache = Self::load(product_dir);
+        let mut files = std::mem::take(&mut cache.old);
+        for k in known {
+            files.insert(
+                format!("{}/{}", k.version, k.file),
+                CachedFile {
+                    sig: k.sig,
+                    digest: FileDigest {
+                        sha256: k.sha256.clone(),
+                        md5: None,
+                    },
+                    metadata: None,
+                    combined: BTreeMap::new(),
+                },
+            );
+            for (meta, combined) in &k.combined {
+                let entry = files
+                    .entry(format!("{}/{}", k.version, meta.name))
+                    .or_insert_with(|| CachedFile {
+                        sig: meta.sig,
+                        digest: FileDigest {
+                            sha256: meta.sha256.clone(),
+                            md5: None,
+                        },
+                        metadata: None,
+                        combined: BTreeMap::new(),
+                    });
+                if entry.sig != meta.sig {
+                    *entry = CachedFile {
+                        sig: meta.sig,
+                        digest: FileDigest {
+                            sha256: meta.sha256.clone(),
+                            md5: None,
+                        },
+                        metadata: None,
+                        combined: BTreeMap::new(),
+                    };
+                }
+                entry.metadata = Some(meta.metadata.clone());
+                entry.combined.insert(
+                    k.file.clone(),
+                    CachedCombined {
+                        rootfs: k.sig,
+                        sha256: combined.clone(),
+                    },
+                );
+            }
+        }
+        cache.new = files;
+        cache.save()
+    }
+}
+
 /// sha256 of a byte string, as lowercase hex (tests and small files).
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -542,6 +655,51 @@ mod tests {
             cache.bytes_read,
             (lxd.len() + incus.len() + sq.len()) as u64
         );
+    }
+
+    #[test]
+    fn recorded_digests_spare_the_next_run_from_reading_the_rootfs() {
+        let d = tempfile::tempdir().unwrap();
+        let vdir = d.path().join("20240101_00:00");
+        std::fs::create_dir(&vdir).unwrap();
+        let meta = meta_bytes("K");
+        std::fs::write(vdir.join("lxd.tar.xz"), &meta).unwrap();
+        let prefix = read_meta_prefix(&vdir.join("lxd.tar.xz")).unwrap();
+        // As the server does: the rootfs bytes go to a fresh hasher and to the meta's state.
+        let sq = b"squashfs bytes that arrived over the network".to_vec();
+        let mut combined = prefix.state.clone();
+        combined.update(&sq);
+        std::fs::write(vdir.join("rootfs.squashfs"), &sq).unwrap();
+        let sig = FileSig::of(&std::fs::metadata(vdir.join("rootfs.squashfs")).unwrap());
+        HashCache::record(
+            d.path(),
+            &[KnownDigest {
+                version: "20240101_00:00".into(),
+                file: "rootfs.squashfs".into(),
+                sig,
+                sha256: sha256_hex(&sq),
+                combined: vec![(prefix, hex::encode(combined.finalize()))],
+            }],
+        )
+        .unwrap();
+        let v = scan_version(
+            VersionName::parse("20240101_00:00").unwrap(),
+            &vdir,
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let mut cache = HashCache::load(d.path());
+        let h = hash_version(&v, &mut cache, false, &|_| {}).unwrap();
+        assert_eq!(
+            cache.bytes_read, 0,
+            "nothing read: all digests were recorded"
+        );
+        assert_eq!(h.files["rootfs.squashfs"].sha256, sha256_hex(&sq));
+        assert_eq!(
+            h.combined[&("lxd.tar.xz".into(), "rootfs.squashfs".into())],
+            concat(&meta, &sq)
+        );
+        assert_eq!(h.metadata["lxd.tar.xz"].properties["os"], "K");
     }
 
     #[test]

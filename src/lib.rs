@@ -18,6 +18,7 @@ pub mod import;
 pub mod inspect;
 pub mod inventory;
 pub mod manifest;
+pub mod metadata_json;
 pub mod mirror;
 pub mod products;
 pub mod publish;

@@ -332,13 +332,15 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
             }
         };
         match loaded {
-            Ok(m) => {
+            Ok(mut m) => {
                 let mut spec = spec.clone();
                 if tree.layout {
                     finish_layout_spec(&mut spec, &m);
                 }
                 if spec.prefix_path.is_none() {
                     crate::requirements_file::apply(&mut spec, opts.source, &mut warnings);
+                    let dir = opts.source.join(&spec.directory);
+                    crate::metadata_json::apply(&mut spec, &mut m, &dir, &mut warnings);
                 }
                 entries.push(Entry { spec, manifest: m });
             }

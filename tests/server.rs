@@ -41,6 +41,8 @@ impl TestServer {
             root: root.to_owned(),
             listen: "127.0.0.1:0".parse().unwrap(),
             tls,
+            index: None,
+            writes: Default::default(),
         };
         let thread_handle = handle.clone();
         let thread = std::thread::spawn(move || {
@@ -589,6 +591,8 @@ fn reports_the_address_it_cannot_bind() {
         root: root.path().to_owned(),
         listen: addr,
         tls: TlsMode::Http,
+        index: None,
+        writes: Default::default(),
     };
     let error = serve_with_handle(opts, handle, |_| panic!("ready despite bind failure"))
         .expect_err("bound a taken port");

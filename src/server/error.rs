@@ -56,6 +56,9 @@ pub enum ServerError {
         source: std::io::Error,
     },
 
+    #[error("cannot load the products to index")]
+    Products(#[source] crate::products::LoadError),
+
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
 
@@ -65,4 +68,106 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why a write request was refused or failed. Every variant maps to its status code in
+/// [`RequestError::status`], the one place that decides; the body is JSON `{"error": "…"}`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RequestError {
+    #[error("a write token is required: send `Authorization: Bearer <token>`")]
+    MissingToken,
+
+    #[error("the write token is wrong")]
+    WrongToken,
+
+    #[error(
+        "writes are disabled: the server has no write token (--write-token-file or SSB_WRITE_TOKEN) and was not started with --allow-anonymous-writes"
+    )]
+    WritesDisabled,
+
+    #[error("{method} is not allowed here (allowed: {allow})")]
+    MethodNotAllowed { method: String, allow: &'static str },
+
+    #[error("deletes are disabled (set ALLOW_DELETES=1 or --allow-deletes)")]
+    DeletesDisabled,
+
+    #[error("refused path {path:?}: {reason}")]
+    BadPath { path: String, reason: String },
+
+    #[error("{path} does not exist")]
+    NotFound { path: String },
+
+    #[error("{path} is a folder; name a file")]
+    IsAFolder { path: String },
+
+    #[error("the upload is larger than the limit of {limit} bytes (--max-upload-size)")]
+    TooLarge { limit: u64 },
+
+    #[error("bad multipart body: {reason}")]
+    BadMultipart { reason: String },
+
+    #[error("the multipart body has no file part (a part with a filename)")]
+    NoFilePart,
+
+    #[error("the upload was interrupted: {reason}; nothing was stored")]
+    Interrupted { reason: String },
+
+    #[error("cannot store {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RequestError {
+    pub(crate) fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode as S;
+        match self {
+            Self::MissingToken | Self::WrongToken => S::UNAUTHORIZED,
+            Self::WritesDisabled => S::FORBIDDEN,
+            Self::MethodNotAllowed { .. } | Self::DeletesDisabled => S::METHOD_NOT_ALLOWED,
+            Self::BadPath { .. } | Self::BadMultipart { .. } | Self::NoFilePart => S::BAD_REQUEST,
+            Self::Interrupted { .. } => S::BAD_REQUEST,
+            Self::NotFound { .. } => S::NOT_FOUND,
+            Self::IsAFolder { .. } => S::CONFLICT,
+            Self::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            Self::Io { .. } => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl axum::response::IntoResponse for RequestError {
+    fn into_response(self) -> axum::response::Response {
+        use axum::http::header;
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!("{}", crate::error_chain(&self));
+        } else {
+            tracing::debug!("refused: {self}");
+        }
+        let body = serde_json::json!({ "error": self.to_string() }).to_string() + "\n";
+        let mut response =
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::MissingToken | Self::WrongToken => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"simplestreams-builder\""),
+                );
+            }
+            Self::MethodNotAllowed { allow, .. } => {
+                headers.insert(header::ALLOW, header::HeaderValue::from_static(allow));
+            }
+            Self::DeletesDisabled => {
+                headers.insert(
+                    header::ALLOW,
+                    header::HeaderValue::from_static("GET, HEAD, POST, PUT"),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
 }

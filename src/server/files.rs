@@ -1,9 +1,10 @@
-//! The HTTP side of the server: a read-only router over a simplestreams tree.
+//! The HTTP side of the server: the router over a simplestreams tree. Reads are served here;
+//! writes (POST, PUT, DELETE) go to `upload` and `delete` when the server owns its catalog.
 //!
 //! `ServeDir` does the heavy lifting (Range, ETag/Last-Modified, conditional requests,
 //! precompressed `.json.gz`). Around it we add what a catalog server needs: the path guard,
-//! a symlink check, GET/HEAD only, explicit content types, `no-cache` on the catalog, and one
-//! access log line per request.
+//! a symlink check, explicit content types, `no-cache` on the catalog, and one access log line
+//! per request.
 
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -12,14 +13,16 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse as _, Response};
+use axum::response::{IntoResponse, Response};
 use tower::ServiceExt as _;
 use tower_http::services::ServeDir;
 
+use super::error::RequestError;
 use super::request_path::{RequestPath, is_plain_name};
+use super::writes::Writes;
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -32,8 +35,16 @@ struct Files {
     images: ServeDir,
 }
 
-/// Builds the router for the tree at `root`, which must already be canonical.
-pub(crate) fn router(root: PathBuf) -> Router {
+/// What the router shares: files to read and, when writes are on, the write state.
+#[derive(Clone)]
+struct App {
+    files: Files,
+    writes: Option<Arc<Writes>>,
+}
+
+/// Builds the router for the tree at `root`, which must already be canonical. Without
+/// `writes` the server is read-only (GET and HEAD).
+pub(crate) fn router(root: PathBuf, writes: Option<Arc<Writes>>) -> Router {
     // No index.html and no listings: a directory is a 404 like anything else not served.
     let serve_dir = ServeDir::new(&root)
         .append_index_html_on_directories(false)
@@ -44,13 +55,51 @@ pub(crate) fn router(root: PathBuf) -> Router {
         images: serve_dir,
     };
     Router::new()
-        .fallback(serve_file)
-        .with_state(files)
-        .layer(middleware::from_fn(only_get_and_head))
+        .fallback(dispatch)
+        .with_state(App { files, writes })
+        // Uploads stream to disk and are capped by --max-upload-size, not axum's 2 MB default
+        // (which would apply to multipart bodies).
+        .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(access_log))
 }
 
-async fn serve_file(State(files): State<Files>, req: Request) -> Response {
+async fn dispatch(State(app): State<App>, req: Request) -> Response {
+    let method = req.method().clone();
+    if method == Method::GET || method == Method::HEAD {
+        return serve_file(app.files, req).await;
+    }
+    let Some(writes) = app.writes else {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "GET, HEAD")],
+        )
+            .into_response();
+    };
+    let refused = match &method {
+        &Method::POST | &Method::PUT | &Method::DELETE => {
+            writes.authorize(req.headers()).err().or_else(|| {
+                (method == Method::DELETE && !writes.allow_deletes)
+                    .then_some(RequestError::DeletesDisabled)
+            })
+        }
+        other => Some(RequestError::MethodNotAllowed {
+            method: other.to_string(),
+            allow: "GET, HEAD, POST, PUT, DELETE",
+        }),
+    };
+    if let Some(error) = refused {
+        super::upload::drain_small(req.into_body()).await;
+        return error.into_response();
+    }
+    let result = match method {
+        Method::POST => super::upload::post(writes, req).await,
+        Method::PUT => super::upload::put(writes, req).await,
+        _ => super::delete::delete(writes, req).await,
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn serve_file(files: Files, req: Request) -> Response {
     let Some(path) = RequestPath::parse(req.uri().path()) else {
         return not_found();
     };
@@ -128,17 +177,6 @@ fn content_type(file_name: &str) -> Option<&'static str> {
         "squashfs" | "qcow2" | "img" | "vcdiff" => "application/octet-stream",
         _ => return None,
     })
-}
-
-async fn only_get_and_head(req: Request, next: Next) -> Response {
-    if req.method() == Method::GET || req.method() == Method::HEAD {
-        return next.run(req).await;
-    }
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        [(header::ALLOW, "GET, HEAD")],
-    )
-        .into_response()
 }
 
 /// One line per request, at info level, after the response head is ready. Bytes are the

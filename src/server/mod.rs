@@ -2,13 +2,21 @@
 //!
 //! This module owns the process-level part: options, the tokio runtime, binding, TLS setup,
 //! signals and graceful shutdown, and the start-up messages telling users how to trust the
-//! certificate. The router lives in `files`, certificates in `tls`, the path guard in
-//! `request_path`.
+//! certificate. The router lives in `files`, certificates in `tls`, the read path guard in
+//! `request_path`. With [`ServeOptions::index`] the server also owns its catalog: `reindex`
+//! keeps it current (start-up scan, watcher, after every write), and uploads (`upload`),
+//! deletes (`delete`), their path grammar (`write_path`) and auth (`auth`) are enabled.
 
+mod auth;
+mod delete;
 mod error;
 mod files;
+mod reindex;
 mod request_path;
 mod tls;
+mod upload;
+mod write_path;
+mod writes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -17,6 +25,8 @@ use std::time::Duration;
 use axum_server::tls_rustls::RustlsConfig;
 
 pub use error::ServerError;
+pub use reindex::IndexOptions;
+pub use writes::{DEFAULT_MAX_UPLOAD_SIZE, WriteOptions};
 
 /// How long connections still in flight get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -33,6 +43,10 @@ pub struct ServeOptions {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
     pub tls: TlsMode,
+    /// Keep the catalog current and accept writes; `None` serves the tree read-only as it is.
+    pub index: Option<IndexOptions>,
+    /// Who may write and what writes may do (used only with `index`).
+    pub writes: WriteOptions,
 }
 
 /// Where the server's certificate comes from, if any.
@@ -115,7 +129,23 @@ fn run(
             source,
         })?;
         let serve_error = |source| ServerError::Serve { addr, source };
-        let app = files::router(root.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let (writes, _indexing) = match &opts.index {
+            Some(index) => {
+                let scope = write_scope(&root, index)?;
+                let (reindexer, running) = reindex::start(root.clone(), index.clone());
+                log_write_policy(&opts.writes, &scope);
+                let writes = writes::Writes::new(
+                    std::sync::Arc::new(root.clone()),
+                    &opts.writes,
+                    scope,
+                    reindexer,
+                );
+                (Some(std::sync::Arc::new(writes)), Some(running))
+            }
+            None => (None, None),
+        };
+        let app =
+            files::router(root.clone(), writes).into_make_service_with_connect_info::<SocketAddr>();
 
         if on_signals {
             tokio::spawn(shutdown_on_signal(handle.clone()));
@@ -123,10 +153,15 @@ fn run(
 
         match cert {
             None => {
-                let server = axum_server::from_tcp(listener)
+                let mut server = axum_server::from_tcp(listener)
                     .map_err(serve_error)?
                     .handle(handle.inner.clone())
                     .first_request_timeout(FIRST_REQUEST_TIMEOUT);
+                server
+                    .http_builder()
+                    .http2()
+                    .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+                    .initial_connection_window_size(HTTP2_STREAM_WINDOW * 2);
                 tracing::info!("listening on http://{addr}");
                 ready(addr);
                 server.serve(app).await.map_err(serve_error)
@@ -135,10 +170,15 @@ fn run(
                 // axum-server runs each TLS handshake in the connection's own task, with a
                 // timeout, so a client that never sends a ClientHello blocks nobody else.
                 let config = RustlsConfig::from_config(cert.config.clone());
-                let server = axum_server::tls_rustls::from_tcp_rustls(listener, config)
+                let mut server = axum_server::tls_rustls::from_tcp_rustls(listener, config)
                     .map_err(serve_error)?
                     .handle(handle.inner.clone())
                     .first_request_timeout(FIRST_REQUEST_TIMEOUT);
+                server
+                    .http_builder()
+                    .http2()
+                    .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+                    .initial_connection_window_size(HTTP2_STREAM_WINDOW * 2);
                 tracing::info!("listening on https://{addr}");
                 log_trust_instructions(&cert, addr);
                 ready(addr);
@@ -149,6 +189,61 @@ fn run(
     tracing::info!("server stopped");
     Ok(())
 }
+
+/// Where writes may go: the layout under images/, or the local products of the tree.yml.
+fn write_scope(root: &Path, index: &IndexOptions) -> Result<write_path::WriteScope, ServerError> {
+    let Some(config) = &index.config else {
+        return Ok(write_path::WriteScope::Layout);
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    let tree =
+        crate::products::Tree::load(Some(config), root, &env).map_err(ServerError::Products)?;
+    Ok(write_path::WriteScope::Declared(
+        tree.config
+            .products
+            .iter()
+            .filter(|p| p.prefix_path.is_none())
+            .map(|p| p.directory.trim_matches('/').to_owned())
+            .collect(),
+    ))
+}
+
+fn log_write_policy(opts: &WriteOptions, scope: &write_path::WriteScope) {
+    let auth = match (&opts.token, opts.allow_anonymous) {
+        (Some(_), _) => "writes need the bearer token",
+        (None, true) => {
+            "ANONYMOUS WRITES ARE ON (--allow-anonymous-writes): anyone who reaches this server can upload"
+        }
+        (None, false) => {
+            "writes are refused: no write token (--write-token-file or SSB_WRITE_TOKEN); reads only"
+        }
+    };
+    tracing::info!("{auth}");
+    let into = match scope {
+        write_path::WriteScope::Layout => {
+            "images/<os>/<release>/<arch>/<variant>/<YYYYMMDD_HH:MM>/".to_owned()
+        }
+        write_path::WriteScope::Declared(dirs) => {
+            format!("the product folders of tree.yml ({})", dirs.join(", "))
+        }
+    };
+    tracing::info!(
+        "uploads go into {into}; overwrites {}, deletes {}, max upload {} bytes",
+        if opts.allow_overwrites {
+            "on"
+        } else {
+            "off (a changed name is used)"
+        },
+        if opts.allow_deletes { "on" } else { "off" },
+        opts.max_upload_size
+    );
+}
+
+/// Per-stream HTTP/2 receive window, sized for uploads: with h2's default 64 KiB, a multi-GB
+/// upload over HTTP/2 (curl's default over TLS) ran at a sixth of the HTTP/1.1 speed, and the
+/// adaptive window was slower still on loopback. A fixed window bounds what one upload can
+/// have in flight in memory.
+const HTTP2_STREAM_WINDOW: u32 = 4 << 20;
 
 fn canonical_root(root: &Path) -> Result<PathBuf, ServerError> {
     let root_error = |source| ServerError::Root {

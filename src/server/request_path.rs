@@ -43,6 +43,11 @@ impl RequestPath {
         self.segments.iter().collect()
     }
 
+    /// The path relative to the served root, `/`-separated.
+    pub(crate) fn to_relative_string(&self) -> String {
+        self.segments.join("/")
+    }
+
     /// The last segment, which decides content type and caching.
     pub(crate) fn file_name(&self) -> Option<&str> {
         self.segments.last().map(String::as_str)

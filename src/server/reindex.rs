@@ -1,0 +1,311 @@
+//! Keeping the catalog current while serving: one task re-publishes the tree (images.json,
+//! index.json, each product's ssb.json) whenever something changed. Uploads and deletes send it
+//! a trigger, with the digests computed in flight; a file system watcher sends one for files
+//! that arrive by other means; one full scan runs at start-up. Triggers that arrive while a
+//! re-index runs are coalesced into the next one, so re-indexing is serialized and a burst costs
+//! one run. A failed run is logged and retried with a growing delay; it never stops the server.
+//! Readers always get complete catalog files: every file is written atomically.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
+use tokio::sync::mpsc;
+
+use crate::hash::{HashCache, KnownDigest};
+use crate::manifest::HttpSettings;
+use crate::publish::{PublishRequest, PublishSummary};
+
+/// Quiet time the watcher waits for before reporting a path.
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
+/// How long a trigger waits for others to join it.
+const COALESCE: Duration = Duration::from_millis(50);
+/// First and longest delay before a failed re-index is retried.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// How the served tree is re-indexed.
+#[derive(Clone, Debug)]
+pub struct IndexOptions {
+    /// tree.yml, or `None` for layout mode. The served root is both source and target.
+    pub config: Option<PathBuf>,
+    /// Watch the tree for files that arrive by other means.
+    pub watch: bool,
+    /// For products fetched from other servers (`prefix_path`).
+    pub http: HttpSettings,
+}
+
+/// Why a re-index is wanted.
+#[derive(Debug)]
+pub(crate) struct Trigger {
+    /// For the log.
+    pub reason: String,
+    /// Digests computed while uploading, per product folder (relative to the root).
+    pub known: Vec<(String, KnownDigest)>,
+}
+
+impl Trigger {
+    pub(crate) fn because(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            known: Vec::new(),
+        }
+    }
+}
+
+/// Sends triggers to the re-index task.
+#[derive(Clone, Debug)]
+pub(crate) struct Reindexer {
+    tx: mpsc::UnboundedSender<Trigger>,
+}
+
+impl Reindexer {
+    pub(crate) fn request(&self, trigger: Trigger) {
+        // The task lives as long as the runtime; a send can only fail during shutdown.
+        let _ = self.tx.send(trigger);
+    }
+}
+
+/// What must be kept alive while the server runs: dropping it stops the watcher.
+pub(crate) struct Running {
+    _watcher: Option<Debouncer<notify::RecommendedWatcher, RecommendedCache>>,
+}
+
+/// Starts the re-index task (with a full scan at once) and, when asked, the watcher. Must be
+/// called inside the tokio runtime.
+pub(crate) fn start(root: PathBuf, opts: IndexOptions) -> (Reindexer, Running) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let reindexer = Reindexer { tx };
+    reindexer.request(Trigger::because("start-up scan"));
+    let root = Arc::new(root);
+    let watcher = if opts.watch {
+        match watch(&root, &opts, reindexer.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(
+                    "cannot watch {} for new files ({e}); uploads are still indexed, files copied in are not until the next upload or restart (check fs.inotify.max_user_watches)",
+                    root.display()
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    tokio::spawn(run(root, opts, rx));
+    (reindexer, Running { _watcher: watcher })
+}
+
+async fn run(root: Arc<PathBuf>, opts: IndexOptions, mut rx: mpsc::UnboundedReceiver<Trigger>) {
+    let opts = Arc::new(opts);
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut delay = RETRY_FIRST;
+    let mut reasons: Vec<String> = Vec::new();
+    loop {
+        let first = match retry_at {
+            Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
+                Ok(Some(t)) => Some(t),
+                Ok(None) => return,
+                Err(_) => None,
+            },
+            None => match rx.recv().await {
+                Some(t) => Some(t),
+                None => return,
+            },
+        };
+        let mut known = Vec::new();
+        if let Some(t) = first {
+            reasons.push(t.reason);
+            known.extend(t.known);
+            tokio::time::sleep(COALESCE).await;
+        }
+        while let Ok(t) = rx.try_recv() {
+            reasons.push(t.reason);
+            known.extend(t.known);
+        }
+        let started = Instant::now();
+        let job = {
+            let root = Arc::clone(&root);
+            let opts = Arc::clone(&opts);
+            tokio::task::spawn_blocking(move || reindex(&root, &opts, &known))
+        };
+        let why = summarize(&reasons);
+        match job.await {
+            Ok(Ok(s)) => {
+                tracing::info!(
+                    "re-indexed ({why}): {} product(s), {} version(s), {} image bytes read, in {:.0} ms",
+                    s.products,
+                    s.versions,
+                    s.bytes_read,
+                    started.elapsed().as_secs_f64() * 1000.0
+                );
+                reasons.clear();
+                retry_at = None;
+                delay = RETRY_FIRST;
+            }
+            outcome => {
+                let error = match outcome {
+                    Ok(Err(e)) => e,
+                    Err(join) => format!("the indexer panicked: {join}"),
+                    Ok(Ok(_)) => unreachable!(),
+                };
+                tracing::error!(
+                    "re-index failed ({why}), retrying in {}s; the catalog served is the previous one: {error}",
+                    delay.as_secs()
+                );
+                retry_at = Some(tokio::time::Instant::now() + delay);
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+fn summarize(reasons: &[String]) -> String {
+    match reasons {
+        [] => "retry".into(),
+        [one] => one.clone(),
+        [first, rest @ ..] => format!("{first} and {} more", rest.len()),
+    }
+}
+
+/// One run: records the digests computed in flight in the products' hash caches, so that
+/// uploaded files are not read again, then publishes the whole tree (unchanged files are not
+/// read either: the hash cache knows them).
+fn reindex(
+    root: &Path,
+    opts: &IndexOptions,
+    known: &[(String, KnownDigest)],
+) -> Result<PublishSummary, String> {
+    let mut by_product: std::collections::BTreeMap<&str, Vec<KnownDigest>> = Default::default();
+    for (dir, k) in known {
+        by_product.entry(dir).or_default().push(k.clone());
+    }
+    for (dir, list) in by_product {
+        if let Err(e) = HashCache::record(&root.join(dir), &list) {
+            tracing::warn!("cannot record upload digests for {dir} (they will be recomputed): {e}");
+        }
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    crate::publish::publish_tree(&PublishRequest {
+        config: opts.config.as_deref(),
+        source: root,
+        target: root,
+        md5: false,
+        skip_unavailable: true,
+        http: &opts.http,
+        env: &env,
+        progress: &indicatif::ProgressBar::hidden(),
+        exclude: &crate::products::Exclusions::new(),
+    })
+    .map_err(|e| crate::error_chain(&e))
+}
+
+fn watch(
+    root: &Arc<PathBuf>,
+    opts: &IndexOptions,
+    reindexer: Reindexer,
+) -> notify::Result<Debouncer<notify::RecommendedWatcher, RecommendedCache>> {
+    let filter_root = Arc::clone(root);
+    let config = opts.config.clone();
+    let mut debouncer = new_debouncer(WATCH_DEBOUNCE, None, move |res: DebounceEventResult| {
+        let events = match res {
+            Ok(events) => events,
+            Err(errors) => {
+                for e in errors {
+                    tracing::warn!("watcher: {e}");
+                }
+                // Events may have been lost: a full scan is always right.
+                reindexer.request(Trigger::because("watcher error"));
+                return;
+            }
+        };
+        let changed = events
+            .iter()
+            .filter(|e| !matches!(e.kind, notify::EventKind::Access(a) if !matches!(a, notify::event::AccessKind::Close(notify::event::AccessMode::Write))))
+            .flat_map(|e| e.paths.iter())
+            .find(|p| is_relevant(&filter_root, config.as_deref(), p));
+        if let Some(path) = changed {
+            let rel = path.strip_prefix(filter_root.as_path()).unwrap_or(path);
+            reindexer.request(Trigger::because(format!("changed: {}", rel.display())));
+        }
+    })?;
+    debouncer.watch(root.as_path(), RecursiveMode::Recursive)?;
+    tracing::info!("watching {} for new files", root.display());
+    Ok(debouncer)
+}
+
+/// True for a path whose change can change the catalog: not hidden (temp files of uploads and
+/// atomic writes, caches, `.ssb/`), not an ssb.json or catalog file that re-indexing itself
+/// writes. The tree.yml counts.
+fn is_relevant(root: &Path, config: Option<&Path>, path: &Path) -> bool {
+    if config.is_some_and(|c| std::path::absolute(c).is_ok_and(|c| c == path) || c == path) {
+        return true;
+    }
+    let Ok(rel) = path.strip_prefix(root) else {
+        return false;
+    };
+    let mut parts = rel.components().peekable();
+    if parts.peek().is_some_and(|c| c.as_os_str() == "streams") {
+        return false;
+    }
+    for c in rel.components() {
+        let Component::Normal(name) = c else {
+            return false;
+        };
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            return false;
+        }
+    }
+    // What re-indexing writes itself: ssb.json in product folders, and the catalog wherever
+    // images_path puts it.
+    let own_output = [
+        crate::manifest::MANIFEST_FILE,
+        "images.json",
+        "images.json.gz",
+        "index.json",
+        "index.json.gz",
+    ];
+    !rel.as_os_str().is_empty()
+        && !rel
+            .file_name()
+            .is_some_and(|n| own_output.iter().any(|o| n == *o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relevant_paths() {
+        let root = Path::new("/srv/www");
+        let yes = [
+            "/srv/www/images/debian/12/amd64/default/20240101_00:00/rootfs.squashfs",
+            "/srv/www/images/debian/12/amd64/default/metadata.json",
+            "/srv/www/images/debian",
+        ];
+        let no = [
+            "/srv/www/images/debian/12/amd64/default/20240101_00:00/.upload-abc",
+            "/srv/www/images/debian/12/amd64/default/.ssb-cache.json",
+            "/srv/www/images/debian/12/amd64/default/ssb.json",
+            "/srv/www/streams/v1/images.json",
+            "/srv/www/streams/v1/.tmp-images.json.x",
+            "/srv/www/.ssb/publish.lock",
+            "/srv/www",
+            "/elsewhere/x",
+        ];
+        for p in yes {
+            assert!(is_relevant(root, None, Path::new(p)), "{p}");
+        }
+        for p in no {
+            assert!(!is_relevant(root, None, Path::new(p)), "{p}");
+        }
+        assert!(is_relevant(
+            root,
+            Some(Path::new("/srv/www/.tree.yml")),
+            Path::new("/srv/www/.tree.yml")
+        ));
+    }
+}

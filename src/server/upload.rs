@@ -1,0 +1,476 @@
+//! Uploads: `POST` multipart (any field name; each part's filename is the path under the URL's
+//! folder, as in `curl -F "file=@lxd.tar.xz;filename=<os>/<release>/<arch>/<variant>/<date>/lxd.tar.xz" $remote/images/`)
+//! and `PUT <path>` with the raw body.
+//!
+//! A body streams into a hidden `.upload-*` temp file in the target folder (so the final rename
+//! is atomic and the indexer never sees a partial file) through a 1 MiB buffer, on a blocking
+//! thread that also hashes it. Only an explicit end of body commits: a stream error or a client
+//! that goes away drops the temp file. Then fsync, rename into place (or, without
+//! ALLOW_OVERWRITES, under a changed name when the file exists), fsync of the folder, and a
+//! re-index trigger carrying the digests, so the re-index reads nothing of a big rootfs again:
+//! when the version already holds its metadata tarballs, the combined hashes
+//! sha256(meta ‖ rootfs) are computed in flight too.
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest as _, Multipart, Request};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use futures_util::{Stream, StreamExt as _};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+use super::error::RequestError;
+use super::reindex::Trigger;
+use super::request_path::RequestPath;
+use super::write_path::{self, WriteTarget};
+use super::writes::Writes;
+use crate::hash::{KnownDigest, MetaPrefix, read_meta_prefix};
+use crate::tree::{FileRole, FileSig, ImageFile, scan_version};
+
+/// Write buffer: one blocking-pool round trip per MiB instead of per network chunk.
+const WRITE_BUFFER: usize = 1 << 20;
+/// Chunks queued between the network and the writer thread.
+const QUEUE: usize = 32;
+/// Metadata tarballs larger than this are not read ahead for combined hashes.
+const MAX_META_PREFIX: u64 = 256 << 20;
+
+/// What the client is told about a stored file.
+#[derive(Debug, Serialize)]
+pub(crate) struct Stored {
+    /// Where the file is, relative to the served root.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    /// True when an existing file was replaced (ALLOW_OVERWRITES).
+    pub replaced: bool,
+    /// Set when the file existed and overwrites are off: the path asked for, while `path` is
+    /// the changed name the upload was stored under (which the indexer does not publish).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_path: Option<String>,
+}
+
+enum Chunk {
+    Data(Bytes),
+    End,
+}
+
+/// `PUT /<path>`.
+/// Auth is checked by the router before this runs.
+pub(crate) async fn put(writes: Arc<Writes>, req: Request) -> Result<Response, RequestError> {
+    let raw = req.uri().path().to_owned();
+    let target = RequestPath::parse(&raw)
+        .ok_or_else(|| bad_path(&raw, "not a plain path".into()))
+        .and_then(|p| {
+            let rel = p.to_relative_string();
+            write_path::upload_target(&rel, &writes.scope).map_err(|r| bad_path(&rel, r))
+        });
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            drain_small(req.into_body()).await;
+            return Err(e);
+        }
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > writes.max_upload_size) {
+        return Err(RequestError::TooLarge {
+            limit: writes.max_upload_size,
+        });
+    }
+    let stored = store(&writes, target, req.into_body().into_data_stream()).await?;
+    Ok(super::writes::json_response(StatusCode::CREATED, &stored))
+}
+
+/// Reads and discards up to 1 MiB of a refused request's body (for at most 2 s) before the
+/// error is sent. Over HTTP/2 an answer given while the client is still sending ends with a
+/// stream reset, and curl then reports its own error instead of our 401 or 400; a small body
+/// read to its end avoids that. A large one is not worth receiving just to refuse it.
+pub(crate) async fn drain_small(body: axum::body::Body) {
+    const LIMIT: usize = 1 << 20;
+    let mut stream = body.into_data_stream();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let mut seen = 0;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// `POST /<folder>/` with a multipart body: every part with a filename is stored at
+/// `<folder>/<filename>`; other parts are ignored. Auth is checked by the router.
+pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, RequestError> {
+    let raw = req.uri().path().to_owned();
+    let trimmed = match raw.trim_end_matches('/') {
+        "" => "/",
+        t => t,
+    };
+    let base = RequestPath::parse(trimmed)
+        .ok_or_else(|| bad_path(&raw, "not a plain path".into()))?
+        .to_relative_string();
+    let mut multipart =
+        Multipart::from_request(req, &())
+            .await
+            .map_err(|e| RequestError::BadMultipart {
+                reason: e.body_text(),
+            })?;
+    let mut stored = Vec::new();
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(RequestError::BadMultipart {
+                    reason: e.body_text(),
+                });
+            }
+        };
+        let Some(name) = field.file_name().map(str::to_owned) else {
+            continue;
+        };
+        let rel = if base.is_empty() {
+            name.clone()
+        } else {
+            format!("{base}/{name}")
+        };
+        let target = match write_path::upload_target(&rel, &writes.scope) {
+            Ok(t) => t,
+            Err(reason) => {
+                // Read the rest of a small body so HTTP/2 clients get the 400 (see drain_small).
+                drop(field);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                    while let Ok(Some(_)) = multipart.next_field().await {}
+                })
+                .await;
+                return Err(bad_path(&rel, reason));
+            }
+        };
+        stored.push(store(&writes, target, field).await?);
+    }
+    let body = match stored.len() {
+        0 => return Err(RequestError::NoFilePart),
+        1 => serde_json::to_value(stored.pop()).unwrap_or_default(),
+        _ => serde_json::to_value(&stored).unwrap_or_default(),
+    };
+    Ok(super::writes::json_response(StatusCode::CREATED, &body))
+}
+
+fn bad_path(path: &str, reason: String) -> RequestError {
+    RequestError::BadPath {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+/// Streams `body` into place at `target` and asks for a re-index.
+async fn store<S, E>(
+    writes: &Writes,
+    target: WriteTarget,
+    mut body: S,
+) -> Result<Stored, RequestError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let root = Arc::clone(&writes.root);
+    let overwrite = writes.allow_overwrites;
+    let job_target = target.clone();
+    let worker = tokio::task::spawn_blocking(move || write_file(&root, &job_target, rx, overwrite));
+    let limit = writes.max_upload_size;
+    let mut total = 0u64;
+    // On every early return below, `tx` is dropped without `End`: the worker discards the file.
+    loop {
+        let chunk = match body.next().await {
+            Some(Ok(chunk)) => Chunk::Data(chunk),
+            Some(Err(e)) => {
+                return Err(RequestError::Interrupted {
+                    reason: e.to_string(),
+                });
+            }
+            None => Chunk::End,
+        };
+        let end = matches!(chunk, Chunk::End);
+        if let Chunk::Data(d) = &chunk {
+            total += d.len() as u64;
+            if total > limit {
+                return Err(RequestError::TooLarge { limit });
+            }
+        }
+        if tx.send(chunk).await.is_err() || end {
+            // The worker stopped early (its error is below) or has everything.
+            break;
+        }
+    }
+    drop(tx);
+    let (stored, known) = worker.await.map_err(|e| RequestError::Io {
+        path: target.relative().display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })??;
+    tracing::info!(
+        "stored {} ({} bytes, sha256 {}){}",
+        stored.path,
+        stored.size,
+        stored.sha256,
+        match &stored.requested_path {
+            Some(r) => format!(" instead of the existing {r} (overwrites are off)"),
+            None if stored.replaced => " replacing the previous file".into(),
+            None => String::new(),
+        }
+    );
+    writes.reindexer.request(Trigger {
+        reason: format!("uploaded {}", stored.path),
+        known: known
+            .map(|k| (target.product_dir.clone(), k))
+            .into_iter()
+            .collect(),
+    });
+    Ok(stored)
+}
+
+/// The blocking half: temp file, hashing, fsync, rename. Returns what to tell the client and,
+/// for an image file stored under its own name, its digests for the hash cache.
+fn write_file(
+    root: &Path,
+    target: &WriteTarget,
+    rx: mpsc::Receiver<Chunk>,
+    overwrite: bool,
+) -> Result<(Stored, Option<KnownDigest>), RequestError> {
+    let rel = target.relative();
+    let shown = rel.display().to_string();
+    let io = |source| RequestError::Io {
+        path: shown.clone(),
+        source,
+    };
+    write_path::check_on_disk(root, &rel).map_err(|r| bad_path(&shown, r))?;
+    let path = root.join(&rel);
+    let dir = path.parent().unwrap_or(root).to_owned();
+    let existing = dir
+        .ancestors()
+        .find(|a| a.is_dir())
+        .unwrap_or(root)
+        .to_owned();
+    crate::atomic::create_dir_all(&dir).map_err(io)?;
+    let result = fill_and_place(root, target, &path, &dir, rx, overwrite);
+    if result.is_err() {
+        // Folders made for a failed upload go again (when still empty), so a broken upload
+        // leaves no empty product or version behind for the indexer.
+        for d in dir
+            .ancestors()
+            .take_while(|d| *d != existing && d.starts_with(root))
+        {
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+        }
+    }
+    result
+}
+
+fn fill_and_place(
+    root: &Path,
+    target: &WriteTarget,
+    path: &Path,
+    dir: &Path,
+    mut rx: mpsc::Receiver<Chunk>,
+    overwrite: bool,
+) -> Result<(Stored, Option<KnownDigest>), RequestError> {
+    let shown = target.relative().display().to_string();
+    let io = |source| RequestError::Io {
+        path: shown.clone(),
+        source,
+    };
+    if path.is_dir() {
+        return Err(RequestError::IsAFolder { path: shown });
+    }
+    let metas = match target.role() {
+        Some(role @ FileRole::Rootfs(_)) => meta_prefixes(target, dir, role),
+        _ => Vec::new(),
+    };
+
+    let temp = tempfile::Builder::new()
+        .prefix(".upload-")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    temp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(crate::atomic::FILE_MODE))
+        .map_err(io)?;
+    let mut sha = Sha256::new();
+    let mut combined: Vec<Sha256> = metas.iter().map(|m| m.state.clone()).collect();
+    let mut size = 0u64;
+    let mut complete = false;
+    {
+        let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, temp.as_file());
+        while let Some(chunk) = rx.blocking_recv() {
+            match chunk {
+                Chunk::Data(data) => {
+                    sha.update(&data);
+                    for c in &mut combined {
+                        c.update(&data);
+                    }
+                    out.write_all(&data).map_err(io)?;
+                    size += data.len() as u64;
+                }
+                Chunk::End => {
+                    complete = true;
+                    break;
+                }
+            }
+        }
+        if !complete {
+            // The sender went away without saying the body ended: never commit that.
+            return Err(RequestError::Interrupted {
+                reason: "the request ended early".into(),
+            });
+        }
+        out.flush().map_err(io)?;
+    }
+    temp.as_file().sync_all().map_err(io)?;
+
+    let existed = path.exists();
+    let (final_path, requested_path) = if overwrite || !existed {
+        temp.persist(path).map_err(|e| io(e.error))?;
+        (path.to_owned(), None)
+    } else {
+        let mut temp = temp;
+        let mut n = 1u32;
+        loop {
+            let candidate = numbered(path, n);
+            match temp.persist_noclobber(&candidate) {
+                Ok(_) => break (candidate, Some(shown.clone())),
+                Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => {
+                    temp = e.file;
+                    n += 1;
+                }
+                Err(e) => return Err(io(e.error)),
+            }
+        }
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    let sig = std::fs::metadata(&final_path)
+        .map(|m| FileSig::of(&m))
+        .map_err(io)?;
+    let stored_rel = final_path
+        .strip_prefix(root)
+        .unwrap_or(&final_path)
+        .display()
+        .to_string();
+    let sha256 = hex::encode(sha.finalize());
+    // Digests worth caching: an image file under its own name whose hash does not need a
+    // metadata.yaml (metadata tarballs are small and read again).
+    let known = match (target.role(), &target.version, &requested_path) {
+        (Some(FileRole::Rootfs(_) | FileRole::Unified(_)), Some(version), None) => {
+            Some(KnownDigest {
+                version: version.as_str().to_owned(),
+                file: target.file.clone().unwrap_or_default(),
+                sig,
+                sha256: sha256.clone(),
+                combined: metas
+                    .into_iter()
+                    .zip(combined)
+                    .map(|(m, h)| (m, hex::encode(h.finalize())))
+                    .collect(),
+            })
+        }
+        _ => None,
+    };
+    Ok((
+        Stored {
+            path: stored_rel,
+            size,
+            sha256,
+            replaced: existed && requested_path.is_none(),
+            requested_path,
+        },
+        known,
+    ))
+}
+
+/// The metadata tarballs already in the version folder that `role` pairs with, read ahead so
+/// the combined hashes come out of the same pass as the upload. Any problem just means the
+/// re-index computes them itself.
+fn meta_prefixes(target: &WriteTarget, dir: &Path, role: FileRole) -> Vec<MetaPrefix> {
+    let (Some(version), Some(file)) = (&target.version, &target.file) else {
+        return Vec::new();
+    };
+    let Ok(mut v) = scan_version(version.clone(), dir, &mut Vec::new()) else {
+        return Vec::new();
+    };
+    v.files.retain(|f| f.role != role);
+    v.files.push(ImageFile {
+        name: file.clone(),
+        role,
+        path: dir.join(file),
+        sig: FileSig {
+            size: 0,
+            mtime: 0,
+            mtime_ns: 0,
+            ino: 0,
+            dev: 0,
+            ctime: 0,
+            ctime_ns: 0,
+        },
+    });
+    let me = v.files.len() - 1;
+    v.pairs()
+        .into_iter()
+        .filter(|&(_, r)| r == me)
+        .filter_map(|(m, _)| {
+            let meta = &v.files[m];
+            if meta.sig.size > MAX_META_PREFIX {
+                return None;
+            }
+            read_meta_prefix(&meta.path)
+                .inspect_err(|e| tracing::debug!("combined hash left to the re-index: {e}"))
+                .ok()
+        })
+        .collect()
+}
+
+/// `lxd.tar.xz` → `lxd.tar-1.xz`: the lxd-image-server uploader's scheme (a number before the
+/// last extension).
+fn numbered(path: &Path, n: u32) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let new = match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}-{n}.{ext}"),
+        _ => format!("{name}-{n}"),
+    };
+    path.with_file_name(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_names_follow_the_original() {
+        let p = Path::new("/x/lxd.tar.xz");
+        assert_eq!(numbered(p, 1), Path::new("/x/lxd.tar-1.xz"));
+        assert_eq!(
+            numbered(Path::new("/x/rootfs.squashfs"), 2),
+            Path::new("/x/rootfs-2.squashfs")
+        );
+        assert_eq!(
+            numbered(Path::new("/x/metadata.json"), 1),
+            Path::new("/x/metadata-1.json")
+        );
+    }
+}

@@ -1,0 +1,922 @@
+//! The image server's writes, against the real binary over real sockets: the seed's curl
+//! upload seen by incus and lxc, PUT, overwrites, deletes, an upload killed halfway, a file
+//! copied in by other means, metadata.json overrides, auth, hostile names, and concurrency.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use common::catalog::sha256_of;
+use common::clients::{Client, Clients, Program};
+use common::fixtures::{MetaSpec, write_metadata_tarball, write_squashfs_rootfs};
+use common::server::TestServer;
+use common::tls::TestCa;
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+const V1: &str = "20250101_10:00";
+const V2: &str = "20250102_10:00";
+/// The issue's target is 1 s; tests allow slack for a loaded machine.
+const INDEX_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A served tree with the server owning its catalog.
+struct Site {
+    dir: TempDir,
+    www: PathBuf,
+    ca: TestCa,
+    server: TestServer,
+}
+
+impl Site {
+    fn start(extra: &[&str], env: &[(&str, &str)]) -> Site {
+        let dir = TempDir::with_prefix("ssb-upload-").unwrap();
+        let www = dir.path().join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        Self::start_in(dir, www, extra, env)
+    }
+
+    fn start_in(dir: TempDir, www: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Site {
+        let ca = TestCa::generate();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        let mut cmd = common::ssb_command(dir.path());
+        cmd.arg("serve")
+            .arg("-t")
+            .arg(&www)
+            .args(["--listen", "127.0.0.1:0", "--index"])
+            .args(extra.iter().filter(|a| **a != "--no-token"));
+        if !extra.contains(&"--http") {
+            cmd.arg("--tls-cert")
+                .arg(ca.cert_pem())
+                .arg("--tls-key")
+                .arg(ca.key_pem());
+        }
+        if !extra.contains(&"--allow-anonymous-writes") && !extra.contains(&"--no-token") {
+            cmd.arg("--write-token-file").arg(&token_file);
+        }
+        for var in [
+            "ALLOW_OVERWRITES",
+            "ALLOW_DELETES",
+            "SSB_WRITE_TOKEN",
+            "SSB_INDEX",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied());
+        let server = TestServer::spawn("ssb-serve", cmd);
+        let site = Site {
+            dir,
+            www,
+            ca,
+            server,
+        };
+        site.wait_for(|_| true, "the start-up scan to publish a catalog");
+        site
+    }
+
+    fn url(&self) -> &str {
+        self.server.url()
+    }
+
+    /// `curl` with our CA; returns (status, body).
+    fn curl(&self, args: &[&str]) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "--noproxy", "*", "--cacert"])
+            .arg(self.ca.ca_pem())
+            .args(["-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (
+            code.trim().parse().unwrap_or_else(|_| {
+                panic!(
+                    "curl {args:?}: no status: {text} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            }),
+            body.to_owned(),
+        )
+    }
+
+    fn auth() -> String {
+        format!("Authorization: Bearer {TOKEN}")
+    }
+
+    /// The seed's workflow: `curl -F "file=@FILE;filename=PATH" $remote/images/`.
+    fn post(&self, file: &Path, under_images: &str) -> (u16, Value) {
+        let (code, body) = self.curl(&[
+            "-H",
+            &Self::auth(),
+            "-F",
+            &format!("file=@{};filename={under_images}", file.display()),
+            &format!("{}/images/", self.url()),
+        ]);
+        (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    fn put(&self, file: &Path, path: &str) -> (u16, Value) {
+        let (code, body) = self.curl(&[
+            "-H",
+            &Self::auth(),
+            "-T",
+            &file.display().to_string(),
+            &format!("{}/{path}", self.url()),
+        ]);
+        (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    fn catalog(&self) -> Option<Value> {
+        let bytes = std::fs::read(self.www.join("streams/v1/images.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Polls images.json until `ok` holds; returns it and how long that took.
+    fn wait_for(&self, ok: impl Fn(&Value) -> bool, what: &str) -> (Value, Duration) {
+        self.wait_within(INDEX_DEADLINE, ok, what)
+    }
+
+    fn wait_within(
+        &self,
+        deadline: Duration,
+        ok: impl Fn(&Value) -> bool,
+        what: &str,
+    ) -> (Value, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(c) = self.catalog()
+                && ok(&c)
+            {
+                return (c, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "timed out waiting for {what}; catalog: {:?}",
+                self.catalog()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn product<'a>(catalog: &'a Value, id: &str) -> Option<&'a Value> {
+    catalog["products"].get(id)
+}
+
+fn version_fingerprint(catalog: &Value, id: &str, version: &str) -> Option<String> {
+    let items = product(catalog, id)?["versions"].get(version)?["items"].as_object()?;
+    items
+        .values()
+        .find_map(|i| i["combined_squashfs_sha256"].as_str().map(str::to_owned))
+}
+
+/// An image's two files in a scratch folder.
+fn image_files(scratch: &Path, os: &str, serial: &str) -> (PathBuf, PathBuf, String) {
+    let meta = write_metadata_tarball(
+        &scratch.join(format!("{os}-{serial}.tar.xz")),
+        &MetaSpec::new(os, "1.0", serial),
+    );
+    let rootfs = write_squashfs_rootfs(
+        &scratch.join(format!("{os}-{serial}.squashfs")),
+        &format!("{os}-{serial}"),
+    );
+    let fp = sha256_of(&[&meta, &rootfs]);
+    (meta, rootfs, fp)
+}
+
+/// A metadata tarball and a rootfs of random bytes, without mksquashfs: the indexer only hashes
+/// the rootfs.
+fn quick_image(scratch: &Path, os: &str, rootfs_len: usize) -> (PathBuf, PathBuf, String) {
+    let meta = write_metadata_tarball(
+        &scratch.join(format!("{os}.tar.xz")),
+        &MetaSpec::new(os, "1.0", V1),
+    );
+    let rootfs = scratch.join(format!("{os}.squashfs"));
+    let mut data = Vec::with_capacity(rootfs_len);
+    let mut x: u64 = os.bytes().fold(7, |a, b| a * 31 + u64::from(b));
+    while data.len() < rootfs_len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(&rootfs, &data).unwrap();
+    let fp = sha256_of(&[&meta, &rootfs]);
+    (meta, rootfs, fp)
+}
+
+#[test]
+fn seed_curl_upload_is_listed_by_incus_and_lxc() {
+    let site = Site::start(&[], &[]);
+    let Some(clients) = Clients::detect(
+        &site.ca,
+        &[Program::Incus, Program::Lxc, Program::Mksquashfs],
+    ) else {
+        return;
+    };
+    let scratch = site.dir.path().join("scratch");
+    let (meta, rootfs, fp) = image_files(&scratch, "myos", V1);
+    let base = format!("myos/1.0/amd64/default/{V1}");
+
+    let (code, body) = site.post(&meta, &format!("{base}/lxd.tar.xz"));
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["path"], format!("images/{base}/lxd.tar.xz"));
+    assert_eq!(body["sha256"], sha256_of(&[&meta]));
+    assert_eq!(body["size"], std::fs::metadata(&meta).unwrap().len());
+    let (code, body) = site.post(&rootfs, &format!("{base}/rootfs.squashfs"));
+    assert_eq!(code, 201, "{body}");
+    let uploaded = Instant::now();
+    let (_, took) = site.wait_for(
+        |c| version_fingerprint(c, "myos:1.0:amd64:default", V1).as_deref() == Some(&fp),
+        "the uploaded image in images.json",
+    );
+    eprintln!(
+        "indexed {:?} after the upload ended ({took:?} of polling)",
+        uploaded.elapsed()
+    );
+
+    for client in Client::BOTH {
+        clients.remote_add(client, "up", site.url());
+        let listed = clients.image_list(client, "up");
+        assert!(
+            listed.iter().any(|i| i.fingerprint == fp),
+            "{client:?} does not list {fp}: {listed:?}"
+        );
+    }
+}
+
+#[test]
+fn put_upload_and_size_limit() {
+    let site = Site::start(&["--max-upload-size", "1M"], &[]);
+    let scratch = site.dir.path().join("scratch");
+    let (meta, rootfs, fp) = quick_image(&scratch, "putos", 256 << 10);
+    let base = format!("images/putos/2/amd64/default/{V1}");
+    let (code, body) = site.put(&meta, &format!("{base}/incus.tar.xz"));
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = site.put(&rootfs, &format!("{base}/rootfs.squashfs"));
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["sha256"], sha256_of(&[&rootfs]));
+    assert_eq!(
+        std::fs::read(site.www.join(&base).join("rootfs.squashfs")).unwrap(),
+        std::fs::read(&rootfs).unwrap()
+    );
+    site.wait_for(
+        |c| {
+            product(c, "putos:2:amd64:default")
+                .and_then(|p| p["versions"].get(V1))
+                .and_then(|v| v["items"].as_object())
+                .is_some_and(|items| {
+                    items
+                        .values()
+                        .any(|i| i["combined_squashfs_sha256"].as_str() == Some(fp.as_str()))
+                })
+        },
+        "the PUT image",
+    );
+
+    let big = scratch.join("big");
+    std::fs::write(&big, vec![0u8; (1 << 20) + 1]).unwrap();
+    // HTTP/1.1: over HTTP/2 an answer sent before the body is read ends with a stream reset,
+    // which curl reports as its own error instead of showing the 413.
+    let (code, body) = site.curl(&[
+        "--http1.1",
+        "-H",
+        &Site::auth(),
+        "-T",
+        &big.display().to_string(),
+        &format!(
+            "{}/images/putos/2/amd64/default/{V2}/rootfs.squashfs",
+            site.url()
+        ),
+    ]);
+    assert_eq!(code, 413, "{body}");
+    assert!(
+        !site
+            .www
+            .join(format!("images/putos/2/amd64/default/{V2}"))
+            .exists()
+    );
+}
+
+#[test]
+fn overwrite_off_keeps_the_file_and_says_where_the_upload_went() {
+    let site = Site::start(&[], &[]);
+    let scratch = site.dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let (one, two) = (scratch.join("one"), scratch.join("two"));
+    std::fs::write(&one, b"first").unwrap();
+    std::fs::write(&two, b"second").unwrap();
+    let path = format!("ow/1/amd64/default/{V1}/rootfs.squashfs");
+    assert_eq!(site.post(&one, &path).0, 201);
+    let (code, body) = site.post(&two, &path);
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["requested_path"], format!("images/{path}"));
+    assert_eq!(
+        body["path"],
+        format!("images/ow/1/amd64/default/{V1}/rootfs-1.squashfs")
+    );
+    assert_eq!(body["replaced"], false);
+    assert_eq!(
+        std::fs::read(site.www.join("images").join(&path)).unwrap(),
+        b"first"
+    );
+    assert_eq!(
+        std::fs::read(site.www.join(body["path"].as_str().unwrap())).unwrap(),
+        b"second"
+    );
+}
+
+#[test]
+fn overwrite_on_replaces_atomically() {
+    let site = Site::start(&[], &[("ALLOW_OVERWRITES", "1")]);
+    let scratch = site.dir.path().join("scratch");
+    let (meta, rootfs, _) = quick_image(&scratch, "owos", 64 << 10);
+    let (_, rootfs2, fp2) = {
+        let (m, r, _) = quick_image(&scratch.join("b"), "owos2", 80 << 10);
+        (m, r.clone(), sha256_of(&[&meta, &r]))
+    };
+    let base = format!("owos/1/amd64/default/{V1}");
+    assert_eq!(site.post(&meta, &format!("{base}/lxd.tar.xz")).0, 201);
+    assert_eq!(
+        site.post(&rootfs, &format!("{base}/rootfs.squashfs")).0,
+        201
+    );
+    let (code, body) = site.post(&rootfs2, &format!("{base}/rootfs.squashfs"));
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["replaced"], true);
+    assert!(body.get("requested_path").is_none(), "{body}");
+    assert_eq!(
+        std::fs::read(site.www.join("images").join(&base).join("rootfs.squashfs")).unwrap(),
+        std::fs::read(&rootfs2).unwrap()
+    );
+    site.wait_for(
+        |c| version_fingerprint(c, "owos:1:amd64:default", V1).as_deref() == Some(&fp2),
+        "the replaced rootfs's fingerprint",
+    );
+}
+
+#[test]
+fn delete_needs_allow_deletes() {
+    let site = Site::start(&[], &[]);
+    let scratch = site.dir.path().join("scratch");
+    let (meta, _, _) = quick_image(&scratch, "delos", 1024);
+    let path = format!("images/delos/1/amd64/default/{V1}/lxd.tar.xz");
+    assert_eq!(site.put(&meta, &path).0, 201);
+    let (code, body) = site.curl(&[
+        "-X",
+        "DELETE",
+        "-H",
+        &Site::auth(),
+        &format!("{}/{path}", site.url()),
+    ]);
+    assert_eq!(code, 405, "{body}");
+    assert!(site.www.join(&path).is_file());
+}
+
+#[test]
+fn delete_files_and_versions_with_allow_deletes() {
+    let site = Site::start(&[], &[("ALLOW_DELETES", "1")]);
+    let scratch = site.dir.path().join("scratch");
+    let (meta, rootfs, _) = quick_image(&scratch, "delos", 4096);
+    // A different rootfs for the second version: a byte-identical one would be skipped.
+    let (_, rootfs2, _) = quick_image(&scratch.join("v2"), "delos2", 4096);
+    let id = "delos:1:amd64:default";
+    for (v, root) in [(V1, &rootfs), (V2, &rootfs2)] {
+        let base = format!("images/delos/1/amd64/default/{v}");
+        assert_eq!(site.put(&meta, &format!("{base}/lxd.tar.xz")).0, 201);
+        assert_eq!(site.put(root, &format!("{base}/rootfs.squashfs")).0, 201);
+    }
+    site.wait_for(
+        |c| product(c, id).is_some_and(|p| p["versions"].as_object().unwrap().len() == 2),
+        "both versions",
+    );
+    let delete = |path: &str| {
+        site.curl(&[
+            "-X",
+            "DELETE",
+            "-H",
+            &Site::auth(),
+            &format!("{}/{path}", site.url()),
+        ])
+    };
+    // One file: the version loses its image.
+    let (code, body) = delete(&format!(
+        "images/delos/1/amd64/default/{V1}/rootfs.squashfs"
+    ));
+    assert_eq!(code, 200, "{body}");
+    // A whole version folder.
+    let (code, body) = delete(&format!("images/delos/1/amd64/default/{V2}"));
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        !site
+            .www
+            .join(format!("images/delos/1/amd64/default/{V2}"))
+            .exists()
+    );
+    site.wait_for(
+        |c| {
+            product(c, id).is_some_and(|p| {
+                p["versions"].get(V2).is_none()
+                    && p["versions"][V1]["items"]
+                        .as_object()
+                        .is_some_and(|i| i.values().all(|i| i["ftype"] != "squashfs"))
+            })
+        },
+        "the deletes in images.json",
+    );
+    // Never the catalog, a product folder, or images/ itself.
+    for path in [
+        "streams/v1/images.json",
+        "streams/v1/index.json",
+        "images/delos/1/amd64/default",
+        "images/",
+        "images",
+        "images/delos",
+    ] {
+        let (code, body) = delete(path);
+        assert!((400..500).contains(&code), "{path}: {code} {body}");
+    }
+    assert!(site.www.join("streams/v1/images.json").is_file());
+    let (code, _) = delete(&format!("images/delos/1/amd64/default/{V2}"));
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn an_upload_killed_halfway_leaves_nothing() {
+    let site = Site::start(&[], &[]);
+    let scratch = site.dir.path().join("scratch");
+    let (meta, rootfs, _) = quick_image(&scratch, "half", 64 << 20);
+    let base = format!("images/half/1/amd64/default/{V1}");
+    let before = site.catalog().unwrap()["products"].clone();
+    let mut child = Command::new("curl")
+        .args(["-sS", "--noproxy", "*", "--limit-rate", "4M", "--cacert"])
+        .arg(site.ca.ca_pem())
+        .args(["-H", &Site::auth(), "-T"])
+        .arg(&rootfs)
+        .arg(format!("{}/{base}/rootfs.squashfs", site.url()))
+        .spawn()
+        .unwrap();
+    // Wait until the temp file shows the upload is under way, then kill the client.
+    let dir = site.www.join(&base);
+    let start = Instant::now();
+    let temp_seen = loop {
+        let temp = std::fs::read_dir(&dir).ok().and_then(|d| {
+            d.flatten()
+                .find(|e| e.file_name().to_string_lossy().starts_with(".upload-"))
+        });
+        if let Some(t) = temp
+            && t.metadata().is_ok_and(|m| m.len() > 0)
+        {
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(temp_seen, "the upload never started");
+    let start = Instant::now();
+    while dir.exists() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !dir.exists(),
+        "the version folder made for the killed upload is left: {:?}",
+        std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        site.catalog().unwrap()["products"],
+        before,
+        "the catalog changed"
+    );
+    // The server is fine afterwards.
+    assert_eq!(site.put(&meta, &format!("{base}/lxd.tar.xz")).0, 201);
+}
+
+#[test]
+fn a_file_copied_in_is_indexed_within_3_seconds() {
+    let site = Site::start(&[], &[]);
+    let scratch = site.dir.path().join("scratch");
+    let (meta, rootfs, fp) = quick_image(&scratch, "copied", 1 << 20);
+    let dir = site.www.join(format!("images/copied/1/amd64/default/{V1}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let start = Instant::now();
+    let status = Command::new("cp")
+        .arg(&meta)
+        .arg(dir.join("lxd.tar.xz"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = Command::new("cp")
+        .arg(&rootfs)
+        .arg(dir.join("rootfs.squashfs"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    site.wait_for(
+        |c| version_fingerprint(c, "copied:1:amd64:default", V1).as_deref() == Some(&fp),
+        "the copied image",
+    );
+    let took = start.elapsed();
+    eprintln!("copied image indexed after {took:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}
+
+#[test]
+fn metadata_json_overrides_with_array_and_string_aliases() {
+    let site = Site::start(&[], &[]);
+    let scratch = site.dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let (meta, rootfs, _) = quick_image(&scratch, "ubuntu", 4096);
+    let (_, rootfs_b, _) = quick_image(&scratch.join("b"), "debian", 4096);
+    // Product A: version-level file, aliases as an array.
+    let a = format!("ubuntu/xenial/amd64/default/{V1}");
+    let json_a = scratch.join("a.json");
+    std::fs::write(
+        &json_a,
+        r#"{"os":"Ubuntu","release_title":"16.04 LTS","aliases":["u/16.04","xenial"],
+            "variant":"server","description":"built by CI","requirements":{"secureboot":false}}"#,
+    )
+    .unwrap();
+    // Product B: product-level file, aliases as a comma-separated string.
+    let json_b = scratch.join("b.json");
+    std::fs::write(&json_b, r#"{"os":"Debian","aliases":"deb/12, bookworm"}"#).unwrap();
+    let b = format!("debian/12/amd64/default/{V1}");
+    for (dir, json) in [
+        (&a, format!("{a}/metadata.json")),
+        (&b, "debian/12/amd64/default/metadata.json".into()),
+    ] {
+        assert_eq!(site.post(&meta, &format!("{dir}/lxd.tar.xz")).0, 201);
+        let root = if dir == &a { &rootfs } else { &rootfs_b };
+        assert_eq!(site.post(root, &format!("{dir}/rootfs.squashfs")).0, 201);
+        let file = if dir == &a { &json_a } else { &json_b };
+        let (code, body) = site.post(file, &json);
+        assert_eq!(code, 201, "{body}");
+    }
+    // A malformed one elsewhere is reported and ignored, never fatal.
+    let bad = scratch.join("bad.json");
+    std::fs::write(&bad, "{not json").unwrap();
+    let c = format!("broken/1/amd64/default/{V1}");
+    assert_eq!(site.post(&meta, &format!("{c}/incus.tar.xz")).0, 201);
+    assert_eq!(site.post(&bad, &format!("{c}/metadata.json")).0, 201);
+
+    let (catalog, _) = site.wait_for(
+        |c| {
+            product(c, "ubuntu:xenial:amd64:default").is_some_and(|p| p["os"] == "Ubuntu")
+                && product(c, "debian:12:amd64:default").is_some_and(|p| p["os"] == "Debian")
+                && product(c, "broken:1:amd64:default").is_some()
+        },
+        "the overrides",
+    );
+    let pa = product(&catalog, "ubuntu:xenial:amd64:default").unwrap();
+    assert_eq!(pa["release_title"], "16.04 LTS");
+    assert_eq!(pa["variant"], "server");
+    assert_eq!(pa["requirements"]["secureboot"], "false");
+    assert_eq!(pa["lxd_requirements"]["secureboot"], "false");
+    assert_eq!(pa["versions"][V1]["label"], "built by CI");
+    let aliases: Vec<&str> = pa["aliases"].as_str().unwrap().split(',').collect();
+    assert_eq!(aliases[..2], ["u/16.04", "xenial"], "{aliases:?}");
+    assert!(aliases.contains(&"ubuntu/xenial"), "{aliases:?}");
+    let pb = product(&catalog, "debian:12:amd64:default").unwrap();
+    let aliases: Vec<&str> = pb["aliases"].as_str().unwrap().split(',').collect();
+    assert_eq!(aliases[..2], ["deb/12", "bookworm"], "{aliases:?}");
+    let broken = product(&catalog, "broken:1:amd64:default").unwrap();
+    assert_eq!(broken["os"], "ubuntu", "from metadata.yaml, untouched");
+    assert!(broken["versions"][V1].get("label").is_none());
+}
+
+#[test]
+fn writes_need_the_right_token() {
+    let site = Site::start(&[], &[]);
+    let scratch = site.dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let f = scratch.join("f");
+    std::fs::write(&f, b"x").unwrap();
+    let url = format!("{}/images/", site.url());
+    let form = format!(
+        "file=@{};filename=a/1/amd64/default/{V1}/lxd.tar.xz",
+        f.display()
+    );
+    let (code, body) = site.curl(&["-F", &form, &url]);
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = site.curl(&["-H", "Authorization: Bearer wrong", "-F", &form, &url]);
+    assert_eq!(code, 401, "{body}");
+    let put = format!("{}/images/a/1/amd64/default/{V1}/lxd.tar.xz", site.url());
+    let (code, _) = site.curl(&[
+        "-H",
+        "Authorization: Bearer wrong",
+        "-T",
+        &f.display().to_string(),
+        &put,
+    ]);
+    assert_eq!(code, 401);
+    let (code, _) = site.curl(&["-X", "DELETE", &put]);
+    assert_eq!(code, 401);
+    assert!(!site.www.join("images/a").exists());
+    // Reads stay public.
+    let (code, _) = site.curl(&[&format!("{}/streams/v1/index.json", site.url())]);
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn without_a_token_writes_are_refused_unless_anonymous_is_asked_for() {
+    let site = Site::start(&["--no-token"], &[]);
+    let scratch = site.dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let f = scratch.join("f");
+    std::fs::write(&f, b"x").unwrap();
+    let put = format!("{}/images/a/1/amd64/default/{V1}/lxd.tar.xz", site.url());
+    let (code, body) = site.curl(&["-T", &f.display().to_string(), &put]);
+    assert_eq!(code, 403, "{body}");
+    drop(site);
+    let site = Site::start(&["--allow-anonymous-writes"], &[]);
+    let f = site.dir.path().join("f");
+    std::fs::write(&f, b"x").unwrap();
+    let put = format!("{}/images/a/1/amd64/default/{V1}/lxd.tar.xz", site.url());
+    let (code, body) = site.curl(&["-T", &f.display().to_string(), &put]);
+    assert_eq!(code, 201, "{body}");
+}
+
+/// Raw HTTP/1.1 over plain TCP, so the bytes of hostile paths and filenames reach the server
+/// exactly as written (curl and reqwest would normalise some).
+fn raw_request(addr: &str, head: &str, body: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may answer and close before reading a refused body.
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status for {head:?}: {text:?}"))
+}
+
+fn multipart(filename: &str) -> (String, Vec<u8>) {
+    let boundary = "XyZzYbOuNdArY";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"upload\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\nEVIL\r\n--{boundary}--\r\n"
+    );
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        body.into_bytes(),
+    )
+}
+
+/// Every file under `dir` (following nothing), relative, with its content hash.
+fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let ft = e.file_type().unwrap();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            if ft.is_dir() {
+                out.insert(format!("{rel}/"), String::new());
+                stack.push(p);
+            } else if ft.is_symlink() {
+                out.insert(rel, "symlink".into());
+            } else {
+                out.insert(rel, sha256_of(&[&p]));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn hostile_upload_names_are_all_refused() {
+    let dir = TempDir::with_prefix("ssb-hostile-").unwrap();
+    let www = dir.path().join("www");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(www.join("images/evil/1")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, www.join("images/evil/1/amd64")).unwrap();
+    std::os::unix::fs::symlink(&outside, www.join("images/etc")).unwrap();
+    let site = Site::start_in(dir, www, &["--http", "--allow-anonymous-writes"], &[]);
+    // --http: the URL is http://127.0.0.1:PORT
+    let addr = site.url().trim_start_matches("http://").to_owned();
+    // Catalog files settle after the start-up scan; snapshot everything around the tree.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = snapshot(site.dir.path());
+    let catalog_before = std::fs::read(site.www.join("streams/v1/images.json")).unwrap();
+
+    let v = V1;
+    let names: Vec<String> = vec![
+        "/streams/v1/images.json".into(),
+        "streams/v1/images.json".into(),
+        "../streams/v1/images.json".into(),
+        "../../etc/passwd".into(),
+        format!("a/1/amd64/default/{v}/../../../../../../streams/v1/index.json"),
+        format!("../images/a/1/amd64/default/{v}/lxd.tar.xz"),
+        format!("a/1/amd64/default/{v}/../lxd.tar.xz"),
+        format!("./a/1/amd64/default/{v}/lxd.tar.xz"),
+        format!("a/./1/amd64/default/{v}/lxd.tar.xz"),
+        format!("a//1/amd64/default/{v}/lxd.tar.xz"),
+        format!("/a/1/amd64/default/{v}/lxd.tar.xz"),
+        format!("a/1/amd64/default/{v}/lxd.tar.xz/"),
+        format!("a\\..\\..\\streams/1/amd64/default/{v}/lxd.tar.xz"),
+        format!("..\\..\\streams\\v1\\images.json"),
+        format!("a%2F..%2F..%2Fstreams/1/amd64/default/{v}/lxd.tar.xz"),
+        format!("%2e%2e/1/amd64/default/{v}/lxd.tar.xz"),
+        format!("a/1/amd64/default/{v}/%2e%2e%2f%2e%2e%2fx"),
+        format!("a/1/amd64/default/{v}/lxd.tar.xz%00.png"),
+        format!("a/1/amd64/default/{v}/lxd.tar.xz\0"),
+        format!("a\0b/1/amd64/default/{v}/lxd.tar.xz"),
+        format!("a\x01b/1/amd64/default/{v}/lxd.tar.xz"),
+        format!("a\x7fb/1/amd64/default/{v}/lxd.tar.xz"),
+        format!(".hidden/1/amd64/default/{v}/lxd.tar.xz"),
+        format!("a/1/amd64/default/{v}/.lxd.tar.xz"),
+        format!("a/1/amd64/default/{v}/.upload-x"),
+        format!("a/1/amd64/default/{v}/.ssb-cache.json"),
+        format!("a/1/amd64/default/{v}/ssb.json"),
+        format!("a/1/amd64/default/{v}/evil.sh"),
+        format!("a/1/amd64/default/{v}/index.json"),
+        format!("{}/1/amd64/default/{v}/lxd.tar.xz", "x".repeat(300)),
+        format!("a/1/amd64/default/{v}/{}.tar.xz", "y".repeat(300)),
+        format!("{}lxd.tar.xz", "a/".repeat(600)),
+        format!("a/1/amd64/default/not-a-date/lxd.tar.xz"),
+        format!("a/1/amd64/default/20251399_10:00/lxd.tar.xz"),
+        format!("a/1/amd64/{v}/lxd.tar.xz"),
+        format!("a/1/{v}/lxd.tar.xz"),
+        "lxd.tar.xz".into(),
+        format!("a/1/notanarch/default/{v}/lxd.tar.xz"),
+        format!("evil/1/amd64/default/{v}/lxd.tar.xz"),
+        format!("etc/1/amd64/default/{v}/lxd.tar.xz"),
+        format!("etc/cron.d/x"),
+        format!("a b/1/amd64/default/{v}/lxd.tar.xz"),
+        format!("caf\u{e9}/1/amd64/default/{v}/lxd.tar.xz"),
+        format!("a/1/amd64/default/{v}/extra/lxd.tar.xz"),
+        format!("a/1/amd64/default/metadata.json/x"),
+        "".into(),
+        "/".into(),
+        format!("~/1/amd64/default/{v}/lxd.tar.xz/.."),
+        format!("a/1/amd64/default/{v}/.."),
+        format!("a/1/amd64/default/{v}/."),
+        format!("images/a/1/amd64/default/{v}/lxd.tar.xz"),
+        format!("C:\\Windows/1/amd64/default/{v}/lxd.tar.xz"),
+        format!("a/1/amd64/default/{v}/lxd.tar.xz;x"),
+    ];
+    assert!(names.len() >= 40, "{} names", names.len());
+    let mut accepted = Vec::new();
+    for name in &names {
+        let (ctype, body) = multipart(name);
+        let head = format!(
+            "POST /images/ HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let code = raw_request(&addr, &head, &body);
+        if !(400..500).contains(&code) {
+            accepted.push(format!("POST filename {name:?}: {code}"));
+        }
+    }
+    // The same targets as PUT paths (raw, so %-escapes and dot segments reach the server).
+    let mut paths: Vec<String> = names
+        .iter()
+        .filter(|n| !n.contains(['\r', '\n', ' ', '\0', '\x01', '\x7f', '"']) && n.is_ascii())
+        .map(|n| format!("/images/{n}"))
+        .collect();
+    paths.extend(
+        [
+            "/streams/v1/images.json",
+            "/streams/v1/index.json",
+            "/streams/v1/images.json.gz",
+            "/.ssb/tls/key.pem",
+            "/images/..%2fstreams/v1/images.json",
+            "/images/%2e%2e/streams/v1/images.json",
+            "/images/a/1/amd64/default/20250101_10%3A00/..%2F..%2F..%2F..%2F..%2F..%2Fstreams%2Fv1%2Fimages.json",
+            "/tree.yml",
+        ]
+        .map(String::from),
+    );
+    for path in &paths {
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\n"
+        );
+        let code = raw_request(&addr, &head, b"EVIL");
+        if !(400..500).contains(&code) {
+            accepted.push(format!("PUT {path:?}: {code}"));
+        }
+    }
+    assert!(accepted.is_empty(), "accepted: {accepted:#?}");
+    std::thread::sleep(Duration::from_millis(800));
+    let mut after = snapshot(site.dir.path());
+    after.retain(|k, _| !k.starts_with("www/streams/"));
+    let mut before = before;
+    before.retain(|k, _| !k.starts_with("www/streams/"));
+    assert_eq!(before, after, "files changed");
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "wrote through the symlink"
+    );
+    let catalog_after: Value =
+        serde_json::from_slice(&std::fs::read(site.www.join("streams/v1/images.json")).unwrap())
+            .unwrap();
+    let catalog_before: Value = serde_json::from_slice(&catalog_before).unwrap();
+    assert_eq!(catalog_before["products"], catalog_after["products"]);
+}
+
+#[test]
+fn four_uploads_and_fifty_readers_at_once() {
+    let site = Site::start(&[], &[]);
+    let scratch = site.dir.path().join("scratch");
+    let images: Vec<(String, PathBuf, PathBuf, String)> = (0..4)
+        .map(|n| {
+            let os = format!("conc{n}");
+            let (m, r, fp) = quick_image(&scratch.join(&os), &os, 24 << 20);
+            (os, m, r, fp)
+        })
+        .collect();
+    let ca = std::fs::read(site.ca.ca_pem()).unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let url = site.url().to_owned();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let reads = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let readers: Vec<_> = (0..50)
+            .map(|_| {
+                let (client, url, done, reads) = (&client, &url, &done, &reads);
+                s.spawn(move || {
+                    let mut n = 0;
+                    // The deadline keeps a failed upload from leaving readers running forever.
+                    let start = Instant::now();
+                    while (!done.load(std::sync::atomic::Ordering::Relaxed) || n < 3)
+                        && start.elapsed() < Duration::from_secs(120)
+                    {
+                        let r = client
+                            .get(format!("{url}/streams/v1/images.json"))
+                            .send()
+                            .unwrap();
+                        let status = r.status();
+                        assert_eq!(status, 200, "a reader got {status}");
+                        let body = r.bytes().unwrap();
+                        let doc: Value = serde_json::from_slice(&body)
+                            .unwrap_or_else(|e| panic!("a reader got invalid JSON ({e})"));
+                        assert!(doc["products"].is_object());
+                        n += 1;
+                        reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                })
+            })
+            .collect();
+        let uploads: Vec<_> = images
+            .iter()
+            .map(|(os, meta, rootfs, _)| {
+                let (client, url) = (&client, &url);
+                s.spawn(move || {
+                    let base = format!("{url}/images/{os}/1.0/amd64/default/{V1}");
+                    for (file, name) in [(meta, "lxd.tar.xz"), (rootfs, "rootfs.squashfs")] {
+                        let r = client
+                            .put(format!("{base}/{name}"))
+                            .header("Authorization", format!("Bearer {TOKEN}"))
+                            .body(std::fs::read(file).unwrap())
+                            .send()
+                            .unwrap();
+                        let status = r.status();
+                        assert_eq!(status, 201, "{}", r.text().unwrap_or_default());
+                    }
+                })
+            })
+            .collect();
+        for u in uploads {
+            u.join().expect("an upload failed");
+        }
+        // Not a latency test: a re-index that races an upload hashes the file itself, which
+        // a debug build on a loaded machine does slowly.
+        site.wait_within(
+            Duration::from_secs(60),
+            |c| {
+                images.iter().all(|(os, _, _, fp)| {
+                    version_fingerprint(c, &format!("{os}:1.0:amd64:default"), V1).as_deref()
+                        == Some(fp.as_str())
+                })
+            },
+            "all four uploads in images.json",
+        );
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            r.join().expect("a reader failed");
+        }
+    });
+    eprintln!("{} reads of images.json, all valid", reads.into_inner());
+}
