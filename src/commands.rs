@@ -482,15 +482,6 @@ pub fn render_print(c: &TreeConfig) -> String {
     s
 }
 
-/// The build time: `SOURCE_DATE_EPOCH` when set (reproducible builds, tests), else now.
-fn build_time() -> jiff::Timestamp {
-    std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok())
-        .and_then(|s| jiff::Timestamp::from_second(s).ok())
-        .unwrap_or_else(jiff::Timestamp::now)
-}
-
 fn build_product_cmd(cli: &Cli, args: &BuildProductArgs) -> Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
@@ -563,7 +554,7 @@ fn build_product_cmd(cli: &Cli, args: &BuildProductArgs) -> Result<()> {
             skip_lxd: args.skip_lxd,
             skip_purge: args.skip_purge,
             keep_failed: args.keep_failed,
-            now: build_time(),
+            now: publish::stamp_time(),
             cache_root: &cache_root,
             output: &output,
             stage: &stage,

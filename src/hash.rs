@@ -89,6 +89,21 @@ struct CachedFile {
     combined: BTreeMap<String, CachedCombined>,
 }
 
+impl CachedFile {
+    /// An entry whose sha256 is known from elsewhere (no md5, no metadata, no pairs yet).
+    fn sha256_only(sig: FileSig, sha256: &str) -> Self {
+        Self {
+            sig,
+            digest: FileDigest {
+                sha256: sha256.to_owned(),
+                md5: None,
+            },
+            metadata: None,
+            combined: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct CacheDoc {
     version: u32,
@@ -541,38 +556,15 @@ impl HashCache {
         for k in known {
             files.insert(
                 format!("{}/{}", k.version, k.file),
-                CachedFile {
-                    sig: k.sig,
-                    digest: FileDigest {
-                        sha256: k.sha256.clone(),
-                        md5: None,
-                    },
-                    metadata: None,
-                    combined: BTreeMap::new(),
-                },
+                CachedFile::sha256_only(k.sig, &k.sha256),
             );
             for (meta, combined) in &k.combined {
+                let fresh = || CachedFile::sha256_only(meta.sig, &meta.sha256);
                 let entry = files
                     .entry(format!("{}/{}", k.version, meta.name))
-                    .or_insert_with(|| CachedFile {
-                        sig: meta.sig,
-                        digest: FileDigest {
-                            sha256: meta.sha256.clone(),
-                            md5: None,
-                        },
-                        metadata: None,
-                        combined: BTreeMap::new(),
-                    });
+                    .or_insert_with(fresh);
                 if entry.sig != meta.sig {
-                    *entry = CachedFile {
-                        sig: meta.sig,
-                        digest: FileDigest {
-                            sha256: meta.sha256.clone(),
-                            md5: None,
-                        },
-                        metadata: None,
-                        combined: BTreeMap::new(),
-                    };
+                    *entry = fresh();
                 }
                 entry.metadata = Some(meta.metadata.clone());
                 entry.combined.insert(

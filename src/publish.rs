@@ -48,15 +48,19 @@ pub struct WriteError {
     pub source: std::io::Error,
 }
 
-/// The publication time in RFC 2822 form: `SOURCE_DATE_EPOCH` when set (reproducible builds and
-/// golden tests), else now.
-pub fn updated_now() -> String {
-    let ts = std::env::var("SOURCE_DATE_EPOCH")
+/// The time to stamp on what is built and published: `SOURCE_DATE_EPOCH` when set (reproducible
+/// builds, golden tests), else now.
+pub fn stamp_time() -> jiff::Timestamp {
+    std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())
         .and_then(|s| jiff::Timestamp::from_second(s).ok())
-        .unwrap_or_else(jiff::Timestamp::now);
-    jiff::fmt::rfc2822::to_string(&ts.to_zoned_datetime(jiff::tz::TimeZone::UTC))
+        .unwrap_or_else(jiff::Timestamp::now)
+}
+
+/// The publication time in RFC 2822 form (see [`stamp_time`]).
+pub fn updated_now() -> String {
+    jiff::fmt::rfc2822::to_string(&stamp_time().to_zoned_datetime(jiff::tz::TimeZone::UTC))
         .unwrap_or_default()
 }
 

@@ -153,15 +153,10 @@ fn run(
 
         match cert {
             None => {
-                let mut server = axum_server::from_tcp(listener)
-                    .map_err(serve_error)?
-                    .handle(handle.inner.clone())
-                    .first_request_timeout(FIRST_REQUEST_TIMEOUT);
-                server
-                    .http_builder()
-                    .http2()
-                    .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-                    .initial_connection_window_size(HTTP2_STREAM_WINDOW * 2);
+                let server = tune(
+                    axum_server::from_tcp(listener).map_err(serve_error)?,
+                    &handle,
+                );
                 tracing::info!("listening on http://{addr}");
                 ready(addr);
                 server.serve(app).await.map_err(serve_error)
@@ -170,15 +165,11 @@ fn run(
                 // axum-server runs each TLS handshake in the connection's own task, with a
                 // timeout, so a client that never sends a ClientHello blocks nobody else.
                 let config = RustlsConfig::from_config(cert.config.clone());
-                let mut server = axum_server::tls_rustls::from_tcp_rustls(listener, config)
-                    .map_err(serve_error)?
-                    .handle(handle.inner.clone())
-                    .first_request_timeout(FIRST_REQUEST_TIMEOUT);
-                server
-                    .http_builder()
-                    .http2()
-                    .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-                    .initial_connection_window_size(HTTP2_STREAM_WINDOW * 2);
+                let server = tune(
+                    axum_server::tls_rustls::from_tcp_rustls(listener, config)
+                        .map_err(serve_error)?,
+                    &handle,
+                );
                 tracing::info!("listening on https://{addr}");
                 log_trust_instructions(&cert, addr);
                 ready(addr);
@@ -312,4 +303,21 @@ fn url_host(ip: IpAddr) -> String {
     } else {
         ip.to_string()
     }
+}
+
+/// The settings every listener gets, plain or TLS: the shutdown handle, a deadline for the first
+/// request, and HTTP/2 windows large enough for multi-GB uploads.
+fn tune<Acc>(
+    server: axum_server::Server<SocketAddr, Acc>,
+    handle: &ServerHandle,
+) -> axum_server::Server<SocketAddr, Acc> {
+    let mut server = server
+        .handle(handle.inner.clone())
+        .first_request_timeout(FIRST_REQUEST_TIMEOUT);
+    server
+        .http_builder()
+        .http2()
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_STREAM_WINDOW * 2);
+    server
 }
