@@ -320,6 +320,17 @@ mod tests {
         std::fs::write(p, b"x").unwrap();
     }
 
+    /// A version folder holding empty files of these names, scanned.
+    fn version_of(files: &[&str]) -> (tempfile::TempDir, VersionDir) {
+        let d = tempfile::tempdir().unwrap();
+        for f in files {
+            touch(&d.path().join(f));
+        }
+        let name = VersionName::parse("20240101_00:00").unwrap();
+        let v = scan_version(name, d.path(), &mut Vec::new()).unwrap();
+        (d, v)
+    }
+
     #[test]
     fn scans_versions_and_skips_the_rest_loudly() {
         let d = tempfile::tempdir().unwrap();
@@ -351,22 +362,13 @@ mod tests {
 
     #[test]
     fn vm_metadata_takes_the_disk_and_families_never_mix() {
-        let d = tempfile::tempdir().unwrap();
-        for f in [
+        let (_d, v) = version_of(&[
             "incus.tar.xz",
             "lxd.tar.xz",
             "incus-vm.tar.xz",
             "rootfs.squashfs",
             "disk.qcow2",
-        ] {
-            touch(&d.path().join(f));
-        }
-        let v = scan_version(
-            VersionName::parse("20240101_00:00").unwrap(),
-            d.path(),
-            &mut Vec::new(),
-        )
-        .unwrap();
+        ]);
         let named: Vec<(String, String)> = v
             .pairs()
             .into_iter()
@@ -385,16 +387,7 @@ mod tests {
 
     #[test]
     fn shared_metadata_pairs_with_the_disk_too() {
-        let d = tempfile::tempdir().unwrap();
-        for f in ["incus.tar.xz", "rootfs.squashfs", "disk.qcow2"] {
-            touch(&d.path().join(f));
-        }
-        let v = scan_version(
-            VersionName::parse("20240101_00:00").unwrap(),
-            d.path(),
-            &mut Vec::new(),
-        )
-        .unwrap();
+        let (_d, v) = version_of(&["incus.tar.xz", "rootfs.squashfs", "disk.qcow2"]);
         assert_eq!(v.pairs().len(), 2);
     }
 
