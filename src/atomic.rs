@@ -73,11 +73,14 @@ pub fn write_with(
             format!("cannot rename into {}: {}", path.display(), e.error),
         )
     })?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        // Durability of the rename itself; failure here does not undo the write.
-        let _ = d.sync_all();
-    }
+    // Durability of the rename itself; failure here does not undo the write.
+    let _ = sync_dir(dir);
     Ok(())
+}
+
+/// Fsyncs a folder, making renames and links in it durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -371,20 +371,7 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
         for entry in archive.entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;
             let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
-            let pax: Vec<(String, Vec<u8>)> = entry
-                .pax_extensions()
-                .map_err(bad)?
-                .map(|exts| {
-                    exts.filter_map(Result::ok)
-                        .filter_map(|e| {
-                            e.key()
-                                .ok()
-                                .map(|k| (k.to_owned(), e.value_bytes().to_vec()))
-                        })
-                        .filter(|(k, _)| k != "path" && k != "linkpath")
-                        .collect()
-                })
-                .unwrap_or_default();
+            let pax = crate::unified::pax_of(&mut entry).map_err(bad)?;
             let mut header = entry.header().clone();
             let kind = header.entry_type();
             let link = entry

@@ -27,6 +27,7 @@ pub mod serve_cmd;
 pub mod server;
 pub mod stream;
 pub mod tree;
+pub mod unified;
 
 use std::io::{IsTerminal, Write};
 
