@@ -12,6 +12,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod direct;
 pub mod expiry;
 pub mod hash;
 pub mod import;

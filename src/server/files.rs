@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use tower::ServiceExt as _;
 use tower_http::services::ServeDir;
 
+use super::direct::{self, Direct};
 use super::error::RequestError;
 use super::request_path::{RequestPath, is_plain_name};
 use super::writes::Writes;
@@ -40,23 +41,35 @@ struct Files {
 struct App {
     files: Files,
     writes: Option<Arc<Writes>>,
+    direct: Arc<Direct>,
 }
 
 /// Builds the router for the tree at `root`, which must already be canonical. Without
-/// `writes` the server is read-only (GET and HEAD).
-pub(crate) fn router(root: PathBuf, writes: Option<Arc<Writes>>) -> Router {
+/// `writes` the server is read-only (GET and HEAD). `https` says how clients reach us, for the
+/// URLs the direct-URL import hands out.
+pub(crate) fn router(root: PathBuf, writes: Option<Arc<Writes>>, https: bool) -> Router {
     // No index.html and no listings: a directory is a 404 like anything else not served.
     let serve_dir = ServeDir::new(&root)
         .append_index_html_on_directories(false)
         .redirect_to_trailing_slash(false);
+    let root = Arc::new(root);
+    let direct = Arc::new(Direct::new(
+        Arc::clone(&root),
+        https,
+        writes.as_ref().map(|w| w.reindexer.clone()),
+    ));
     let files = Files {
-        root: Arc::new(root),
+        root,
         catalog: serve_dir.clone().precompressed_gzip(),
         images: serve_dir,
     };
     Router::new()
         .fallback(dispatch)
-        .with_state(App { files, writes })
+        .with_state(App {
+            files,
+            writes,
+            direct,
+        })
         // Uploads stream to disk and are capped by --max-upload-size, not axum's 2 MB default
         // (which would apply to multipart bodies).
         .layer(DefaultBodyLimit::disable())
@@ -66,6 +79,9 @@ pub(crate) fn router(root: PathBuf, writes: Option<Arc<Writes>>) -> Router {
 async fn dispatch(State(app): State<App>, req: Request) -> Response {
     let method = req.method().clone();
     if method == Method::GET || method == Method::HEAD {
+        if req.uri().path().starts_with(direct::PREFIX) {
+            return app.direct.answer(req).await;
+        }
         return serve_file(app.files, req).await;
     }
     let Some(writes) = app.writes else {
@@ -158,9 +174,14 @@ async fn resolves_inside(root: &Arc<PathBuf>, relative: PathBuf, with_gz: bool) 
     tokio::task::spawn_blocking(check).await.unwrap_or(false)
 }
 
+/// Plain names only, except that the last may be a cached unified tarball (see
+/// [`crate::direct`]), which the direct-URL import hands out.
 fn only_plain_names(relative: &Path) -> bool {
-    relative.components().all(|c| match c {
-        Component::Normal(name) => name.to_str().is_some_and(is_plain_name),
+    let last = relative.components().count().saturating_sub(1);
+    relative.components().enumerate().all(|(i, c)| match c {
+        Component::Normal(name) => name
+            .to_str()
+            .is_some_and(|n| is_plain_name(n) || (i == last && crate::direct::is_cache_name(n))),
         _ => false,
     })
 }

@@ -9,6 +9,7 @@
 
 mod auth;
 mod delete;
+mod direct;
 mod error;
 mod files;
 mod reindex;
@@ -144,8 +145,9 @@ fn run(
             }
             None => (None, None),
         };
-        let app =
-            files::router(root.clone(), writes).into_make_service_with_connect_info::<SocketAddr>();
+        let https = cert.is_some();
+        let app = files::router(root.clone(), writes, https)
+            .into_make_service_with_connect_info::<SocketAddr>();
 
         if on_signals {
             tokio::spawn(shutdown_on_signal(handle.clone()));

@@ -23,11 +23,16 @@ impl RequestPath {
         }
         // An empty segment (`a//b`, or a trailing `/` asking for a directory) never names a
         // file in a catalog; we never list directories, so refuse early.
+        // The last segment may also be a cached unified tarball (hidden from the scans, but
+        // handed out by the direct-URL import); nothing else hidden is ever served.
+        let last = rest.split('/').count() - 1;
         let segments = rest
             .split('/')
-            .map(|raw_segment| {
+            .enumerate()
+            .map(|(i, raw_segment)| {
                 let decoded = percent_decode(raw_segment)?;
-                is_plain_name(&decoded).then_some(decoded)
+                (is_plain_name(&decoded) || (i == last && crate::direct::is_cache_name(&decoded)))
+                    .then_some(decoded)
             })
             .collect::<Option<Vec<_>>>()?;
         Some(Self { segments })

@@ -1,0 +1,478 @@
+//! Direct-URL import (`lxc image import https://server/direct/<alias>`, and Incus' twin): which
+//! image an alias and a daemon's architectures name, and the unified tarball to hand out for it.
+//!
+//! The daemon asks with `LXD-Server-Architectures` (or `Incus-Server-Architectures`) and wants
+//! the sha256 and URL of one *unified* tarball back. A version published unified is handed out
+//! as it is. A version that only exists split gets a unified tarball built from its files
+//! ([`crate::unified`]), once: it is cached in the version folder as
+//! `.ssb-unified.<split fingerprint>.<sha256>.tar.gz`, so the hash is known without reading it
+//! again after a restart, and a replaced metadata or rootfs file (a new fingerprint) gets a new
+//! one. The server may then also publish it as the version's `incus_combined.tar.gz` (a hard
+//! link to the cache, so no second copy) when that keeps every fingerprint unique.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::hash::KnownDigest;
+use crate::inventory::{InventoryError, load_catalog};
+use crate::stream::arch::canonical_arch;
+use crate::stream::{Ftype, Item, ProductsFile, RootfsKind, Version, VersionName};
+use crate::tree::FileSig;
+use crate::unified::{UnifiedError, write_unified};
+
+/// What the unified tarball is published as, next to the split files.
+pub const PUBLISHED_NAME: &str = "incus_combined.tar.gz";
+
+const CACHE_PREFIX: &str = ".ssb-unified.";
+const CACHE_SUFFIX: &str = ".tar.gz";
+
+/// A direct-URL request that cannot be answered with an image.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectError {
+    /// No product has the alias.
+    #[error(
+        "no image has the alias `{alias}` on this server (aliases are listed in streams/v1/images.json)"
+    )]
+    UnknownAlias {
+        /// The alias asked for.
+        alias: String,
+    },
+    /// Products have the alias, but none for the daemon's architectures.
+    #[error("alias `{alias}` has no image for architecture {asked}; it exists for {available}")]
+    NoArchitecture {
+        /// The alias asked for.
+        alias: String,
+        /// What the daemon can run, as it said.
+        asked: String,
+        /// What the alias has.
+        available: String,
+    },
+    /// The alias names only images whose files are not in this tree (URLs, other namespaces).
+    #[error(
+        "alias `{alias}`: the newest image for {arch} is not stored on this server (its files are elsewhere), so it cannot be handed out whole"
+    )]
+    NotLocal {
+        /// The alias asked for.
+        alias: String,
+        /// The architecture picked.
+        arch: String,
+    },
+    /// The catalog cannot be read.
+    #[error(transparent)]
+    Catalog(#[from] InventoryError),
+    /// Building the unified tarball failed.
+    #[error("cannot build the unified tarball: {0}")]
+    Unified(#[from] UnifiedError),
+    /// The cache cannot be written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DirectError + '_ {
+    move |source| DirectError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where the unified tarball of the chosen image comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The catalog publishes one: hand it out as it is.
+    Published {
+        /// Catalog path, relative to the tree.
+        path: String,
+        /// Its sha256 (its fingerprint).
+        sha256: String,
+    },
+    /// Only split files: build (or reuse) the unified tarball.
+    Split {
+        /// Catalog path of the metadata tarball.
+        meta: String,
+        /// Catalog path of the rootfs or disk.
+        root: String,
+        /// Its type.
+        kind: RootfsKind,
+        /// sha256(meta ‖ root), the split image's fingerprint.
+        fingerprint: String,
+    },
+}
+
+/// The image a direct request resolves to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    /// Product id.
+    pub product: String,
+    /// Version name.
+    pub version: VersionName,
+    /// Architecture, as the catalog names it.
+    pub arch: String,
+    /// Where its unified tarball comes from.
+    pub source: Source,
+}
+
+/// A unified tarball ready to download.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unified {
+    /// Path relative to the tree, `/`-separated (what the URL is made of).
+    pub path: String,
+    /// Its sha256: the fingerprint the daemon will give the image.
+    pub sha256: String,
+    /// Set when this call built it.
+    pub built: bool,
+}
+
+/// True for a catalog path that stays inside the tree: relative, no `..`, not a URL.
+fn is_local(path: &str) -> bool {
+    !path.contains("://")
+        && Path::new(path)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// The unified tarball of `version`, if it can have one: a published unified item, else the
+/// preferred split pair (squashfs, then root.tar.xz, then a VM disk).
+fn source_of(version: &Version) -> Option<Source> {
+    let items: Vec<&Item> = version.items.values().collect();
+    if let Some(unified) = items
+        .iter()
+        .find(|i| matches!(i.ftype, Ftype::Unified(_)) && is_local(&i.path))
+    {
+        return Some(Source::Published {
+            path: unified.path.clone(),
+            sha256: unified.sha256.clone(),
+        });
+    }
+    RootfsKind::ALL.into_iter().find_map(|kind| {
+        let root = items
+            .iter()
+            .find(|i| i.ftype == kind.ftype() && is_local(&i.path))?;
+        let (meta, fingerprint) = items.iter().find_map(|i| {
+            (matches!(i.ftype, Ftype::Meta(_)) && is_local(&i.path))
+                .then(|| i.combined_for(kind).map(|fp| (i, fp)))
+                .flatten()
+        })?;
+        Some(Source::Split {
+            meta: meta.path.clone(),
+            root: root.path.clone(),
+            kind,
+            fingerprint: fingerprint.to_owned(),
+        })
+    })
+}
+
+/// Picks the image for `alias` and a daemon that runs `archs` (its own order: native first).
+/// The alias may also carry an architecture (`debian/12/amd64`), as clients register it. Of
+/// the products with the alias and the first architecture that has one, the newest version
+/// with a unified or split image wins.
+pub fn choose(
+    products: &ProductsFile,
+    alias: &str,
+    archs: &[String],
+) -> Result<Choice, DirectError> {
+    let same_arch = |a: &str, b: &str| {
+        a == b || canonical_arch(a).is_some_and(|c| canonical_arch(b) == Some(c))
+    };
+    let candidates: Vec<(&String, &crate::stream::Product)> = products
+        .products
+        .iter()
+        .filter(|(_, p)| {
+            p.aliases.split(',').any(|a| {
+                a == alias
+                    || alias
+                        .strip_prefix(a)
+                        .and_then(|rest| rest.strip_prefix('/'))
+                        .is_some_and(|arch| same_arch(arch, &p.arch))
+            })
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Err(DirectError::UnknownAlias {
+            alias: alias.to_owned(),
+        });
+    }
+    for asked in archs {
+        let mut best: Option<Choice> = None;
+        let mut remote_only = false;
+        for (pid, product) in candidates.iter().filter(|(_, p)| same_arch(asked, &p.arch)) {
+            let newest = product.versions.iter().rev().find_map(|(name, version)| {
+                if version.items.values().all(|i| !is_local(&i.path)) {
+                    remote_only = true;
+                }
+                source_of(version).map(|source| (name, source))
+            });
+            if let Some((name, source)) = newest
+                && best.as_ref().is_none_or(|b| *name > b.version)
+            {
+                best = Some(Choice {
+                    product: (*pid).clone(),
+                    version: name.clone(),
+                    arch: product.arch.clone(),
+                    source,
+                });
+            }
+        }
+        match best {
+            Some(choice) => return Ok(choice),
+            None if remote_only => {
+                return Err(DirectError::NotLocal {
+                    alias: alias.to_owned(),
+                    arch: asked.clone(),
+                });
+            }
+            None => {}
+        }
+    }
+    let available: BTreeSet<&str> = candidates.iter().map(|(_, p)| p.arch.as_str()).collect();
+    Err(DirectError::NoArchitecture {
+        alias: alias.to_owned(),
+        asked: archs.join(", "),
+        available: available.into_iter().collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// Reads the published catalog of `root` and picks the image (see [`choose`]).
+pub fn choose_in(root: &Path, alias: &str, archs: &[String]) -> Result<Choice, DirectError> {
+    let (_, products, _) = load_catalog(root)?;
+    choose(&products, alias, archs)
+}
+
+/// True for the name of a cached unified tarball: servable, though hidden from the scans.
+pub fn is_cache_name(name: &str) -> bool {
+    name.strip_prefix(CACHE_PREFIX)
+        .and_then(|rest| rest.strip_suffix(CACHE_SUFFIX))
+        .and_then(|hashes| hashes.split_once('.'))
+        .is_some_and(|(fp, sha)| is_sha256_hex(fp) && is_sha256_hex(sha))
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The cached unified tarball of a split image, if it was built before.
+pub fn cached(root: &Path, meta: &str, fingerprint: &str) -> Option<Unified> {
+    let dir = parent_of(meta);
+    let prefix = format!("{CACHE_PREFIX}{fingerprint}.");
+    std::fs::read_dir(root.join(dir))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with(&prefix) && is_cache_name(name))
+        .map(|name| Unified {
+            sha256: name[prefix.len()..name.len() - CACHE_SUFFIX.len()].to_owned(),
+            path: join(dir, &name),
+            built: false,
+        })
+}
+
+/// A writer that hashes what goes through it.
+struct Hashing<W> {
+    inner: W,
+    sha: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The unified tarball for `choice`: the published one, the cached one, or a new one built
+/// into the version folder (temp file, fsync, rename; caches of older split files removed).
+/// Blocking; callers serialize builds.
+pub fn unified(root: &Path, choice: &Choice) -> Result<Unified, DirectError> {
+    let (meta, root_file, kind, fingerprint) = match &choice.source {
+        Source::Published { path, sha256 } => {
+            return Ok(Unified {
+                path: path.clone(),
+                sha256: sha256.clone(),
+                built: false,
+            });
+        }
+        Source::Split {
+            meta,
+            root: root_file,
+            kind,
+            fingerprint,
+        } => (meta, root_file, *kind, fingerprint),
+    };
+    if let Some(hit) = cached(root, meta, fingerprint) {
+        return Ok(hit);
+    }
+    let rel_dir = parent_of(meta);
+    let dir = root.join(rel_dir);
+    let started = std::time::Instant::now();
+    let tmp = tempfile::Builder::new()
+        .prefix(".ssb-unified-partial.")
+        .tempfile_in(&dir)
+        .map_err(io(&dir))?;
+    let sha256 = {
+        let mut out = Hashing {
+            inner: std::io::BufWriter::with_capacity(1 << 20, tmp.as_file()),
+            sha: Sha256::new(),
+        };
+        write_unified(&root.join(meta), &root.join(root_file), kind, &mut out)?;
+        out.flush().map_err(io(tmp.path()))?;
+        hex::encode(out.sha.finalize())
+    };
+    let file = tmp.as_file();
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+        crate::atomic::FILE_MODE,
+    ))
+    .and_then(|()| file.sync_all())
+    .map_err(io(tmp.path()))?;
+    let name = format!("{CACHE_PREFIX}{fingerprint}.{sha256}{CACHE_SUFFIX}");
+    let dest = dir.join(&name);
+    tmp.persist(&dest).map_err(|e| DirectError::Io {
+        path: dest.clone(),
+        source: e.error,
+    })?;
+    // Caches made from earlier files of this version are stale now.
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.filter_map(Result::ok) {
+            let other = entry.file_name().to_string_lossy().into_owned();
+            if other != name && is_cache_name(&other) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    crate::atomic::sync_dir(&dir).map_err(io(&dir))?;
+    tracing::info!(
+        "built the unified tarball of {} {} ({}, {:.1} s)",
+        choice.product,
+        choice.version,
+        name,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Unified {
+        path: join(rel_dir, &name),
+        sha256,
+        built: true,
+    })
+}
+
+/// Every fingerprint the catalog publishes: split combined hashes and unified sha256s.
+fn fingerprints(products: &ProductsFile) -> BTreeSet<&str> {
+    let mut out = BTreeSet::new();
+    for item in products
+        .products
+        .values()
+        .flat_map(|p| p.versions.values())
+        .flat_map(|v| v.items.values())
+    {
+        match item.ftype {
+            Ftype::Unified(_) => {
+                out.insert(item.sha256.as_str());
+            }
+            Ftype::Meta(_) => {
+                out.extend(RootfsKind::ALL.iter().filter_map(|&k| item.combined_for(k)))
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Publishes a built container tarball as the version's [`PUBLISHED_NAME`] (a hard link to the
+/// cache), unless the version has one, the image is a VM (LXD and Incus before 7.1 would take a
+/// unified VM for a container), or its sha256 is already a fingerprint in the catalog. Returns
+/// the product folder (relative to `root`) and the digest to record, so that the re-index does
+/// not read the file again; `None` when nothing was published.
+pub fn publish(
+    root: &Path,
+    choice: &Choice,
+    unified: &Unified,
+) -> Result<Option<(String, KnownDigest)>, DirectError> {
+    let Source::Split { meta, kind, .. } = &choice.source else {
+        return Ok(None);
+    };
+    if *kind == RootfsKind::DiskKvm {
+        return Ok(None);
+    }
+    let rel_dir = parent_of(meta);
+    let dest = root.join(rel_dir).join(PUBLISHED_NAME);
+    if dest.exists() {
+        return Ok(None);
+    }
+    let (_, products, _) = load_catalog(root)?;
+    if fingerprints(&products).contains(unified.sha256.as_str()) {
+        tracing::warn!(
+            "{} {}: not publishing its unified tarball: fingerprint {} is already in the catalog",
+            choice.product,
+            choice.version,
+            unified.sha256
+        );
+        return Ok(None);
+    }
+    std::fs::hard_link(root.join(&unified.path), &dest).map_err(io(&dest))?;
+    crate::atomic::sync_dir(&root.join(rel_dir)).map_err(io(&dest))?;
+    let sig = std::fs::metadata(&dest)
+        .map(|m| FileSig::of(&m))
+        .map_err(io(&dest))?;
+    let product_dir = parent_of(rel_dir).to_owned();
+    Ok(Some((
+        product_dir,
+        KnownDigest {
+            version: choice.version.to_string(),
+            file: PUBLISHED_NAME.to_owned(),
+            sig,
+            sha256: unified.sha256.clone(),
+            combined: Vec::new(),
+        },
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_names() {
+        let h = "0123456789abcdef".repeat(4);
+        assert!(is_cache_name(&format!(".ssb-unified.{h}.{h}.tar.gz")));
+        assert!(!is_cache_name(&format!(".ssb-unified.{h}.tar.gz")));
+        assert!(!is_cache_name(&format!(
+            ".ssb-unified.{h}.{}.tar.gz",
+            h.to_uppercase()
+        )));
+        assert!(!is_cache_name(&format!(
+            ".ssb-unified-partial.{h}.{h}.tar.gz"
+        )));
+        assert!(!is_cache_name(".ssb-cache.json"));
+    }
+
+    #[test]
+    fn local_paths() {
+        assert!(is_local("images/a/b/20251123_12:13/incus.tar.xz"));
+        assert!(!is_local("../other/x/incus.tar.xz"));
+        assert!(!is_local("/abs/x"));
+        assert!(!is_local("https://example.org/x"));
+    }
+}
