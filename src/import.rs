@@ -253,6 +253,11 @@ fn place(
         path: dest.to_owned(),
         source: e.error,
     })?;
+    // The rename is durable only once the folder is synced.
+    let dir = dest.parent().unwrap_or(dest);
+    fs_err::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
     Ok(true)
 }
 
