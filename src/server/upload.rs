@@ -304,6 +304,7 @@ where
             .map(|k| (target.product_dir.clone(), k))
             .into_iter()
             .collect(),
+        done: None,
     });
     Ok(stored)
 }
