@@ -718,6 +718,7 @@ fn import_cmd(cli: &Cli, args: &ImportArgs) -> Result<()> {
         }
         None => vec![args.files.clone()],
     };
+    import::check_aliases(&args.aliases)?;
     let mut failures = Vec::new();
     let mut changed = 0;
     for files in &images {
@@ -749,19 +750,7 @@ fn import_cmd(cli: &Cli, args: &ImportArgs) -> Result<()> {
                 continue;
             }
         };
-        if let Some(product) = dir.parent() {
-            let parts: Vec<String> = product
-                .strip_prefix(target.join(crate::tree::LAYOUT_ROOT))
-                .map(|p| p.iter().map(|s| s.to_string_lossy().into_owned()).collect())
-                .unwrap_or_default();
-            if let [os, release, _arch, variant] = parts.as_slice() {
-                let mut defaults = vec![format!("{os}/{release}/{variant}")];
-                if variant == "default" {
-                    defaults.push(format!("{os}/{release}"));
-                }
-                import::add_aliases(product, &defaults, &args.aliases)?;
-            }
-        }
+        import::add_product_aliases(&target, &dir, &args.aliases)?;
     }
     if changed > 0 || !args.aliases.is_empty() {
         publish_tree(cli, None, &target, &target, false, false)?;

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::inspect::{self, ImageMetadata, InspectError};
 use crate::stream::{VersionName, canonical_arch};
+use crate::tree::LayoutProduct;
 
 /// Largest metadata.yaml accepted, as for metadata tarballs.
 const MAX_METADATA_YAML: u64 = 1 << 20;
@@ -253,6 +254,11 @@ fn place(
         path: dest.to_owned(),
         source: e.error,
     })?;
+    // The rename is durable only once the folder is synced.
+    let dir = dest.parent().unwrap_or(dest);
+    fs_err::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
     Ok(true)
 }
 
@@ -509,20 +515,50 @@ fn sniff_gzip(path: &Path) -> Result<bool, ImportError> {
     Ok(n == 2 && head == [0x1f, 0x8b])
 }
 
-/// Adds aliases to a product through its folder's metadata.json (kept with the default ones,
-/// since an `aliases` there replaces them).
-pub fn add_aliases(
-    product_dir: &Path,
-    defaults: &[String],
+/// Checks aliases given for an import, so that a bad one is refused before anything is placed.
+pub fn check_aliases(aliases: &[String]) -> Result<(), ImportError> {
+    for a in aliases {
+        crate::config::check_alias(a)
+            .map_err(|why| ImportError::Input(format!("alias `{a}` {why}")))?;
+    }
+    Ok(())
+}
+
+/// After [`import`] placed an image in `version_dir` under `target`: gives its product the
+/// `extra` aliases, through the product folder's metadata.json, keeping the aliases the layout
+/// gives it (an `aliases` there replaces them). The CLI and the server both end an import
+/// with this.
+pub fn add_product_aliases(
+    target: &Path,
+    version_dir: &Path,
     extra: &[String],
 ) -> Result<(), ImportError> {
     if extra.is_empty() {
         return Ok(());
     }
-    for a in extra {
-        crate::config::check_alias(a)
-            .map_err(|why| ImportError::Input(format!("alias `{a}` {why}")))?;
-    }
+    check_aliases(extra)?;
+    let product = version_dir
+        .parent()
+        .and_then(|dir| LayoutProduct::of_folder(target, dir))
+        .ok_or_else(|| {
+            ImportError::Input(format!(
+                "{}: not a version folder of the layout images/<os>/<release>/<arch>/<variant>/",
+                version_dir.display()
+            ))
+        })?;
+    add_aliases(
+        &target.join(&product.directory),
+        &product.default_aliases(),
+        extra,
+    )
+}
+
+/// Adds aliases to a product through its folder's metadata.json.
+fn add_aliases(
+    product_dir: &Path,
+    defaults: &[String],
+    extra: &[String],
+) -> Result<(), ImportError> {
     let path = product_dir.join("metadata.json");
     let mut doc: serde_json::Map<String, serde_json::Value> = match fs_err::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {

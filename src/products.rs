@@ -105,10 +105,7 @@ impl Tree {
                 ));
                 continue;
             }
-            let mut aliases = vec![format!("{}/{}/{}", p.os, p.release, p.variant)];
-            if p.variant == "default" {
-                aliases.push(format!("{}/{}", p.os, p.release));
-            }
+            let aliases = p.default_aliases();
             for a in &aliases {
                 if let Err(why) = config::check_alias(a) {
                     problems.push(format!(
@@ -118,7 +115,7 @@ impl Tree {
                 }
             }
             products.push(ProductSpec {
-                name: format!("{}:{}:{}:{}", p.os, p.release, p.arch, p.variant),
+                name: p.name(),
                 arch: p.arch,
                 release: Some(p.release),
                 os: None,

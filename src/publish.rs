@@ -103,7 +103,7 @@ fn pick(spec: Option<&String>, props: &BTreeMap<String, String>, key: &str) -> O
 }
 
 /// The images of a version per family: (fingerprint, image type, item key, rootfs kind or none).
-fn images_of(
+pub(crate) fn images_of(
     version: &Version,
     family: Family,
 ) -> Vec<(String, ImageType, String, Option<crate::stream::RootfsKind>)> {

@@ -255,6 +255,49 @@ pub struct LayoutProduct {
     pub directory: String,
 }
 
+impl LayoutProduct {
+    /// The product whose folder is `dir`, when `dir` is `root/images/<os>/<release>/<arch>/<variant>`
+    /// (both as given, without resolving anything).
+    pub fn of_folder(root: &Path, dir: &Path) -> Option<Self> {
+        let rel = dir.strip_prefix(root.join(LAYOUT_ROOT)).ok()?;
+        let parts: Vec<&str> = rel
+            .components()
+            .map(|c| match c {
+                std::path::Component::Normal(name) => name.to_str(),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        let [os, release, arch, variant] = parts.as_slice() else {
+            return None;
+        };
+        Some(Self {
+            directory: format!("{LAYOUT_ROOT}/{os}/{release}/{arch}/{variant}"),
+            os: (*os).to_owned(),
+            release: (*release).to_owned(),
+            arch: (*arch).to_owned(),
+            variant: (*variant).to_owned(),
+        })
+    }
+
+    /// The product id in the catalog: `os:release:arch:variant`.
+    pub fn name(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.os, self.release, self.arch, self.variant
+        )
+    }
+
+    /// The aliases the layout gives a product: `os/release/variant`, plus `os/release` for the
+    /// `default` variant.
+    pub fn default_aliases(&self) -> Vec<String> {
+        let mut aliases = vec![format!("{}/{}/{}", self.os, self.release, self.variant)];
+        if self.variant == "default" {
+            aliases.push(format!("{}/{}", self.os, self.release));
+        }
+        aliases
+    }
+}
+
 /// The folder of the layout under the tree root.
 pub const LAYOUT_ROOT: &str = "images";
 
@@ -416,5 +459,29 @@ mod tests {
             ]
         );
         assert_eq!(w.len(), 2, "{w:?}");
+    }
+
+    #[test]
+    fn a_layout_folder_names_its_product_and_aliases() {
+        let root = Path::new("tree");
+        let p = LayoutProduct::of_folder(root, Path::new("tree/images/alpine/3.21/amd64/default"))
+            .unwrap();
+        assert_eq!(p.name(), "alpine:3.21:amd64:default");
+        assert_eq!(p.directory, "images/alpine/3.21/amd64/default");
+        assert_eq!(p.default_aliases(), ["alpine/3.21/default", "alpine/3.21"]);
+        let cloud =
+            LayoutProduct::of_folder(root, Path::new("tree/images/alpine/3.21/arm64/cloud"))
+                .unwrap();
+        assert_eq!(cloud.default_aliases(), ["alpine/3.21/cloud"]);
+        for not in [
+            "tree/images/alpine/3.21/amd64",
+            "tree/images/alpine/3.21/amd64/default/20250101_10:00",
+            "elsewhere/images/alpine/3.21/amd64/default",
+        ] {
+            assert!(
+                LayoutProduct::of_folder(root, Path::new(not)).is_none(),
+                "{not}"
+            );
+        }
     }
 }

@@ -109,6 +109,25 @@ pub(crate) enum RequestError {
     #[error("the multipart body has no file part (a part with a filename)")]
     NoFilePart,
 
+    #[error(
+        "imports need the layout mode (images/<os>/<release>/<arch>/<variant>/<version>/), and this server publishes the products of its tree.yml; upload the image files into a product folder instead"
+    )]
+    ImportNeedsLayout,
+
+    #[error(
+        "an import takes one unified tarball, or a metadata tarball and its rootfs (squashfs, root.tar.xz or qcow2), as file parts; got {got}"
+    )]
+    ImportFileCount { got: String },
+
+    #[error("multipart field `{name}`: {reason}")]
+    BadField { name: String, reason: String },
+
+    #[error("cannot import: {0}")]
+    ImportRefused(String),
+
+    #[error("cannot import: {0}")]
+    ImportClash(String),
+
     #[error("the upload was interrupted: {reason}; nothing was stored")]
     Interrupted { reason: String },
 
@@ -129,6 +148,10 @@ impl RequestError {
             Self::MethodNotAllowed { .. } | Self::DeletesDisabled => S::METHOD_NOT_ALLOWED,
             Self::BadPath { .. } | Self::BadMultipart { .. } | Self::NoFilePart => S::BAD_REQUEST,
             Self::Interrupted { .. } => S::BAD_REQUEST,
+            Self::ImportFileCount { .. } | Self::BadField { .. } | Self::ImportRefused(_) => {
+                S::BAD_REQUEST
+            }
+            Self::ImportNeedsLayout | Self::ImportClash(_) => S::CONFLICT,
             Self::NotFound { .. } => S::NOT_FOUND,
             Self::IsAFolder { .. } => S::CONFLICT,
             Self::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,

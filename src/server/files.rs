@@ -1,5 +1,6 @@
 //! The HTTP side of the server: the router over a simplestreams tree. Reads are served here;
-//! writes (POST, PUT, DELETE) go to `upload` and `delete` when the server owns its catalog.
+//! writes (POST, PUT, DELETE) go to `upload`, `import` (`POST /import`, a reserved path) and
+//! `delete` when the server owns its catalog.
 //!
 //! `ServeDir` does the heavy lifting (Range, ETag/Last-Modified, conditional requests,
 //! precompressed `.json.gz`). Around it we add what a catalog server needs: the path guard,
@@ -91,7 +92,12 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
         )
             .into_response();
     };
+    let import = super::import::is_import_path(req.uri().path());
     let refused = match &method {
+        &Method::PUT | &Method::DELETE if import => Some(RequestError::MethodNotAllowed {
+            method: method.to_string(),
+            allow: "POST",
+        }),
         &Method::POST | &Method::PUT | &Method::DELETE => {
             writes.authorize(req.headers()).err().or_else(|| {
                 (method == Method::DELETE && !writes.allow_deletes)
@@ -108,6 +114,7 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
         return error.into_response();
     }
     let result = match method {
+        Method::POST if import => super::import::post(writes, req).await,
         Method::POST => super::upload::post(writes, req).await,
         Method::PUT => super::upload::put(writes, req).await,
         _ => super::delete::delete(writes, req).await,

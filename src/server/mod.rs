@@ -5,13 +5,15 @@
 //! certificate. The router lives in `files`, certificates in `tls`, the read path guard in
 //! `request_path`. With [`ServeOptions::index`] the server also owns its catalog: `reindex`
 //! keeps it current (start-up scan, watcher, after every write), and uploads (`upload`),
-//! deletes (`delete`), their path grammar (`write_path`) and auth (`auth`) are enabled.
+//! imports (`import`), deletes (`delete`), their path grammar (`write_path`) and auth (`auth`)
+//! are enabled.
 
 mod auth;
 mod delete;
 mod direct;
 mod error;
 mod files;
+mod import;
 mod reindex;
 mod request_path;
 mod tls;
@@ -133,6 +135,7 @@ fn run(
         let (writes, _indexing) = match &opts.index {
             Some(index) => {
                 let scope = write_scope(&root, index)?;
+                import::clear_staging(&root);
                 let (reindexer, running) = reindex::start(root.clone(), index.clone());
                 log_write_policy(&opts.writes, &scope);
                 let writes = writes::Writes::new(

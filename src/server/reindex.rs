@@ -4,7 +4,9 @@
 //! that arrive by other means; one full scan runs at start-up. Triggers that arrive while a
 //! re-index runs are coalesced into the next one, so re-indexing is serialized and a burst costs
 //! one run. A failed run is logged and retried with a growing delay; it never stops the server.
-//! Readers always get complete catalog files: every file is written atomically.
+//! Readers always get complete catalog files: every file is written atomically. A writer that
+//! must answer only once the catalog holds its files (imports) waits for the run that includes
+//! its trigger ([`Reindexer::publish`]).
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::hash::{HashCache, KnownDigest};
 use crate::manifest::HttpSettings;
@@ -44,6 +46,8 @@ pub(crate) struct Trigger {
     pub reason: String,
     /// Digests computed while uploading, per product folder (relative to the root).
     pub known: Vec<(String, KnownDigest)>,
+    /// Told how the run that includes this trigger ended: `Err` carries why it failed.
+    pub done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 impl Trigger {
@@ -51,6 +55,7 @@ impl Trigger {
         Self {
             reason: reason.into(),
             known: Vec::new(),
+            done: None,
         }
     }
 }
@@ -65,6 +70,22 @@ impl Reindexer {
     pub(crate) fn request(&self, trigger: Trigger) {
         // The task lives as long as the runtime; a send can only fail during shutdown.
         let _ = self.tx.send(trigger);
+    }
+
+    /// Requests a re-index and returns how the run that includes it will end: the receiver
+    /// yields `Ok` once the catalog has been re-published with everything on disk at the time of
+    /// this call, or the reason that run failed (it is retried on its own, without telling).
+    /// The run happens whether or not anyone waits.
+    pub(crate) fn publish(
+        &self,
+        reason: impl Into<String>,
+    ) -> oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = oneshot::channel();
+        self.request(Trigger {
+            done: Some(tx),
+            ..Trigger::because(reason)
+        });
+        rx
     }
 }
 
@@ -116,14 +137,17 @@ async fn run(root: Arc<PathBuf>, opts: IndexOptions, mut rx: mpsc::UnboundedRece
             },
         };
         let mut known = Vec::new();
+        let mut waiting = Vec::new();
         if let Some(t) = first {
             reasons.push(t.reason);
             known.extend(t.known);
+            waiting.extend(t.done);
             tokio::time::sleep(COALESCE).await;
         }
         while let Ok(t) = rx.try_recv() {
             reasons.push(t.reason);
             known.extend(t.known);
+            waiting.extend(t.done);
         }
         let started = Instant::now();
         let job = {
@@ -144,6 +168,9 @@ async fn run(root: Arc<PathBuf>, opts: IndexOptions, mut rx: mpsc::UnboundedRece
                 reasons.clear();
                 retry_at = None;
                 delay = RETRY_FIRST;
+                for w in waiting {
+                    let _ = w.send(Ok(()));
+                }
             }
             outcome => {
                 let error = match outcome {
@@ -157,6 +184,9 @@ async fn run(root: Arc<PathBuf>, opts: IndexOptions, mut rx: mpsc::UnboundedRece
                 );
                 retry_at = Some(tokio::time::Instant::now() + delay);
                 delay = (delay * 2).min(RETRY_MAX);
+                for w in waiting {
+                    let _ = w.send(Err(error.clone()));
+                }
             }
         }
     }

@@ -10,6 +10,8 @@
 //! re-index trigger carrying the digests, so the re-index reads nothing of a big rootfs again:
 //! when the version already holds its metadata tarballs, the combined hashes
 //! sha256(meta ‖ rootfs) are computed in flight too.
+//!
+//! The streaming half ([`receive_body`], [`BodyChunks`]) also stages the parts of imports.
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -58,6 +60,97 @@ pub(crate) struct Stored {
 enum Chunk {
     Data(Bytes),
     End,
+}
+
+/// A request body on its way to a blocking writer (see [`receive_body`]).
+pub(crate) struct BodyChunks(mpsc::Receiver<Chunk>);
+
+impl BodyChunks {
+    /// Writes the whole body to `file` through a 1 MiB buffer, showing every chunk to `seen` on
+    /// the way (for hashing), then flushes and fsyncs; returns the size. Fails when the body did
+    /// not end normally (broken, too large, client gone): the caller must then discard the file.
+    /// `shown` names the file in errors.
+    pub(crate) fn write_to(
+        mut self,
+        file: &std::fs::File,
+        shown: &str,
+        mut seen: impl FnMut(&[u8]),
+    ) -> Result<u64, RequestError> {
+        let io = |source| RequestError::Io {
+            path: shown.to_owned(),
+            source,
+        };
+        let mut size = 0u64;
+        let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+        loop {
+            match self.0.blocking_recv() {
+                Some(Chunk::Data(data)) => {
+                    seen(&data);
+                    out.write_all(&data).map_err(io)?;
+                    size += data.len() as u64;
+                }
+                Some(Chunk::End) => break,
+                None => {
+                    // The sender went away without saying the body ended: never commit that.
+                    return Err(RequestError::Interrupted {
+                        reason: "the request ended early".into(),
+                    });
+                }
+            }
+        }
+        out.flush().map_err(io)?;
+        drop(out);
+        file.sync_all().map_err(io)?;
+        Ok(size)
+    }
+}
+
+/// Streams `body` to `writer`, which runs on a blocking thread and gets the chunks through
+/// [`BodyChunks::write_to`], and caps the body at `limit` bytes. When the body breaks, grows too
+/// large or the client goes away, the writer sees a body that did not end. `shown` names the
+/// destination in errors.
+pub(crate) async fn receive_body<S, E, T>(
+    mut body: S,
+    limit: u64,
+    shown: &str,
+    writer: impl FnOnce(BodyChunks) -> Result<T, RequestError> + Send + 'static,
+) -> Result<T, RequestError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+    T: Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let worker = tokio::task::spawn_blocking(move || writer(BodyChunks(rx)));
+    let mut total = 0u64;
+    // On every early return below, `tx` is dropped without `End`: the writer discards the file.
+    loop {
+        let chunk = match body.next().await {
+            Some(Ok(chunk)) => Chunk::Data(chunk),
+            Some(Err(e)) => {
+                return Err(RequestError::Interrupted {
+                    reason: e.to_string(),
+                });
+            }
+            None => Chunk::End,
+        };
+        let end = matches!(chunk, Chunk::End);
+        if let Chunk::Data(d) = &chunk {
+            total += d.len() as u64;
+            if total > limit {
+                return Err(RequestError::TooLarge { limit });
+            }
+        }
+        if tx.send(chunk).await.is_err() || end {
+            // The writer stopped early (its error is below) or has everything.
+            break;
+        }
+    }
+    drop(tx);
+    worker.await.map_err(|e| RequestError::Io {
+        path: shown.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    })?
 }
 
 /// `PUT /<path>`.
@@ -110,6 +203,14 @@ pub(crate) async fn drain_small(body: axum::body::Body) {
     .await;
 }
 
+/// [`drain_small`] for a multipart body being read: skips the remaining parts for at most 2 s.
+pub(crate) async fn drain_multipart(multipart: &mut Multipart) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Ok(Some(_)) = multipart.next_field().await {}
+    })
+    .await;
+}
+
 /// `POST /<folder>/` with a multipart body: every part with a filename is stored at
 /// `<folder>/<filename>`; other parts are ignored. Auth is checked by the router.
 pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, RequestError> {
@@ -151,10 +252,7 @@ pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, 
             Err(reason) => {
                 // Read the rest of a small body so HTTP/2 clients get the 400 (see drain_small).
                 drop(field);
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-                    while let Ok(Some(_)) = multipart.next_field().await {}
-                })
-                .await;
+                drain_multipart(&mut multipart).await;
                 return Err(bad_path(&rel, reason));
             }
         };
@@ -176,50 +274,19 @@ fn bad_path(path: &str, reason: String) -> RequestError {
 }
 
 /// Streams `body` into place at `target` and asks for a re-index.
-async fn store<S, E>(
-    writes: &Writes,
-    target: WriteTarget,
-    mut body: S,
-) -> Result<Stored, RequestError>
+async fn store<S, E>(writes: &Writes, target: WriteTarget, body: S) -> Result<Stored, RequestError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let (tx, rx) = mpsc::channel(QUEUE);
     let root = Arc::clone(&writes.root);
     let overwrite = writes.allow_overwrites;
     let job_target = target.clone();
-    let worker = tokio::task::spawn_blocking(move || write_file(&root, &job_target, rx, overwrite));
-    let limit = writes.max_upload_size;
-    let mut total = 0u64;
-    // On every early return below, `tx` is dropped without `End`: the worker discards the file.
-    loop {
-        let chunk = match body.next().await {
-            Some(Ok(chunk)) => Chunk::Data(chunk),
-            Some(Err(e)) => {
-                return Err(RequestError::Interrupted {
-                    reason: e.to_string(),
-                });
-            }
-            None => Chunk::End,
-        };
-        let end = matches!(chunk, Chunk::End);
-        if let Chunk::Data(d) = &chunk {
-            total += d.len() as u64;
-            if total > limit {
-                return Err(RequestError::TooLarge { limit });
-            }
-        }
-        if tx.send(chunk).await.is_err() || end {
-            // The worker stopped early (its error is below) or has everything.
-            break;
-        }
-    }
-    drop(tx);
-    let (stored, known) = worker.await.map_err(|e| RequestError::Io {
-        path: target.relative().display().to_string(),
-        source: std::io::Error::other(e.to_string()),
-    })??;
+    let shown = target.relative().display().to_string();
+    let (stored, known) = receive_body(body, writes.max_upload_size, &shown, move |chunks| {
+        write_file(&root, &job_target, chunks, overwrite)
+    })
+    .await?;
     tracing::info!(
         "stored {} ({} bytes, sha256 {}){}",
         stored.path,
@@ -237,6 +304,7 @@ where
             .map(|k| (target.product_dir.clone(), k))
             .into_iter()
             .collect(),
+        done: None,
     });
     Ok(stored)
 }
@@ -246,7 +314,7 @@ where
 fn write_file(
     root: &Path,
     target: &WriteTarget,
-    rx: mpsc::Receiver<Chunk>,
+    chunks: BodyChunks,
     overwrite: bool,
 ) -> Result<(Stored, Option<KnownDigest>), RequestError> {
     let rel = target.relative();
@@ -264,7 +332,7 @@ fn write_file(
         .unwrap_or(root)
         .to_owned();
     crate::atomic::create_dir_all(&dir).map_err(io)?;
-    let result = fill_and_place(root, target, &path, &dir, rx, overwrite);
+    let result = fill_and_place(root, target, &path, &dir, chunks, overwrite);
     if result.is_err() {
         // Folders made for a failed upload go again (when still empty), so a broken upload
         // leaves no empty product or version behind for the indexer.
@@ -285,7 +353,7 @@ fn fill_and_place(
     target: &WriteTarget,
     path: &Path,
     dir: &Path,
-    mut rx: mpsc::Receiver<Chunk>,
+    chunks: BodyChunks,
     overwrite: bool,
 ) -> Result<(Stored, Option<KnownDigest>), RequestError> {
     let shown = target.relative().display().to_string();
@@ -310,35 +378,12 @@ fn fill_and_place(
         .map_err(io)?;
     let mut sha = Sha256::new();
     let mut combined: Vec<Sha256> = metas.iter().map(|m| m.state.clone()).collect();
-    let mut size = 0u64;
-    let mut complete = false;
-    {
-        let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, temp.as_file());
-        while let Some(chunk) = rx.blocking_recv() {
-            match chunk {
-                Chunk::Data(data) => {
-                    sha.update(&data);
-                    for c in &mut combined {
-                        c.update(&data);
-                    }
-                    out.write_all(&data).map_err(io)?;
-                    size += data.len() as u64;
-                }
-                Chunk::End => {
-                    complete = true;
-                    break;
-                }
-            }
+    let size = chunks.write_to(temp.as_file(), &shown, |data| {
+        sha.update(data);
+        for c in &mut combined {
+            c.update(data);
         }
-        if !complete {
-            // The sender went away without saying the body ended: never commit that.
-            return Err(RequestError::Interrupted {
-                reason: "the request ended early".into(),
-            });
-        }
-        out.flush().map_err(io)?;
-    }
-    temp.as_file().sync_all().map_err(io)?;
+    })?;
 
     let existed = path.exists();
     let (final_path, requested_path) = if overwrite || !existed {

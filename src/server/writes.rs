@@ -1,5 +1,5 @@
 //! What write requests share: the policy (auth, overwrites, deletes, size limit), where writes
-//! may go, and the re-index task they notify.
+//! may go, the re-index task they notify, and the turn imports take.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,7 +41,7 @@ impl Default for WriteOptions {
     }
 }
 
-/// Shared by the upload and delete handlers.
+/// Shared by the upload, import and delete handlers.
 pub(crate) struct Writes {
     /// Canonical root.
     pub root: Arc<PathBuf>,
@@ -51,6 +51,8 @@ pub(crate) struct Writes {
     pub max_upload_size: u64,
     pub scope: WriteScope,
     pub reindexer: Reindexer,
+    /// Taken by each import for its whole run: imports go one at a time.
+    pub import_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Writes {
@@ -68,6 +70,7 @@ impl Writes {
             max_upload_size: opts.max_upload_size,
             scope,
             reindexer,
+            import_lock: Arc::default(),
         }
     }
 

@@ -1,5 +1,5 @@
-//! Image files for the tests: metadata tarballs, squashfs and tarball rootfs, qcow2 disks, and
-//! the lxd-image-server layout they are published from.
+//! Image files for the tests: metadata tarballs, squashfs and tarball rootfs, qcow2 disks,
+//! unified tarballs, and the lxd-image-server layout they are published from.
 //!
 //! Every writer is deterministic (fixed times, owners and modes), so the same arguments always
 //! give the same bytes and so the same fingerprint; different seeds give different bytes.
@@ -92,8 +92,16 @@ enum Entry {
 /// Writes `entries` as an xz-compressed tar with fixed owners, modes and times. Names are stored
 /// verbatim, so `./etc/hostname` stays `./etc/hostname` as in `tar -C rootfs -cJf … .`.
 fn write_tar_xz(path: &Path, entries: &[Entry]) {
-    let file = create(path);
-    let mut tar = tar::Builder::new(XzEncoder::new(file, 6));
+    let xz = write_tar(XzEncoder::new(create(path), 6), entries, path);
+    xz.finish()
+        .unwrap_or_else(|e| panic!("finish xz {}: {e}", path.display()))
+        .sync_all()
+        .unwrap_or_else(|e| panic!("sync {}: {e}", path.display()));
+}
+
+/// Writes `entries` as a tar into `out` (compressing, for `path`), and returns `out`.
+fn write_tar<W: Write>(out: W, entries: &[Entry], path: &Path) -> W {
+    let mut tar = tar::Builder::new(out);
     for entry in entries {
         let (name, kind, mode, data): (&str, _, _, &[u8]) = match entry {
             Entry::Dir(name) => (name, tar::EntryType::Directory, 0o755, &[]),
@@ -116,29 +124,45 @@ fn write_tar_xz(path: &Path, entries: &[Entry]) {
         tar.append(&header, data)
             .unwrap_or_else(|e| panic!("append {name} to {}: {e}", path.display()));
     }
-    let xz = tar
-        .into_inner()
-        .unwrap_or_else(|e| panic!("finish tar {}: {e}", path.display()));
-    xz.finish()
-        .unwrap_or_else(|e| panic!("finish xz {}: {e}", path.display()))
-        .sync_all()
-        .unwrap_or_else(|e| panic!("sync {}: {e}", path.display()));
+    tar.into_inner()
+        .unwrap_or_else(|e| panic!("finish tar {}: {e}", path.display()))
 }
 
-/// A split image's metadata tarball (`incus.tar.xz` / `lxd.tar.xz`): `metadata.yaml` and a
-/// `templates/` folder, entries named without `./` (incus-simplestreams rejects `./metadata.yaml`).
+/// The entries of a metadata tarball: `metadata.yaml` and a `templates/` folder, named without
+/// `./` (incus-simplestreams rejects `./metadata.yaml`).
+fn metadata_entries(spec: &MetaSpec) -> Vec<Entry> {
+    vec![
+        Entry::File("metadata.yaml".into(), spec.to_yaml().into_bytes()),
+        Entry::Dir("templates/"),
+        Entry::File(
+            "templates/hostname.tpl".into(),
+            format!("{{{{ instance.name }}}}\n# {}\n", spec.serial).into_bytes(),
+        ),
+    ]
+}
+
+/// A split image's metadata tarball (`incus.tar.xz` / `lxd.tar.xz`), see [`metadata_entries`].
 pub fn write_metadata_tarball(path: &Path, spec: &MetaSpec) -> PathBuf {
-    write_tar_xz(
-        path,
-        &[
-            Entry::File("metadata.yaml".into(), spec.to_yaml().into_bytes()),
-            Entry::Dir("templates/"),
-            Entry::File(
-                "templates/hostname.tpl".into(),
-                format!("{{{{ instance.name }}}}\n# {}\n", spec.serial).into_bytes(),
-            ),
-        ],
+    write_tar_xz(path, &metadata_entries(spec));
+    path.to_path_buf()
+}
+
+/// A unified image as `incus image export` writes a container: one gzip tarball holding the
+/// metadata tarball's entries and the rootfs of `seed` under `rootfs/`.
+pub fn write_unified_tar_gz(path: &Path, spec: &MetaSpec, seed: &str) -> PathBuf {
+    let mut entries = metadata_entries(spec);
+    entries.extend([Entry::Dir("rootfs/"), Entry::Dir("rootfs/etc/")]);
+    entries.extend(
+        rootfs_files(seed)
+            .into_iter()
+            .map(|(name, data)| Entry::File(format!("rootfs/{name}"), data)),
     );
+    let gz = flate2::write::GzEncoder::new(create(path), flate2::Compression::fast());
+    write_tar(gz, &entries, path)
+        .finish()
+        .unwrap_or_else(|e| panic!("finish gzip {}: {e}", path.display()))
+        .sync_all()
+        .unwrap_or_else(|e| panic!("sync {}: {e}", path.display()));
     path.to_path_buf()
 }
 

@@ -8,6 +8,7 @@ pub mod clients;
 pub mod command;
 pub mod fixtures;
 pub mod server;
+pub mod site;
 pub mod tls;
 
 use std::path::Path;
