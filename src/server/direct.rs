@@ -174,11 +174,11 @@ impl Direct {
         .await?;
         if let (Some(reindexer), Some((product_dir, known))) = (&self.reindexer, published) {
             reindexer.request(Trigger {
-                reason: format!(
+                known: vec![(product_dir, known)],
+                ..Trigger::because(format!(
                     "published the unified tarball of {} {}",
                     choice.product, choice.version
-                ),
-                known: vec![(product_dir, known)],
+                ))
             });
         }
         Ok((choice, unified))
