@@ -3,7 +3,8 @@
 //! This module owns the process-level part: options, the tokio runtime, binding, TLS setup,
 //! signals and graceful shutdown, and the start-up messages telling users how to trust the
 //! certificate. The router lives in `files`, certificates in `tls`, the read path guard in
-//! `request_path`. With [`ServeOptions::index`] the server also owns its catalog: `reindex`
+//! `request_path`, the direct-URL import (`/direct/<alias>`) in `direct`. With
+//! [`ServeOptions::index`] the server also owns its catalog: `reindex`
 //! keeps it current (start-up scan, watcher, after every write), and uploads (`upload`),
 //! imports (`import`), deletes (`delete`), their path grammar (`write_path`) and auth (`auth`)
 //! are enabled.
