@@ -468,6 +468,93 @@ mod tests {
         assert!(!is_cache_name(".ssb-cache.json"));
     }
 
+    /// A tree whose catalog publishes one split squashfs image (fingerprint `fp`) in
+    /// `images/p/1/amd64/default/<V>/`, and a built cache file `unified` holding `sha`.
+    fn tree_with(fp: &str, sha: &str) -> (tempfile::TempDir, Choice, Unified) {
+        const V: &str = "20250101_10:00";
+        let dir = tempfile::tempdir().unwrap();
+        let vdir = format!("images/p/1/amd64/default/{V}");
+        std::fs::create_dir_all(dir.path().join(&vdir)).unwrap();
+        std::fs::create_dir_all(dir.path().join("streams/v1")).unwrap();
+        let meta = format!("{vdir}/incus.tar.xz");
+        let root = format!("{vdir}/rootfs.squashfs");
+        let products = serde_json::json!({
+            "content_id": "images", "datatype": "image-downloads", "format": "products:1.0",
+            "products": {"p:1:amd64:default": {
+                "aliases": "p/1", "arch": "amd64", "os": "p", "release": "1", "release_title": "1",
+                "versions": {V: {"items": {
+                    "incus.tar.xz": {"ftype": "incus.tar.xz", "path": meta, "sha256": "00", "size": 1,
+                                     "combined_squashfs_sha256": fp},
+                    "root.squashfs": {"ftype": "squashfs", "path": root, "sha256": "11", "size": 1}
+                }}}
+            }}
+        });
+        let index = serde_json::json!({
+            "format": "index:1.0",
+            "index": {"images": {"datatype": "image-downloads", "format": "products:1.0",
+                                 "path": "streams/v1/images.json", "products": ["p:1:amd64:default"]}}
+        });
+        std::fs::write(
+            dir.path().join("streams/v1/images.json"),
+            products.to_string(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("streams/v1/index.json"), index.to_string()).unwrap();
+        let (_, catalog, _) = load_catalog(dir.path()).unwrap();
+        let choice = choose(&catalog, "p/1", &["x86_64".to_owned()]).unwrap();
+        let name = format!("{CACHE_PREFIX}{fp}.{sha}{CACHE_SUFFIX}");
+        std::fs::write(dir.path().join(&vdir).join(&name), b"unified bytes").unwrap();
+        let unified = Unified {
+            path: format!("{vdir}/{name}"),
+            sha256: sha.to_owned(),
+            built: true,
+        };
+        (dir, choice, unified)
+    }
+
+    #[test]
+    fn publishes_a_new_fingerprint_as_a_hard_link() {
+        let (fp, sha) = ("a".repeat(64), "b".repeat(64));
+        let (dir, choice, unified) = tree_with(&fp, &sha);
+        assert_eq!(
+            cached(
+                dir.path(),
+                match &choice.source {
+                    Source::Split { meta, .. } => meta,
+                    other => panic!("{other:?}"),
+                },
+                &fp
+            ),
+            Some(Unified {
+                built: false,
+                ..unified.clone()
+            })
+        );
+        let (product_dir, known) = publish(dir.path(), &choice, &unified).unwrap().unwrap();
+        assert_eq!(product_dir, "images/p/1/amd64/default");
+        assert_eq!(known.file, PUBLISHED_NAME);
+        assert_eq!(known.sha256, sha);
+        let link = dir
+            .path()
+            .join(&product_dir)
+            .join(&known.version)
+            .join(PUBLISHED_NAME);
+        assert_eq!(std::fs::read(link).unwrap(), b"unified bytes");
+        // Published once: a second call leaves the existing file alone.
+        assert!(publish(dir.path(), &choice, &unified).unwrap().is_none());
+    }
+
+    #[test]
+    fn never_publishes_a_fingerprint_the_catalog_has() {
+        // The built tarball's sha256 equals a fingerprint already published (here the split
+        // image's own): publishing it would make both unreachable.
+        let fp = "c".repeat(64);
+        let (dir, choice, unified) = tree_with(&fp, &fp);
+        assert!(publish(dir.path(), &choice, &unified).unwrap().is_none());
+        let vdir = dir.path().join(parent_of(&unified.path));
+        assert!(!vdir.join(PUBLISHED_NAME).exists());
+    }
+
     #[test]
     fn local_paths() {
         assert!(is_local("images/a/b/20251123_12:13/incus.tar.xz"));
