@@ -37,6 +37,9 @@ pub enum UnifiedError {
         /// Why.
         source: std::io::Error,
     },
+    /// The output cannot be written (disk full, …).
+    #[error("cannot write the unified tarball: {0}")]
+    Write(std::io::Error),
     /// An input is not what its name says.
     #[error("{}: {problem}", path.display())]
     Corrupt {
@@ -56,26 +59,91 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> UnifiedError + '_ {
 
 /// Writes the unified tarball made of the metadata tarball `meta` and the rootfs `root` (of
 /// type `kind`) to `out`, gzip-compressed. Reads each input once, streaming.
+///
+/// Reading (squashfs or xz decompression, tar framing) and gzip compression each take about
+/// half the time, so they run on two threads, joined by a short queue of 1 MiB chunks: memory
+/// stays flat and a two-core machine builds in about half the time.
 pub fn write_unified(
     meta: &Path,
     root: &Path,
     kind: RootfsKind,
-    out: impl Write,
+    out: impl Write + Send,
 ) -> Result<(), UnifiedError> {
-    // No file name and mtime 0 in the gzip header: the bytes depend on the content only.
-    let gz = flate2::GzBuilder::new().write(out, flate2::Compression::new(GZIP_LEVEL));
-    let mut tar = tar::Builder::new(gz);
-    tar.mode(tar::HeaderMode::Complete);
-    let metadata_mtime = copy_metadata(&mut tar, meta)?;
-    match kind {
-        RootfsKind::Squashfs => copy_squashfs(&mut tar, root)?,
-        RootfsKind::RootTarXz => copy_root_tarball(&mut tar, root)?,
-        RootfsKind::DiskKvm => copy_disk(&mut tar, root, metadata_mtime)?,
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+    std::thread::scope(|scope| {
+        let compressor = scope.spawn(move || -> std::io::Result<()> {
+            // No file name and mtime 0 in the gzip header: the bytes depend on the content only.
+            let mut gz = flate2::GzBuilder::new().write(out, flate2::Compression::new(GZIP_LEVEL));
+            for chunk in rx {
+                gz.write_all(&chunk)?;
+            }
+            gz.finish()?.flush()
+        });
+        let produced = (|| {
+            let mut tar = tar::Builder::new(Chunks {
+                tx,
+                buf: Vec::with_capacity(CHUNK),
+            });
+            tar.mode(tar::HeaderMode::Complete);
+            let metadata_mtime = copy_metadata(&mut tar, meta)?;
+            match kind {
+                RootfsKind::Squashfs => copy_squashfs(&mut tar, root)?,
+                RootfsKind::RootTarXz => copy_root_tarball(&mut tar, root)?,
+                RootfsKind::DiskKvm => copy_disk(&mut tar, root, metadata_mtime)?,
+            }
+            tar.into_inner().and_then(Chunks::finish).map_err(io(root))
+        })();
+        // The reading side has dropped its sender by now (finished or failed), so the
+        // compressor sees the end of the queue. Its error explains a failed send, so it wins.
+        match compressor.join() {
+            Ok(Ok(())) => produced,
+            Ok(Err(e)) => Err(UnifiedError::Write(e)),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Size of the chunks handed to the compressor thread.
+const CHUNK: usize = 1 << 20;
+/// Chunks queued between the two threads.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// The tar side of the queue: collects bytes into chunks and sends them.
+struct Chunks {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Chunks {
+    fn send(&mut self) -> std::io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx.send(chunk).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the compressor stopped")
+        })
     }
-    tar.into_inner()
-        .and_then(|gz| gz.finish())
-        .map_err(io(root))?;
-    Ok(())
+
+    /// Sends what is left.
+    fn finish(mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.send()
+        }
+    }
+}
+
+impl Write for Chunks {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Pax records of an entry worth keeping (xattrs, long or precise values), without the path
