@@ -8,7 +8,7 @@
 //! `.ssb-cache.json`, keyed by file signature, so an unchanged tree reads no image bytes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
@@ -24,6 +24,10 @@ use crate::tree::{FileRole, FileSig, VersionDir};
 
 /// Bytes per read; large enough for few syscalls, small enough for flat memory.
 const CHUNK: usize = 1 << 20;
+/// Bytes per read when the file is also copied: smaller chunks stay in the CPU caches between
+/// the read, the write and the hashes (on a 2-core VM, 256 KiB instead of 1 MiB cut the system
+/// time of a 2 GiB import from about 3.5 s to 2.2 s).
+const COPY_CHUNK: usize = 256 << 10;
 /// Chunks in flight per hashing thread.
 const DEPTH: usize = 4;
 /// Name of the per-product cache file (hidden, so never scanned or served).
@@ -57,6 +61,14 @@ pub enum HashError {
     #[error("cannot read {}: {source}", path.display())]
     Read {
         /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A copy could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file written.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
@@ -191,10 +203,13 @@ impl Sink {
     }
 }
 
-/// Streams a file once into every sink: the first on this thread, each other on its own.
+/// Streams a file once into every sink and, when given, into `copy` (a writer and the path it
+/// writes, for errors). Each sink and the copy run on their own thread, except the first sink
+/// when there is no copy: this thread reads, and hashes too when it has nothing else to do.
 fn stream_file(
     path: &Path,
     sinks: Vec<Sink>,
+    copy: Option<(&mut (dyn Write + Send), &Path)>,
     progress: &dyn Fn(u64),
 ) -> Result<Vec<Sink>, HashError> {
     let read_err = |source| HashError::Read {
@@ -203,9 +218,7 @@ fn stream_file(
     };
     let mut file = fs_err::File::open(path).map_err(read_err)?;
     let mut sinks = sinks.into_iter();
-    let Some(mut first) = sinks.next() else {
-        return Ok(Vec::new());
-    };
+    let mut first = if copy.is_none() { sinks.next() } else { None };
     let rest: Vec<Sink> = sinks.collect();
     std::thread::scope(|scope| {
         let mut senders = Vec::new();
@@ -220,30 +233,55 @@ fn stream_file(
                 sink
             }));
         }
+        let writer = copy.map(|(out, out_path)| {
+            let (tx, rx) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
+            let handle = scope.spawn(move || {
+                for chunk in rx {
+                    out.write_all(&chunk).map_err(|source| HashError::Write {
+                        path: out_path.to_owned(),
+                        source,
+                    })?;
+                }
+                Ok(())
+            });
+            (tx, handle)
+        });
+        let chunk_size = if writer.is_some() { COPY_CHUNK } else { CHUNK };
         let result = (|| {
             loop {
-                let mut buf = vec![0u8; CHUNK];
+                let mut buf = vec![0u8; chunk_size];
                 let n = read_full(&mut file, &mut buf).map_err(read_err)?;
                 if n == 0 {
                     break;
                 }
                 buf.truncate(n);
                 let chunk = Arc::new(buf);
+                if let Some((tx, _)) = &writer
+                    && tx.send(Arc::clone(&chunk)).is_err()
+                {
+                    break; // the copy failed: its error is reported below
+                }
                 for tx in &senders {
                     // A receiver only goes away by panicking, which join reports below.
                     let _ = tx.send(Arc::clone(&chunk));
                 }
-                first.update(&chunk);
+                if let Some(first) = &mut first {
+                    first.update(&chunk);
+                }
                 progress(n as u64);
             }
             Ok(())
         })();
         drop(senders);
-        let mut out = vec![first];
+        let written = writer.map_or(Ok(()), |(tx, handle)| {
+            drop(tx);
+            handle.join().expect("copying thread panicked")
+        });
+        let mut out: Vec<Sink> = first.into_iter().collect();
         for h in handles {
             out.push(h.join().expect("hashing thread panicked"));
         }
-        result.map(|()| out)
+        result.and(written).map(|()| out)
     })
 }
 
@@ -408,7 +446,7 @@ pub fn hash_version(
         for &mi in &pending {
             sinks.push(Sink::Sha(states[&mi].clone()));
         }
-        let mut done = stream_file(&f.path, sinks, progress)?.into_iter();
+        let mut done = stream_file(&f.path, sinks, None, progress)?.into_iter();
         check_unchanged(&f.path, &f.sig)?;
         cache.bytes_read += f.sig.size;
         let sha256 = done.next().map(Sink::hex).unwrap_or_default();
@@ -461,9 +499,30 @@ pub fn sha256_with_prefixes(
     prefixes: Vec<Sha256>,
     progress: &dyn Fn(u64),
 ) -> Result<(String, Vec<String>), HashError> {
+    own_and_prefixed(path, prefixes, None, progress)
+}
+
+/// Copies `src` into `out` (which writes `out_path`) reading it once, and returns what
+/// [`sha256_with_prefixes`] does for it: an import gets the digests of what it copies without
+/// reading the copy again. The read, the write and each hash run on their own threads.
+pub fn copy_with_prefixes(
+    src: &Path,
+    out: &mut (dyn Write + Send),
+    out_path: &Path,
+    prefixes: Vec<Sha256>,
+) -> Result<(String, Vec<String>), HashError> {
+    own_and_prefixed(src, prefixes, Some((out, out_path)), &|_| {})
+}
+
+fn own_and_prefixed(
+    path: &Path,
+    prefixes: Vec<Sha256>,
+    copy: Option<(&mut (dyn Write + Send), &Path)>,
+    progress: &dyn Fn(u64),
+) -> Result<(String, Vec<String>), HashError> {
     let mut sinks = vec![Sink::Sha(Sha256::new())];
     sinks.extend(prefixes.into_iter().map(Sink::Sha));
-    let mut done = stream_file(path, sinks, progress)?.into_iter();
+    let mut done = stream_file(path, sinks, copy, progress)?.into_iter();
     let own = done.next().map(Sink::hex).unwrap_or_default();
     Ok((own, done.map(Sink::hex).collect()))
 }
@@ -692,6 +751,55 @@ mod tests {
             concat(&meta, &sq)
         );
         assert_eq!(h.metadata["lxd.tar.xz"].properties["os"], "K");
+    }
+
+    #[test]
+    fn a_copy_gives_the_digests_of_what_it_wrote() {
+        let d = tempfile::tempdir().unwrap();
+        let meta = meta_bytes("C");
+        let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 241) as u8).collect();
+        let src = d.path().join("rootfs.squashfs");
+        std::fs::write(&src, &data).unwrap();
+        let mut state = Sha256::new();
+        state.update(&meta);
+        let mut out = Vec::new();
+        let (own, combined) =
+            copy_with_prefixes(&src, &mut out, Path::new("copy"), vec![state]).unwrap();
+        assert!(out == data, "the copy is the file");
+        assert_eq!(own, sha256_hex(&data));
+        assert_eq!(combined, [concat(&meta, &data)]);
+    }
+
+    #[test]
+    fn a_failed_copy_is_a_write_error_not_a_hang() {
+        struct Full(usize);
+        impl Write for Full {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(std::io::Error::other("disk full"));
+                }
+                let n = buf.len().min(self.0);
+                self.0 -= n;
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("rootfs.squashfs");
+        std::fs::write(&src, vec![7u8; 20 * CHUNK]).unwrap();
+        let err = copy_with_prefixes(
+            &src,
+            &mut Full(CHUNK + 10),
+            Path::new("copy"),
+            vec![Sha256::new()],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, HashError::Write { path, .. } if path == Path::new("copy")),
+            "{err}"
+        );
     }
 
     #[test]

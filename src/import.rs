@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::hash::{HashCache, HashError, KnownDigest, MetaPrefix};
 use crate::inspect::{self, ImageMetadata, InspectError};
 use crate::stream::{VersionName, canonical_arch};
-use crate::tree::LayoutProduct;
+use crate::tree::{FileSig, LayoutProduct};
 
 /// Largest metadata.yaml accepted, as for metadata tarballs.
 const MAX_METADATA_YAML: u64 = 1 << 20;
@@ -71,6 +72,15 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImportError + '_ {
     move |source| ImportError::Io {
         path: path.to_owned(),
         source,
+    }
+}
+
+fn hash_error(e: HashError) -> ImportError {
+    match e {
+        HashError::Read { path, source } | HashError::Write { path, source } => {
+            ImportError::Io { path, source }
+        }
+        other => ImportError::Input(other.to_string()),
     }
 }
 
@@ -204,11 +214,21 @@ impl Landing {
     }
 
     fn finish(self) -> Result<(tempfile::NamedTempFile, String), ImportError> {
-        let path = self.tmp.path().to_owned();
-        self.tmp.as_file().sync_all().map_err(io(&path))?;
-        crate::atomic::set_file_mode(&path).map_err(io(&path))?;
-        Ok((self.tmp, hex::encode(self.sha.finalize())))
+        self.finish_with_state().map(|(tmp, sha, _)| (tmp, sha))
     }
+
+    /// Also gives the sha256 state after the last byte, to seed a combined hash.
+    fn finish_with_state(self) -> Result<(tempfile::NamedTempFile, String, Sha256), ImportError> {
+        seal(&self.tmp)?;
+        Ok((self.tmp, hex::encode(self.sha.clone().finalize()), self.sha))
+    }
+}
+
+/// Makes a written temp file durable and gives it the tree's file mode.
+fn seal(tmp: &tempfile::NamedTempFile) -> Result<(), ImportError> {
+    let path = tmp.path();
+    tmp.as_file().sync_all().map_err(io(path))?;
+    crate::atomic::set_file_mode(path).map_err(io(path))
 }
 
 impl Write for Landing {
@@ -222,13 +242,75 @@ impl Write for Landing {
     }
 }
 
-/// Copies `src` into a landing in `dir`, hashing it.
-fn land_copy(src: &Path, dir: &Path) -> Result<(tempfile::NamedTempFile, String), ImportError> {
+/// Copies `src` into a landing in `dir`, hashing it; also gives the sha256 state after it.
+fn land_copy(
+    src: &Path,
+    dir: &Path,
+) -> Result<(tempfile::NamedTempFile, String, Sha256), ImportError> {
     let mut landing = Landing::new(dir)?;
     let mut f =
         std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(src).map_err(io(src))?);
     std::io::copy(&mut f, &mut landing).map_err(io(src))?;
-    landing.finish()
+    landing.finish_with_state()
+}
+
+/// Copies a rootfs or disk into a temp file in `dir`, reading it once for its sha256 and for
+/// sha256(metadata tarball ‖ it) from `meta_state` (the sha256 state after the metadata
+/// tarball); the read, the write and the two hashes run on their own threads.
+fn land_paired(
+    src: &Path,
+    dir: &Path,
+    meta_state: Sha256,
+) -> Result<(tempfile::NamedTempFile, String, String), ImportError> {
+    let mut tmp = Landing::new(dir)?.tmp;
+    let path = tmp.path().to_owned();
+    let (sha, combined) =
+        crate::hash::copy_with_prefixes(src, tmp.as_file_mut(), &path, vec![meta_state])
+            .map_err(hash_error)?;
+    seal(&tmp)?;
+    Ok((tmp, sha, combined.into_iter().next().unwrap_or_default()))
+}
+
+/// Puts the digests computed while copying into the product's hash cache (the version folder's
+/// parent), so that the publish after the import reads neither file again. A failure only costs
+/// that re-read.
+fn record_digests(
+    dir: &Path,
+    (data, data_sha): (&Path, &str),
+    (meta, meta_sha, metadata, state): (&Path, &str, ImageMetadata, Sha256),
+    combined: String,
+) {
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let sig = |p: &Path| std::fs::metadata(p).map(|m| FileSig::of(&m));
+    let (Some(product), Ok(data_sig), Ok(meta_sig)) = (dir.parent(), sig(data), sig(meta)) else {
+        return;
+    };
+    let known = KnownDigest {
+        version: name(dir),
+        file: name(data),
+        sig: data_sig,
+        sha256: data_sha.to_owned(),
+        combined: vec![(
+            MetaPrefix {
+                name: name(meta),
+                sig: meta_sig,
+                sha256: meta_sha.to_owned(),
+                metadata,
+                state,
+            },
+            combined,
+        )],
+    };
+    if let Err(e) = HashCache::record(product, &[known]) {
+        tracing::warn!(
+            "cannot record the digests of {} (the publish will hash it again): {e}",
+            data.display()
+        );
+    }
 }
 
 /// Places `tmp` at `dest`, unless an identical file is there; errors if a different one is.
@@ -319,7 +401,7 @@ fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported,
             )));
         }
     };
-    let (meta_tmp, meta_sha) = land_copy(meta_path, &dir)?;
+    let (meta_tmp, meta_sha, meta_state) = land_copy(meta_path, &dir)?;
     // A VM's own metadata beside a container's: keep both, the VM's paired with the disk only.
     let container_meta = dir.join("incus.tar.xz");
     let meta_dest = if data == Data::Qcow2
@@ -334,9 +416,17 @@ fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported,
     } else {
         container_meta
     };
-    let (data_tmp, data_sha) = land_copy(data_path, &dir)?;
-    let new_data = place(data_tmp, &data_sha, &dir.join(rootfs_name), rootfs_name)?;
+    let (data_tmp, data_sha, combined) = land_paired(data_path, &dir, meta_state.clone())?;
+    let data_dest = dir.join(rootfs_name);
+    let new_data = place(data_tmp, &data_sha, &data_dest, rootfs_name)?;
     let new_meta = place(meta_tmp, &meta_sha, &meta_dest, "metadata tarball")?;
+    // Either placed or found identical: the digests are those of the files now in place.
+    record_digests(
+        &dir,
+        (&data_dest, &data_sha),
+        (&meta_dest, &meta_sha, meta, meta_state),
+        combined,
+    );
     Ok(if new_data || new_meta {
         Imported::New(dir)
     } else {
@@ -492,7 +582,7 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
     )?;
     // The unified original, as clients can download it whole (gzip only: the ftype's name).
     if sniff_gzip(src)? {
-        let (tmp, sha) = land_copy(src, &dir)?;
+        let (tmp, sha, _) = land_copy(src, &dir)?;
         changed |= place(
             tmp,
             &sha,

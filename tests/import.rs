@@ -450,3 +450,80 @@ fn bad_inputs_are_named() {
     );
     assert!(!dir.path().join("images/alpine").exists(), "nothing placed");
 }
+
+/// The distinct combined hashes of the items of a catalog (the metadata tarball is listed once
+/// per client, under both ftypes).
+fn combined_hashes(images: &Value) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for product in images["products"].as_object().unwrap().values() {
+        for version in product["versions"].as_object().unwrap().values() {
+            for item in version["items"].as_object().unwrap().values() {
+                if let Some(h) = item["combined_squashfs_sha256"].as_str() {
+                    out.insert(h.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_publish_after_a_split_import_reads_no_image_byte_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs: Vec<u8> = b"hsqs"
+        .iter()
+        .copied()
+        .chain((0..3_000_000u32).map(|i| (i % 251) as u8))
+        .collect();
+    let (m, r) = split_files(dir.path(), &rootfs, "abc.squashfs");
+    let out = bin(dir.path())
+        .args(["-t", "tree", "import"])
+        .arg(&m)
+        .arg(&r)
+        .assert()
+        .success();
+    // The import hashed both files while copying them and left that in the hash cache.
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(stderr.contains("read 0 B of image data"), "{stderr}");
+    let cache = std::fs::read_to_string(
+        dir.path()
+            .join("tree")
+            .join(VERSION)
+            .parent()
+            .unwrap()
+            .join(".ssb-cache.json"),
+    )
+    .unwrap();
+    assert!(cache.contains("20250101_10:00/rootfs.squashfs"), "{cache}");
+    // What it recorded is right: the fingerprint is sha256(metadata tarball ‖ rootfs).
+    let mut both = std::fs::read(&m).unwrap();
+    both.extend_from_slice(&rootfs);
+    let images: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("tree/streams/v1/images.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(combined_hashes(&images), [sha(&both)].into());
+
+    // A rootfs changed after the import misses the cache and is hashed again.
+    let placed = dir
+        .path()
+        .join("tree")
+        .join(VERSION)
+        .join("rootfs.squashfs");
+    let mut changed = rootfs.clone();
+    changed[100] ^= 1;
+    std::fs::write(&placed, &changed).unwrap();
+    let out = bin(dir.path())
+        .args(["-t", "tree", "publish"])
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(!stderr.contains("read 0 B of image data"), "{stderr}");
+    let mut both = std::fs::read(&m).unwrap();
+    both.extend_from_slice(&changed);
+    let images: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("tree/streams/v1/images.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(combined_hashes(&images), [sha(&both)].into());
+}
