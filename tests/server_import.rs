@@ -494,9 +494,20 @@ fn a_tree_yml_server_refuses_imports() {
          \x20   arch: amd64\n\
          \x20   release: \"1\"\n\
          \x20   os: Demo\n\
-         \x20   directory: demo/one\n",
+         \x20   directory: demo/one\n\
+         \x20 - name: legacy:1:amd64:default\n\
+         \x20   arch: amd64\n\
+         \x20   release: \"1\"\n\
+         \x20   os: Legacy\n\
+         \x20   directory: import/legacy\n",
     );
     let site = Site::start_in(dir, www, &["--no-watch"], &[]);
+    // A product folder under a reserved top-level name is unreachable: said at start-up.
+    let said = site.server.said();
+    assert!(
+        said.contains("legacy:1:amd64:default") && said.contains("reserves"),
+        "{said}"
+    );
     let scratch = scratch(&site);
     let (meta, root) = quick_split(&scratch, "demo", b"bytes");
     let (code, answer) = import(&site, &[&meta, &root], &[], Some(TOKEN));

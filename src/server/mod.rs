@@ -187,6 +187,9 @@ fn run(
     Ok(())
 }
 
+/// Top-level names the server answers itself (direct-URL import, `POST /import`).
+const RESERVED_TOP_LEVEL: [&str; 2] = ["direct", "import"];
+
 /// Where writes may go: the layout under images/, or the local products of the tree.yml.
 fn write_scope(root: &Path, index: &IndexOptions) -> Result<write_path::WriteScope, ServerError> {
     let Some(config) = &index.config else {
@@ -195,6 +198,21 @@ fn write_scope(root: &Path, index: &IndexOptions) -> Result<write_path::WriteSco
     let env = |k: &str| std::env::var(k).ok();
     let tree =
         crate::products::Tree::load(Some(config), root, &env).map_err(ServerError::Products)?;
+    for product in &tree.config.products {
+        let top = product
+            .directory
+            .trim_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("");
+        if RESERVED_TOP_LEVEL.contains(&top) {
+            tracing::warn!(
+                "product `{}`: its directory `{}` starts with `{top}/`, which the server reserves (/{top}/…): clients cannot reach its files; move it to another directory",
+                product.name,
+                product.directory
+            );
+        }
+    }
     Ok(write_path::WriteScope::Declared(
         tree.config
             .products

@@ -20,6 +20,8 @@ const READY_MARKER: &str = "listening on ";
 pub struct TestServer {
     child: Child,
     url: String,
+    /// Everything the server printed so far.
+    log: Arc<Mutex<String>>,
 }
 
 impl TestServer {
@@ -92,6 +94,7 @@ server.serve_forever()
                 return TestServer {
                     child,
                     url: url.trim_end_matches('/').to_owned(),
+                    log,
                 };
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -104,6 +107,11 @@ server.serve_forever()
         let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
         let said = log.lock().expect("log lock").clone();
         panic!("{label} {failure} ({status}); it said:\n{said}");
+    }
+
+    /// What the server has printed so far, both streams.
+    pub fn said(&self) -> String {
+        self.log.lock().expect("log lock").clone()
     }
 
     /// Base URL, e.g. `https://127.0.0.1:40123`, without a trailing slash.
