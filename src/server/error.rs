@@ -139,6 +139,24 @@ pub(crate) enum RequestError {
     },
 }
 
+/// A multipart body that cannot be parsed is the client's fault: 400 with the parser's words.
+impl From<axum::extract::multipart::MultipartError> for RequestError {
+    fn from(e: axum::extract::multipart::MultipartError) -> Self {
+        Self::BadMultipart {
+            reason: e.body_text(),
+        }
+    }
+}
+
+/// A request that is not multipart at all, for a handler that takes only multipart.
+impl From<axum::extract::multipart::MultipartRejection> for RequestError {
+    fn from(e: axum::extract::multipart::MultipartRejection) -> Self {
+        Self::BadMultipart {
+            reason: e.body_text(),
+        }
+    }
+}
+
 impl RequestError {
     pub(crate) fn status(&self) -> axum::http::StatusCode {
         use axum::http::StatusCode as S;

@@ -229,22 +229,9 @@ pub(crate) fn clear_staging(root: &Path) {
 
 /// Reads the multipart body: file parts into `staging`, text fields into the form.
 async fn receive(writes: &Writes, req: Request, staging: &Path) -> Result<Form, RequestError> {
-    let bad_multipart = |e: axum::extract::multipart::MultipartError| RequestError::BadMultipart {
-        reason: e.body_text(),
-    };
-    let mut multipart =
-        Multipart::from_request(req, &())
-            .await
-            .map_err(|e| RequestError::BadMultipart {
-                reason: e.body_text(),
-            })?;
+    let mut multipart = Multipart::from_request(req, &()).await?;
     let mut form = Form::default();
-    loop {
-        let field = match multipart.next_field().await {
-            Ok(Some(field)) => field,
-            Ok(None) => break,
-            Err(e) => return Err(bad_multipart(e)),
-        };
+    while let Some(field) = multipart.next_field().await? {
         let refused = match field.file_name() {
             Some(_) if form.files.len() == 2 => Some(RequestError::ImportFileCount {
                 got: "a third file part".into(),
@@ -307,23 +294,13 @@ async fn receive(writes: &Writes, req: Request, staging: &Path) -> Result<Form, 
 async fn text_field(mut field: Field<'_>) -> Result<(String, String), RequestError> {
     let name = field.name().unwrap_or_default().to_owned();
     let mut bytes = Vec::new();
-    loop {
-        match field.chunk().await {
-            Ok(Some(chunk)) => {
-                bytes.extend_from_slice(&chunk);
-                if bytes.len() > MAX_TEXT_FIELD {
-                    return Err(RequestError::BadField {
-                        name,
-                        reason: format!("longer than {MAX_TEXT_FIELD} bytes"),
-                    });
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                return Err(RequestError::BadMultipart {
-                    reason: e.body_text(),
-                });
-            }
+    while let Some(chunk) = field.chunk().await? {
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() > MAX_TEXT_FIELD {
+            return Err(RequestError::BadField {
+                name,
+                reason: format!("longer than {MAX_TEXT_FIELD} bytes"),
+            });
         }
     }
     match String::from_utf8(bytes) {

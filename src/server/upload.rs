@@ -222,23 +222,9 @@ pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, 
     let base = RequestPath::parse(trimmed)
         .ok_or_else(|| bad_path(&raw, "not a plain path".into()))?
         .to_relative_string();
-    let mut multipart =
-        Multipart::from_request(req, &())
-            .await
-            .map_err(|e| RequestError::BadMultipart {
-                reason: e.body_text(),
-            })?;
+    let mut multipart = Multipart::from_request(req, &()).await?;
     let mut stored = Vec::new();
-    loop {
-        let field = match multipart.next_field().await {
-            Ok(Some(field)) => field,
-            Ok(None) => break,
-            Err(e) => {
-                return Err(RequestError::BadMultipart {
-                    reason: e.body_text(),
-                });
-            }
-        };
+    while let Some(field) = multipart.next_field().await? {
         let Some(name) = field.file_name().map(str::to_owned) else {
             continue;
         };
