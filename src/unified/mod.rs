@@ -197,14 +197,24 @@ fn corrupt(path: &Path, what: String) -> impl Fn(std::io::Error) -> UnifiedError
     }
 }
 
+/// Opens a tarball of any compression for its entries, reading through a `buffer`-byte buffer;
+/// also gives the compression's name.
+fn open_tarball(
+    path: &Path,
+    buffer: usize,
+) -> Result<(inspect::Tarball<'static>, &'static str), UnifiedError> {
+    let file = fs_err::File::open(path).map_err(io(path))?;
+    inspect::open_tarball(BufReader::with_capacity(buffer, file), path).map_err(|e| {
+        UnifiedError::Corrupt {
+            path: path.to_owned(),
+            problem: e.problem,
+        }
+    })
+}
+
 /// Copies every entry of the metadata tarball; returns metadata.yaml's mtime (0 if none).
 fn copy_metadata<W: Write>(out: &mut tar::Builder<W>, meta: &Path) -> Result<u64, UnifiedError> {
-    let file = fs_err::File::open(meta).map_err(io(meta))?;
-    let (mut archive, what) =
-        inspect::open_tarball(BufReader::new(file), meta).map_err(|e| UnifiedError::Corrupt {
-            path: meta.to_owned(),
-            problem: e.problem,
-        })?;
+    let (mut archive, what) = open_tarball(meta, 8 << 10)?;
     let bad = corrupt(meta, format!("{what} metadata tarball"));
     let mut mtime = 0;
     for entry in archive.entries().map_err(&bad)? {
@@ -229,12 +239,7 @@ fn under_rootfs(path: &str) -> String {
 }
 
 fn copy_root_tarball<W: Write>(out: &mut tar::Builder<W>, root: &Path) -> Result<(), UnifiedError> {
-    let file = fs_err::File::open(root).map_err(io(root))?;
-    let (mut archive, what) = inspect::open_tarball(BufReader::with_capacity(1 << 20, file), root)
-        .map_err(|e| UnifiedError::Corrupt {
-            path: root.to_owned(),
-            problem: e.problem,
-        })?;
+    let (mut archive, what) = open_tarball(root, 1 << 20)?;
     let bad = corrupt(root, format!("{what} root tarball"));
     let mut saw_root_dir = false;
     for entry in archive.entries().map_err(&bad)? {
