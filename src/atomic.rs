@@ -78,6 +78,60 @@ pub fn write_with(
     Ok(())
 }
 
+/// A new file being written into a folder under a hidden temp name, its sha256 computed on the
+/// way. [`HashedTemp::seal`] makes it durable and world-readable; the caller then renames it
+/// into place (under a name that may depend on the hash).
+pub struct HashedTemp {
+    tmp: tempfile::NamedTempFile,
+    sha: sha2::Sha256,
+}
+
+impl HashedTemp {
+    /// Creates `dir` if needed and a temp file in it named `<prefix>…`.
+    pub fn new(dir: &Path, prefix: &str) -> std::io::Result<Self> {
+        create_dir_all(dir)?;
+        Ok(Self {
+            tmp: tempfile::Builder::new().prefix(prefix).tempfile_in(dir)?,
+            sha: sha2::Digest::new(),
+        })
+    }
+
+    /// Where it is being written.
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// The temp file itself, for writers that hash on their own.
+    pub fn into_file(self) -> tempfile::NamedTempFile {
+        self.tmp
+    }
+
+    /// Fsyncs it and makes it world-readable; gives it back with the sha256 state after its
+    /// last byte.
+    pub fn seal(self) -> std::io::Result<(tempfile::NamedTempFile, sha2::Sha256)> {
+        seal(&self.tmp)?;
+        Ok((self.tmp, self.sha))
+    }
+}
+
+impl Write for HashedTemp {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.tmp.write(buf)?;
+        sha2::Digest::update(&mut self.sha, &buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tmp.flush()
+    }
+}
+
+/// Makes a written temp file durable and gives it the mode of published files.
+pub fn seal(tmp: &tempfile::NamedTempFile) -> std::io::Result<()> {
+    tmp.as_file().sync_all()?;
+    set_file_mode(tmp.path())
+}
+
 /// Fsyncs a folder, making renames and links in it durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()

@@ -14,7 +14,9 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
+use sha2::Digest as _;
+
+use crate::atomic::HashedTemp;
 
 use crate::hash::KnownDigest;
 use crate::inventory::{InventoryError, load_catalog};
@@ -287,23 +289,6 @@ pub fn cached(root: &Path, meta: &str, fingerprint: &str) -> Option<Unified> {
         })
 }
 
-/// A writer that hashes what goes through it.
-struct Hashing<W> {
-    inner: W,
-    sha: Sha256,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.sha.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// The unified tarball for `choice`: the published one, the cached one, or a new one built
 /// into the version folder (temp file, fsync, rename; caches of older split files removed).
 /// Blocking; callers serialize builds.
@@ -329,25 +314,15 @@ pub fn unified(root: &Path, choice: &Choice) -> Result<Unified, DirectError> {
     let rel_dir = parent_of(meta);
     let dir = root.join(rel_dir);
     let started = std::time::Instant::now();
-    let tmp = tempfile::Builder::new()
-        .prefix(".ssb-unified-partial.")
-        .tempfile_in(&dir)
-        .map_err(io(&dir))?;
-    let sha256 = {
-        let mut out = Hashing {
-            inner: std::io::BufWriter::with_capacity(1 << 20, tmp.as_file()),
-            sha: Sha256::new(),
-        };
+    let mut partial = HashedTemp::new(&dir, ".ssb-unified-partial.").map_err(io(&dir))?;
+    let partial_path = partial.path().to_owned();
+    {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut partial);
         write_unified(&root.join(meta), &root.join(root_file), kind, &mut out)?;
-        out.flush().map_err(io(tmp.path()))?;
-        hex::encode(out.sha.finalize())
-    };
-    let file = tmp.as_file();
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
-        crate::atomic::FILE_MODE,
-    ))
-    .and_then(|()| file.sync_all())
-    .map_err(io(tmp.path()))?;
+        out.flush().map_err(io(&partial_path))?;
+    }
+    let (tmp, sha) = partial.seal().map_err(io(&partial_path))?;
+    let sha256 = hex::encode(sha.finalize());
     let name = format!("{CACHE_PREFIX}{fingerprint}.{sha256}{CACHE_SUFFIX}");
     let dest = dir.join(&name);
     tmp.persist(&dest).map_err(|e| DirectError::Io {

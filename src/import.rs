@@ -9,11 +9,12 @@
 //! Every file lands through a temp file in its destination folder, hashed on the way.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::atomic::HashedTemp;
 use crate::hash::{HashCache, HashError, KnownDigest, MetaPrefix};
 use crate::inspect::{self, ImageMetadata, InspectError};
 use crate::stream::{VersionName, canonical_arch};
@@ -195,51 +196,23 @@ pub fn version_dir(
 }
 
 /// A file being written into a version folder: a hidden temp file, renamed at the end.
-struct Landing {
-    tmp: tempfile::NamedTempFile,
-    sha: Sha256,
+type Landing = HashedTemp;
+
+fn landing(dir: &Path) -> Result<Landing, ImportError> {
+    HashedTemp::new(dir, ".import-").map_err(io(dir))
 }
 
-impl Landing {
-    fn new(dir: &Path) -> Result<Self, ImportError> {
-        crate::atomic::create_dir_all(dir).map_err(io(dir))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".import-")
-            .tempfile_in(dir)
-            .map_err(io(dir))?;
-        Ok(Self {
-            tmp,
-            sha: Sha256::new(),
-        })
-    }
-
-    fn finish(self) -> Result<(tempfile::NamedTempFile, String), ImportError> {
-        self.finish_with_state().map(|(tmp, sha, _)| (tmp, sha))
-    }
-
-    /// Also gives the sha256 state after the last byte, to seed a combined hash.
-    fn finish_with_state(self) -> Result<(tempfile::NamedTempFile, String, Sha256), ImportError> {
-        seal(&self.tmp)?;
-        Ok((self.tmp, hex::encode(self.sha.clone().finalize()), self.sha))
-    }
+fn finish(landing: Landing) -> Result<(tempfile::NamedTempFile, String), ImportError> {
+    finish_with_state(landing).map(|(tmp, sha, _)| (tmp, sha))
 }
 
-/// Makes a written temp file durable and gives it the tree's file mode.
-fn seal(tmp: &tempfile::NamedTempFile) -> Result<(), ImportError> {
-    let path = tmp.path();
-    tmp.as_file().sync_all().map_err(io(path))?;
-    crate::atomic::set_file_mode(path).map_err(io(path))
-}
-
-impl Write for Landing {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.tmp.write(buf)?;
-        self.sha.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.tmp.flush()
-    }
+/// Also gives the sha256 state after the last byte, to seed a combined hash.
+fn finish_with_state(
+    landing: Landing,
+) -> Result<(tempfile::NamedTempFile, String, Sha256), ImportError> {
+    let path = landing.path().to_owned();
+    let (tmp, sha) = landing.seal().map_err(io(&path))?;
+    Ok((tmp, hex::encode(sha.clone().finalize()), sha))
 }
 
 /// Copies `src` into a landing in `dir`, hashing it; also gives the sha256 state after it.
@@ -247,11 +220,11 @@ fn land_copy(
     src: &Path,
     dir: &Path,
 ) -> Result<(tempfile::NamedTempFile, String, Sha256), ImportError> {
-    let mut landing = Landing::new(dir)?;
+    let mut landing = landing(dir)?;
     let mut f =
         std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(src).map_err(io(src))?);
     std::io::copy(&mut f, &mut landing).map_err(io(src))?;
-    landing.finish_with_state()
+    finish_with_state(landing)
 }
 
 /// Copies a rootfs or disk into a temp file in `dir`, reading it once for its sha256 and for
@@ -262,12 +235,12 @@ fn land_paired(
     dir: &Path,
     meta_state: Sha256,
 ) -> Result<(tempfile::NamedTempFile, String, String), ImportError> {
-    let mut tmp = Landing::new(dir)?.tmp;
+    let mut tmp = landing(dir)?.into_file();
     let path = tmp.path().to_owned();
     let (sha, combined) =
         crate::hash::copy_with_prefixes(src, tmp.as_file_mut(), &path, vec![meta_state])
             .map_err(hash_error)?;
-    seal(&tmp)?;
+    crate::atomic::seal(&tmp).map_err(io(&path))?;
     Ok((tmp, sha, combined.into_iter().next().unwrap_or_default()))
 }
 
@@ -448,8 +421,8 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
     // Split into temp files in a staging folder of the target, then move them into the version
     // folder that metadata.yaml names (known only once the archive has been read).
     let staging_parent = req.target.join(crate::tree::LAYOUT_ROOT);
-    let mut meta_out = Landing::new(&staging_parent)?;
-    let mut root_out = Landing::new(&staging_parent)?;
+    let mut meta_out = landing(&staging_parent)?;
+    let mut root_out = landing(&staging_parent)?;
     let mut disk_out: Option<Landing> = None;
     let mut yaml: Option<String> = None;
     let mut has_rootfs = false;
@@ -476,9 +449,9 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
                 .map(|l| l.to_string_lossy().into_owned());
             let plain = name.strip_prefix("./").unwrap_or(&name);
             if plain == "rootfs.img" {
-                let mut landing = Landing::new(&staging_parent)?;
-                std::io::copy(&mut entry, &mut landing).map_err(bad)?;
-                disk_out = Some(landing);
+                let mut disk = landing(&staging_parent)?;
+                std::io::copy(&mut entry, &mut disk).map_err(bad)?;
+                disk_out = Some(disk);
                 has_rootfs = true;
                 continue;
             }
@@ -563,13 +536,13 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
     let dir = version_dir(req.target, &meta, req.variant, src)?;
     crate::atomic::create_dir_all(&dir).map_err(io(&dir))?;
     let mut changed = false;
-    let (meta_tmp, meta_sha) = meta_out.finish()?;
+    let (meta_tmp, meta_sha) = finish(meta_out)?;
     let (meta_name, data) = match disk_out {
         Some(disk) => {
             drop(root_out);
-            ("incus.tar.xz", Some((disk.finish()?, "disk.qcow2")))
+            ("incus.tar.xz", Some((finish(disk)?, "disk.qcow2")))
         }
-        None => ("incus.tar.xz", Some((root_out.finish()?, "rootfs.tar.xz"))),
+        None => ("incus.tar.xz", Some((finish(root_out)?, "rootfs.tar.xz"))),
     };
     if let Some(((tmp, sha), name)) = data {
         changed |= place(tmp, &sha, &dir.join(name), name)?;
