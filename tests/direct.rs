@@ -21,7 +21,7 @@ use common::catalog::sha256_of;
 use common::clients::{Client as RealClient, Clients, Program};
 use common::fixtures::{
     Layout, MetaSpec, write_metadata_tarball, write_qcow2, write_rootfs_tar_xz,
-    write_squashfs_rootfs,
+    write_squashfs_rootfs, write_unified_tar_gz,
 };
 use common::server::TestServer;
 use common::tls::TestCa;
@@ -43,35 +43,6 @@ struct Site {
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(bytes))
-}
-
-/// A unified tar.gz as `incus image export` gives it for a container.
-fn write_unified_fixture(path: &Path, spec: &MetaSpec, seed: &str) {
-    let meta_dir = TempDir::new().unwrap();
-    let meta = write_metadata_tarball(&meta_dir.path().join("m.tar.xz"), spec);
-    let root = write_rootfs_tar_xz(&meta_dir.path().join("r.tar.xz"), seed);
-    // Our builder is not used here: the fixture is assembled entry by entry from the two
-    // fixture tarballs, so the test does not check the builder against itself.
-    let gz = flate2::write::GzEncoder::new(
-        std::fs::File::create(path).unwrap(),
-        flate2::Compression::default(),
-    );
-    let mut out = tar::Builder::new(gz);
-    for (src, prefix) in [(&meta, ""), (&root, "rootfs/")] {
-        let xz = liblzma::read::XzDecoder::new(std::fs::File::open(src).unwrap());
-        let mut archive = tar::Archive::new(xz);
-        for entry in archive.entries().unwrap() {
-            let mut entry = entry.unwrap();
-            let name = entry.path().unwrap().to_string_lossy().into_owned();
-            let name = format!("{prefix}{}", name.trim_start_matches("./"));
-            let mut header = entry.header().clone();
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data).unwrap();
-            out.append_data(&mut header, &name, data.as_slice())
-                .unwrap();
-        }
-    }
-    out.into_inner().unwrap().finish().unwrap();
 }
 
 impl Site {
@@ -105,7 +76,7 @@ impl Site {
         common::publish_layout(dir.path(), &www);
         // unified/1: imported from a unified tarball, which is kept and published.
         let unified = dir.path().join("unified.tar.gz");
-        write_unified_fixture(&unified, &MetaSpec::new("unified", "1", "u1"), "unified");
+        write_unified_tar_gz(&unified, &MetaSpec::new("unified", "1", "u1"), "unified");
         common::command::run_ok(
             common::ssb(dir.path())
                 .arg("-t")
