@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::atomic::HashedTemp;
+use crate::bulk::DirectWriter;
 use crate::hash::{HashCache, HashError, KnownDigest, MetaPrefix};
 use crate::inspect::{self, ImageMetadata, InspectError};
 use crate::stream::{VersionName, canonical_arch};
@@ -227,21 +228,28 @@ fn land_copy(
     finish_with_state(landing)
 }
 
-/// Copies a rootfs or disk into a temp file in `dir`, reading it once for its sha256 and for
-/// sha256(metadata tarball ‖ it) from `meta_state` (the sha256 state after the metadata
-/// tarball); the read, the write and the two hashes run on their own threads.
-fn land_paired(
+/// Copies a large file (a rootfs, a disk, a unified tarball) into a temp file in `dir`,
+/// writing it direct to the disk where it can ([`DirectWriter`]) and reading it once for its
+/// sha256 and for sha256(prefix ‖ it) for each of `prefixes` (sha256 states after a metadata
+/// tarball); the read, the write and the hashes run on their own threads.
+fn land_bulk(
     src: &Path,
     dir: &Path,
-    meta_state: Sha256,
-) -> Result<(tempfile::NamedTempFile, String, String), ImportError> {
-    let mut tmp = landing(dir)?.into_file();
+    prefixes: Vec<Sha256>,
+) -> Result<(tempfile::NamedTempFile, String, Vec<String>), ImportError> {
+    let tmp = landing(dir)?.into_file();
     let path = tmp.path().to_owned();
+    let mut out = DirectWriter::new(tmp.as_file());
     let (sha, combined) =
-        crate::hash::copy_with_prefixes(src, tmp.as_file_mut(), &path, vec![meta_state])
-            .map_err(hash_error)?;
+        crate::hash::copy_with_prefixes(src, &mut out, &path, prefixes).map_err(hash_error)?;
+    tracing::debug!(
+        "{}: wrote {} bytes, {} of them direct",
+        path.display(),
+        out.written(),
+        out.written_direct()
+    );
     crate::atomic::seal(&tmp).map_err(io(&path))?;
-    Ok((tmp, sha, combined.into_iter().next().unwrap_or_default()))
+    Ok((tmp, sha, combined))
 }
 
 /// Puts the digests computed while copying into the product's hash cache (the version folder's
@@ -389,7 +397,8 @@ fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported,
     } else {
         container_meta
     };
-    let (data_tmp, data_sha, combined) = land_paired(data_path, &dir, meta_state.clone())?;
+    let (data_tmp, data_sha, combined) = land_bulk(data_path, &dir, vec![meta_state.clone()])?;
+    let combined = combined.into_iter().next().unwrap_or_default();
     let data_dest = dir.join(rootfs_name);
     let new_data = place(data_tmp, &data_sha, &data_dest, rootfs_name)?;
     let new_meta = place(meta_tmp, &meta_sha, &meta_dest, "metadata tarball")?;
@@ -555,7 +564,7 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
     )?;
     // The unified original, as clients can download it whole (gzip only: the ftype's name).
     if sniff_gzip(src)? {
-        let (tmp, sha, _) = land_copy(src, &dir)?;
+        let (tmp, sha, _) = land_bulk(src, &dir, Vec::new())?;
         changed |= place(
             tmp,
             &sha,

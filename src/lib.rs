@@ -8,6 +8,7 @@
 
 pub mod atomic;
 pub mod build;
+pub mod bulk;
 pub mod cli;
 pub mod commands;
 pub mod config;

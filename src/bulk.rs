@@ -1,0 +1,271 @@
+//! Moving image-sized files: page-aligned read buffers, and a writer that sends aligned blocks
+//! straight to the disk (`O_DIRECT`) instead of through the page cache.
+//!
+//! Copying a 2 GiB rootfs through the page cache costs the kernel a fresh page for every 4 KiB
+//! written; on the virtual machines image servers often run on, that dominated an import
+//! (`cp` of 2 GiB plus fsync: 1.2–7.8 s of mostly system time, `dd oflag=direct` 1.4–2.2 s).
+//! Writing direct also leaves the page cache to the files being served. The bytes written are
+//! still the bytes in our buffer, the ones the hashers read, and the file is still fsynced by
+//! its owner: `O_DIRECT` skips the cache, not the device's write cache.
+//!
+//! Whatever cannot go direct is written the ordinary way, so the result is always the same
+//! file: the unaligned tail of a file, a buffer that is not aligned, and every write on a file
+//! system that refuses direct I/O (`EINVAL`, as tmpfs before Linux 6.6 or some FUSE mounts).
+
+use std::fs::File;
+use std::io::{Read, Write};
+
+use rustix::fs::OFlags;
+
+/// Alignment of buffer addresses, lengths and file offsets for direct writes: the page size,
+/// a multiple of every logical block size in use (512 or 4096). A device that needs more
+/// refuses with `EINVAL`, and the writer falls back.
+pub const ALIGN: usize = 4096;
+
+/// A read buffer whose data starts on an [`ALIGN`] boundary, allocated once and reused.
+pub struct Block {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Block {
+    /// A buffer for up to `capacity` bytes (a multiple of [`ALIGN`] for whole-block reads).
+    pub fn new(capacity: usize) -> Self {
+        let storage = vec![0u8; capacity + ALIGN];
+        // `align_offset` may decline (usize::MAX); an unaligned block is still correct, it is
+        // only written the ordinary way.
+        let start = match storage.as_ptr().align_offset(ALIGN) {
+            off if off < ALIGN => off,
+            _ => 0,
+        };
+        Self {
+            storage,
+            start,
+            len: 0,
+        }
+    }
+
+    /// Refills it from `r`, reading until it is full or `r` ends; returns the bytes read (0 at
+    /// the end). A short block is the end of the file.
+    pub fn fill_from(&mut self, r: &mut impl Read) -> std::io::Result<usize> {
+        let end = self.storage.len() - ALIGN + self.start;
+        let buf = &mut self.storage[self.start..end];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match r.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.len = filled;
+        Ok(filled)
+    }
+
+    /// The bytes read.
+    pub fn data(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+}
+
+/// Writes to a file from its start, each aligned run of whole blocks with `O_DIRECT` and the
+/// rest through the page cache. The caller still fsyncs the file.
+pub struct DirectWriter<'f> {
+    file: &'f File,
+    /// Bytes written so far: the file position.
+    pos: u64,
+    /// Of those, bytes written direct.
+    direct_bytes: u64,
+    /// Whether the descriptor has `O_DIRECT` set right now.
+    direct: bool,
+    /// False once the file system refused direct I/O: everything else goes buffered.
+    can_direct: bool,
+}
+
+impl<'f> DirectWriter<'f> {
+    /// A writer for `file`, which must be open for writing at offset 0 (a new temp file).
+    pub fn new(file: &'f File) -> Self {
+        Self {
+            file,
+            pos: 0,
+            direct_bytes: 0,
+            direct: false,
+            can_direct: true,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.pos
+    }
+
+    /// Of those, the bytes that went direct (none where the file system refuses).
+    pub fn written_direct(&self) -> u64 {
+        self.direct_bytes
+    }
+
+    /// Turns `O_DIRECT` on or off; false if the file system does not allow it on.
+    fn set_direct(&mut self, on: bool) -> std::io::Result<bool> {
+        if self.direct == on {
+            return Ok(true);
+        }
+        let flags = rustix::fs::fcntl_getfl(self.file)?;
+        let flags = if on {
+            flags | OFlags::DIRECT
+        } else {
+            flags - OFlags::DIRECT
+        };
+        match rustix::fs::fcntl_setfl(self.file, flags) {
+            Ok(()) => {
+                self.direct = on;
+                Ok(true)
+            }
+            Err(rustix::io::Errno::INVAL) if on => {
+                self.refused();
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn refused(&mut self) {
+        tracing::debug!("direct writes refused here; writing through the page cache");
+        self.can_direct = false;
+    }
+
+    /// The leading part of `buf` that can be written direct at the current position.
+    fn direct_len(&self, buf: &[u8]) -> usize {
+        let aligned = self.can_direct
+            && self.pos.is_multiple_of(ALIGN as u64)
+            && buf.as_ptr().addr().is_multiple_of(ALIGN);
+        if aligned {
+            buf.len() - buf.len() % ALIGN
+        } else {
+            0
+        }
+    }
+}
+
+impl Write for DirectWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let direct = self.direct_len(buf);
+        let n = if direct > 0 && self.set_direct(true)? {
+            match (&*self.file).write(&buf[..direct]) {
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                    // Nothing was written: this device needs a larger alignment.
+                    self.refused();
+                    self.set_direct(false)?;
+                    (&*self.file).write(buf)?
+                }
+                other => {
+                    let n = other?;
+                    self.direct_bytes += n as u64;
+                    n
+                }
+            }
+        } else {
+            self.set_direct(false)?;
+            (&*self.file).write(buf)?
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    /// Writes `data` in blocks of `block` bytes read from a file, like an import does; gives
+    /// the bytes written and the bytes written direct.
+    fn copy_in_blocks(data: &[u8], block: usize, out: &File) -> (u64, u64) {
+        let mut src = std::io::Cursor::new(data);
+        let mut b = Block::new(block);
+        let mut w = DirectWriter::new(out);
+        while b.fill_from(&mut src).unwrap() > 0 {
+            w.write_all(b.data()).unwrap();
+        }
+        (w.written(), w.written_direct())
+    }
+
+    /// Whether the file system of `dir` takes direct writes at all.
+    fn direct_io_works(dir: &std::path::Path) -> bool {
+        let probe = File::create(dir.join("probe")).unwrap();
+        let flags = rustix::fs::fcntl_getfl(&probe).unwrap();
+        rustix::fs::fcntl_setfl(&probe, flags | OFlags::DIRECT).is_ok()
+    }
+
+    #[test]
+    fn blocks_are_aligned_and_hold_what_was_read() {
+        let data = pattern(3 * ALIGN + 5);
+        let mut src = std::io::Cursor::new(&data);
+        let mut b = Block::new(2 * ALIGN);
+        assert!(b.data().as_ptr().addr().is_multiple_of(ALIGN));
+        assert_eq!(b.fill_from(&mut src).unwrap(), 2 * ALIGN);
+        assert_eq!(b.data(), &data[..2 * ALIGN]);
+        assert_eq!(b.fill_from(&mut src).unwrap(), ALIGN + 5);
+        assert_eq!(b.data(), &data[2 * ALIGN..]);
+        assert_eq!(b.fill_from(&mut src).unwrap(), 0);
+        assert!(b.data().is_empty());
+    }
+
+    #[test]
+    fn a_copy_with_an_unaligned_tail_is_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let can_direct = direct_io_works(dir.path());
+        for len in [0, 1, ALIGN - 1, ALIGN, 5 * ALIGN, 5 * ALIGN + 123, 1 << 20] {
+            let data = pattern(len);
+            let path = dir.path().join(format!("out-{len}"));
+            let out = File::create(&path).unwrap();
+            let (written, direct) = copy_in_blocks(&data, 4 * ALIGN, &out);
+            assert_eq!(written, len as u64);
+            let whole_blocks = (len - len % ALIGN) as u64;
+            assert_eq!(direct, if can_direct { whole_blocks } else { 0 }, "{len}");
+            out.sync_all().unwrap();
+            drop(out);
+            assert!(std::fs::read(&path).unwrap() == data, "{len} bytes differ");
+        }
+    }
+
+    #[test]
+    fn unaligned_buffers_and_positions_are_written_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let out = File::create(&path).unwrap();
+        let data = pattern(10 * ALIGN + 77);
+        let mut w = DirectWriter::new(&out);
+        // A short write makes the position unaligned, then an unaligned slice, then the rest.
+        w.write_all(&data[..100]).unwrap();
+        w.write_all(&data[100..ALIGN + 1]).unwrap();
+        w.write_all(&data[ALIGN + 1..]).unwrap();
+        assert_eq!(w.written(), data.len() as u64);
+        drop(out);
+        assert!(std::fs::read(&path).unwrap() == data);
+    }
+
+    #[test]
+    fn a_read_only_file_is_an_error_not_a_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro");
+        std::fs::write(&path, b"x").unwrap();
+        let ro = File::open(&path).unwrap();
+        let mut w = DirectWriter::new(&ro);
+        let b = {
+            let mut b = Block::new(ALIGN);
+            b.fill_from(&mut std::io::Cursor::new(pattern(ALIGN)))
+                .unwrap();
+            b
+        };
+        assert!(w.write_all(b.data()).is_err());
+    }
+}
