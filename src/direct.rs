@@ -353,6 +353,87 @@ pub fn unified(root: &Path, choice: &Choice) -> Result<Unified, DirectError> {
     })
 }
 
+/// After a re-index: forgets the unified tarballs built from split files the catalog no longer
+/// has, because a metadata or rootfs file was replaced or deleted since. They hold the old
+/// content, and a published one would keep an image in the catalog that the version's files no
+/// longer make. Returns the version folders (relative to `root`) whose published
+/// [`PUBLISHED_NAME`] went: the catalog needs another re-index.
+pub fn forget_stale(root: &Path) -> Result<Vec<String>, DirectError> {
+    let (_, products, _) = load_catalog(root)?;
+    let mut republish = Vec::new();
+    for version in products.products.values().flat_map(|p| p.versions.values()) {
+        let Some(dir) = version
+            .items
+            .values()
+            .map(|i| i.path.as_str())
+            .find(|p| is_local(p))
+            .map(parent_of)
+        else {
+            continue;
+        };
+        let current: BTreeSet<&str> = version
+            .items
+            .values()
+            .flat_map(|i| RootfsKind::ALL.iter().filter_map(|&k| i.combined_for(k)))
+            .collect();
+        let removed = forget_built(&root.join(dir), &current).map_err(io(&root.join(dir)))?;
+        if !removed.is_empty() {
+            tracing::info!(
+                "{dir}: removed the unified tarball built from its earlier files ({})",
+                removed.join(", ")
+            );
+        }
+        if removed.iter().any(|n| n == PUBLISHED_NAME) {
+            republish.push(dir.to_owned());
+        }
+    }
+    Ok(republish)
+}
+
+/// Removes the cached unified tarballs of `version_dir` built from split files whose
+/// fingerprint is not in `current`, and the version's [`PUBLISHED_NAME`] when it is one of them
+/// (the same inode; an imported original is a file of its own and stays). The next direct
+/// request builds a new one. Returns the names removed.
+pub fn forget_built(version_dir: &Path, current: &BTreeSet<&str>) -> std::io::Result<Vec<String>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let entries = match std::fs::read_dir(version_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut stale = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let built_from = name
+            .strip_prefix(CACHE_PREFIX)
+            .and_then(|rest| rest.split('.').next());
+        if let Some(fp) = built_from
+            && is_cache_name(&name)
+            && !current.contains(fp)
+        {
+            let meta = entry.metadata()?;
+            stale.push((name, (meta.dev(), meta.ino())));
+        }
+    }
+    let mut removed = Vec::new();
+    let published = version_dir.join(PUBLISHED_NAME);
+    if let Ok(meta) = std::fs::symlink_metadata(&published)
+        && stale.iter().any(|(_, id)| *id == (meta.dev(), meta.ino()))
+    {
+        fs_err::remove_file(&published)?;
+        removed.push(PUBLISHED_NAME.to_owned());
+    }
+    for (name, _) in stale {
+        fs_err::remove_file(version_dir.join(&name))?;
+        removed.push(name);
+    }
+    if !removed.is_empty() {
+        crate::atomic::sync_dir(version_dir)?;
+    }
+    Ok(removed)
+}
+
 /// Every fingerprint the catalog publishes: split combined hashes and unified sha256s.
 fn fingerprints(products: &ProductsFile) -> BTreeSet<&str> {
     let mut out = BTreeSet::new();
@@ -528,6 +609,70 @@ mod tests {
         assert!(publish(dir.path(), &choice, &unified).unwrap().is_none());
         let vdir = dir.path().join(parent_of(&unified.path));
         assert!(!vdir.join(PUBLISHED_NAME).exists());
+    }
+
+    #[test]
+    fn forgetting_removes_stale_builds_and_their_published_link() {
+        let (fp, sha) = ("a".repeat(64), "b".repeat(64));
+        let (dir, choice, unified) = tree_with(&fp, &sha);
+        publish(dir.path(), &choice, &unified).unwrap().unwrap();
+        let vdir = dir.path().join(parent_of(&unified.path));
+        std::fs::write(vdir.join("incus.tar.xz"), b"meta").unwrap();
+        // Still the version's fingerprint: kept.
+        assert!(
+            forget_built(&vdir, &BTreeSet::from([fp.as_str()]))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(forget_stale(dir.path()).unwrap().is_empty());
+        // The split files changed: a new fingerprint, the build from the old ones goes.
+        let mut removed = forget_built(&vdir, &BTreeSet::from(["d".repeat(64).as_str()])).unwrap();
+        removed.sort();
+        let cache = unified.path.rsplit('/').next().unwrap().to_owned();
+        assert_eq!(removed, [cache, PUBLISHED_NAME.to_owned()]);
+        let left: Vec<_> = std::fs::read_dir(&vdir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["incus.tar.xz"]);
+        assert!(
+            forget_built(&vdir.join("gone"), &BTreeSet::new())
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn forgetting_keeps_an_imported_unified_original() {
+        let (fp, sha) = ("a".repeat(64), "b".repeat(64));
+        let (dir, _, unified) = tree_with(&fp, &sha);
+        let vdir = dir.path().join(parent_of(&unified.path));
+        // Same bytes, but a file of its own: not one we built.
+        std::fs::write(vdir.join(PUBLISHED_NAME), b"unified bytes").unwrap();
+        assert_eq!(forget_built(&vdir, &BTreeSet::new()).unwrap().len(), 1);
+        assert!(vdir.join(PUBLISHED_NAME).exists());
+    }
+
+    #[test]
+    fn a_catalog_without_the_build_s_fingerprint_makes_it_stale() {
+        let (fp, sha) = ("a".repeat(64), "b".repeat(64));
+        // The catalog names fingerprint `e…`; the cache was built for `a…`.
+        let (dir, choice, unified) = tree_with(&"e".repeat(64), &sha);
+        let vdir = dir.path().join(parent_of(&unified.path));
+        let old = vdir.join(unified.path.rsplit('/').next().unwrap());
+        let built = vdir.join(format!("{CACHE_PREFIX}{fp}.{sha}{CACHE_SUFFIX}"));
+        std::fs::rename(&old, &built).unwrap();
+        let stale = Unified {
+            path: format!(
+                "{}/{}",
+                parent_of(&unified.path),
+                built.file_name().unwrap().to_string_lossy()
+            ),
+            ..unified
+        };
+        publish(dir.path(), &choice, &stale).unwrap().unwrap();
+        assert_eq!(forget_stale(dir.path()).unwrap(), [parent_of(&stale.path)]);
+        assert!(!vdir.join(PUBLISHED_NAME).exists() && !built.exists());
     }
 
     #[test]

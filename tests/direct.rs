@@ -24,6 +24,7 @@ use common::fixtures::{
     write_squashfs_rootfs, write_unified_tar_gz,
 };
 use common::server::TestServer;
+use common::site::Site as WriteSite;
 use common::tls::TestCa;
 use simplestreams_builder::stream::RootfsKind;
 
@@ -103,13 +104,7 @@ impl Site {
             cmd.env_remove(var);
         }
         let server = TestServer::spawn("ssb-serve", cmd);
-        let http = Client::builder()
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(&std::fs::read(ca.ca_pem()).unwrap()).unwrap(),
-            )
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap();
+        let http = https_client(&ca);
         Site {
             _dir: dir,
             www,
@@ -131,59 +126,11 @@ impl Site {
         alias: &str,
         headers: &[(&str, &str)],
     ) -> (u16, reqwest::header::HeaderMap, String) {
-        let mut req = self
-            .http
-            .request(method, format!("{}/direct/{alias}", self.server.url()))
-            .header("User-Agent", "LXD 5.0.2");
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.send().unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        (status, headers, resp.text().unwrap())
+        ask(&self.http, self.server.url(), method, alias, headers)
     }
 
-    /// The daemon's whole exchange: HEAD with the `<flavour>-Server-*` headers, read the two
-    /// `<flavour>-Image-*` headers, GET the URL and check its sha256. Returns (hash, URL, file).
     fn import(&self, flavour: &str, alias: &str) -> (String, String, Vec<u8>) {
-        let archs = format!("{flavour}-Server-Architectures");
-        let version = format!("{flavour}-Server-Version");
-        let (status, headers, body) = self.ask(
-            reqwest::Method::HEAD,
-            alias,
-            &[(&archs, LXD_ARCHS), (&version, "5.0.2")],
-        );
-        assert_eq!(status, 200, "HEAD /direct/{alias}: {body}");
-        let get = |name: &str| {
-            headers
-                .get(name)
-                .unwrap_or_else(|| panic!("no {name} in the answer for {alias}: {headers:?}"))
-                .to_str()
-                .unwrap()
-                .to_owned()
-        };
-        let hash = get(&format!("{flavour}-Image-Hash"));
-        let url = get(&format!("{flavour}-Image-URL"));
-        let other = if flavour == "LXD" { "Incus" } else { "LXD" };
-        assert!(
-            headers.get(format!("{other}-Image-Hash")).is_none(),
-            "{flavour} request got {other} headers too"
-        );
-        assert!(
-            url.starts_with(self.server.url()),
-            "{url} is not on {}",
-            self.server.url()
-        );
-        let resp = self.http.get(&url).send().unwrap();
-        assert_eq!(resp.status().as_u16(), 200, "GET {url}");
-        let file = resp.bytes().unwrap().to_vec();
-        assert_eq!(
-            sha256_hex(&file),
-            hash,
-            "{url} does not hash to {flavour}-Image-Hash"
-        );
-        (hash, url, file)
+        daemon_import(&self.http, self.server.url(), flavour, alias)
     }
 
     fn version_dir(&self, os: &str, arch: &str, version: &str) -> PathBuf {
@@ -210,6 +157,83 @@ impl Site {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// A client that trusts the test CA.
+fn https_client(ca: &TestCa) -> Client {
+    Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(ca.ca_pem()).unwrap()).unwrap(),
+        )
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Sends a direct request to the server at `base` like a daemon; returns (status, headers,
+/// body).
+fn ask(
+    http: &Client,
+    base: &str,
+    method: reqwest::Method,
+    alias: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut req = http
+        .request(method, format!("{base}/direct/{alias}"))
+        .header("User-Agent", "LXD 5.0.2");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.text().unwrap())
+}
+
+/// The daemon's whole exchange: HEAD with the `<flavour>-Server-*` headers, read the two
+/// `<flavour>-Image-*` headers, GET the URL and check its sha256. Returns (hash, URL, file).
+fn daemon_import(
+    http: &Client,
+    base: &str,
+    flavour: &str,
+    alias: &str,
+) -> (String, String, Vec<u8>) {
+    let archs = format!("{flavour}-Server-Architectures");
+    let version = format!("{flavour}-Server-Version");
+    let (status, headers, body) = ask(
+        http,
+        base,
+        reqwest::Method::HEAD,
+        alias,
+        &[(&archs, LXD_ARCHS), (&version, "5.0.2")],
+    );
+    assert_eq!(status, 200, "HEAD /direct/{alias}: {body}");
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} in the answer for {alias}: {headers:?}"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let hash = get(&format!("{flavour}-Image-Hash"));
+    let url = get(&format!("{flavour}-Image-URL"));
+    let other = if flavour == "LXD" { "Incus" } else { "LXD" };
+    assert!(
+        headers.get(format!("{other}-Image-Hash")).is_none(),
+        "{flavour} request got {other} headers too"
+    );
+    assert!(url.starts_with(base), "{url} is not on {base}");
+    let resp = http.get(&url).send().unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "GET {url}");
+    let file = resp.bytes().unwrap().to_vec();
+    assert_eq!(
+        sha256_hex(&file),
+        hash,
+        "{url} does not hash to {flavour}-Image-Hash"
+    );
+    (hash, url, file)
 }
 
 /// (path → (type, mode, uid, gid, content or link target)) of a unified tarball, rootfs entries
@@ -749,4 +773,82 @@ fn unified_tarball_from_squashfs_keeps_what_the_rootfs_holds() {
     for (path, v) in list_xz(&meta) {
         assert_eq!(got.get(&path), Some(&v), "metadata entry {path}");
     }
+}
+
+/// The items of one version in a catalog, or none.
+fn items_of<'a>(catalog: &'a Value, id: &str, version: &str) -> Vec<&'a Value> {
+    catalog["products"][id]["versions"][version]["items"]
+        .as_object()
+        .map(|m| m.values().collect())
+        .unwrap_or_default()
+}
+
+/// Files of a version folder that come from a direct build.
+fn built_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".ssb-unified") || n == "incus_combined.tar.gz")
+        .collect()
+}
+
+/// A unified tarball the server built and published from split files goes when those files are
+/// replaced (an upload with overwrites on) or deleted: it holds the old image. The next direct
+/// request builds one from the new files.
+#[test]
+fn changed_split_files_retire_the_built_unified_tarball() {
+    if !needs_tools() {
+        return;
+    }
+    let site = WriteSite::start(&[], &[("ALLOW_OVERWRITES", "1"), ("ALLOW_DELETES", "1")]);
+    let http = https_client(&site.ca);
+    let scratch = site.dir.path().join("scratch");
+    let meta = write_metadata_tarball(
+        &scratch.join("meta.tar.xz"),
+        &MetaSpec::new("swap", "1", "s1"),
+    );
+    let first = write_squashfs_rootfs(&scratch.join("first.squashfs"), "swap-first");
+    let second = write_squashfs_rootfs(&scratch.join("second.squashfs"), "swap-second");
+    let (id, base) = ("swap:1:amd64:default", format!("swap/1/amd64/default/{V1}"));
+    let vdir = site.www.join("images").join(&base);
+    assert_eq!(site.post(&meta, &format!("{base}/incus.tar.xz")).0, 201);
+    assert_eq!(site.post(&first, &format!("{base}/rootfs.squashfs")).0, 201);
+    let fp1 = sha256_of(&[&meta, &first]);
+    let has =
+        |c: &Value, key: &str, value: &str| items_of(c, id, V1).iter().any(|i| i[key] == value);
+    site.wait_for(
+        |c| has(c, "combined_squashfs_sha256", &fp1),
+        "the first image",
+    );
+
+    let (built1, _, file) = daemon_import(&http, site.url(), "LXD", "swap/1");
+    assert_eq!(list_gz(&file)["rootfs/etc/hostname"].4, b"swap-first\n");
+    site.wait_for(|c| has(c, "sha256", &built1), "the built tarball published");
+
+    // The rootfs is replaced: the old build leaves the catalog and the folder.
+    assert_eq!(
+        site.post(&second, &format!("{base}/rootfs.squashfs")).0,
+        201
+    );
+    let fp2 = sha256_of(&[&meta, &second]);
+    site.wait_for(
+        |c| has(c, "combined_squashfs_sha256", &fp2) && !has(c, "sha256", &built1),
+        "the new image without the old build",
+    );
+    assert_eq!(built_files(&vdir), Vec::<String>::new());
+
+    // Built again from the new files, and published again.
+    let (built2, _, file) = daemon_import(&http, site.url(), "Incus", "swap/1");
+    assert_ne!(built2, built1);
+    assert_eq!(list_gz(&file)["rootfs/etc/hostname"].4, b"swap-second\n");
+    site.wait_for(|c| has(c, "sha256", &built2), "the new build published");
+
+    // The rootfs is deleted: the build of it does not keep the image alive.
+    let (code, body) = site.delete(&format!("images/{base}/rootfs.squashfs"));
+    assert_eq!(code, 200, "{body}");
+    site.wait_for(
+        |c| !has(c, "sha256", &built2) && !has(c, "combined_squashfs_sha256", &fp2),
+        "the version without its image",
+    );
+    assert_eq!(built_files(&vdir), Vec::<String>::new());
 }

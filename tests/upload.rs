@@ -225,13 +225,7 @@ fn delete_needs_allow_deletes() {
     let (meta, _, _) = quick_image(&scratch, "delos", 1024);
     let path = format!("images/delos/1/amd64/default/{V1}/lxd.tar.xz");
     assert_eq!(site.put(&meta, &path).0, 201);
-    let (code, body) = site.curl(&[
-        "-X",
-        "DELETE",
-        "-H",
-        &Site::auth(),
-        &format!("{}/{path}", site.url()),
-    ]);
+    let (code, body) = site.delete(&path);
     assert_eq!(code, 405, "{body}");
     assert!(site.www.join(&path).is_file());
 }
@@ -253,22 +247,13 @@ fn delete_files_and_versions_with_allow_deletes() {
         |c| product(c, id).is_some_and(|p| p["versions"].as_object().unwrap().len() == 2),
         "both versions",
     );
-    let delete = |path: &str| {
-        site.curl(&[
-            "-X",
-            "DELETE",
-            "-H",
-            &Site::auth(),
-            &format!("{}/{path}", site.url()),
-        ])
-    };
     // One file: the version loses its image.
-    let (code, body) = delete(&format!(
+    let (code, body) = site.delete(&format!(
         "images/delos/1/amd64/default/{V1}/rootfs.squashfs"
     ));
     assert_eq!(code, 200, "{body}");
     // A whole version folder.
-    let (code, body) = delete(&format!("images/delos/1/amd64/default/{V2}"));
+    let (code, body) = site.delete(&format!("images/delos/1/amd64/default/{V2}"));
     assert_eq!(code, 200, "{body}");
     assert!(
         !site
@@ -296,11 +281,11 @@ fn delete_files_and_versions_with_allow_deletes() {
         "images",
         "images/delos",
     ] {
-        let (code, body) = delete(path);
+        let (code, body) = site.delete(path);
         assert!((400..500).contains(&code), "{path}: {code} {body}");
     }
     assert!(site.www.join("streams/v1/images.json").is_file());
-    let (code, _) = delete(&format!("images/delos/1/amd64/default/{V2}"));
+    let (code, _) = site.delete(&format!("images/delos/1/amd64/default/{V2}"));
     assert_eq!(code, 404);
 }
 

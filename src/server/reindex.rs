@@ -218,18 +218,31 @@ fn reindex(
         }
     }
     let env = |k: &str| std::env::var(k).ok();
-    crate::publish::publish_tree(&PublishRequest {
-        config: opts.config.as_deref(),
-        source: root,
-        target: root,
-        md5: false,
-        skip_unavailable: true,
-        http: &opts.http,
-        env: &env,
-        progress: &indicatif::ProgressBar::hidden(),
-        exclude: &crate::products::Exclusions::new(),
-    })
-    .map_err(|e| crate::error_chain(&e))
+    let publish = || {
+        crate::publish::publish_tree(&PublishRequest {
+            config: opts.config.as_deref(),
+            source: root,
+            target: root,
+            md5: false,
+            skip_unavailable: true,
+            http: &opts.http,
+            env: &env,
+            progress: &indicatif::ProgressBar::hidden(),
+            exclude: &crate::products::Exclusions::new(),
+        })
+        .map_err(|e| crate::error_chain(&e))
+    };
+    let summary = publish()?;
+    // A unified tarball the server built from split files that have changed since holds the
+    // old image: it goes, and if it was published the catalog is made again without it.
+    match crate::direct::forget_stale(root) {
+        Ok(dirs) if dirs.is_empty() => Ok(summary),
+        Ok(_) => publish(),
+        Err(e) => {
+            tracing::warn!("cannot check the built unified tarballs: {e}");
+            Ok(summary)
+        }
+    }
 }
 
 fn watch(

@@ -104,6 +104,17 @@ impl Site {
         format!("Authorization: Bearer {TOKEN}")
     }
 
+    /// `DELETE /<path>` with the write token; returns (status, body).
+    pub fn delete(&self, path: &str) -> (u16, String) {
+        self.curl(&[
+            "-X",
+            "DELETE",
+            "-H",
+            &Self::auth(),
+            &format!("{}/{path}", self.url()),
+        ])
+    }
+
     /// The seed's workflow: `curl -F "file=@FILE;filename=PATH" $remote/images/`.
     pub fn post(&self, file: &Path, under_images: &str) -> (u16, Value) {
         let (code, body) = self.curl(&[
