@@ -254,6 +254,15 @@ mod tests {
     }
 
     #[test]
+    fn where_direct_io_is_refused_everything_goes_buffered() {
+        // Character devices refuse O_DIRECT (EINVAL from fcntl), as some file systems do.
+        let null = File::options().write(true).open("/dev/null").unwrap();
+        let data = pattern(8 * ALIGN + 9);
+        let (written, direct) = copy_in_blocks(&data, 4 * ALIGN, &null);
+        assert_eq!((written, direct), (data.len() as u64, 0));
+    }
+
+    #[test]
     fn a_read_only_file_is_an_error_not_a_fallback() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ro");
