@@ -241,12 +241,6 @@ pub fn choose(
     })
 }
 
-/// Reads the published catalog of `root` and picks the image (see [`choose`]).
-pub fn choose_in(root: &Path, alias: &str, archs: &[String]) -> Result<Choice, DirectError> {
-    let (_, products, _) = load_catalog(root)?;
-    choose(&products, alias, archs)
-}
-
 /// True for the name of a cached unified tarball: servable, though hidden from the scans.
 pub fn is_cache_name(name: &str) -> bool {
     name.strip_prefix(CACHE_PREFIX)

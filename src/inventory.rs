@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -11,7 +12,7 @@ use crate::hash::{HashError, Sha256State, sha256_state, sha256_with_prefixes};
 use crate::products::Tree;
 use crate::publish::index_path;
 use crate::stream::{Family, Ftype, ImageType, Index, ProductsFile};
-use crate::tree::{TreeError, scan_product};
+use crate::tree::{FileSig, TreeError, scan_product};
 
 /// The catalog cannot be read at all.
 #[derive(Debug, thiserror::Error)]
@@ -145,18 +146,38 @@ pub struct VerifyReport {
 
 /// Reads the published catalog of `target`.
 pub fn load_catalog(target: &Path) -> Result<(Index, ProductsFile, PathBuf), InventoryError> {
-    let read = |path: &Path| -> Result<Vec<u8>, InventoryError> {
-        fs_err::read(path).map_err(|e| InventoryError::Catalog {
+    load_signed(target).map(|c| (c.index, c.products, c.products_path))
+}
+
+/// A catalog as read, with the signatures of the two files its bytes came from.
+struct SignedCatalog {
+    index: Index,
+    index_sig: FileSig,
+    products: ProductsFile,
+    products_path: PathBuf,
+    products_sig: FileSig,
+}
+
+fn load_signed(target: &Path) -> Result<SignedCatalog, InventoryError> {
+    // Each file's signature is taken from the descriptor its bytes are read from, so it is the
+    // signature of exactly those bytes even if the file is replaced meanwhile.
+    let read = |path: &Path| -> Result<(Vec<u8>, FileSig), InventoryError> {
+        let failed = |e: std::io::Error| InventoryError::Catalog {
             path: path.to_owned(),
             reason: e.kind().to_string(),
-        })
+        };
+        let mut file = fs_err::File::open(path).map_err(failed)?;
+        let sig = FileSig::of(&file.metadata().map_err(failed)?);
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(failed)?;
+        Ok((bytes, sig))
     };
     let ipath = index_path(target);
-    let index: Index =
-        serde_json::from_slice(&read(&ipath)?).map_err(|e| InventoryError::Catalog {
-            path: ipath.clone(),
-            reason: e.to_string(),
-        })?;
+    let (bytes, index_sig) = read(&ipath)?;
+    let index: Index = serde_json::from_slice(&bytes).map_err(|e| InventoryError::Catalog {
+        path: ipath.clone(),
+        reason: e.to_string(),
+    })?;
     let entry = index
         .index
         .values()
@@ -165,13 +186,58 @@ pub fn load_catalog(target: &Path) -> Result<(Index, ProductsFile, PathBuf), Inv
             path: ipath.clone(),
             reason: "no image-downloads entry".into(),
         })?;
-    let ppath = target.join(&entry.path);
+    let products_path = target.join(&entry.path);
+    let (bytes, products_sig) = read(&products_path)?;
     let products: ProductsFile =
-        serde_json::from_slice(&read(&ppath)?).map_err(|e| InventoryError::Catalog {
-            path: ppath.clone(),
+        serde_json::from_slice(&bytes).map_err(|e| InventoryError::Catalog {
+            path: products_path.clone(),
             reason: e.to_string(),
         })?;
-    Ok((index, products, ppath))
+    Ok(SignedCatalog {
+        index,
+        index_sig,
+        products,
+        products_path,
+        products_sig,
+    })
+}
+
+/// The published catalog of one tree, parsed again only when one of its files changes. The
+/// catalog is written whole (temp file, rename), so a new catalog is a new inode; an edit in
+/// place changes the size or the times. For servers, which read it on requests.
+#[derive(Default)]
+pub struct CatalogCache {
+    last: std::sync::Mutex<Option<Arc<CachedCatalog>>>,
+}
+
+struct CachedCatalog {
+    index_sig: FileSig,
+    products_path: PathBuf,
+    products_sig: FileSig,
+    products: Arc<ProductsFile>,
+}
+
+impl CatalogCache {
+    /// The products file of `target`'s catalog (the same tree on every call).
+    pub fn products(&self, target: &Path) -> Result<Arc<ProductsFile>, InventoryError> {
+        let sig = |path: &Path| std::fs::metadata(path).ok().map(|m| FileSig::of(&m));
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(c) = last
+            && sig(&index_path(target)) == Some(c.index_sig)
+            && sig(&c.products_path) == Some(c.products_sig)
+        {
+            return Ok(Arc::clone(&c.products));
+        }
+        let fresh = load_signed(target)?;
+        let products = Arc::new(fresh.products);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(CachedCatalog {
+            index_sig: fresh.index_sig,
+            products_path: fresh.products_path,
+            products_sig: fresh.products_sig,
+            products: Arc::clone(&products),
+        }));
+        Ok(products)
+    }
 }
 
 /// `base` joined with a catalog path, `..` resolved lexically.
@@ -480,4 +546,59 @@ pub fn list(products: &ProductsFile) -> Vec<ListRow> {
         }
     }
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_catalog(root: &Path, product: &str) {
+        let products = serde_json::json!({
+            "content_id": "images", "datatype": "image-downloads", "format": "products:1.0",
+            "products": {product: {
+                "aliases": "p/1", "arch": "amd64", "os": "p", "release": "1", "release_title": "1",
+                "versions": {}
+            }}
+        });
+        let index = serde_json::json!({
+            "format": "index:1.0",
+            "index": {"images": {"datatype": "image-downloads", "format": "products:1.0",
+                                 "path": "streams/v1/images.json", "products": [product]}}
+        });
+        crate::atomic::write(
+            &root.join("streams/v1/images.json"),
+            products.to_string().as_bytes(),
+        )
+        .unwrap();
+        crate::atomic::write(
+            &root.join("streams/v1/index.json"),
+            index.to_string().as_bytes(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_catalog_cache_parses_again_only_a_new_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CatalogCache::default();
+        assert!(matches!(
+            cache.products(dir.path()),
+            Err(InventoryError::Catalog { .. })
+        ));
+        write_catalog(dir.path(), "p:1:amd64:default");
+        let first = cache.products(dir.path()).unwrap();
+        assert!(first.products.contains_key("p:1:amd64:default"));
+        let again = cache.products(dir.path()).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "unchanged: not parsed again");
+
+        write_catalog(dir.path(), "q:1:amd64:default");
+        let new = cache.products(dir.path()).unwrap();
+        assert!(new.products.contains_key("q:1:amd64:default"));
+
+        std::fs::remove_file(dir.path().join("streams/v1/images.json")).unwrap();
+        assert!(
+            cache.products(dir.path()).is_err(),
+            "a catalog gone is an error"
+        );
+    }
 }

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use super::reindex::{Reindexer, Trigger};
 use super::request_path::RequestPath;
 use crate::direct::{self, DirectError};
+use crate::inventory::CatalogCache;
 
 /// The path prefix of direct requests.
 pub(crate) const PREFIX: &str = "/direct/";
@@ -29,6 +30,8 @@ pub(crate) struct Direct {
     /// One build at a time: a build is CPU- and disk-bound, and two requests for the same
     /// image must not build it twice.
     build: tokio::sync::Mutex<()>,
+    /// The catalog, parsed once per version of it rather than on every request.
+    catalog: Arc<CatalogCache>,
 }
 
 /// The two protocol families and their header names.
@@ -54,6 +57,7 @@ impl Direct {
             https,
             reindexer,
             build: tokio::sync::Mutex::new(()),
+            catalog: Arc::default(),
         }
     }
 
@@ -144,8 +148,9 @@ impl Direct {
         archs: Vec<String>,
     ) -> Result<(direct::Choice, direct::Unified), DirectError> {
         let root = Arc::clone(&self.root);
+        let catalog = Arc::clone(&self.catalog);
         let (choice, hit) = blocking(move || {
-            let choice = direct::choose_in(&root, &alias, &archs)?;
+            let choice = direct::choose(&*catalog.products(&root)?, &alias, &archs)?;
             let hit = match &choice.source {
                 direct::Source::Split {
                     meta, fingerprint, ..
