@@ -68,6 +68,21 @@ pub enum DirectError {
     /// Building the unified tarball failed.
     #[error("cannot build the unified tarball: {0}")]
     Unified(#[from] UnifiedError),
+    /// The version folder does not take a built tarball (a read-only tree, no permission).
+    #[error(
+        "{product} {version} exists only as split files, and the server cannot keep a unified tarball of it in {}: {source}; make that folder writable by the server, or import the image's unified tarball there (`import FILE.tar.gz`)",
+        dir.display()
+    )]
+    CannotCache {
+        /// Product id.
+        product: String,
+        /// Version name.
+        version: String,
+        /// The version folder.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The cache cannot be written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -283,6 +298,26 @@ pub fn cached(root: &Path, meta: &str, fingerprint: &str) -> Option<Unified> {
         })
 }
 
+/// The error for a version folder that does not take a build: a read-only tree or a folder the
+/// server may not write gets advice, anything else is plain I/O.
+fn cannot_cache<'a>(
+    choice: &'a Choice,
+    dir: &'a Path,
+) -> impl FnOnce(std::io::Error) -> DirectError + 'a {
+    move |source| {
+        use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+        match source.kind() {
+            PermissionDenied | ReadOnlyFilesystem => DirectError::CannotCache {
+                product: choice.product.clone(),
+                version: choice.version.to_string(),
+                dir: dir.to_owned(),
+                source,
+            },
+            _ => io(dir)(source),
+        }
+    }
+}
+
 /// The unified tarball for `choice`: the published one, the cached one, or a new one built
 /// into the version folder (temp file, fsync, rename; caches of older split files removed).
 /// Blocking; callers serialize builds.
@@ -308,7 +343,8 @@ pub fn unified(root: &Path, choice: &Choice) -> Result<Unified, DirectError> {
     let rel_dir = parent_of(meta);
     let dir = root.join(rel_dir);
     let started = std::time::Instant::now();
-    let mut partial = HashedTemp::new(&dir, ".ssb-unified-partial.").map_err(io(&dir))?;
+    let mut partial =
+        HashedTemp::new(&dir, ".ssb-unified-partial.").map_err(cannot_cache(choice, &dir))?;
     let partial_path = partial.path().to_owned();
     {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut partial);
@@ -667,6 +703,25 @@ mod tests {
         publish(dir.path(), &choice, &stale).unwrap().unwrap();
         assert_eq!(forget_stale(dir.path()).unwrap(), [parent_of(&stale.path)]);
         assert!(!vdir.join(PUBLISHED_NAME).exists() && !built.exists());
+    }
+
+    #[test]
+    fn a_folder_that_takes_no_build_gets_advice() {
+        let (_dir, choice, _) = tree_with(&"a".repeat(64), &"b".repeat(64));
+        let dir = Path::new("/srv/images/p/1/amd64/default/20250101_10:00");
+        let e = cannot_cache(&choice, dir)(std::io::ErrorKind::ReadOnlyFilesystem.into());
+        assert!(matches!(e, DirectError::CannotCache { .. }), "{e:?}");
+        let message = e.to_string();
+        assert!(
+            message.contains("p:1:amd64:default 20250101_10:00 exists only as split files")
+                && message.contains(&dir.display().to_string())
+                && message.contains("make that folder writable"),
+            "{message}"
+        );
+        let e = cannot_cache(&choice, dir)(std::io::ErrorKind::PermissionDenied.into());
+        assert!(matches!(e, DirectError::CannotCache { .. }), "{e:?}");
+        let e = cannot_cache(&choice, dir)(std::io::ErrorKind::StorageFull.into());
+        assert!(matches!(e, DirectError::Io { .. }), "{e:?}");
     }
 
     #[test]

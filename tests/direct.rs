@@ -852,3 +852,60 @@ fn changed_split_files_retire_the_built_unified_tarball() {
     );
     assert_eq!(built_files(&vdir), Vec::<String>::new());
 }
+
+/// A split image that cannot be built (a corrupt squashfs) gets a 500 whose body names the
+/// alias but no server path; the details go to the server's log.
+#[test]
+fn a_failed_build_is_a_500_with_the_details_in_the_log() {
+    let site = WriteSite::start(&[], &[]);
+    let http = https_client(&site.ca);
+    let scratch = site.dir.path().join("scratch");
+    let meta = write_metadata_tarball(
+        &scratch.join("meta.tar.xz"),
+        &MetaSpec::new("bad", "1", "b1"),
+    );
+    let broken = scratch.join("broken.squashfs");
+    let mut bytes = b"hsqs".to_vec();
+    bytes.resize(8192, 0x5a);
+    std::fs::write(&broken, &bytes).unwrap();
+    let base = format!("bad/1/amd64/default/{V1}");
+    assert_eq!(site.post(&meta, &format!("{base}/incus.tar.xz")).0, 201);
+    assert_eq!(
+        site.post(&broken, &format!("{base}/rootfs.squashfs")).0,
+        201
+    );
+    let fp = sha256_of(&[&meta, &broken]);
+    site.wait_for(
+        |c| {
+            items_of(c, "bad:1:amd64:default", V1)
+                .iter()
+                .any(|i| i["combined_squashfs_sha256"] == fp.as_str())
+        },
+        "the broken image in the catalog",
+    );
+    let (status, _, body) = ask(
+        &http,
+        site.url(),
+        reqwest::Method::GET,
+        "bad/1",
+        &[("LXD-Server-Architectures", LXD_ARCHS)],
+    );
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("bad/1") && body.contains("log"), "{body}");
+    let root = site.www.display().to_string();
+    assert!(
+        !body.contains(&root),
+        "the body shows a server path: {body}"
+    );
+    let said = site.server.said();
+    assert!(
+        said.contains("direct request for `bad/1`") && said.contains("unified tarball"),
+        "{said}"
+    );
+    let vdir = site.www.join("images").join(&base);
+    assert_eq!(
+        built_files(&vdir),
+        Vec::<String>::new(),
+        "no partial build left"
+    );
+}

@@ -106,16 +106,21 @@ impl Direct {
         let (choice, unified) = match result {
             Ok(found) => found,
             Err(e) => {
-                let status = match &e {
+                return match &e {
                     DirectError::UnknownAlias { .. }
                     | DirectError::NoArchitecture { .. }
-                    | DirectError::NotLocal { .. } => StatusCode::NOT_FOUND,
+                    | DirectError::NotLocal { .. } => text(StatusCode::NOT_FOUND, format!("{e}\n")),
                     _ => {
+                        // The details name server paths: they go to the log, not the client.
                         tracing::error!("direct request for `{alias}`: {e}");
-                        StatusCode::INTERNAL_SERVER_ERROR
+                        text(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!(
+                                "direct-URL import of `{alias}`: the server could not prepare the image; its log says why\n"
+                            ),
+                        )
                     }
                 };
-                return text(status, format!("{e}\n"));
             }
         };
         let url = format!("{base}/{}", encode_path(&unified.path));
