@@ -10,20 +10,17 @@ use tracing::info;
 
 use crate::cli::{Cli, DemoArgs};
 use crate::stream::VersionName;
+use crate::stream::arch::debian_arch;
 
-/// The Debian architecture name of this machine, as the layout wants it.
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "i386",
-        "arm" => "armhf",
-        "powerpc64" => "ppc64el",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        "loongarch64" => "loong64",
-        _ => "amd64",
-    }
+/// The Debian name of this machine's architecture, as the layout wants it: the running
+/// kernel's, which is what the LXD or Incus daemon here reports and filters images by (a 32-bit
+/// build of this program on a 64-bit kernel still makes a 64-bit image).
+fn host_arch() -> Result<&'static str> {
+    let uname = rustix::system::uname();
+    let machine = uname.machine().to_string_lossy();
+    debian_arch(&machine).with_context(|| {
+        format!("this machine's architecture `{machine}` is not one LXD or Incus know")
+    })
 }
 
 /// Writes a tiny root filesystem as an xz tarball with entries relative to the rootfs.
@@ -76,7 +73,7 @@ fn write_rootfs(out: impl Write, mtime: u64) -> std::io::Result<()> {
 
 /// Builds the demo image into `target` unless one is there already; returns its folder.
 pub fn build_demo_image(target: &Path) -> Result<std::path::PathBuf> {
-    let arch = host_arch();
+    let arch = host_arch()?;
     let product = target.join(format!("images/ssb-demo/1.0/{arch}/default"));
     if product.is_dir() {
         let mut w = Vec::new();

@@ -18,7 +18,8 @@ use crate::atomic::HashedTemp;
 use crate::bulk::DirectWriter;
 use crate::hash::{HashCache, HashError, KnownDigest, MetaPrefix};
 use crate::inspect::{self, ImageMetadata, InspectError};
-use crate::stream::{VersionName, canonical_arch};
+use crate::stream::VersionName;
+use crate::stream::arch::debian_arch;
 use crate::tree::{FileSig, LayoutProduct};
 
 /// Largest metadata.yaml accepted, as for metadata tarballs.
@@ -84,24 +85,6 @@ fn hash_error(e: HashError) -> ImportError {
         }
         other => ImportError::Input(other.to_string()),
     }
-}
-
-/// The Debian name of an architecture, as the layout and images.linuxcontainers.org use it.
-pub fn debian_arch(name: &str) -> Option<&'static str> {
-    Some(match canonical_arch(name)? {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "i686" => "i386",
-        "armv7l" => "armhf",
-        "armv6l" => "armel",
-        "ppc64le" => "ppc64el",
-        "ppc64" => "powerpc64",
-        "ppc" => "powerpc",
-        "mips64" => "mips64el",
-        "mips" => "mipsel",
-        "loongarch64" => "loong64",
-        other => other,
-    })
 }
 
 /// What a data file is, by its first bytes.

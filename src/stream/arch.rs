@@ -44,6 +44,25 @@ pub fn all_arch_names() -> impl Iterator<Item = &'static str> {
         .flat_map(|(canon, aliases)| std::iter::once(*canon).chain(aliases.iter().copied()))
 }
 
+/// The Debian name of an architecture (any name [`canonical_arch`] knows), as the layout and
+/// images.linuxcontainers.org use it; `None` for one the clients do not know.
+pub fn debian_arch(name: &str) -> Option<&'static str> {
+    Some(match canonical_arch(name)? {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "i686" => "i386",
+        "armv7l" => "armhf",
+        "armv6l" => "armel",
+        "ppc64le" => "ppc64el",
+        "ppc64" => "powerpc64",
+        "ppc" => "powerpc",
+        "mips64" => "mips64el",
+        "mips" => "mipsel",
+        "loongarch64" => "loong64",
+        other => other,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +75,24 @@ mod tests {
         assert_eq!(canonical_arch("ppc64el"), Some("ppc64le"));
         assert_eq!(canonical_arch("sparc64"), None);
         assert_eq!(canonical_arch(""), None);
+    }
+
+    #[test]
+    fn debian_names_of_kernel_names_and_aliases() {
+        for (name, debian) in [
+            ("x86_64", "amd64"),
+            ("amd64", "amd64"),
+            ("aarch64", "arm64"),
+            ("armv7l", "armhf"),
+            ("armv6l", "armel"),
+            ("ppc64le", "ppc64el"),
+            ("ppc64", "powerpc64"),
+            ("s390x", "s390x"),
+            ("riscv64", "riscv64"),
+            ("loongarch64", "loong64"),
+        ] {
+            assert_eq!(debian_arch(name), Some(debian), "{name}");
+        }
+        assert_eq!(debian_arch("sparc64"), None);
     }
 }
