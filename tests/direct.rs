@@ -622,13 +622,14 @@ fn unified_tarball_from_squashfs_keeps_what_the_rootfs_holds() {
         std::os::unix::fs::chown(src.join("etc/skel"), Some(1000), Some(1001)).unwrap();
         std::os::unix::fs::chown(src.join("etc/skel/.profile"), Some(1000), Some(1001)).unwrap();
     }
-    // Extended attributes: a user one anyone may set, and as root a file capability
-    // (cap_net_raw+ep, as Debian gives ping).
+    // Extended attributes: user ones anyone may set (on a file and a folder), and as root a
+    // file capability (cap_net_raw+ep, as Debian gives ping) and trusted ones on a symlink, a
+    // fifo and a device node.
     let set_xattr = |path: &Path, name: &str, hex_value: &str| {
         let ok = Command::new("python3")
             .args([
                 "-c",
-                "import os, sys; os.setxattr(sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3]))",
+                "import os, sys; os.setxattr(sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3]), follow_symlinks=False)",
             ])
             .arg(path)
             .args([name, hex_value])
@@ -643,6 +644,11 @@ fn unified_tarball_from_squashfs_keeps_what_the_rootfs_holds() {
         .entry("rootfs/etc/hostname".into())
         .or_default()
         .insert("user.ssb".into(), b"hello".to_vec());
+    set_xattr(&src.join("etc/skel"), "user.ssb-dir", "736b656c");
+    want_xattrs
+        .entry("rootfs/etc/skel".into())
+        .or_default()
+        .insert("user.ssb-dir".into(), b"skel".to_vec());
     if root_user {
         let cap = "0100000200200000000000000000000000000000";
         set_xattr(&src.join("usr/bin/tool"), "security.capability", cap);
@@ -651,6 +657,13 @@ fn unified_tarball_from_squashfs_keeps_what_the_rootfs_holds() {
             .entry(holder.into())
             .or_default()
             .insert("security.capability".into(), hex::decode(cap).unwrap());
+        for special in ["etc/tool-link", "dev/initctl", "dev/null"] {
+            set_xattr(&src.join(special), "trusted.ssb", "7370656369616c");
+            want_xattrs
+                .entry(format!("rootfs/{special}"))
+                .or_default()
+                .insert("trusted.ssb".into(), b"special".to_vec());
+        }
     }
     let squashfs = tmp.path().join("rootfs.squashfs");
     assert!(

@@ -8,10 +8,11 @@
 //! from them, a gzip header without name or time, a fixed compression level).
 //!
 //! The squashfs is read in-process (backhand): owners, modes, times, symlinks, device nodes,
-//! fifos and hard links carry over, and so do the extended attributes of regular files (file
-//! capabilities such as ping's `cap_net_raw`), as `SCHILY.xattr.*` pax records like GNU tar
-//! writes them. Xattrs on directories, symlinks and device nodes are not carried: backhand
-//! does not say which inode a directory entry has. A root.tar.xz keeps all its pax records.
+//! fifos and hard links carry over, and so do the extended attributes of every entry (file
+//! capabilities such as ping's `cap_net_raw`, labels on folders and links), as
+//! `SCHILY.xattr.*` pax records like GNU tar writes them. backhand parses neither the xattr
+//! table nor which inode each directory entry names, so `squashfs_xattrs` reads both. A
+//! root.tar.xz keeps all its pax records.
 
 mod squashfs_xattrs;
 
@@ -302,20 +303,24 @@ fn split_dev(dev: u32) -> (u32, u32) {
 }
 
 fn copy_squashfs<W: Write>(out: &mut tar::Builder<W>, root: &Path) -> Result<(), UnifiedError> {
-    use backhand::{FilesystemReader, InnerNode, SquashfsFileReader};
+    use backhand::{InnerNode, Squashfs, SquashfsFileReader};
     let file = std::fs::File::open(root).map_err(io(root))?;
-    let fs =
-        FilesystemReader::from_reader(BufReader::with_capacity(1 << 20, file)).map_err(|e| {
-            UnifiedError::Corrupt {
-                path: root.to_owned(),
-                problem: format!("not a readable squashfs: {e}"),
-            }
-        })?;
-    let bad = corrupt(root, "squashfs".into());
-    let xattrs = squashfs_xattrs::Xattrs::read(root).map_err(|problem| UnifiedError::Corrupt {
+    let unreadable = |e: backhand::BackhandError| UnifiedError::Corrupt {
+        path: root.to_owned(),
+        problem: format!("not a readable squashfs: {e}"),
+    };
+    let corrupt_table = |problem| UnifiedError::Corrupt {
         path: root.to_owned(),
         problem,
-    })?;
+    };
+    let sq = Squashfs::from_reader(BufReader::with_capacity(1 << 20, file)).map_err(unreadable)?;
+    let xattrs = squashfs_xattrs::Xattrs::read(root).map_err(corrupt_table)?;
+    let xattr_indexes = match &xattrs {
+        Some(_) => squashfs_xattrs::indexes_by_path(&sq).map_err(corrupt_table)?,
+        None => HashMap::new(),
+    };
+    let fs = sq.into_filesystem_reader().map_err(unreadable)?;
+    let bad = corrupt(root, "squashfs".into());
     // Hard links: squashfs gives every name of a multiply-linked inode the same extended inode
     // (same data location, link count > 1); the first name carries the data, later ones link.
     let mut first_name: HashMap<InodeKey, String> = HashMap::new();
@@ -334,6 +339,44 @@ fn copy_squashfs<W: Write>(out: &mut tar::Builder<W>, root: &Path) -> Result<(),
             h.set_device_major(major)?;
             h.set_device_minor(minor)
         };
+        if let InnerNode::File(SquashfsFileReader::Extended(e)) = &node.inner
+            && e.link_count > 1
+        {
+            let key = (
+                e.blocks_start,
+                e.frag_index,
+                e.block_offset,
+                e.file_size,
+                hdr.permissions,
+                hdr.uid,
+                hdr.gid,
+                hdr.mtime,
+            );
+            if let Some(target) = first_name.get(&key) {
+                // The inode's xattrs are on the first name's entry.
+                h.set_entry_type(tar::EntryType::Link);
+                out.append_link(&mut h, &path, target).map_err(&bad)?;
+                continue;
+            }
+            first_name.insert(key, path.clone());
+        }
+        // Extended attributes, of any kind of entry: a pax header before it, as GNU tar does.
+        if let (Some(table), Some(&index)) = (&xattrs, xattr_indexes.get(&node.fullpath))
+            && !matches!(node.inner, InnerNode::Socket)
+        {
+            let pairs = table.get(index).map_err(|problem| UnifiedError::Corrupt {
+                path: root.to_owned(),
+                problem: format!("{path}: {problem}"),
+            })?;
+            let records: Vec<(String, Vec<u8>)> = pairs
+                .into_iter()
+                .map(|(name, value)| (format!("SCHILY.xattr.{name}"), value))
+                .collect();
+            if !records.is_empty() {
+                out.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                    .map_err(&bad)?;
+            }
+        }
         match &node.inner {
             InnerNode::Dir(_) => {
                 h.set_entry_type(tar::EntryType::Directory);
@@ -341,47 +384,6 @@ fn copy_squashfs<W: Write>(out: &mut tar::Builder<W>, root: &Path) -> Result<(),
                     .map_err(&bad)?;
             }
             InnerNode::File(f) => {
-                if let SquashfsFileReader::Extended(e) = f
-                    && e.link_count > 1
-                {
-                    let key = (
-                        e.blocks_start,
-                        e.frag_index,
-                        e.block_offset,
-                        e.file_size,
-                        hdr.permissions,
-                        hdr.uid,
-                        hdr.gid,
-                        hdr.mtime,
-                    );
-                    if let Some(target) = first_name.get(&key) {
-                        h.set_entry_type(tar::EntryType::Link);
-                        out.append_link(&mut h, &path, target).map_err(&bad)?;
-                        continue;
-                    }
-                    first_name.insert(key, path.clone());
-                }
-                if let (SquashfsFileReader::Extended(e), Some(table)) = (f, &xattrs)
-                    && e.xattr_index != squashfs_xattrs::NO_XATTRS
-                {
-                    let pairs =
-                        table
-                            .get(e.xattr_index)
-                            .map_err(|problem| UnifiedError::Corrupt {
-                                path: root.to_owned(),
-                                problem: format!("{path}: {problem}"),
-                            })?;
-                    let records: Vec<(String, Vec<u8>)> = pairs
-                        .into_iter()
-                        .map(|(name, value)| (format!("SCHILY.xattr.{name}"), value))
-                        .collect();
-                    if !records.is_empty() {
-                        out.append_pax_extensions(
-                            records.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
-                        )
-                        .map_err(&bad)?;
-                    }
-                }
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(f.file_len() as u64);
                 let reader = fs

@@ -1,6 +1,7 @@
 //! Extended attributes of a squashfs (v4, little-endian), which backhand parses no further
 //! than the per-inode index: the xattr id table and the key/value metadata blocks it points
-//! into, read once (they are small: a whole distribution has a few KiB of them).
+//! into, read once (they are small: a whole distribution has a few KiB of them), and which
+//! path has which index ([`indexes_by_path`]).
 //!
 //! Layout (squashfs-tools `xattr.h`): the superblock's `xattr_table` points at
 //! `{ u64 kv_start, u32 ids, u32 unused }` followed by one u64 per metadata block of id
@@ -9,11 +10,15 @@
 //! `{ u16 type, u16 name_size, name }`, its value `{ u32 size, bytes }`; with type flag 0x100
 //! the value is instead a u64 ref to where `{ u32 size, bytes }` is stored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
+use backhand::Inode;
 use backhand::kind::{Kind, LE_V4_0};
+use backhand::v4::inode::InodeInner;
 use backhand::v4::metadata::read_block;
 use backhand::v4::squashfs::{NOT_SET, Squashfs};
 
@@ -138,4 +143,80 @@ impl Xattrs {
         }
         Ok(out)
     }
+}
+
+/// The xattr index of an inode, when it has one (only extended inodes can).
+fn xattr_index(inode: &Inode) -> Option<u32> {
+    let index = match &inode.inner {
+        InodeInner::ExtendedDirectory(d) => d.xattr_index,
+        InodeInner::ExtendedFile(f) => f.xattr_index,
+        InodeInner::ExtendedSymlink(l) => l.xattr_index,
+        InodeInner::ExtendedBlockDevice(d) | InodeInner::ExtendedCharacterDevice(d) => {
+            d.xattr_index
+        }
+        InodeInner::ExtendedNamedPipe(n) | InodeInner::ExtendedSocket(n) => n.xattr_index,
+        _ => return None,
+    };
+    (index != NO_XATTRS).then_some(index)
+}
+
+/// Where a directory's listing is in the directory table: (block, offset in it, bytes).
+fn listing(inode: &Inode) -> Option<(u64, usize, usize)> {
+    // The stored size counts the implicit `.` and `..` (3 bytes), which have no entries.
+    let (block, offset, size) = match &inode.inner {
+        InodeInner::BasicDirectory(d) => (d.block_index, d.block_offset, u32::from(d.file_size)),
+        InodeInner::ExtendedDirectory(d) => (d.block_index, d.block_offset, d.file_size),
+        _ => return None,
+    };
+    Some((
+        u64::from(block),
+        usize::from(offset),
+        size.saturating_sub(3) as usize,
+    ))
+}
+
+/// The xattr index of every path of the squashfs that has xattrs, keyed as backhand names its
+/// nodes (`/`, `/etc`, `/etc/hostname`…). backhand keeps the index of regular files only, so
+/// this walks the directory table itself (squashfs-tools `squashfs_fs.h`): a listing is a run
+/// of headers `{ u32 count - 1, u32 start block, u32 base inode number }`, each followed by
+/// entries `{ u16 offset, i16 inode number - base, u16 type, u16 name size - 1, name }`.
+pub(super) fn indexes_by_path(sq: &Squashfs) -> Result<HashMap<PathBuf, u32>, String> {
+    let (blocks, table) = &sq.dir_blocks;
+    let mut out = HashMap::new();
+    let mut seen = HashSet::new();
+    let mut stack: Vec<(PathBuf, &Inode)> = vec![(PathBuf::from("/"), &sq.root_inode)];
+    while let Some((path, inode)) = stack.pop() {
+        if let Some(index) = xattr_index(inode) {
+            out.insert(path.clone(), index);
+        }
+        let Some((block, offset, len)) = listing(inode) else {
+            continue;
+        };
+        // A corrupt image can list a directory inside itself.
+        if len == 0 || !seen.insert(inode.header.inode_number) {
+            continue;
+        }
+        let bad = || corrupt(&format!("directory {}", path.display()));
+        let start = blocks.get(&block).ok_or_else(bad)? + offset as u64;
+        let bytes = usize::try_from(start)
+            .ok()
+            .and_then(|start| table.get(start..start.checked_add(len)?))
+            .ok_or_else(bad)?;
+        let mut at = 0;
+        while at < bytes.len() {
+            let count = u32_at(bytes, at).ok_or_else(bad)? as usize + 1;
+            let base = u32_at(bytes, at + 8).ok_or_else(bad)?;
+            at += 12;
+            for _ in 0..count {
+                let delta = u16_at(bytes, at + 2).ok_or_else(bad)? as i16;
+                let name_len = usize::from(u16_at(bytes, at + 6).ok_or_else(bad)?) + 1;
+                let name = bytes.get(at + 8..at + 8 + name_len).ok_or_else(bad)?;
+                at += 8 + name_len;
+                let number = base.checked_add_signed(i32::from(delta)).ok_or_else(bad)?;
+                let child = sq.inodes.get(&number).ok_or_else(bad)?;
+                stack.push((path.join(OsStr::from_bytes(name)), child));
+            }
+        }
+    }
+    Ok(out)
 }
