@@ -36,7 +36,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_with(path, |w| w.write_all(bytes))
 }
 
-/// Like [`write`], with the content produced by `fill` into a buffered writer.
+/// Like [`write`](fn@write), with the content produced by `fill` into a buffered writer.
 pub fn write_with(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
