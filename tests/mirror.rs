@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use simplestreams_builder::mirror::push::PushReport;
 use tempfile::TempDir;
 
 use common::catalog::{Catalog, Family, ImageType, read_json, sha256_of};
@@ -238,12 +239,26 @@ fn pull(cwd: &Path, target: &Path, args: &[&str]) -> Output {
     run(&mut cmd, PULL_TIMEOUT)
 }
 
+/// `path` relative to `root`, as a string.
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn assert_ok(o: &Output) {
     assert!(o.status.success(), "pull failed:\n{}", stderr(o));
+}
+
+/// Asserts that the command's stderr contains `needle`, showing the stderr if not.
+#[track_caller]
+fn assert_stderr_contains(o: &Output, needle: &str) {
+    assert!(stderr(o).contains(needle), "{}", stderr(o));
 }
 
 /// Product id → version names of a tree's catalog.
@@ -341,29 +356,23 @@ fn mirror_pull_serves_exactly_the_filtered_images_to_incus() {
     let upstream = TestServer::serve(&www, &ca);
 
     let mirror = site.path().join("mirror");
-    let out = pull(
-        site.path(),
-        &mirror,
-        &[
-            upstream.url(),
-            "--alias",
-            "debian/*",
-            "--alias",
-            "ubuntu/*",
-            "--type",
-            "container",
-            "--keep",
-            "1",
-            "--ca-cert",
-            ca.ca_pem().to_str().unwrap(),
-        ],
-    );
+    let ca_pem = ca.ca_pem();
+    let filtered = [
+        upstream.url(),
+        "--alias",
+        "debian/*",
+        "--alias",
+        "ubuntu/*",
+        "--type",
+        "container",
+        "--keep",
+        "1",
+        "--ca-cert",
+        ca_pem.to_str().unwrap(),
+    ];
+    let out = pull(site.path(), &mirror, &filtered);
     assert_ok(&out);
-    assert!(
-        stderr(&out).contains("fetched 4 file(s)"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_contains(&out, "fetched 4 file(s)");
     assert_catalog_files_verified(&mirror);
     assert_eq!(
         versions_of(&mirror),
@@ -436,28 +445,11 @@ fn mirror_pull_serves_exactly_the_filtered_images_to_incus() {
     }
 
     // A second run finds everything present and verified, fetches nothing.
-    let again = pull(
-        site.path(),
-        &mirror,
-        &[
-            upstream.url(),
-            "--alias",
-            "debian/*",
-            "--alias",
-            "ubuntu/*",
-            "--type",
-            "container",
-            "--keep",
-            "1",
-            "--ca-cert",
-            ca.ca_pem().to_str().unwrap(),
-        ],
-    );
+    let again = pull(site.path(), &mirror, &filtered);
     assert_ok(&again);
-    assert!(
-        stderr(&again).contains("fetched 0 file(s) (0 B), verified 0, skipped 4, failed 0"),
-        "{}",
-        stderr(&again)
+    assert_stderr_contains(
+        &again,
+        "fetched 0 file(s) (0 B), verified 0, skipped 4, failed 0",
     );
 }
 
@@ -475,11 +467,7 @@ fn mirror_pull_tls_trust_sources() {
 
     let refused = pull(site.path(), &site.path().join("m0"), &[upstream.url()]);
     assert!(!refused.status.success());
-    assert!(
-        stderr(&refused).contains("nothing was changed"),
-        "{}",
-        stderr(&refused)
-    );
+    assert_stderr_contains(&refused, "nothing was changed");
 
     let mut cmd = ssb(site.path());
     cmd.env("SSL_CERT_FILE", ca.ca_pem())
@@ -494,11 +482,7 @@ fn mirror_pull_tls_trust_sources() {
         &[upstream.url(), "--insecure"],
     );
     assert_ok(&insecure);
-    assert!(
-        stderr(&insecure).contains("--insecure"),
-        "{}",
-        stderr(&insecure)
-    );
+    assert_stderr_contains(&insecure, "--insecure");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -514,10 +498,7 @@ fn mirror_pull_corrupted_file_fails_only_its_item_and_is_retried_alone() {
     big_container(&layout, "good", V1, 200_000);
     publish_layout(site.path(), &www);
     let server = KnobServer::start(&www);
-    let bad_path = format!(
-        "/{}",
-        bad_root.strip_prefix(&www).unwrap().to_string_lossy()
-    );
+    let bad_path = format!("/{}", relative(&www, &bad_root));
     server.corrupt(&bad_path, true);
 
     let mirror = site.path().join("mirror");
@@ -566,11 +547,7 @@ fn mirror_pull_corrupted_file_fails_only_its_item_and_is_retried_alone() {
         }],
         "only the failed file may be fetched again"
     );
-    assert!(
-        stderr(&out).contains("fetched 1 file(s)"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_contains(&out, "fetched 1 file(s)");
     assert_eq!(versions_of(&mirror).len(), 2);
     assert_catalog_files_verified(&mirror);
 }
@@ -594,11 +571,7 @@ fn mirror_pull_killed_halfway_resumes_with_range() {
     let (_, root) = big_container(&layout, "big", V1, SIZE);
     publish_layout(site.path(), &www);
     let server = KnobServer::start(&www);
-    let rel = root
-        .strip_prefix(&www)
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let rel = relative(&www, &root);
     server.slow(&format!("/{rel}"), true);
 
     let mirror = site.path().join("mirror");
@@ -685,13 +658,13 @@ fn mirror_pull_keep_one_leaves_exactly_the_newest_version() {
     publish_layout(site.path(), &www);
     let out = pull(site.path(), &mirror, &config);
     assert_ok(&out);
-    assert!(stderr(&out).contains("removed 2"), "{}", stderr(&out));
+    assert_stderr_contains(&out, "removed 2");
     assert_eq!(
         versions_of(&mirror),
         BTreeMap::from([("keep:1:amd64:default".into(), vec![V2.to_owned()])])
     );
     assert_catalog_files_verified(&mirror);
-    let rel = |p: &Path| p.strip_prefix(&www).unwrap().to_string_lossy().into_owned();
+    let rel = |p: &Path| relative(&www, p);
     let images: BTreeSet<String> = files_under(&mirror)
         .into_iter()
         .filter(|f| !f.starts_with("streams/"))
@@ -714,7 +687,7 @@ fn mirror_pull_refuses_a_tree_it_did_not_write() {
     let server = KnobServer::start(&www);
     let out = pull(site.path(), &www, &[&server.url]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("did not write"), "{}", stderr(&out));
+    assert_stderr_contains(&out, "did not write");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -745,6 +718,18 @@ fn assert_destination_consistent(dest: &Path, event: &Path) {
     }
 }
 
+/// Pushes `www` to `dest`, checking the destination after every step; returns the report and
+/// the paths written or removed, relative to `dest`, in order.
+fn push_checking_each_step(www: &Path, dest: &Path) -> (PushReport, Vec<String>) {
+    let mut events = Vec::new();
+    let report = simplestreams_builder::mirror::push(www, dest.to_str().unwrap(), &mut |p| {
+        assert_destination_consistent(dest, p);
+        events.push(relative(dest, p));
+    })
+    .unwrap();
+    (report, events)
+}
+
 #[test]
 fn mirror_push_writes_the_catalog_after_the_files_and_removes_last() {
     let site = TempDir::with_prefix("ssb-mirror-push-").unwrap();
@@ -753,19 +738,8 @@ fn mirror_push_writes_the_catalog_after_the_files_and_removes_last() {
     let (m1, _) = big_container(&layout, "p", V1, 5_000);
     publish_layout(site.path(), &www);
     let dest = site.path().join("dest");
-    let dest_str = dest.to_str().unwrap().to_owned();
 
-    let mut events = Vec::new();
-    let report = simplestreams_builder::mirror::push(&www, &dest_str, &mut |p| {
-        assert_destination_consistent(&dest, p);
-        events.push(
-            p.strip_prefix(&dest)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned(),
-        );
-    })
-    .unwrap();
+    let (report, events) = push_checking_each_step(&www, &dest);
     assert_eq!(
         events.last().unwrap(),
         "streams/v1/index.json",
@@ -778,28 +752,14 @@ fn mirror_push_writes_the_catalog_after_the_files_and_removes_last() {
     let (m2, _) = big_container(&layout, "p", V2, 6_000);
     std::fs::remove_dir_all(m1.parent().unwrap()).unwrap();
     publish_layout(site.path(), &www);
-    let mut events = Vec::new();
-    let report = simplestreams_builder::mirror::push(&www, &dest_str, &mut |p| {
-        assert_destination_consistent(&dest, p);
-        events.push(
-            p.strip_prefix(&dest)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned(),
-        );
-    })
-    .unwrap();
+    let (report, events) = push_checking_each_step(&www, &dest);
     assert_eq!(report.removed, 2, "{events:?}");
     let index_at = events
         .iter()
         .position(|e| e == "streams/v1/index.json")
         .unwrap();
     let first_removal = events.iter().position(|e| e.contains(V1)).unwrap();
-    let new_meta = m2
-        .strip_prefix(&www)
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let new_meta = relative(&www, &m2);
     let new_at = events.iter().position(|e| *e == new_meta).unwrap();
     assert!(new_at < index_at && index_at < first_removal, "{events:?}");
     assert_eq!(files_under(&dest), files_under(&www));
@@ -808,16 +768,12 @@ fn mirror_push_writes_the_catalog_after_the_files_and_removes_last() {
     // Unchanged files are not copied again; the CLI does the same.
     let out = run(
         ssb(site.path())
-            .args(["mirror", "push", &dest_str, "-t"])
+            .args(["mirror", "push", dest.to_str().unwrap(), "-t"])
             .arg(&www),
         PULL_TIMEOUT,
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("0 file(s) copied"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_contains(&out, "0 file(s) copied");
 }
 
 // ---------------------------------------------------------------------------------------------
