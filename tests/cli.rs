@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use assert_cmd::Command;
+use assert_cmd::assert::Assert;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use simplestreams_builder::inspect::write_metadata_tarball;
@@ -51,10 +52,21 @@ fn meta(os: &str, release: &str, arch: &str, tag: &str) -> Vec<u8> {
     v
 }
 
+/// What a finished command wrote to stderr, as text.
+fn stderr_of(out: &Assert) -> String {
+    String::from_utf8_lossy(&out.get_output().stderr).into_owned()
+}
+
 fn put(root: &Path, rel: &str, bytes: &[u8]) {
     let p = root.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, bytes).unwrap();
+}
+
+/// Writes an image into the version folder `dir`: metadata as `meta_name`, rootfs.squashfs.
+fn put_image(root: &Path, dir: &str, meta_name: &str, meta: &[u8], rootfs: &[u8]) {
+    put(root, &format!("{dir}/{meta_name}"), meta);
+    put(root, &format!("{dir}/rootfs.squashfs"), rootfs);
 }
 
 fn read_json(p: &Path) -> Value {
@@ -133,61 +145,25 @@ fn tree_fixture() -> Fixture {
     files.insert("alp-sq", b"alpine squashfs".to_vec());
     files.insert("alp-disk", b"QFI\xfbalpine disk".to_vec());
     put(r, "tree.yml", TREE_YML.as_bytes());
-    put(
-        r,
-        "debian-12/20240105_03:00/lxd.tar.xz",
-        &files["deb-lxd-1"],
-    );
-    put(
-        r,
-        "debian-12/20240105_03:00/rootfs.squashfs",
-        &files["deb-sq-1"],
-    );
-    put(
-        r,
-        "debian-12/20240106_03:00/lxd.tar.xz",
-        &files["deb-lxd-2"],
-    );
-    put(
-        r,
-        "debian-12/20240106_03:00/incus.tar.xz",
-        &files["deb-incus-2"],
-    );
-    put(
-        r,
-        "debian-12/20240106_03:00/rootfs.squashfs",
-        &files["deb-sq-2"],
-    );
-    put(
-        r,
-        "debian-12/20240106_03:00/rootfs.tar.xz",
-        &files["deb-txz-2"],
-    );
+    for (rel, file) in [
+        ("debian-12/20240105_03:00/lxd.tar.xz", "deb-lxd-1"),
+        ("debian-12/20240105_03:00/rootfs.squashfs", "deb-sq-1"),
+        ("debian-12/20240106_03:00/lxd.tar.xz", "deb-lxd-2"),
+        ("debian-12/20240106_03:00/incus.tar.xz", "deb-incus-2"),
+        ("debian-12/20240106_03:00/rootfs.squashfs", "deb-sq-2"),
+        ("debian-12/20240106_03:00/rootfs.tar.xz", "deb-txz-2"),
+        ("debian-12/20240103/lxd.tar.xz", "deb-lxd-1"),
+        ("alpine/3.20/20240201_1200/incus.tar.xz", "alp-incus"),
+        ("alpine/3.20/20240201_1200/rootfs.squashfs", "alp-sq"),
+        ("alpine/3.20/20240201_1200/incus-vm.tar.xz", "alp-vm"),
+        ("alpine/3.20/20240201_1200/disk.qcow2", "alp-disk"),
+    ] {
+        put(r, rel, &files[file]);
+    }
     put(
         r,
         "debian-12/20240106_03:00/build.log",
         b"not an image file",
-    );
-    put(r, "debian-12/20240103/lxd.tar.xz", &files["deb-lxd-1"]);
-    put(
-        r,
-        "alpine/3.20/20240201_1200/incus.tar.xz",
-        &files["alp-incus"],
-    );
-    put(
-        r,
-        "alpine/3.20/20240201_1200/rootfs.squashfs",
-        &files["alp-sq"],
-    );
-    put(
-        r,
-        "alpine/3.20/20240201_1200/incus-vm.tar.xz",
-        &files["alp-vm"],
-    );
-    put(
-        r,
-        "alpine/3.20/20240201_1200/disk.qcow2",
-        &files["alp-disk"],
     );
     put(
         r,
@@ -197,7 +173,7 @@ fn tree_fixture() -> Fixture {
     Fixture { dir, files }
 }
 
-fn publish(f: &Fixture) -> assert_cmd::assert::Assert {
+fn publish(f: &Fixture) -> Assert {
     bin()
         .current_dir(f.root())
         .args(["publish", "-t", "."])
@@ -424,27 +400,16 @@ fn old_four_step_flow_gives_the_same_catalog_as_publish() {
     let want_images = read_json(&f.root().join("streams/v1/images.json"));
     let want_index = read_json(&f.root().join("streams/v1/index.json"));
     std::fs::remove_dir_all(f.root().join("streams")).unwrap();
+    let step = |args: &[&str]| bin().current_dir(f.root()).args(args).assert().success();
     for p in [
         "debian:12:amd64:default",
         "alpine:3.20:arm64:default",
         "secret:1:amd64:default",
     ] {
-        bin()
-            .current_dir(f.root())
-            .args(["build-versions-manifest", "-p", p, "-s", ".", "-t", "."])
-            .assert()
-            .success();
+        step(&["build-versions-manifest", "-p", p, "-s", ".", "-t", "."]);
     }
-    bin()
-        .current_dir(f.root())
-        .args(["build-images-file", "-t", "."])
-        .assert()
-        .success();
-    bin()
-        .current_dir(f.root())
-        .args(["build-index", "-t", "."])
-        .assert()
-        .success();
+    step(&["build-images-file", "-t", "."]);
+    step(&["build-index", "-t", "."]);
     assert_eq!(
         read_json(&f.root().join("streams/v1/images.json")),
         want_images
@@ -479,39 +444,33 @@ fn bug_7_images_path_moves_the_file_where_the_index_points() {
 #[test]
 fn bug_8_and_env_prefix_join_item_paths_by_url_or_path_rules() {
     let f = tree_fixture();
-    bin()
-        .current_dir(f.root())
-        .env("SSBUILDER_PREFIX", "https://cdn.example.org/ns/")
-        .args(["publish", "-t", "."])
-        .assert()
-        .success();
-    let images = read_json(&f.root().join("streams/v1/images.json"));
-    let item = &product(&images, "debian:12:amd64:default")["versions"]["20240105_03:00"]["items"]
-        ["root.squashfs"];
-    assert_eq!(
-        item["path"],
-        "https://cdn.example.org/ns/debian-12/20240105_03:00/rootfs.squashfs"
-    );
-    bin()
-        .current_dir(f.root())
-        .env("SSBUILDER_PREFIX", "../lxd-debian")
-        .args(["publish", "-t", "."])
-        .assert()
-        .success();
-    let images = read_json(&f.root().join("streams/v1/images.json"));
-    let item = &product(&images, "debian:12:amd64:default")["versions"]["20240105_03:00"]["items"]
-        ["root.squashfs"];
-    assert_eq!(
-        item["path"],
-        "../lxd-debian/debian-12/20240105_03:00/rootfs.squashfs"
-    );
+    for (prefix, path) in [
+        (
+            "https://cdn.example.org/ns/",
+            "https://cdn.example.org/ns/debian-12/20240105_03:00/rootfs.squashfs",
+        ),
+        (
+            "../lxd-debian",
+            "../lxd-debian/debian-12/20240105_03:00/rootfs.squashfs",
+        ),
+    ] {
+        bin()
+            .current_dir(f.root())
+            .env("SSBUILDER_PREFIX", prefix)
+            .args(["publish", "-t", "."])
+            .assert()
+            .success();
+        let images = read_json(&f.root().join("streams/v1/images.json"));
+        let version = &product(&images, "debian:12:amd64:default")["versions"]["20240105_03:00"];
+        assert_eq!(version["items"]["root.squashfs"]["path"], path);
+    }
 }
 
 #[test]
 fn bug_9_folders_that_are_not_version_names_are_never_published() {
     let f = tree_fixture();
     let out = publish(&f).success();
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let stderr = stderr_of(&out);
     assert!(stderr.contains("20240103: skipped"), "{stderr}");
     let m = read_json(&f.root().join("debian-12/ssb.json"));
     let versions: Vec<&String> = m["versions"].as_object().unwrap().keys().collect();
@@ -561,9 +520,9 @@ fn hidden_products_are_manifested_but_not_published() {
 fn a_second_publish_reads_no_image_bytes() {
     let f = tree_fixture();
     let first = publish(&f).success();
-    assert!(!String::from_utf8_lossy(&first.get_output().stderr).contains("read 0 B"));
+    assert!(!stderr_of(&first).contains("read 0 B"));
     let again = publish(&f).success();
-    let stderr = String::from_utf8_lossy(&again.get_output().stderr).into_owned();
+    let stderr = stderr_of(&again);
     assert!(stderr.contains("read 0 B of image data"), "{stderr}");
 }
 
@@ -572,30 +531,16 @@ fn a_byte_identical_rebuild_keeps_the_earlier_version() {
     let dir = tempfile::tempdir().unwrap();
     let r = dir.path();
     let m = meta("Debian", "12", "amd64", "same");
-    for v in ["20240101_00:00", "20240102_00:00"] {
-        put(
-            r,
-            &format!("images/debian/12/amd64/default/{v}/incus.tar.xz"),
-            &m,
-        );
-        put(
-            r,
-            &format!("images/debian/12/amd64/default/{v}/rootfs.squashfs"),
-            b"same bytes",
-        );
+    for (v, rootfs) in [
+        ("20240101_00:00", "same bytes"),
+        ("20240102_00:00", "same bytes"),
+        ("20240103_00:00", "new bytes"),
+    ] {
+        let dir = format!("images/debian/12/amd64/default/{v}");
+        put_image(r, &dir, "incus.tar.xz", &m, rootfs.as_bytes());
     }
-    put(
-        r,
-        "images/debian/12/amd64/default/20240103_00:00/incus.tar.xz",
-        &m,
-    );
-    put(
-        r,
-        "images/debian/12/amd64/default/20240103_00:00/rootfs.squashfs",
-        b"new bytes",
-    );
     let out = bin().args(["publish", "-t"]).arg(r).assert().success();
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let stderr = stderr_of(&out);
     assert!(
         stderr.contains(
             "version 20240102_00:00: skipped an image byte-identical to version 20240101_00:00"
@@ -615,24 +560,18 @@ fn a_byte_identical_rebuild_keeps_the_earlier_version() {
 fn layout_mode_names_products_and_aliases_from_folders() {
     let dir = tempfile::tempdir().unwrap();
     let r = dir.path();
-    put(
+    put_image(
         r,
-        "images/debian/12/amd64/default/20240101_00:00/incus.tar.xz",
+        "images/debian/12/amd64/default/20240101_00:00",
+        "incus.tar.xz",
         &meta("Debian", "12", "amd64", "d"),
-    );
-    put(
-        r,
-        "images/debian/12/amd64/default/20240101_00:00/rootfs.squashfs",
         b"d",
     );
-    put(
+    put_image(
         r,
-        "images/debian/12/amd64/cloud/20240101_00:00/lxd.tar.xz",
+        "images/debian/12/amd64/cloud/20240101_00:00",
+        "lxd.tar.xz",
         &meta("Debian", "12", "amd64", "c"),
-    );
-    put(
-        r,
-        "images/debian/12/amd64/cloud/20240101_00:00/rootfs.squashfs",
         b"c",
     );
     bin()
@@ -673,7 +612,7 @@ fn alias_clashes_between_products_are_refused_before_writing() {
         &meta("Alpine", "3.20", "amd64", "vm"),
     );
     let out = publish(&f).failure();
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let stderr = stderr_of(&out);
     assert!(stderr.contains("declares alias `debian/12` (x86_64, container), already declared by product `debian:12:amd64:default` (tree.yml:3:5)"), "{stderr}");
     assert_eq!(
         std::fs::read(f.root().join("streams/v1/images.json")).unwrap(),
@@ -690,7 +629,7 @@ fn metadata_that_contradicts_the_product_arch_is_an_error() {
         &meta("Alpine", "3.20", "amd64", "ct"),
     );
     let out = publish(&f).failure();
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let stderr = stderr_of(&out);
     assert!(
         stderr.contains("incus.tar.xz says architecture `amd64` but the product's arch is `arm64`"),
         "{stderr}"
@@ -702,7 +641,7 @@ fn metadata_that_contradicts_the_product_arch_is_an_error() {
 fn assert_fails_untouched(f: &Fixture, needles: &[&str]) {
     let before = std::fs::read(f.root().join("streams/v1/images.json")).unwrap();
     let out = publish(f).failure().code(1);
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let stderr = stderr_of(&out);
     assert!(stderr.contains("error: "), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     for n in needles {
@@ -856,7 +795,7 @@ fn remote_manifests_are_fetched_once_and_the_token_stays_off_plain_http() {
         .args(["-k", "s3cret", "publish", "-t", "."])
         .assert()
         .success();
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let stderr = stderr_of(&out);
     assert!(stderr.contains("not sending the API key"), "{stderr}");
     {
         let reqs = srv.requests.lock().unwrap();
@@ -899,7 +838,7 @@ fn a_remote_manifest_that_404s_fails_and_publishes_nothing() {
         .args(["publish", "-t", "."])
         .assert()
         .failure();
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let stderr = stderr_of(&out);
     assert!(
         stderr.contains(&format!(
             "product `far:1:amd64:default`: cannot fetch {}/ns/far/ssb.json: HTTP 404",
@@ -921,9 +860,7 @@ fn a_remote_manifest_that_404s_fails_and_publishes_nothing() {
         .args(["publish", "-t", ".", "--skip-unavailable"])
         .assert()
         .success();
-    assert!(
-        String::from_utf8_lossy(&out.get_output().stderr).contains("left out (--skip-unavailable)")
-    );
+    assert!(stderr_of(&out).contains("left out (--skip-unavailable)"));
 }
 
 #[test]
@@ -1003,7 +940,7 @@ fn the_shipped_example_tree_is_valid_and_documents_every_key() {
         .arg("print")
         .assert()
         .success();
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let stderr = stderr_of(&out);
     assert!(
         !stderr.contains("WARN"),
         "the example has unknown keys:\n{stderr}"
@@ -1104,14 +1041,11 @@ fn requirements_files_apply_to_every_product_below_them() {
     let dir = tempfile::tempdir().unwrap();
     let r = dir.path();
     for os in ["debian", "alpine"] {
-        put(
+        put_image(
             r,
-            &format!("images/{os}/1/amd64/default/20240101_00:00/incus.tar.xz"),
+            &format!("images/{os}/1/amd64/default/20240101_00:00"),
+            "incus.tar.xz",
             &meta(os, "1", "amd64", os),
-        );
-        put(
-            r,
-            &format!("images/{os}/1/amd64/default/20240101_00:00/rootfs.squashfs"),
             os.as_bytes(),
         );
     }
