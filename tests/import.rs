@@ -7,8 +7,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+use assert_cmd::assert::Assert;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tar::EntryType;
 
 const META_YAML: &str = "architecture: x86_64\ncreation_date: 1735725600\nproperties:\n  os: Alpine\n  release: \"3.21\"\n  variant: default\n  description: Alpine 3.21\ntemplates:\n  /etc/hostname:\n    when: [create]\n    template: hostname.tpl\n";
 const VERSION: &str = "images/alpine/3.21/amd64/default/20250101_10:00";
@@ -19,7 +21,22 @@ fn bin(dir: &Path) -> Command {
     c
 }
 
-fn header(kind: tar::EntryType, mode: u32, uid: u64, size: u64) -> tar::Header {
+/// What a finished command wrote to stderr, as text.
+fn stderr_of(out: &Assert) -> String {
+    String::from_utf8_lossy(&out.get_output().stderr).into_owned()
+}
+
+/// `import` into `tree/` below `dir`, with these files as arguments.
+fn import_to_tree(dir: &Path, files: &[&Path]) -> Assert {
+    bin(dir).args(["-t", "tree", "import"]).args(files).assert()
+}
+
+/// Parses a JSON file.
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn header(kind: EntryType, mode: u32, uid: u64, size: u64) -> tar::Header {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(kind);
     h.set_mode(mode);
@@ -30,72 +47,47 @@ fn header(kind: tar::EntryType, mode: u32, uid: u64, size: u64) -> tar::Header {
     h
 }
 
+/// The folders and regular files that open the unified image: path, kind, mode, owner, content.
+#[rustfmt::skip]
+const PLAIN_ENTRIES: &[(&str, EntryType, u32, u64, &[u8])] = &[
+    ("metadata.yaml",          EntryType::Regular,   0o644,  0,    META_YAML.as_bytes()),
+    ("templates/",             EntryType::Directory, 0o755,  0,    b""),
+    ("templates/hostname.tpl", EntryType::Regular,   0o644,  0,    b"{{ container.name }}\n"),
+    ("rootfs/",                EntryType::Directory, 0o755,  0,    b""),
+    ("rootfs/etc/",            EntryType::Directory, 0o755,  0,    b""),
+    ("rootfs/etc/os-release",  EntryType::Regular,   0o644,  0,    b"ID=alpine\n"),
+    ("rootfs/home/",           EntryType::Directory, 0o750,  1000, b""),
+    ("rootfs/home/user-file",  EntryType::Regular,   0o600,  1000, b"secret\n"),
+    ("rootfs/bin/",            EntryType::Directory, 0o755,  0,    b""),
+    ("rootfs/bin/busybox",     EntryType::Regular,   0o4755, 0,    b"\x7fELF fake"),
+];
+
 /// A unified image: metadata.yaml, templates/, and a rootfs with one of every entry kind.
 fn unified_tarball(gzip: bool) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, kind: tar::EntryType, mode: u32, uid: u64, data: &[u8]| {
+    for &(path, kind, mode, uid, data) in PLAIN_ENTRIES {
         let mut h = header(kind, mode, uid, data.len() as u64);
         tar.append_data(&mut h, path, data).unwrap();
-    };
-    add(
-        "metadata.yaml",
-        tar::EntryType::Regular,
-        0o644,
-        0,
-        META_YAML.as_bytes(),
-    );
-    add("templates/", tar::EntryType::Directory, 0o755, 0, b"");
-    add(
-        "templates/hostname.tpl",
-        tar::EntryType::Regular,
-        0o644,
-        0,
-        b"{{ container.name }}\n",
-    );
-    add("rootfs/", tar::EntryType::Directory, 0o755, 0, b"");
-    add("rootfs/etc/", tar::EntryType::Directory, 0o755, 0, b"");
-    add(
-        "rootfs/etc/os-release",
-        tar::EntryType::Regular,
-        0o644,
-        0,
-        b"ID=alpine\n",
-    );
-    add("rootfs/home/", tar::EntryType::Directory, 0o750, 1000, b"");
-    add(
-        "rootfs/home/user-file",
-        tar::EntryType::Regular,
-        0o600,
-        1000,
-        b"secret\n",
-    );
-    add("rootfs/bin/", tar::EntryType::Directory, 0o755, 0, b"");
-    add(
-        "rootfs/bin/busybox",
-        tar::EntryType::Regular,
-        0o4755,
-        0,
-        b"\x7fELF fake",
-    );
-    let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
+    }
+    let mut h = header(EntryType::Symlink, 0o777, 0, 0);
     tar.append_link(&mut h, "rootfs/bin/sh", "busybox").unwrap();
-    let mut h = header(tar::EntryType::Link, 0o755, 0, 0);
+    let mut h = header(EntryType::Link, 0o755, 0, 0);
     tar.append_link(&mut h, "rootfs/bin/ash", "rootfs/bin/busybox")
         .unwrap();
     tar.append_data(
-        &mut header(tar::EntryType::Directory, 0o755, 0, 0),
+        &mut header(EntryType::Directory, 0o755, 0, 0),
         "rootfs/dev/",
         &b""[..],
     )
     .unwrap();
-    let mut h = header(tar::EntryType::Char, 0o666, 0, 0);
+    let mut h = header(EntryType::Char, 0o666, 0, 0);
     h.set_device_major(1).unwrap();
     h.set_device_minor(3).unwrap();
     tar.append_data(&mut h, "rootfs/dev/null", &b""[..])
         .unwrap();
     tar.append_pax_extensions([("SCHILY.xattr.user.comment", b"kept".as_slice())])
         .unwrap();
-    let mut h = header(tar::EntryType::Regular, 0o644, 0, 4);
+    let mut h = header(EntryType::Regular, 0o644, 0, 4);
     tar.append_data(&mut h, "rootfs/etc/with-xattr", &b"data"[..])
         .unwrap();
     let raw = tar.into_inner().unwrap();
@@ -151,7 +143,7 @@ fn entries(bytes: &[u8], strip: &str) -> BTreeMap<String, Entry> {
             let l = l.trim_start_matches("./");
             // Hard links name their target from the archive root; symlinks are relative.
             let l = match h.entry_type() {
-                tar::EntryType::Link => l.strip_prefix(strip).unwrap_or(l),
+                EntryType::Link => l.strip_prefix(strip).unwrap_or(l),
                 _ => l,
             };
             l.trim_start_matches('/').to_owned()
@@ -171,7 +163,7 @@ fn entries(bytes: &[u8], strip: &str) -> BTreeMap<String, Entry> {
                 uid: h.uid().unwrap(),
                 gid: h.gid().unwrap(),
                 link,
-                device: if matches!(h.entry_type(), tar::EntryType::Char | tar::EntryType::Block) {
+                device: if matches!(h.entry_type(), EntryType::Char | EntryType::Block) {
                     device
                 } else {
                     None
@@ -234,9 +226,7 @@ fn a_unified_tarball_is_split_with_everything_preserved() {
         std::fs::read(v.join("incus_combined.tar.gz")).unwrap(),
         unified
     );
-    let images: Value =
-        serde_json::from_slice(&std::fs::read(tree.join("streams/v1/images.json")).unwrap())
-            .unwrap();
+    let images = read_json(&tree.join("streams/v1/images.json"));
     let items =
         &images["products"]["alpine:3.21:amd64:default"]["versions"]["20250101_10:00"]["items"];
     assert_eq!(items["incus_combined.tar.gz"]["sha256"], sha(&unified));
@@ -303,21 +293,14 @@ fn split_images_land_under_standard_names_and_twice_is_a_no_op() {
         std::fs::read(v.join("incus.tar.xz")).unwrap(),
         std::fs::read(&m).unwrap()
     );
-    let mj: Value =
-        serde_json::from_slice(&std::fs::read(v.parent().unwrap().join("metadata.json")).unwrap())
-            .unwrap();
+    let mj = read_json(&v.parent().unwrap().join("metadata.json"));
     assert_eq!(
         mj["aliases"],
         serde_json::json!(["alpine/3.21/default", "alpine/3.21", "alpine/latest"])
     );
 
-    let out = bin(dir.path())
-        .args(["-t", "tree", "import"])
-        .arg(&m)
-        .arg(&r)
-        .assert()
-        .success();
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let out = import_to_tree(dir.path(), &[&m, &r]).success();
+    let stderr = stderr_of(&out);
     assert!(
         stderr.contains("already imported") && stderr.contains("nothing changed"),
         "{stderr}"
@@ -325,13 +308,8 @@ fn split_images_land_under_standard_names_and_twice_is_a_no_op() {
 
     // The same version with other bytes is a clash, and nothing is replaced.
     std::fs::write(&r, b"hsqs other bytes").unwrap();
-    let out = bin(dir.path())
-        .args(["-t", "tree", "import"])
-        .arg(&m)
-        .arg(&r)
-        .assert()
-        .failure();
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let out = import_to_tree(dir.path(), &[&m, &r]).failure();
+    let stderr = stderr_of(&out);
     assert!(
         stderr.contains("already holds a different rootfs.squashfs"),
         "{stderr}"
@@ -353,12 +331,7 @@ fn split_images_land_under_standard_names_and_twice_is_a_no_op() {
 fn a_vm_disk_with_its_own_metadata_joins_the_container_version() {
     let dir = tempfile::tempdir().unwrap();
     let (m, r) = split_files(dir.path(), b"hsqs ct", "ct.squashfs");
-    bin(dir.path())
-        .args(["-t", "tree", "import"])
-        .arg(&m)
-        .arg(&r)
-        .assert()
-        .success();
+    import_to_tree(dir.path(), &[&m, &r]).success();
     let mut vm_meta = Vec::new();
     simplestreams_builder::inspect::write_metadata_tarball(
         &mut vm_meta,
@@ -434,7 +407,7 @@ fn bad_inputs_are_named() {
         .args(["-t", ".", "import", "junk.bin"])
         .assert()
         .failure();
-    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("junk.bin"));
+    assert!(stderr_of(&out).contains("junk.bin"));
     // A metadata tarball alone is not an image.
     let mut meta = Vec::new();
     simplestreams_builder::inspect::write_metadata_tarball(&mut meta, META_YAML, &[], 0).unwrap();
@@ -443,7 +416,7 @@ fn bad_inputs_are_named() {
         .args(["-t", ".", "import", "meta.tar.xz"])
         .assert()
         .failure();
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let stderr = stderr_of(&out);
     assert!(
         stderr.contains("neither rootfs/ nor rootfs.img"),
         "{stderr}"
@@ -476,14 +449,9 @@ fn the_publish_after_a_split_import_reads_no_image_byte_again() {
         .chain((0..3_000_000u32).map(|i| (i % 251) as u8))
         .collect();
     let (m, r) = split_files(dir.path(), &rootfs, "abc.squashfs");
-    let out = bin(dir.path())
-        .args(["-t", "tree", "import"])
-        .arg(&m)
-        .arg(&r)
-        .assert()
-        .success();
+    let out = import_to_tree(dir.path(), &[&m, &r]).success();
     // The import hashed both files while copying them and left that in the hash cache.
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let stderr = stderr_of(&out);
     assert!(stderr.contains("read 0 B of image data"), "{stderr}");
     let cache = std::fs::read_to_string(
         dir.path()
@@ -498,10 +466,7 @@ fn the_publish_after_a_split_import_reads_no_image_byte_again() {
     // What it recorded is right: the fingerprint is sha256(metadata tarball ‖ rootfs).
     let mut both = std::fs::read(&m).unwrap();
     both.extend_from_slice(&rootfs);
-    let images: Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("tree/streams/v1/images.json")).unwrap(),
-    )
-    .unwrap();
+    let images = read_json(&dir.path().join("tree/streams/v1/images.json"));
     assert_eq!(combined_hashes(&images), [sha(&both)].into());
 
     // A rootfs changed after the import misses the cache and is hashed again.
@@ -517,13 +482,10 @@ fn the_publish_after_a_split_import_reads_no_image_byte_again() {
         .args(["-t", "tree", "publish"])
         .assert()
         .success();
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let stderr = stderr_of(&out);
     assert!(!stderr.contains("read 0 B of image data"), "{stderr}");
     let mut both = std::fs::read(&m).unwrap();
     both.extend_from_slice(&changed);
-    let images: Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("tree/streams/v1/images.json")).unwrap(),
-    )
-    .unwrap();
+    let images = read_json(&dir.path().join("tree/streams/v1/images.json"));
     assert_eq!(combined_hashes(&images), [sha(&both)].into());
 }
