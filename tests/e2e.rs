@@ -46,6 +46,16 @@ struct Expected {
 }
 
 impl Expected {
+    /// A `default`-variant amd64 container of `os`/`release` made of `meta` and `rootfs`.
+    fn container(os: &str, release: &str, meta: &Path, rootfs: &Path) -> Self {
+        Self::new(os, release, ImageType::Container, meta, rootfs)
+    }
+
+    /// A `default`-variant amd64 virtual machine of `os`/`release` made of `meta` and `disk`.
+    fn vm(os: &str, release: &str, meta: &Path, disk: &Path) -> Self {
+        Self::new(os, release, ImageType::VirtualMachine, meta, disk)
+    }
+
     /// A `default`-variant amd64 image of `os`/`release` made of `meta` and `rootfs`.
     fn new(os: &str, release: &str, image_type: ImageType, meta: &Path, rootfs: &Path) -> Self {
         Expected {
@@ -83,38 +93,20 @@ fn build_all_kinds_tree(www: &Path) -> Vec<Expected> {
     let v = version("debian", "12", V1);
     let meta = write_metadata_tarball(&v.join("incus.tar.xz"), &MetaSpec::new("debian", "12", V1));
     let rootfs = write_squashfs_rootfs(&v.join("rootfs.squashfs"), "debian-12");
-    expected.push(Expected::new(
-        "debian",
-        "12",
-        ImageType::Container,
-        &meta,
-        &rootfs,
-    ));
+    expected.push(Expected::container("debian", "12", &meta, &rootfs));
 
     // root.tar.xz container with LXD metadata only: Incus must see it through the other bridge.
     let v = version("alpine", "3.20", V1);
     let meta = write_metadata_tarball(&v.join("lxd.tar.xz"), &MetaSpec::new("alpine", "3.20", V1));
     let rootfs = write_rootfs_tar_xz(&v.join("rootfs.tar.xz"), "alpine-3.20");
-    expected.push(Expected::new(
-        "alpine",
-        "3.20",
-        ImageType::Container,
-        &meta,
-        &rootfs,
-    ));
+    expected.push(Expected::container("alpine", "3.20", &meta, &rootfs));
 
     // VM only: metadata + qcow2 disk.
     let v = version("ubuntu", "24.04", V1);
     let spec = MetaSpec::new("ubuntu", "24.04", V1).vm();
     let meta = write_metadata_tarball(&v.join("incus.tar.xz"), &spec);
     let disk = write_qcow2(&v.join("disk.qcow2"), "ubuntu-24.04");
-    expected.push(Expected::new(
-        "ubuntu",
-        "24.04",
-        ImageType::VirtualMachine,
-        &meta,
-        &disk,
-    ));
+    expected.push(Expected::vm("ubuntu", "24.04", &meta, &disk));
 
     // Container and VM in one version, the VM with its own metadata (distrobuilder --vm):
     // exactly one image of each type, each with its own metadata.
@@ -122,22 +114,10 @@ fn build_all_kinds_tree(www: &Path) -> Vec<Expected> {
     let spec = MetaSpec::new("fedora", "41", V1);
     let meta = write_metadata_tarball(&v.join("incus.tar.xz"), &spec);
     let rootfs = write_squashfs_rootfs(&v.join("rootfs.squashfs"), "fedora-41");
-    expected.push(Expected::new(
-        "fedora",
-        "41",
-        ImageType::Container,
-        &meta,
-        &rootfs,
-    ));
+    expected.push(Expected::container("fedora", "41", &meta, &rootfs));
     let vm_meta = write_metadata_tarball(&v.join("incus-vm.tar.xz"), &spec.vm());
     let disk = write_qcow2(&v.join("disk.qcow2"), "fedora-41");
-    expected.push(Expected::new(
-        "fedora",
-        "41",
-        ImageType::VirtualMachine,
-        &vm_meta,
-        &disk,
-    ));
+    expected.push(Expected::vm("fedora", "41", &vm_meta, &disk));
 
     // A rebuild that changed nothing: two versions, same bytes, so one fingerprint. Publishing
     // it twice would make it unreachable ("More than one match"), even by alias.
@@ -145,13 +125,7 @@ fn build_all_kinds_tree(www: &Path) -> Vec<Expected> {
     let meta = write_metadata_tarball(&first.join("lxd.tar.xz"), &MetaSpec::new("rocky", "9", V1));
     let rootfs = write_squashfs_rootfs(&first.join("rootfs.squashfs"), "rocky-9");
     copy_version(&first, &version("rocky", "9", V2));
-    expected.push(Expected::new(
-        "rocky",
-        "9",
-        ImageType::Container,
-        &meta,
-        &rootfs,
-    ));
+    expected.push(Expected::container("rocky", "9", &meta, &rootfs));
 
     expected
 }
@@ -501,14 +475,20 @@ fn check_catalog_files(catalog: &Catalog, www: &Path) {
     }
 }
 
+/// Fingerprint → how many times it occurs.
+fn count_fingerprints<'a>(fingerprints: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, usize> {
+    let mut counts = BTreeMap::new();
+    for fingerprint in fingerprints {
+        *counts.entry(fingerprint).or_default() += 1;
+    }
+    counts
+}
+
 /// What `family` would see: exactly the expected images, each fingerprint once, each the hash
 /// of the very files its items point at.
 fn check_catalog_images(catalog: &Catalog, family: Family, expected: &[Expected]) {
     let images = catalog.images(family);
-    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    for image in &images {
-        *seen.entry(&image.fingerprint).or_default() += 1;
-    }
+    let seen = count_fingerprints(images.iter().map(|i| i.fingerprint.as_str()));
     let want: BTreeMap<&str, usize> = expected
         .iter()
         .map(|e| (e.fingerprint.as_str(), 1))
@@ -536,10 +516,7 @@ fn check_catalog_images(catalog: &Catalog, family: Family, expected: &[Expected]
 /// The client lists every expected image once, with its type, aliases and a description naming
 /// the OS and the version it was published as.
 fn check_listing(client: Client, listed: &[ListedImage], expected: &[Expected], catalog: &Catalog) {
-    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    for image in listed {
-        *seen.entry(&image.fingerprint).or_default() += 1;
-    }
+    let seen = count_fingerprints(listed.iter().map(|i| i.fingerprint.as_str()));
     let want: BTreeMap<&str, usize> = expected
         .iter()
         .map(|e| (e.fingerprint.as_str(), 1))
