@@ -4,10 +4,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
 use serde_json::Value;
 use simplestreams_builder::inspect::write_metadata_tarball;
 
@@ -103,7 +102,7 @@ impl Bench {
 
     /// The binary, with the stub's environment and a build time.
     fn bin(&self, epoch: i64) -> Command {
-        let mut c = Command::cargo_bin("simplestreams-builder").unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_simplestreams-builder"));
         c.env("SOURCE_DATE_EPOCH", epoch.to_string())
             .env("STUB_LOG", self.path("calls.log"))
             .env("STUB_META", self.path("meta.tar.xz"))
@@ -111,6 +110,7 @@ impl Bench {
         c
     }
 
+    /// `build-product` of the bench's product at `epoch`, from the bench folder.
     fn cmd(&self, epoch: i64) -> Command {
         let mut c = self.bin(epoch);
         c.current_dir(self.dir.path())
@@ -481,27 +481,13 @@ fn a_second_build_in_the_same_minute_is_refused() {
 fn a_concurrent_build_of_the_same_product_fails_fast() {
     let b = Bench::new("    days: 5\n");
     let gate = b.path("gate");
-    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_simplestreams-builder"));
-    first
-        .current_dir(b.dir.path())
-        .env("SOURCE_DATE_EPOCH", DAY1.to_string())
-        .env("STUB_LOG", b.path("calls.log"))
-        .env("STUB_META", b.path("meta.tar.xz"))
-        .env("CACHEDIR", b.path("cache"))
+    let mut first = b
+        .cmd(DAY1)
         .env("STUB_WAIT_AT", "build-dir")
         .env("STUB_WAIT_FILE", &gate)
-        .args([
-            "-c",
-            "tree.yml",
-            "-t",
-            "tree",
-            "build-product",
-            PRODUCT,
-            "-s",
-            "src",
-        ])
-        .stderr(std::process::Stdio::null());
-    let mut first = first.spawn().unwrap();
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let started = b.path("gate.started");
     let t0 = Instant::now();
     while !started.exists() {
