@@ -2,6 +2,8 @@
 //! logs every call, and can fail, hang or pack a VM on demand. The real distrobuilder is driven
 //! in `tests/e2e.rs`.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -408,11 +410,7 @@ fn freeze(dir: &Path) -> bool {
     if chattr.is_ok_and(|o| o.status.success()) {
         return true;
     }
-    let is_root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    });
-    if is_root {
+    if common::is_root() {
         return false;
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();

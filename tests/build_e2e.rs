@@ -13,7 +13,7 @@ use common::catalog::{Catalog, sha256_of};
 use common::clients::{Client, Clients, Program};
 use common::server::TestServer;
 use common::tls::TestCa;
-use common::{command::run_ok, ssb};
+use common::{command::run_ok, is_root, ssb};
 
 const PRODUCT: &str = "tiny:1:amd64:default";
 
@@ -56,13 +56,6 @@ fn write_rootfs_tarball(path: &Path) {
         tar.append_data(&mut h, name, body.as_bytes()).unwrap();
     }
     tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    })
 }
 
 #[test]

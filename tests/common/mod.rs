@@ -59,6 +59,14 @@ pub fn publish_tree(cwd: &Path, tree_yml: &Path, target: &Path) {
     );
 }
 
+/// Whether the tests run as root (real uid 0, as `/proc/self/status` says).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    })
+}
+
 /// Runs a publish command, which must succeed and leave an index behind.
 fn publish(cmd: &mut assert_cmd::Command, target: &Path) {
     let output = run_ok(cmd, PUBLISH_TIMEOUT);
