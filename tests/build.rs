@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use simplestreams_builder::inspect::write_metadata_tarball;
 
+use common::catalog::version_folders;
+
 const PRODUCT: &str = "tiny:1:amd64:default";
 /// 2024-01-01 00:00 UTC and the following days.
 const DAY1: i64 = 1_704_067_200;
@@ -149,15 +151,7 @@ impl Bench {
     }
 
     fn versions_on_disk(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.path("tree/tiny"))
-            .unwrap()
-            .flatten()
-            .filter(|e| e.path().is_dir())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with('.'))
-            .collect();
-        v.sort();
-        v
+        version_folders(&self.path("tree/tiny"))
     }
 
     fn catalog(&self) -> Value {

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use tempfile::TempDir;
 
-use common::catalog::{Catalog, sha256_of};
+use common::catalog::{Catalog, sha256_of, version_folders};
 use common::clients::{Client, Clients, Program};
 use common::server::TestServer;
 use common::tls::TestCa;
@@ -169,15 +169,7 @@ fn e2e_build_product_with_real_distrobuilder() {
 
     // A second build with days: 1 leaves exactly one version, on disk and in the catalog.
     build("1763986400");
-    let mut on_disk: Vec<String> = std::fs::read_dir(www.join("tiny"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    on_disk.sort();
-    assert_eq!(on_disk, ["20251124_12:13"]);
+    assert_eq!(version_folders(&www.join("tiny")), ["20251124_12:13"]);
     let catalog = Catalog::load(&www);
     let versions: Vec<&String> = catalog.product(PRODUCT)["versions"]
         .as_object()

@@ -215,6 +215,19 @@ pub fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
 }
 
+/// The version folders of a product folder on disk (hidden ones left out), sorted.
+pub fn version_folders(product_dir: &Path) -> Vec<String> {
+    let mut versions: Vec<String> = std::fs::read_dir(product_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    versions.sort();
+    versions
+}
+
 /// The bytes of a gzip file, decompressed.
 pub fn read_gz(path: &Path) -> Vec<u8> {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
