@@ -28,35 +28,23 @@ fn write_unified(path: &Path) -> PathBuf {
         flate2::Compression::fast(),
     );
     let mut tar = tar::Builder::new(gz);
-    let mut add = |name: &str, kind: tar::EntryType, mode: u32, data: &[u8]| {
+    #[rustfmt::skip]
+    let entries: [(&str, tar::EntryType, u32, &[u8]); 6] = [
+        ("metadata.yaml",          tar::EntryType::Regular,   0o644, yaml.as_bytes()),
+        ("templates/",             tar::EntryType::Directory, 0o755, b""),
+        ("templates/hostname.tpl", tar::EntryType::Regular,   0o644, b"{{ container.name }}\n"),
+        ("rootfs/",                tar::EntryType::Directory, 0o755, b""),
+        ("rootfs/etc/",            tar::EntryType::Directory, 0o755, b""),
+        ("rootfs/etc/os-release",  tar::EntryType::Regular,   0o644, b"ID=fedora\n"),
+    ];
+    for (name, kind, mode, data) in entries {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
         h.set_mode(mode);
         h.set_mtime(1_735_725_600);
         h.set_size(data.len() as u64);
         tar.append_data(&mut h, name, data).unwrap();
-    };
-    add(
-        "metadata.yaml",
-        tar::EntryType::Regular,
-        0o644,
-        yaml.as_bytes(),
-    );
-    add("templates/", tar::EntryType::Directory, 0o755, b"");
-    add(
-        "templates/hostname.tpl",
-        tar::EntryType::Regular,
-        0o644,
-        b"{{ container.name }}\n",
-    );
-    add("rootfs/", tar::EntryType::Directory, 0o755, b"");
-    add("rootfs/etc/", tar::EntryType::Directory, 0o755, b"");
-    add(
-        "rootfs/etc/os-release",
-        tar::EntryType::Regular,
-        0o644,
-        b"ID=fedora\n",
-    );
+    }
     tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
     path.to_owned()
 }
