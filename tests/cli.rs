@@ -173,6 +173,13 @@ fn tree_fixture() -> Fixture {
     Fixture { dir, files }
 }
 
+/// [`tree_fixture`], published once.
+fn published_fixture() -> Fixture {
+    let f = tree_fixture();
+    publish(&f).success();
+    f
+}
+
 fn publish(f: &Fixture) -> Assert {
     bin()
         .current_dir(f.root())
@@ -182,8 +189,7 @@ fn publish(f: &Fixture) -> Assert {
 
 #[test]
 fn golden_catalog_from_a_tree_yml() {
-    let f = tree_fixture();
-    publish(&f).success();
+    let f = published_fixture();
     golden(
         "debian-ssb.json",
         &read_json(&f.root().join("debian-12/ssb.json")),
@@ -204,8 +210,7 @@ fn golden_catalog_from_a_tree_yml() {
 
 #[test]
 fn outputs_are_compact_with_gzip_twins_and_world_readable() {
-    let f = tree_fixture();
-    publish(&f).success();
+    let f = published_fixture();
     for rel in [
         "streams/v1/images.json",
         "streams/v1/index.json",
@@ -248,8 +253,7 @@ fn product<'a>(images: &'a Value, id: &str) -> &'a Value {
 
 #[test]
 fn bug_1_and_2_combined_hashes_are_per_metadata_file_and_only_for_present_rootfs() {
-    let f = tree_fixture();
-    publish(&f).success();
+    let f = published_fixture();
     let images = read_json(&f.root().join("streams/v1/images.json"));
     let v1 = &product(&images, "debian:12:amd64:default")["versions"]["20240105_03:00"]["items"];
     // Only a squashfs: no root.tar.xz keys at all (the original set them to sha256(meta)).
@@ -298,8 +302,7 @@ fn bug_1_and_2_combined_hashes_are_per_metadata_file_and_only_for_present_rootfs
 
 #[test]
 fn both_client_families_get_a_metadata_item_in_every_version() {
-    let f = tree_fixture();
-    publish(&f).success();
+    let f = published_fixture();
     let images = read_json(&f.root().join("streams/v1/images.json"));
     for (id, p) in images["products"].as_object().unwrap() {
         for (v, version) in p["versions"].as_object().unwrap() {
@@ -326,8 +329,7 @@ fn both_client_families_get_a_metadata_item_in_every_version() {
 
 #[test]
 fn bug_3_support_eol_is_a_date_from_the_newest_build() {
-    let f = tree_fixture();
-    publish(&f).success();
+    let f = published_fixture();
     let images = read_json(&f.root().join("streams/v1/images.json"));
     // expiry: 30d after the newest version, 2024-01-06 03:00.
     assert_eq!(
@@ -395,8 +397,7 @@ fn bug_6_stdout_carries_only_json() {
 
 #[test]
 fn old_four_step_flow_gives_the_same_catalog_as_publish() {
-    let f = tree_fixture();
-    publish(&f).success();
+    let f = published_fixture();
     let want_images = read_json(&f.root().join("streams/v1/images.json"));
     let want_index = read_json(&f.root().join("streams/v1/index.json"));
     std::fs::remove_dir_all(f.root().join("streams")).unwrap();
@@ -506,8 +507,7 @@ fn bug_11_help_texts_say_what_the_flags_do() {
 
 #[test]
 fn hidden_products_are_manifested_but_not_published() {
-    let f = tree_fixture();
-    publish(&f).success();
+    let f = published_fixture();
     assert!(f.root().join("secret/ssb.json").is_file());
     let index = read_json(&f.root().join("streams/v1/index.json"));
     assert_eq!(
@@ -593,8 +593,7 @@ fn layout_mode_names_products_and_aliases_from_folders() {
 
 #[test]
 fn alias_clashes_between_products_are_refused_before_writing() {
-    let f = tree_fixture();
-    publish(&f).success();
+    let f = published_fixture();
     let before = std::fs::read(f.root().join("streams/v1/images.json")).unwrap();
     let clash = TREE_YML
         .replace("aliases: alpine/3.20", "aliases: debian/12")
@@ -656,8 +655,7 @@ fn assert_fails_untouched(f: &Fixture, needles: &[&str]) {
 
 #[test]
 fn malformed_tree_yml_is_located() {
-    let f = tree_fixture();
-    publish(&f).success();
+    let f = published_fixture();
     put(
         f.root(),
         "tree.yml",
@@ -684,8 +682,7 @@ fn malformed_tree_yml_is_located() {
 
 #[test]
 fn a_metadata_tarball_that_is_not_a_tarball_is_named() {
-    let f = tree_fixture();
-    publish(&f).success();
+    let f = published_fixture();
     put(
         f.root(),
         "debian-12/20240106_03:00/lxd.tar.xz",
@@ -696,8 +693,7 @@ fn a_metadata_tarball_that_is_not_a_tarball_is_named() {
 
 #[test]
 fn a_truncated_xz_is_named() {
-    let f = tree_fixture();
-    publish(&f).success();
+    let f = published_fixture();
     let full = &f.files["deb-incus-2"];
     put(
         f.root(),
@@ -712,8 +708,7 @@ fn a_truncated_xz_is_named() {
 
 #[test]
 fn an_unreadable_file_is_named() {
-    let f = tree_fixture();
-    publish(&f).success();
+    let f = published_fixture();
     let p = f.root().join("debian-12/20240106_03:00/rootfs.squashfs");
     std::fs::remove_file(&p).unwrap();
     std::os::unix::fs::symlink("/nonexistent/rootfs.squashfs", &p).unwrap();
