@@ -475,27 +475,32 @@ fn check_catalog_files(catalog: &Catalog, www: &Path) {
     }
 }
 
-/// Fingerprint → how many times it occurs.
-fn count_fingerprints<'a>(fingerprints: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, usize> {
-    let mut counts = BTreeMap::new();
+/// Asserts that `fingerprints` are those of the expected images, each exactly once.
+#[track_caller]
+fn assert_each_expected_once<'a>(
+    fingerprints: impl Iterator<Item = &'a str>,
+    expected: &[Expected],
+    message: &str,
+) {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for fingerprint in fingerprints {
-        *counts.entry(fingerprint).or_default() += 1;
+        *seen.entry(fingerprint).or_default() += 1;
     }
-    counts
+    let want: BTreeMap<&str, usize> = expected
+        .iter()
+        .map(|e| (e.fingerprint.as_str(), 1))
+        .collect();
+    assert_eq!(seen, want, "{message}");
 }
 
 /// What `family` would see: exactly the expected images, each fingerprint once, each the hash
 /// of the very files its items point at.
 fn check_catalog_images(catalog: &Catalog, family: Family, expected: &[Expected]) {
     let images = catalog.images(family);
-    let seen = count_fingerprints(images.iter().map(|i| i.fingerprint.as_str()));
-    let want: BTreeMap<&str, usize> = expected
-        .iter()
-        .map(|e| (e.fingerprint.as_str(), 1))
-        .collect();
-    assert_eq!(
-        seen, want,
-        "{family:?} image fingerprints (with counts): {images:#?}"
+    assert_each_expected_once(
+        images.iter().map(|i| i.fingerprint.as_str()),
+        expected,
+        &format!("{family:?} image fingerprints (with counts): {images:#?}"),
     );
 
     for e in expected {
@@ -516,14 +521,10 @@ fn check_catalog_images(catalog: &Catalog, family: Family, expected: &[Expected]
 /// The client lists every expected image once, with its type, aliases and a description naming
 /// the OS and the version it was published as.
 fn check_listing(client: Client, listed: &[ListedImage], expected: &[Expected], catalog: &Catalog) {
-    let seen = count_fingerprints(listed.iter().map(|i| i.fingerprint.as_str()));
-    let want: BTreeMap<&str, usize> = expected
-        .iter()
-        .map(|e| (e.fingerprint.as_str(), 1))
-        .collect();
-    assert_eq!(
-        seen, want,
-        "{client:?} image list (fingerprint: count): {listed:#?}"
+    assert_each_expected_once(
+        listed.iter().map(|i| i.fingerprint.as_str()),
+        expected,
+        &format!("{client:?} image list (fingerprint: count): {listed:#?}"),
     );
 
     let catalog_images = catalog.images(Family::Incus);
