@@ -190,22 +190,14 @@ fn publish(f: &Fixture) -> Assert {
 #[test]
 fn golden_catalog_from_a_tree_yml() {
     let f = published_fixture();
-    golden(
-        "debian-ssb.json",
-        &read_json(&f.root().join("debian-12/ssb.json")),
-    );
-    golden(
-        "alpine-ssb.json",
-        &read_json(&f.root().join("alpine/3.20/ssb.json")),
-    );
-    golden(
-        "images.json",
-        &read_json(&f.root().join("streams/v1/images.json")),
-    );
-    golden(
-        "index.json",
-        &read_json(&f.root().join("streams/v1/index.json")),
-    );
+    for (name, rel) in [
+        ("debian-ssb.json", "debian-12/ssb.json"),
+        ("alpine-ssb.json", "alpine/3.20/ssb.json"),
+        ("images.json", "streams/v1/images.json"),
+        ("index.json", "streams/v1/index.json"),
+    ] {
+        golden(name, &read_json(&f.root().join(rel)));
+    }
 }
 
 #[test]
