@@ -18,10 +18,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ -z "${SSB_BIN:-}" ]; then
-    cargo build --release --quiet --manifest-path "$here/Cargo.toml" --bin simplestreams-builder
-    SSB_BIN="${CARGO_TARGET_DIR:-$here/target}/release/simplestreams-builder"
-fi
+. "$here/bench/lib.sh"
+SSB_BIN=$(ssb_binary)
 
 now() { date +%s.%N; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b - a) * 1000 }'; }

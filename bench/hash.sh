@@ -7,14 +7,15 @@
 #
 # Usage: bench/hash.sh [SIZE_MB]   (default 2048). Targets: ours <= 1.15x openssl,
 # ours >= 3x faster than incus-simplestreams, warm re-run < 50 ms.
+#   SSB_BIN=path   use this binary instead of building target/release/simplestreams-builder
 set -euo pipefail
 size_mb=${1:-2048}
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/ssb-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-cargo build --release --quiet --manifest-path "$here/Cargo.toml"
-ssb="$here/target/release/simplestreams-builder"
+. "$here/bench/lib.sh"
+ssb=$(ssb_binary)
 
 ver="$work/tree/images/bench/1/amd64/default/20240101_00:00"
 mkdir -p "$ver" "$work/meta"

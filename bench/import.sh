@@ -26,11 +26,8 @@ command -v mksquashfs >/dev/null || { echo "mksquashfs not found (squashfs-tools
 command -v jq >/dev/null || { echo "jq not found" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "/usr/bin/time not found (GNU time, for the peak RSS)" >&2; exit 1; }
 
-if [ -z "${SSB_BIN:-}" ]; then
-    cargo build --release --quiet --manifest-path "$here/Cargo.toml" --bin simplestreams-builder
-    target_dir=${CARGO_TARGET_DIR:-$here/target}
-    SSB_BIN="$target_dir/release/simplestreams-builder"
-fi
+. "$here/bench/lib.sh"
+SSB_BIN=$(ssb_binary)
 
 # The image: a metadata tarball as distrobuilder makes it, and a real squashfs holding one file
 # of random bytes (uncompressed, so it is quick to make and as large as asked).

@@ -6,12 +6,12 @@
 # writes the bytes.
 #
 # Usage: bench/mirror.sh [SIZE_MB] [JOBS]   (default 500 MB, 4 jobs). Target: ours >= 0.9x curl.
+#   SSB_BIN=path   use this binary instead of building target/release/simplestreams-builder
 # Network: loopback only.
 set -euo pipefail
 size_mb=${1:-500}
 jobs=${2:-4}
 here=$(cd "$(dirname "$0")/.." && pwd)
-target_dir=${CARGO_TARGET_DIR:-$here/target}
 work=$(mktemp -d "${TMPDIR:-/tmp}/ssb-bench-mirror.XXXXXX")
 server_pid=""
 cleanup() {
@@ -20,8 +20,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --quiet --manifest-path "$here/Cargo.toml"
-ssb="$target_dir/release/simplestreams-builder"
+. "$here/bench/lib.sh"
+ssb=$(ssb_binary)
 
 # Four products, each a small metadata tarball and a SIZE_MB incompressible rootfs.
 for n in 1 2 3 4; do
