@@ -9,7 +9,7 @@
 //! Every file lands through a temp file in its destination folder, hashed on the way.
 
 use std::collections::BTreeSet;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -409,7 +409,60 @@ fn strip_rootfs(path: &str) -> Option<String> {
     }
 }
 
+/// The xz encoder of a root tarball split out of a unified one: liblzma's multi-threaded
+/// encoder at xz's default preset (6), on up to 4 threads (about 130 MiB of memory each).
+/// Its output depends on the preset and the block size, not on the number of threads, so the
+/// same unified tarball gives the same root.tar.xz on any machine.
+fn root_xz<W: Write>(out: W) -> Result<liblzma::write::XzEncoder<W>, ImportError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    xz_on_threads(out, threads as u32)
+}
+
+fn xz_on_threads<W: Write>(
+    out: W,
+    threads: u32,
+) -> Result<liblzma::write::XzEncoder<W>, ImportError> {
+    let stream = liblzma::stream::MtStreamBuilder::new()
+        .preset(6)
+        .threads(threads)
+        .check(liblzma::stream::Check::Crc64)
+        .encoder()
+        .map_err(|e| ImportError::Input(format!("cannot start the xz encoder: {e}")))?;
+    Ok(liblzma::write::XzEncoder::new_stream(out, stream))
+}
+
+/// The version folder a unified tarball names, when it was imported before: its gzip original
+/// is there byte for byte, beside the metadata tarball and the rootfs or disk split from it.
+/// Splitting again (xz of the whole rootfs, minutes for a large image) is then skipped.
+fn already_split(req: &ImportRequest<'_>, src: &Path) -> Result<Option<PathBuf>, ImportError> {
+    if !sniff_gzip(src)? {
+        return Ok(None);
+    }
+    let file = std::io::BufReader::new(fs_err::File::open(src).map_err(io(src))?);
+    let meta = inspect::read_metadata(file, src)?;
+    let dir = version_dir(req.target, &meta, req.variant, src)?;
+    let original = dir.join("incus_combined.tar.gz");
+    let split = dir.join("incus.tar.xz").is_file()
+        && (dir.join("rootfs.tar.xz").is_file() || dir.join("disk.qcow2").is_file());
+    let same_size = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.len() == b.len(),
+        _ => false,
+    };
+    if !split || !same_size(&original, src) {
+        return Ok(None);
+    }
+    let sha = |p: &Path| {
+        crate::hash::sha256_state(p, &|_| {})
+            .map(|(hex, _)| hex)
+            .map_err(hash_error)
+    };
+    Ok((sha(&original)? == sha(src)?).then_some(dir))
+}
+
 fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, ImportError> {
+    if let Some(dir) = already_split(req, src)? {
+        return Ok(Imported::AlreadyThere(dir));
+    }
     // Split into temp files in a staging folder of the target, then move them into the version
     // folder that metadata.yaml names (known only once the archive has been read).
     let staging_parent = req.target.join(crate::tree::LAYOUT_ROOT);
@@ -423,7 +476,7 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
             std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(src).map_err(io(src))?);
         let (mut archive, what) = inspect::open_tarball(file, src)?;
         let mut meta_tar = tar::Builder::new(liblzma::write::XzEncoder::new(&mut meta_out, 6));
-        let mut root_tar = tar::Builder::new(liblzma::write::XzEncoder::new(&mut root_out, 6));
+        let mut root_tar = tar::Builder::new(root_xz(&mut root_out)?);
         meta_tar.mode(tar::HeaderMode::Complete);
         root_tar.mode(tar::HeaderMode::Complete);
         let bad = |e: std::io::Error| {
@@ -700,4 +753,31 @@ pub fn find_images(src: &Path) -> Result<Vec<Vec<PathBuf>>, ImportError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The root.tar.xz of a unified tarball must not depend on the machine that split it, or a
+    /// second import elsewhere would clash with the first.
+    #[test]
+    fn the_xz_of_a_root_tarball_does_not_depend_on_the_thread_count() {
+        // Two of liblzma's 24 MiB blocks at preset 6.
+        let data: Vec<u8> = (0..(30u32 << 20))
+            .map(|i| (i / 4096 % 251) as u8 ^ (i % 7) as u8)
+            .collect();
+        let compress = |threads| {
+            let mut xz = xz_on_threads(Vec::new(), threads).unwrap();
+            xz.write_all(&data).unwrap();
+            xz.finish().unwrap()
+        };
+        let one = compress(1);
+        assert_eq!(one, compress(3));
+        let mut back = Vec::new();
+        liblzma::read::XzDecoder::new_multi_decoder(&one[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert!(back == data);
+    }
 }
