@@ -244,6 +244,22 @@ fn progress_bar() -> ProgressBar {
     bar
 }
 
+/// A bar for one image's import on a terminal (hidden otherwise): the import sets its length.
+fn import_bar(shown: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::no_length().with_message(shown.to_owned());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} importing {msg} [{bar:24}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
 fn human_bytes(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
 }
@@ -727,11 +743,14 @@ fn import_cmd(cli: &Cli, args: &ImportArgs) -> Result<()> {
             .map(|f| f.display().to_string())
             .collect::<Vec<_>>()
             .join(" + ");
+        let bar = import_bar(&shown);
         let result = import::import(&ImportRequest {
             target: &target,
             files,
             variant: args.variant.as_deref(),
+            progress: &bar,
         });
+        bar.finish_and_clear();
         let dir = match result {
             Ok(Imported::New(dir)) => {
                 info!("imported {shown} into {}", dir.display());

@@ -503,14 +503,16 @@ pub fn sha256_with_prefixes(
 
 /// Copies `src` into `out` (which writes `out_path`) reading it once, and returns what
 /// [`sha256_with_prefixes`] does for it: an import gets the digests of what it copies without
-/// reading the copy again. The read, the write and each hash run on their own threads.
+/// reading the copy again. The read, the write and each hash run on their own threads;
+/// `progress` gets the bytes of each chunk read.
 pub fn copy_with_prefixes(
     src: &Path,
     out: &mut (dyn Write + Send),
     out_path: &Path,
     prefixes: Vec<Sha256>,
+    progress: &dyn Fn(u64),
 ) -> Result<(String, Vec<String>), HashError> {
-    own_and_prefixed(src, prefixes, Some((out, out_path)), &|_| {})
+    own_and_prefixed(src, prefixes, Some((out, out_path)), progress)
 }
 
 fn own_and_prefixed(
@@ -765,7 +767,7 @@ mod tests {
         state.update(&meta);
         let mut out = Vec::new();
         let (own, combined) =
-            copy_with_prefixes(&src, &mut out, Path::new("copy"), vec![state]).unwrap();
+            copy_with_prefixes(&src, &mut out, Path::new("copy"), vec![state], &|_| {}).unwrap();
         assert!(out == data, "the copy is the file");
         assert_eq!(own, sha256_hex(&data));
         assert_eq!(combined, [concat(&meta, &data)]);
@@ -795,6 +797,7 @@ mod tests {
             &mut Full(CHUNK + 10),
             Path::new("copy"),
             vec![Sha256::new()],
+            &|_| {},
         )
         .unwrap_err();
         assert!(

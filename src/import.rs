@@ -69,6 +69,9 @@ pub struct ImportRequest<'a> {
     pub files: &'a [PathBuf],
     /// Variant instead of metadata.yaml's (default `default`).
     pub variant: Option<&'a str>,
+    /// Set to the bytes the import reads and advanced as it reads them (a hidden bar for no
+    /// display).
+    pub progress: &'a indicatif::ProgressBar,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImportError + '_ {
@@ -219,12 +222,14 @@ fn land_bulk(
     src: &Path,
     dir: &Path,
     prefixes: Vec<Sha256>,
+    progress: &indicatif::ProgressBar,
 ) -> Result<(tempfile::NamedTempFile, String, Vec<String>), ImportError> {
     let tmp = landing(dir)?.into_file();
     let path = tmp.path().to_owned();
     let mut out = DirectWriter::new(tmp.as_file());
     let (sha, combined) =
-        crate::hash::copy_with_prefixes(src, &mut out, &path, prefixes).map_err(hash_error)?;
+        crate::hash::copy_with_prefixes(src, &mut out, &path, prefixes, &|n| progress.inc(n))
+            .map_err(hash_error)?;
     tracing::debug!(
         "{}: wrote {} bytes, {} of them direct",
         path.display(),
@@ -365,7 +370,12 @@ fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported,
             )));
         }
     };
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(io(p));
+    let meta_size = size(meta_path)?;
+    req.progress.set_length(meta_size + size(data_path)?);
+    req.progress.set_position(0);
     let (meta_tmp, meta_sha, meta_state) = land_copy(meta_path, &dir)?;
+    req.progress.inc(meta_size);
     // A VM's own metadata beside a container's: keep both, the VM's paired with the disk only.
     let container_meta = dir.join("incus.tar.xz");
     let meta_dest = if data == Data::Qcow2
@@ -380,7 +390,8 @@ fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported,
     } else {
         container_meta
     };
-    let (data_tmp, data_sha, combined) = land_bulk(data_path, &dir, vec![meta_state.clone()])?;
+    let (data_tmp, data_sha, combined) =
+        land_bulk(data_path, &dir, vec![meta_state.clone()], req.progress)?;
     let combined = combined.into_iter().next().unwrap_or_default();
     let data_dest = dir.join(rootfs_name);
     let new_data = place(data_tmp, &data_sha, &data_dest, rootfs_name)?;
@@ -463,6 +474,12 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
     if let Some(dir) = already_split(req, src)? {
         return Ok(Imported::AlreadyThere(dir));
     }
+    // Read once to split it, and a gzip original once more to keep it.
+    let gzip = sniff_gzip(src)?;
+    let src_size = std::fs::metadata(src).map(|m| m.len()).map_err(io(src))?;
+    req.progress
+        .set_length(if gzip { 2 * src_size } else { src_size });
+    req.progress.set_position(0);
     // Split into temp files in a staging folder of the target, then move them into the version
     // folder that metadata.yaml names (known only once the archive has been read).
     let staging_parent = req.target.join(crate::tree::LAYOUT_ROOT);
@@ -472,8 +489,11 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
     let mut yaml: Option<String> = None;
     let mut has_rootfs = false;
     {
-        let file =
-            std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(src).map_err(io(src))?);
+        let file = std::io::BufReader::with_capacity(
+            1 << 20,
+            req.progress
+                .wrap_read(fs_err::File::open(src).map_err(io(src))?),
+        );
         let (mut archive, what) = inspect::open_tarball(file, src)?;
         let mut meta_tar = tar::Builder::new(liblzma::write::XzEncoder::new(&mut meta_out, 6));
         let mut root_tar = tar::Builder::new(root_xz(&mut root_out)?);
@@ -599,8 +619,8 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
         "metadata tarball",
     )?;
     // The unified original, as clients can download it whole (gzip only: the ftype's name).
-    if sniff_gzip(src)? {
-        let (tmp, sha, _) = land_bulk(src, &dir, Vec::new())?;
+    if gzip {
+        let (tmp, sha, _) = land_bulk(src, &dir, Vec::new(), req.progress)?;
         changed |= place(
             tmp,
             &sha,
@@ -758,6 +778,76 @@ pub fn find_images(src: &Path) -> Result<Vec<Vec<PathBuf>>, ImportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const YAML: &str = "architecture: x86_64\ncreation_date: 1735725600\nproperties:\n  os: Alpine\n  release: \"3.21\"\n";
+
+    /// A tarball of `entries` (name, bytes), xz- or gzip-compressed.
+    fn tarball(entries: &[(&str, &[u8])], gzip: bool) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, bytes) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, name, *bytes).unwrap();
+        }
+        let raw = tar.into_inner().unwrap();
+        if gzip {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&raw).unwrap();
+            gz.finish().unwrap()
+        } else {
+            let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+            xz.write_all(&raw).unwrap();
+            xz.finish().unwrap()
+        }
+    }
+
+    /// Imports `files` with a hidden bar; gives (bar length, bar position).
+    fn import_counting(dir: &Path, files: &[PathBuf]) -> (Option<u64>, u64) {
+        let bar = indicatif::ProgressBar::hidden();
+        import(&ImportRequest {
+            target: &dir.join("tree"),
+            files,
+            variant: None,
+            progress: &bar,
+        })
+        .unwrap();
+        (bar.length(), bar.position())
+    }
+
+    #[test]
+    fn the_progress_covers_every_byte_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("meta.tar.xz");
+        std::fs::write(&meta, tarball(&[("metadata.yaml", YAML.as_bytes())], false)).unwrap();
+        let rootfs = dir.path().join("rootfs.squashfs");
+        let mut squashfs = b"hsqs".to_vec();
+        squashfs.resize(5 << 20, 0x42);
+        std::fs::write(&rootfs, &squashfs).unwrap();
+        let total = std::fs::metadata(&meta).unwrap().len() + squashfs.len() as u64;
+        assert_eq!(
+            import_counting(dir.path(), &[meta, rootfs]),
+            (Some(total), total)
+        );
+
+        // A gzip unified tarball is read twice: split, then kept whole.
+        let unified = dir.path().join("unified.tar.gz");
+        let yaml = YAML.replace("3.21", "3.22");
+        let bytes = tarball(
+            &[
+                ("metadata.yaml", yaml.as_bytes()),
+                ("rootfs/etc/hostname", b"x\n"),
+            ],
+            true,
+        );
+        std::fs::write(&unified, &bytes).unwrap();
+        let twice = 2 * bytes.len() as u64;
+        assert_eq!(
+            import_counting(dir.path(), &[unified]),
+            (Some(twice), twice)
+        );
+    }
 
     /// The root.tar.xz of a unified tarball must not depend on the machine that split it, or a
     /// second import elsewhere would clash with the first.

@@ -333,6 +333,7 @@ fn import(root: &Path, form: &Form) -> (Result<Imported, ImportError>, Result<bo
             target: root,
             files: &files,
             variant: form.variant.as_deref(),
+            progress: &indicatif::ProgressBar::hidden(),
         })
     });
     let aliased = match &imported {
