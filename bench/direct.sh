@@ -10,19 +10,9 @@
 set -euo pipefail
 src=${1:-/usr/lib}
 here=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/ssb-direct-bench.XXXXXX")
-server_pid=
-cleanup() {
-    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
 . "$here/bench/lib.sh"
+bench_scratch direct
 SSB_BIN=$(ssb_binary)
-
-now() { date +%s.%N; }
-ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b - a) * 1000 }'; }
 
 v=20250101_10:00
 vdir="$work/www/images/bench/1/amd64/default/$v"

@@ -11,10 +11,8 @@
 set -euo pipefail
 size_mb=${1:-2048}
 here=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d "${TMPDIR:-/tmp}/ssb-bench.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-
 . "$here/bench/lib.sh"
+bench_scratch hash
 ssb=$(ssb_binary)
 
 ver="$work/tree/images/bench/1/amd64/default/20240101_00:00"
@@ -35,7 +33,6 @@ tar -C "$work/meta" -cJf "$ver/incus.tar.xz" metadata.yaml
 meta="$ver/incus.tar.xz" root="$ver/rootfs.squashfs"
 cat "$meta" "$root" >/dev/null # warm the page cache for everyone
 
-now() { date +%s.%N; }
 best_of() { # best_of N command...: the best wall time of N runs
   local n=$1 best="" t0 t1 t; shift
   for _ in $(seq "$n"); do

@@ -18,15 +18,14 @@ set -euo pipefail
 size_mb=${1:-2048}
 reps=${REPS:-3}
 here=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/ssb-import-bench.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+. "$here/bench/lib.sh"
+bench_scratch import
 
 command -v incus-simplestreams >/dev/null || { echo "incus-simplestreams not found (Debian: incus-extra)" >&2; exit 1; }
 command -v mksquashfs >/dev/null || { echo "mksquashfs not found (squashfs-tools)" >&2; exit 1; }
 command -v jq >/dev/null || { echo "jq not found" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "/usr/bin/time not found (GNU time, for the peak RSS)" >&2; exit 1; }
 
-. "$here/bench/lib.sh"
 SSB_BIN=$(ssb_binary)
 
 # The image: a metadata tarball as distrobuilder makes it, and a real squashfs holding one file
@@ -54,7 +53,6 @@ meta="$work/src/meta.tar.xz" root="$work/src/rootfs.squashfs"
 root_bytes=$(stat -c %s "$root")
 want=$(cat "$meta" "$root" | sha256sum | cut -d' ' -f1)
 
-now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 # The fingerprint a catalog publishes for the image (the combined hash of a split container).
 fp() { jq -r '[.products[].versions[].items[] | .combined_squashfs_sha256 // empty][0]' "$1/streams/v1/images.json"; }

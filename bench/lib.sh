@@ -13,3 +13,25 @@ ssb_binary() {
         realpath -e "${CARGO_TARGET_DIR:-$repo/target}/release/simplestreams-builder"
     fi
 }
+
+# Makes the scratch folder $work for bench NAME (under $TMPDIR, default /var/tmp: inputs and
+# outputs on one disk) and removes it at exit, stopping the server in $server_pid first if one
+# was started.
+bench_scratch() {
+    work=$(mktemp -d "${TMPDIR:-/var/tmp}/ssb-$1-bench.XXXXXX")
+    server_pid=
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    if [ -n "${server_pid:-}" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+
+# Seconds since the epoch, with nanoseconds.
+now() { date +%s.%N; }
+# Milliseconds from time $1 to time $2.
+ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b - a) * 1000 }'; }

@@ -12,15 +12,8 @@ set -euo pipefail
 size_mb=${1:-500}
 jobs=${2:-4}
 here=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d "${TMPDIR:-/tmp}/ssb-bench-mirror.XXXXXX")
-server_pid=""
-cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 . "$here/bench/lib.sh"
+bench_scratch mirror
 ssb=$(ssb_binary)
 
 # Four products, each a small metadata tarball and a SIZE_MB incompressible rootfs.
@@ -44,7 +37,6 @@ mapfile -t paths < <(cd "$work/up" && find images -name 'rootfs.squashfs' | sort
 cat "$work"/up/images/*/1/amd64/default/*/* >/dev/null # warm the page cache for everyone
 total_bytes=$(( 4 * size_mb * 1000 * 1000 ))
 
-now() { date +%s.%N; }
 elapsed() { awk -v a="$2" -v b="$1" 'BEGIN { printf "%.3f", a - b }'; }
 
 curl_run() { # curl_run [--parallel]: the four rootfs files in one curl invocation

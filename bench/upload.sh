@@ -10,19 +10,9 @@
 set -euo pipefail
 size_mb=${1:-2048}
 here=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/ssb-upload-bench.XXXXXX")
-server_pid=
-cleanup() {
-    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
 . "$here/bench/lib.sh"
+bench_scratch upload
 SSB_BIN=$(ssb_binary)
-
-now() { date +%s.%N; }
-ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b - a) * 1000 }'; }
 
 # The image: a real metadata tarball and a rootfs of random bytes (the server only hashes it).
 mkdir -p "$work/meta" "$work/src" "$work/www"
