@@ -307,9 +307,7 @@ fn place(
     })?;
     // The rename is durable only once the folder is synced.
     let dir = dest.parent().unwrap_or(dest);
-    fs_err::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
+    crate::atomic::sync_dir(dir).map_err(io(dir))?;
     Ok(true)
 }
 

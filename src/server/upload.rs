@@ -390,9 +390,7 @@ fn fill_and_place(
             }
         }
     };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)?;
+    crate::atomic::sync_dir(dir).map_err(io)?;
     let sig = std::fs::metadata(&final_path)
         .map(|m| FileSig::of(&m))
         .map_err(io)?;
