@@ -256,12 +256,17 @@ pub fn choose(
     })
 }
 
-/// True for the name of a cached unified tarball: servable, though hidden from the scans.
-pub fn is_cache_name(name: &str) -> bool {
+/// The (split fingerprint, sha256) a cached unified tarball's name holds, if it is one.
+fn cache_name_parts(name: &str) -> Option<(&str, &str)> {
     name.strip_prefix(CACHE_PREFIX)
         .and_then(|rest| rest.strip_suffix(CACHE_SUFFIX))
         .and_then(|hashes| hashes.split_once('.'))
-        .is_some_and(|(fp, sha)| is_sha256_hex(fp) && is_sha256_hex(sha))
+        .filter(|(fp, sha)| is_sha256_hex(fp) && is_sha256_hex(sha))
+}
+
+/// True for the name of a cached unified tarball: servable, though hidden from the scans.
+pub fn is_cache_name(name: &str) -> bool {
+    cache_name_parts(name).is_some()
 }
 
 fn is_sha256_hex(s: &str) -> bool {
@@ -285,16 +290,17 @@ fn join(dir: &str, name: &str) -> String {
 /// The cached unified tarball of a split image, if it was built before.
 pub fn cached(root: &Path, meta: &str, fingerprint: &str) -> Option<Unified> {
     let dir = parent_of(meta);
-    let prefix = format!("{CACHE_PREFIX}{fingerprint}.");
     std::fs::read_dir(root.join(dir))
         .ok()?
         .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|name| name.starts_with(&prefix) && is_cache_name(name))
-        .map(|name| Unified {
-            sha256: name[prefix.len()..name.len() - CACHE_SUFFIX.len()].to_owned(),
-            path: join(dir, &name),
-            built: false,
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (_, sha) = cache_name_parts(&name).filter(|(fp, _)| *fp == fingerprint)?;
+            Some(Unified {
+                sha256: sha.to_owned(),
+                path: join(dir, &name),
+                built: false,
+            })
         })
 }
 
@@ -404,7 +410,7 @@ pub fn forget_stale(root: &Path) -> Result<Vec<String>, DirectError> {
         let current: BTreeSet<&str> = version
             .items
             .values()
-            .flat_map(|i| RootfsKind::ALL.iter().filter_map(|&k| i.combined_for(k)))
+            .flat_map(Item::combined_fingerprints)
             .collect();
         let removed = forget_built(&root.join(dir), &current).map_err(io(&root.join(dir)))?;
         if !removed.is_empty() {
@@ -435,11 +441,7 @@ pub fn forget_built(version_dir: &Path, current: &BTreeSet<&str>) -> std::io::Re
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let built_from = name
-            .strip_prefix(CACHE_PREFIX)
-            .and_then(|rest| rest.split('.').next());
-        if let Some(fp) = built_from
-            && is_cache_name(&name)
+        if let Some((fp, _)) = cache_name_parts(&name)
             && !current.contains(fp)
         {
             let meta = entry.metadata()?;
@@ -477,9 +479,7 @@ fn fingerprints(products: &ProductsFile) -> BTreeSet<&str> {
             Ftype::Unified(_) => {
                 out.insert(item.sha256.as_str());
             }
-            Ftype::Meta(_) => {
-                out.extend(RootfsKind::ALL.iter().filter_map(|&k| item.combined_for(k)))
-            }
+            Ftype::Meta(_) => out.extend(item.combined_fingerprints()),
             _ => {}
         }
     }

@@ -232,6 +232,14 @@ impl Item {
         }
     }
 
+    /// Every fingerprint of a split image this metadata item makes, one per rootfs kind it has
+    /// a combined hash for.
+    pub fn combined_fingerprints(&self) -> impl Iterator<Item = &str> {
+        RootfsKind::ALL
+            .into_iter()
+            .filter_map(|kind| self.combined_for(kind))
+    }
+
     /// Records (or clears) the combined hash for a rootfs kind; root.tar.xz sets both keys.
     pub fn set_combined(&mut self, kind: RootfsKind, value: Option<String>) {
         match kind {
