@@ -389,13 +389,12 @@ pub fn unified(root: &Path, choice: &Choice) -> Result<Unified, DirectError> {
     })
 }
 
-/// After a re-index: forgets the unified tarballs built from split files the catalog no longer
-/// has, because a metadata or rootfs file was replaced or deleted since. They hold the old
-/// content, and a published one would keep an image in the catalog that the version's files no
-/// longer make. Returns the version folders (relative to `root`) whose published
-/// [`PUBLISHED_NAME`] went: the catalog needs another re-index.
-pub fn forget_stale(root: &Path) -> Result<Vec<String>, DirectError> {
-    let (_, products, _) = load_catalog(root)?;
+/// After a re-index that published `products`: forgets the unified tarballs built from split
+/// files the catalog no longer has, because a metadata or rootfs file was replaced or deleted
+/// since. They hold the old content, and a published one would keep an image in the catalog
+/// that the version's files no longer make. Returns the version folders (relative to `root`)
+/// whose published [`PUBLISHED_NAME`] went: the catalog needs another re-index.
+pub fn forget_stale(root: &Path, products: &ProductsFile) -> Result<Vec<String>, DirectError> {
     let mut republish = Vec::new();
     for version in products.products.values().flat_map(|p| p.versions.values()) {
         let Some(dir) = version
@@ -654,7 +653,8 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        assert!(forget_stale(dir.path()).unwrap().is_empty());
+        let (_, catalog, _) = load_catalog(dir.path()).unwrap();
+        assert!(forget_stale(dir.path(), &catalog).unwrap().is_empty());
         // The split files changed: a new fingerprint, the build from the old ones goes.
         let mut removed = forget_built(&vdir, &BTreeSet::from(["d".repeat(64).as_str()])).unwrap();
         removed.sort();
@@ -701,7 +701,11 @@ mod tests {
             ..unified
         };
         publish(dir.path(), &choice, &stale).unwrap().unwrap();
-        assert_eq!(forget_stale(dir.path()).unwrap(), [parent_of(&stale.path)]);
+        let (_, catalog, _) = load_catalog(dir.path()).unwrap();
+        assert_eq!(
+            forget_stale(dir.path(), &catalog).unwrap(),
+            [parent_of(&stale.path)]
+        );
         assert!(!vdir.join(PUBLISHED_NAME).exists() && !built.exists());
     }
 

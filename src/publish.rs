@@ -409,6 +409,8 @@ pub struct PublishSummary {
     pub bytes_read: u64,
     /// The index written.
     pub index: PathBuf,
+    /// The products file written.
+    pub catalog: ProductsFile,
 }
 
 /// The catalog settings of a tree, stamped now.
@@ -453,5 +455,6 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
         versions: products.products.values().map(|p| p.versions.len()).sum(),
         bytes_read: loaded.bytes_read,
         index: index_path(req.target),
+        catalog: products,
     })
 }

@@ -235,7 +235,7 @@ fn reindex(
     let summary = publish()?;
     // A unified tarball the server built from split files that have changed since holds the
     // old image: it goes, and if it was published the catalog is made again without it.
-    match crate::direct::forget_stale(root) {
+    match crate::direct::forget_stale(root, &summary.catalog) {
         Ok(dirs) if dirs.is_empty() => Ok(summary),
         Ok(_) => publish(),
         Err(e) => {
