@@ -440,13 +440,10 @@ fn xz_on_threads<W: Write>(
     Ok(liblzma::write::XzEncoder::new_stream(out, stream))
 }
 
-/// The version folder a unified tarball names, when it was imported before: its gzip original
+/// The version folder a gzip unified tarball names, when it was imported before: its original
 /// is there byte for byte, beside the metadata tarball and the rootfs or disk split from it.
 /// Splitting again (xz of the whole rootfs, minutes for a large image) is then skipped.
 fn already_split(req: &ImportRequest<'_>, src: &Path) -> Result<Option<PathBuf>, ImportError> {
-    if !sniff_gzip(src)? {
-        return Ok(None);
-    }
     let file = std::io::BufReader::new(fs_err::File::open(src).map_err(io(src))?);
     let meta = inspect::read_metadata(file, src)?;
     let dir = version_dir(req.target, &meta, req.variant, src)?;
@@ -469,11 +466,11 @@ fn already_split(req: &ImportRequest<'_>, src: &Path) -> Result<Option<PathBuf>,
 }
 
 fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, ImportError> {
-    if let Some(dir) = already_split(req, src)? {
+    let gzip = sniff_gzip(src)?;
+    if gzip && let Some(dir) = already_split(req, src)? {
         return Ok(Imported::AlreadyThere(dir));
     }
     // Read once to split it, and a gzip original once more to keep it.
-    let gzip = sniff_gzip(src)?;
     let src_size = std::fs::metadata(src).map(|m| m.len()).map_err(io(src))?;
     req.progress
         .set_length(if gzip { 2 * src_size } else { src_size });
