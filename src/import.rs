@@ -500,13 +500,7 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
         for entry in archive.entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;
             let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
-            let pax = crate::unified::pax_of(&mut entry).map_err(bad)?;
-            let mut header = entry.header().clone();
-            let kind = header.entry_type();
-            let link = entry
-                .link_name()
-                .map_err(bad)?
-                .map(|l| l.to_string_lossy().into_owned());
+            let parts = crate::unified::EntryParts::of(&mut entry).map_err(bad)?;
             let plain = name.strip_prefix("./").unwrap_or(&name);
             if plain == "rootfs.img" {
                 let mut disk = landing(&staging_parent)?;
@@ -517,27 +511,12 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
             }
             if let Some(rel) = strip_rootfs(&name) {
                 has_rootfs = true;
-                if !pax.is_empty() {
-                    root_tar
-                        .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                        .map_err(io(src))?;
-                }
-                match (kind, link) {
-                    (tar::EntryType::Link, Some(target)) => {
-                        let target = strip_rootfs(&target).unwrap_or(target);
-                        root_tar
-                            .append_link(&mut header, &rel, &target)
-                            .map_err(io(src))?;
-                    }
-                    (tar::EntryType::Symlink, Some(target)) => {
-                        root_tar
-                            .append_link(&mut header, &rel, &target)
-                            .map_err(io(src))?;
-                    }
-                    _ => root_tar
-                        .append_data(&mut header, &rel, &mut entry)
-                        .map_err(io(src))?,
-                }
+                // A hard link into rootfs/ becomes relative to it, like the entries.
+                let in_rootfs =
+                    |target: &str| strip_rootfs(target).unwrap_or_else(|| target.to_owned());
+                parts
+                    .append(&mut root_tar, &rel, &mut entry, in_rootfs)
+                    .map_err(io(src))?;
                 continue;
             }
             if plain == "metadata.yaml" {
@@ -549,27 +528,16 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
                 }
                 let mut text = String::new();
                 entry.read_to_string(&mut text).map_err(bad)?;
+                let mut header = parts.header;
                 meta_tar
                     .append_data(&mut header, &name, text.as_bytes())
                     .map_err(io(src))?;
                 yaml = Some(text);
                 continue;
             }
-            if !pax.is_empty() {
-                meta_tar
-                    .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                    .map_err(io(src))?;
-            }
-            match link {
-                Some(target) if matches!(kind, tar::EntryType::Link | tar::EntryType::Symlink) => {
-                    meta_tar
-                        .append_link(&mut header, &name, &target)
-                        .map_err(io(src))?;
-                }
-                _ => meta_tar
-                    .append_data(&mut header, &name, &mut entry)
-                    .map_err(io(src))?,
-            }
+            parts
+                .append(&mut meta_tar, &name, &mut entry, str::to_owned)
+                .map_err(io(src))?;
         }
         meta_tar
             .into_inner()

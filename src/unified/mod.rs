@@ -147,47 +147,70 @@ impl Write for Chunks {
     }
 }
 
-/// Pax records of an entry worth keeping (xattrs, long or precise values), without the path
-/// ones, which the builder writes itself for the new name.
-pub(crate) fn pax_of<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-) -> std::io::Result<Vec<(String, Vec<u8>)>> {
-    Ok(entry
-        .pax_extensions()?
-        .map(|exts| {
-            exts.filter_map(Result::ok)
-                .filter_map(|e| {
-                    e.key()
-                        .ok()
-                        .map(|k| (k.to_owned(), e.value_bytes().to_vec()))
-                })
-                .filter(|(k, _)| k != "path" && k != "linkpath")
-                .collect()
-        })
-        .unwrap_or_default())
+/// What a tar entry carries besides its data, read before the data: the pax records worth
+/// keeping (xattrs, long or precise values; not the path ones, which the builder writes itself
+/// for the new name), its header and a link's target.
+pub(crate) struct EntryParts {
+    pax: Vec<(String, Vec<u8>)>,
+    /// The entry's header.
+    pub(crate) header: tar::Header,
+    link: Option<String>,
 }
 
-/// Appends `entry` under the name `path`, keeping its header, pax records and data. A hard
-/// link's target goes through `link_target`; a symlink's is kept as is.
-pub(crate) fn append_entry<W: Write, R: Read>(
+impl EntryParts {
+    /// Reads them from `entry`.
+    pub(crate) fn of<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::io::Result<Self> {
+        let pax = entry
+            .pax_extensions()?
+            .map(|exts| {
+                exts.filter_map(Result::ok)
+                    .filter_map(|e| {
+                        e.key()
+                            .ok()
+                            .map(|k| (k.to_owned(), e.value_bytes().to_vec()))
+                    })
+                    .filter(|(k, _)| k != "path" && k != "linkpath")
+                    .collect()
+            })
+            .unwrap_or_default();
+        let header = entry.header().clone();
+        let link = entry.link_name()?.map(|l| l.to_string_lossy().into_owned());
+        Ok(Self { pax, header, link })
+    }
+
+    /// Appends the entry under the name `path`, with its pax records and its data from `data`.
+    /// A hard link's target goes through `link_target`; a symlink's is kept as is.
+    pub(crate) fn append<W: Write>(
+        mut self,
+        out: &mut tar::Builder<W>,
+        path: &str,
+        data: impl Read,
+        link_target: impl Fn(&str) -> String,
+    ) -> std::io::Result<()> {
+        if !self.pax.is_empty() {
+            out.append_pax_extensions(self.pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+        }
+        match (self.header.entry_type(), self.link) {
+            (tar::EntryType::Link, Some(target)) => {
+                out.append_link(&mut self.header, path, link_target(&target))
+            }
+            (tar::EntryType::Symlink, Some(target)) => {
+                out.append_link(&mut self.header, path, target)
+            }
+            _ => out.append_data(&mut self.header, path, data),
+        }
+    }
+}
+
+/// Appends `entry` under the name `path`, keeping its header, pax records and data (see
+/// [`EntryParts::append`]).
+fn append_entry<W: Write, R: Read>(
     out: &mut tar::Builder<W>,
     entry: &mut tar::Entry<'_, R>,
     path: &str,
     link_target: impl Fn(&str) -> String,
 ) -> std::io::Result<()> {
-    let pax = pax_of(entry)?;
-    if !pax.is_empty() {
-        out.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
-    }
-    let mut header = entry.header().clone();
-    let link = entry.link_name()?.map(|l| l.to_string_lossy().into_owned());
-    match (header.entry_type(), link) {
-        (tar::EntryType::Link, Some(target)) => {
-            out.append_link(&mut header, path, link_target(&target))
-        }
-        (tar::EntryType::Symlink, Some(target)) => out.append_link(&mut header, path, target),
-        _ => out.append_data(&mut header, path, entry),
-    }
+    EntryParts::of(entry)?.append(out, path, entry, link_target)
 }
 
 fn corrupt(path: &Path, what: String) -> impl Fn(std::io::Error) -> UnifiedError + use<> {
