@@ -23,7 +23,7 @@ use tower_http::services::ServeDir;
 
 use super::direct::{self, Direct};
 use super::error::RequestError;
-use super::request_path::{RequestPath, is_plain_name};
+use super::request_path::{RequestPath, is_served_segment};
 use super::writes::Writes;
 
 /// What every request handler shares.
@@ -181,14 +181,14 @@ async fn resolves_inside(root: &Arc<PathBuf>, relative: PathBuf, with_gz: bool) 
     tokio::task::spawn_blocking(check).await.unwrap_or(false)
 }
 
-/// Plain names only, except that the last may be a cached unified tarball (see
-/// [`crate::direct`]), which the direct-URL import hands out.
+/// Plain names only, except that the last may be a cached unified tarball
+/// ([`is_served_segment`]).
 fn only_plain_names(relative: &Path) -> bool {
     let last = relative.components().count().saturating_sub(1);
     relative.components().enumerate().all(|(i, c)| match c {
         Component::Normal(name) => name
             .to_str()
-            .is_some_and(|n| is_plain_name(n) || (i == last && crate::direct::is_cache_name(n))),
+            .is_some_and(|n| is_served_segment(n, i == last)),
         _ => false,
     })
 }

@@ -23,16 +23,13 @@ impl RequestPath {
         }
         // An empty segment (`a//b`, or a trailing `/` asking for a directory) never names a
         // file in a catalog; we never list directories, so refuse early.
-        // The last segment may also be a cached unified tarball (hidden from the scans, but
-        // handed out by the direct-URL import); nothing else hidden is ever served.
         let last = rest.split('/').count() - 1;
         let segments = rest
             .split('/')
             .enumerate()
             .map(|(i, raw_segment)| {
                 let decoded = percent_decode(raw_segment)?;
-                (is_plain_name(&decoded) || (i == last && crate::direct::is_cache_name(&decoded)))
-                    .then_some(decoded)
+                is_served_segment(&decoded, i == last).then_some(decoded)
             })
             .collect::<Option<Vec<_>>>()?;
         Some(Self { segments })
@@ -65,6 +62,13 @@ impl RequestPath {
                 .file_name()
                 .is_some_and(|n| n.ends_with(".json") || n.ends_with(".json.gz"))
     }
+}
+
+/// A path segment we serve: a plain name, or, as the last segment, a cached unified tarball
+/// (hidden from the scans, but handed out by the direct-URL import; see [`crate::direct`]).
+/// Nothing else hidden is ever served.
+pub(crate) fn is_served_segment(name: &str, last: bool) -> bool {
+    is_plain_name(name) || (last && crate::direct::is_cache_name(name))
 }
 
 /// A name we are willing to serve: not empty, not hidden (which also covers `.` and `..`),
