@@ -1,11 +1,16 @@
+//! The `simplestreams-builder` binary: parse the command line, set up logging, run the command,
+//! and turn its error into the exit code.
+
+mod cli;
+mod commands;
+
 use std::process::ExitCode;
 
 use clap::Parser;
-use simplestreams_builder::{cli::Cli, commands, init_logging};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.verbose);
+    let cli = cli::args::Cli::parse();
+    cli::init_logging(cli.verbose);
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use simplestreams_builder::inspect::write_metadata_tarball;
+use simplestreams_builder::image::metadata::write_metadata_tarball;
 
 use common::catalog::version_folders;
 

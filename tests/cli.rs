@@ -13,7 +13,7 @@ use assert_cmd::Command;
 use assert_cmd::assert::Assert;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use simplestreams_builder::inspect::write_metadata_tarball;
+use simplestreams_builder::image::metadata::write_metadata_tarball;
 
 /// A fixed publication time, so golden files are byte-stable.
 const EPOCH: &str = "1763900400";

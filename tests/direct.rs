@@ -26,7 +26,7 @@ use common::fixtures::{
 use common::server::TestServer;
 use common::site::Site as WriteSite;
 use common::tls::TestCa;
-use simplestreams_builder::stream::RootfsKind;
+use simplestreams_builder::format::RootfsKind;
 
 const V1: &str = "20250101_10:00";
 const V2: &str = "20250102_10:00";
@@ -682,7 +682,7 @@ fn unified_tarball_from_squashfs_keeps_what_the_rootfs_holds() {
 
     let build = || {
         let mut out = Vec::new();
-        simplestreams_builder::unified::write_unified(
+        simplestreams_builder::image::unified::write_unified(
             &meta,
             &squashfs,
             RootfsKind::Squashfs,

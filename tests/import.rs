@@ -118,7 +118,7 @@ struct Entry {
 /// stripping `strip` from the front.
 fn entries(bytes: &[u8], strip: &str) -> BTreeMap<String, Entry> {
     let (mut archive, _) =
-        simplestreams_builder::inspect::open_tarball(bytes, Path::new("t")).unwrap();
+        simplestreams_builder::image::metadata::open_tarball(bytes, Path::new("t")).unwrap();
     let mut out = BTreeMap::new();
     for e in archive.entries().unwrap() {
         let mut e = e.unwrap();
@@ -286,7 +286,7 @@ fn an_xz_unified_tarball_is_split_but_not_kept_whole() {
 
 fn split_files(dir: &Path, rootfs: &[u8], name: &str) -> (PathBuf, PathBuf) {
     let mut meta = Vec::new();
-    simplestreams_builder::inspect::write_metadata_tarball(
+    simplestreams_builder::image::metadata::write_metadata_tarball(
         &mut meta,
         META_YAML,
         &[("hostname.tpl", "x")],
@@ -362,7 +362,7 @@ fn a_vm_disk_with_its_own_metadata_joins_the_container_version() {
     let (m, r) = split_files(dir.path(), b"hsqs ct", "ct.squashfs");
     import_to_tree(dir.path(), &[&m, &r]).success();
     let mut vm_meta = Vec::new();
-    simplestreams_builder::inspect::write_metadata_tarball(
+    simplestreams_builder::image::metadata::write_metadata_tarball(
         &mut vm_meta,
         META_YAML,
         &[("vm.tpl", "y")],
@@ -439,7 +439,8 @@ fn bad_inputs_are_named() {
     assert!(stderr_of(&out).contains("junk.bin"));
     // A metadata tarball alone is not an image.
     let mut meta = Vec::new();
-    simplestreams_builder::inspect::write_metadata_tarball(&mut meta, META_YAML, &[], 0).unwrap();
+    simplestreams_builder::image::metadata::write_metadata_tarball(&mut meta, META_YAML, &[], 0)
+        .unwrap();
     std::fs::write(dir.path().join("meta.tar.xz"), meta).unwrap();
     let out = bin(dir.path())
         .args(["-t", ".", "import", "meta.tar.xz"])

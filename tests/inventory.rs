@@ -5,7 +5,7 @@ use std::path::Path;
 
 use assert_cmd::Command;
 use serde_json::Value;
-use simplestreams_builder::inspect::write_metadata_tarball;
+use simplestreams_builder::image::metadata::write_metadata_tarball;
 
 fn bin(dir: &Path) -> Command {
     let mut c = Command::cargo_bin("simplestreams-builder").unwrap();

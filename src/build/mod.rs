@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
+use crate::catalog::manifest::{self, BuildOptions, HttpSettings, MANIFEST_FILE, ManifestError};
+use crate::catalog::publish::{PublishError, PublishRequest, publish_tree};
 use crate::config::{ProductSpec, TreeConfig};
-use crate::manifest::{self, BuildOptions, HttpSettings, MANIFEST_FILE, ManifestError};
-use crate::publish::{PublishError, PublishRequest, publish_tree};
-use crate::stream::{Family, VersionName};
+use crate::format::{Family, VersionName};
 use crate::tree;
 use runner::{Invocation, RunFailure};
 
@@ -368,7 +368,7 @@ pub fn build_product(
         }
     };
     let product_dir = req.target.join(&p.directory);
-    crate::atomic::create_dir_all(&product_dir).map_err(io_err(&product_dir))?;
+    crate::tree::atomic::create_dir_all(&product_dir).map_err(io_err(&product_dir))?;
 
     // One build per product at a time; held until this function returns.
     let lock_path = product_dir.join(LOCK_FILE);
@@ -409,7 +409,7 @@ pub fn build_product(
         .into_iter()
         .map(|v| v.name)
         .collect();
-    crate::products::report(&w);
+    crate::catalog::products::report(&w);
     let doomed = if req.skip_purge {
         Vec::new()
     } else {
@@ -438,7 +438,7 @@ pub fn build_product(
                 ..BuildOptions::default()
             };
             let mut warnings = Vec::new();
-            let (m, _) = crate::products::hash_product(
+            let (m, _) = crate::catalog::products::hash_product(
                 p,
                 req.tree,
                 req.target,
@@ -451,7 +451,7 @@ pub fn build_product(
                 version: version_label.clone(),
                 source: Box::new(source),
             })?;
-            crate::products::report(&warnings);
+            crate::catalog::products::report(&warnings);
             let path = product_dir.join(MANIFEST_FILE);
             manifest::write(&path, &m).map_err(|e| BuildError::Manifest {
                 product: p.name.clone(),
@@ -541,7 +541,7 @@ fn build_version(
 
     let work = product_dir.join(format!("{PARTIAL_PREFIX}{version}"));
     let result = (|| {
-        crate::atomic::create_dir_all(&work).map_err(|source| BuildError::Io {
+        crate::tree::atomic::create_dir_all(&work).map_err(|source| BuildError::Io {
             product: p.name.clone(),
             path: work.clone(),
             source,
@@ -627,7 +627,10 @@ fn run_stages(
         .iter()
         .flat_map(|c| ["--compression".into(), c.into()])
         .collect();
-    let timeout = p.build.timeout.map(crate::expiry::HumanDuration::as_std);
+    let timeout = p
+        .build
+        .timeout
+        .map(crate::config::expiry::HumanDuration::as_std);
     let run = |stage: Stage, inv: Invocation| -> Result<(), BuildError> {
         if req.interrupted.load(Ordering::Relaxed) {
             return Err(stage_error(
@@ -642,7 +645,7 @@ fn run_stages(
             .map_err(|f| stage_error(p, stage, f))
     };
     let mkdir = |d: &Path| {
-        crate::atomic::create_dir_all(d).map_err(|source| BuildError::Io {
+        crate::tree::atomic::create_dir_all(d).map_err(|source| BuildError::Io {
             product: p.name.clone(),
             path: d.to_owned(),
             source,
@@ -742,7 +745,7 @@ fn run_stages(
             path: to.clone(),
             source,
         })?;
-        let _ = crate::atomic::set_file_mode(&to);
+        let _ = crate::tree::atomic::set_file_mode(&to);
     }
     Ok(())
 }

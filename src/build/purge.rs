@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use jiff::civil::DateTime;
 
-use crate::expiry::HumanDuration;
-use crate::stream::VersionName;
+use crate::config::expiry::HumanDuration;
+use crate::format::VersionName;
 
 /// How many versions to keep and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{Map, Value};
 
 use super::select::{Image, PlannedProduct};
-use crate::stream::{Family, Index, IndexEntry};
+use crate::format::{Family, Index, IndexEntry};
 
 /// The products of one source that made it, and what they reference.
 #[derive(Debug, Default)]
@@ -102,7 +102,7 @@ pub fn assemble(
 /// products.
 pub fn products_file(products: &BTreeMap<String, Value>, updated: &str) -> Value {
     serde_json::json!({
-        "content_id": crate::publish::CONTENT_ID,
+        "content_id": crate::catalog::publish::CONTENT_ID,
         "datatype": crate::config::DEFAULT_DATATYPE,
         "format": crate::config::DEFAULT_FORMAT,
         "products": products,
@@ -115,7 +115,7 @@ pub fn index(products: &BTreeMap<String, Value>, images_path: &str, updated: &st
     Index {
         format: "index:1.0".into(),
         index: BTreeMap::from([(
-            crate::publish::CONTENT_ID.to_owned(),
+            crate::catalog::publish::CONTENT_ID.to_owned(),
             IndexEntry {
                 datatype: crate::config::DEFAULT_DATATYPE.into(),
                 format: crate::config::DEFAULT_FORMAT.into(),

@@ -217,7 +217,7 @@ pub async fn fetch_file(
 ) -> Result<u64, FetchError> {
     let part = part_path(dest);
     if let Some(dir) = dest.parent() {
-        crate::atomic::create_dir_all(dir).map_err(io_err(dir))?;
+        crate::tree::atomic::create_dir_all(dir).map_err(io_err(dir))?;
     }
     let mut transferred = 0u64;
     let mut last = String::new();
@@ -293,8 +293,10 @@ fn finish(
         });
     }
     let file = std::fs::File::open(part).map_err(io_err(part))?;
-    file.set_permissions(std::fs::Permissions::from_mode(crate::atomic::FILE_MODE))
-        .map_err(io_err(part))?;
+    file.set_permissions(std::fs::Permissions::from_mode(
+        crate::tree::atomic::FILE_MODE,
+    ))
+    .map_err(io_err(part))?;
     // A verified file must survive a crash as verified: data on disk before the rename.
     file.sync_all().map_err(io_err(part))?;
     std::fs::rename(part, dest).map_err(io_err(dest))?;

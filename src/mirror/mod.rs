@@ -112,7 +112,7 @@ pub enum MirrorError {
     },
     /// The catalog could not be written.
     #[error(transparent)]
-    Write(#[from] crate::publish::WriteError),
+    Write(#[from] crate::catalog::publish::WriteError),
 }
 
 /// Where the mirror remembers what it verified.
@@ -147,7 +147,7 @@ impl State {
     fn save(&self, target: &Path) -> Result<(), MirrorError> {
         let path = state_path(target);
         let bytes = serde_json::to_vec(self).expect("the state always serializes");
-        crate::atomic::write(&path, &bytes).map_err(|source| MirrorError::Io { path, source })
+        crate::tree::atomic::write(&path, &bytes).map_err(|source| MirrorError::Io { path, source })
     }
 }
 
@@ -269,10 +269,10 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
         let path = path.to_owned();
         move |source| MirrorError::Io { path, source }
     };
-    crate::atomic::create_dir_all(target).map_err(io(target))?;
+    crate::tree::atomic::create_dir_all(target).map_err(io(target))?;
     let old_state = match State::load(target) {
         Some(s) => s,
-        None if crate::publish::index_path(target).exists() => {
+        None if crate::catalog::publish::index_path(target).exists() => {
             return Err(MirrorError::NotAMirror {
                 path: target.clone(),
             });
@@ -389,7 +389,7 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
         }
     }
     report.products = products.len();
-    let updated = crate::publish::updated_now();
+    let updated = crate::catalog::publish::updated_now();
     let products_doc = catalog::products_file(&products, &updated);
     let images_path = crate::config::DEFAULT_IMAGES_PATH;
     let index = catalog::index(&products, images_path, &updated);
@@ -428,14 +428,14 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
     interim.save(target)?;
 
     {
-        let _lock = crate::publish::lock_tree(target)?;
-        crate::publish::write_with_gz(
-            &crate::publish::products_path(target, images_path),
-            &crate::publish::to_json(&products_doc),
+        let _lock = crate::catalog::publish::lock_tree(target)?;
+        crate::catalog::publish::write_with_gz(
+            &crate::catalog::publish::products_path(target, images_path),
+            &crate::catalog::publish::to_json(&products_doc),
         )?;
-        crate::publish::write_with_gz(
-            &crate::publish::index_path(target),
-            &crate::publish::to_json(&index),
+        crate::catalog::publish::write_with_gz(
+            &crate::catalog::publish::index_path(target),
+            &crate::catalog::publish::to_json(&index),
         )?;
     }
 

@@ -64,7 +64,7 @@ pub fn push(
     dest: &str,
     observer: &mut dyn FnMut(&Path),
 ) -> Result<PushReport, PushError> {
-    if !crate::publish::index_path(source).is_file() {
+    if !crate::catalog::publish::index_path(source).is_file() {
         return Err(PushError::NoCatalog {
             path: source.to_owned(),
         });
@@ -147,7 +147,7 @@ fn push_dir(
             continue;
         }
         let mut input = std::fs::File::open(&from).map_err(io(&from))?;
-        crate::atomic::write_with(&to, |w| {
+        crate::tree::atomic::write_with(&to, |w| {
             std::io::copy(&mut input, w)?;
             w.flush()
         })

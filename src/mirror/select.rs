@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use crate::stream::{Ftype, ImageType, Item, canonical_arch};
+pub use crate::config::Filters;
+use crate::format::{Ftype, ImageType, Item, canonical_arch};
 
 /// One product of a remote products file, with the raw JSON kept so every upstream field can
 /// be republished as it was.
@@ -49,7 +50,7 @@ pub struct Image {
     /// The fingerprint clients look it up by.
     pub fingerprint: String,
     /// Which client family reads it (`lxd` or `incus`).
-    pub family: crate::stream::Family,
+    pub family: crate::format::Family,
     /// The item keys it needs: all of them or the image is unusable.
     pub items: Vec<String>,
 }
@@ -178,25 +179,6 @@ pub fn images_of(version: &RemoteVersion) -> Vec<Image> {
     out
 }
 
-/// Which products, versions and image types to mirror. Empty lists match everything.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filters {
-    /// `--os` (case-insensitive).
-    pub os: Vec<String>,
-    /// `--release` (case-insensitive).
-    pub release: Vec<String>,
-    /// `--arch`: matches the published name or any name of the same architecture.
-    pub arch: Vec<String>,
-    /// `--variant` (case-insensitive).
-    pub variant: Vec<String>,
-    /// `--alias GLOB`: `*` and `?` wildcards, matched against each alias.
-    pub alias: Vec<String>,
-    /// `--type`: only container or only VM images.
-    pub image_type: Option<ImageType>,
-    /// `--keep N`: the newest N versions of each product (`None`: all).
-    pub keep: Option<usize>,
-}
-
 /// `*` matches any run of characters (`/` included), `?` exactly one.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
@@ -220,6 +202,8 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// The filters as a remote catalog's products and versions meet them (the filters themselves
+/// are part of the configuration: [`crate::config::Filters`]).
 impl Filters {
     /// True when the product passes the os, release, arch, variant and alias filters.
     pub fn matches(&self, p: &RemoteProduct) -> bool {

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::reindex::{Reindexer, Trigger};
 use super::request_path::RequestPath;
+use crate::catalog::inventory::CatalogCache;
 use crate::direct::{self, DirectError};
-use crate::inventory::CatalogCache;
 
 /// The path prefix of direct requests.
 pub(crate) const PREFIX: &str = "/direct/";

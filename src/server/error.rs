@@ -57,7 +57,7 @@ pub enum ServerError {
     },
 
     #[error("cannot load the products to index")]
-    Products(#[source] crate::products::LoadError),
+    Products(#[source] crate::catalog::products::LoadError),
 
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),

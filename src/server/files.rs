@@ -24,7 +24,7 @@ use tower_http::services::ServeDir;
 use super::direct::{self, Direct};
 use super::error::RequestError;
 use super::request_path::{RequestPath, is_served_segment};
-use super::writes::Writes;
+use super::write::Writes;
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -92,7 +92,7 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
         )
             .into_response();
     };
-    let import = super::import::is_import_path(req.uri().path());
+    let import = super::write::import::is_import_path(req.uri().path());
     let refused = match &method {
         &Method::PUT | &Method::DELETE if import => Some(RequestError::MethodNotAllowed {
             method: method.to_string(),
@@ -110,14 +110,14 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
         }),
     };
     if let Some(error) = refused {
-        super::upload::drain_small(req.into_body()).await;
+        super::write::upload::drain_small(req.into_body()).await;
         return error.into_response();
     }
     let result = match method {
-        Method::POST if import => super::import::post(writes, req).await,
-        Method::POST => super::upload::post(writes, req).await,
-        Method::PUT => super::upload::put(writes, req).await,
-        _ => super::delete::delete(writes, req).await,
+        Method::POST if import => super::write::import::post(writes, req).await,
+        Method::POST => super::write::upload::post(writes, req).await,
+        Method::PUT => super::write::upload::put(writes, req).await,
+        _ => super::write::delete::delete(writes, req).await,
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }

@@ -6,21 +6,17 @@
 //! `request_path`, the direct-URL import (`/direct/<alias>`) in `direct`. With
 //! [`ServeOptions::index`] the server also owns its catalog: `reindex`
 //! keeps it current (start-up scan, watcher, after every write), and uploads (`upload`),
-//! imports (`import`), deletes (`delete`), their path grammar (`write_path`) and auth (`auth`)
+//! imports and deletes (`write`: policy, target paths, upload, import, delete) and auth (`auth`)
 //! are enabled.
 
 mod auth;
-mod delete;
 mod direct;
 mod error;
 mod files;
-mod import;
 mod reindex;
 mod request_path;
 mod tls;
-mod upload;
-mod write_path;
-mod writes;
+mod write;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -30,7 +26,7 @@ use axum_server::tls_rustls::RustlsConfig;
 
 pub use error::ServerError;
 pub use reindex::IndexOptions;
-pub use writes::{DEFAULT_MAX_UPLOAD_SIZE, WriteOptions};
+pub use write::{DEFAULT_MAX_UPLOAD_SIZE, WriteOptions};
 
 /// How long connections still in flight get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -136,10 +132,10 @@ fn run(
         let (writes, _indexing) = match &opts.index {
             Some(index) => {
                 let scope = write_scope(&root, index)?;
-                import::clear_staging(&root);
+                write::import::clear_staging(&root);
                 let (reindexer, running) = reindex::start(root.clone(), index.clone());
                 log_write_policy(&opts.writes, &scope);
-                let writes = writes::Writes::new(
+                let writes = write::Writes::new(
                     std::sync::Arc::new(root.clone()),
                     &opts.writes,
                     scope,
@@ -191,13 +187,13 @@ fn run(
 const RESERVED_TOP_LEVEL: [&str; 2] = ["direct", "import"];
 
 /// Where writes may go: the layout under images/, or the local products of the tree.yml.
-fn write_scope(root: &Path, index: &IndexOptions) -> Result<write_path::WriteScope, ServerError> {
+fn write_scope(root: &Path, index: &IndexOptions) -> Result<write::WriteScope, ServerError> {
     let Some(config) = &index.config else {
-        return Ok(write_path::WriteScope::Layout);
+        return Ok(write::WriteScope::Layout);
     };
     let env = |k: &str| std::env::var(k).ok();
-    let tree =
-        crate::products::Tree::load(Some(config), root, &env).map_err(ServerError::Products)?;
+    let tree = crate::catalog::products::Tree::load(Some(config), root, &env)
+        .map_err(ServerError::Products)?;
     for product in &tree.config.products {
         let top = product
             .directory
@@ -213,7 +209,7 @@ fn write_scope(root: &Path, index: &IndexOptions) -> Result<write_path::WriteSco
             );
         }
     }
-    Ok(write_path::WriteScope::Declared(
+    Ok(write::WriteScope::Declared(
         tree.config
             .products
             .iter()
@@ -223,7 +219,7 @@ fn write_scope(root: &Path, index: &IndexOptions) -> Result<write_path::WriteSco
     ))
 }
 
-fn log_write_policy(opts: &WriteOptions, scope: &write_path::WriteScope) {
+fn log_write_policy(opts: &WriteOptions, scope: &write::WriteScope) {
     let auth = match (&opts.token, opts.allow_anonymous) {
         (Some(_), _) => "writes need the bearer token",
         (None, true) => {
@@ -235,10 +231,10 @@ fn log_write_policy(opts: &WriteOptions, scope: &write_path::WriteScope) {
     };
     tracing::info!("{auth}");
     let into = match scope {
-        write_path::WriteScope::Layout => {
+        write::WriteScope::Layout => {
             "images/<os>/<release>/<arch>/<variant>/<YYYYMMDD_HH:MM>/".to_owned()
         }
-        write_path::WriteScope::Declared(dirs) => {
+        write::WriteScope::Declared(dirs) => {
             format!("the product folders of tree.yml ({})", dirs.join(", "))
         }
     };

@@ -16,9 +16,9 @@ use notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::catalog::manifest::HttpSettings;
+use crate::catalog::publish::{PublishRequest, PublishSummary};
 use crate::hash::{HashCache, KnownDigest};
-use crate::manifest::HttpSettings;
-use crate::publish::{PublishRequest, PublishSummary};
 
 /// Quiet time the watcher waits for before reporting a path.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
@@ -219,7 +219,7 @@ fn reindex(
     }
     let env = |k: &str| std::env::var(k).ok();
     let publish = || {
-        crate::publish::publish_tree(&PublishRequest {
+        crate::catalog::publish::publish_tree(&PublishRequest {
             config: opts.config.as_deref(),
             source: root,
             target: root,
@@ -228,7 +228,7 @@ fn reindex(
             http: &opts.http,
             env: &env,
             progress: &indicatif::ProgressBar::hidden(),
-            exclude: &crate::products::Exclusions::new(),
+            exclude: &crate::catalog::products::Exclusions::new(),
         })
         .map_err(|e| crate::error_chain(&e))
     };
@@ -305,7 +305,7 @@ fn is_relevant(root: &Path, config: Option<&Path>, path: &Path) -> bool {
     // What re-indexing writes itself: ssb.json in product folders, and the catalog wherever
     // images_path puts it.
     let own_output = [
-        crate::manifest::MANIFEST_FILE,
+        crate::catalog::manifest::MANIFEST_FILE,
         "images.json",
         "images.json.gz",
         "index.json",

@@ -270,7 +270,7 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), ServerErr
     tmp.write_all(contents).map_err(write_error)?;
     tmp.as_file().sync_all().map_err(write_error)?;
     tmp.persist(path).map_err(|e| write_error(e.error))?;
-    crate::atomic::sync_dir(dir).map_err(write_error)
+    crate::tree::atomic::sync_dir(dir).map_err(write_error)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ServerError> {

@@ -8,11 +8,11 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::error::RequestError;
-use super::reindex::Trigger;
-use super::request_path::RequestPath;
-use super::write_path;
-use super::writes::Writes;
+use super::policy::Writes;
+use super::target;
+use crate::server::error::RequestError;
+use crate::server::reindex::Trigger;
+use crate::server::request_path::RequestPath;
 
 pub(crate) async fn delete(writes: Arc<Writes>, req: Request) -> Result<Response, RequestError> {
     // Auth and ALLOW_DELETES are checked by the router before this runs.
@@ -24,13 +24,13 @@ pub(crate) async fn delete(writes: Arc<Writes>, req: Request) -> Result<Response
     let rel = RequestPath::parse(&raw)
         .ok_or_else(|| bad(&raw, "not a plain path".into()))?
         .to_relative_string();
-    let target = write_path::delete_target(&rel, &writes.scope).map_err(|r| bad(&rel, r))?;
+    let target = target::delete_target(&rel, &writes.scope).map_err(|r| bad(&rel, r))?;
     let root = Arc::clone(&writes.root);
     let relative = target.relative();
     let shown = relative.display().to_string();
     let job_shown = shown.clone();
     let removed = tokio::task::spawn_blocking(move || {
-        write_path::check_on_disk(&root, &relative).map_err(|r| bad(&job_shown, r))?;
+        target::check_on_disk(&root, &relative).map_err(|r| bad(&job_shown, r))?;
         let path = root.join(&relative);
         let io = |source| RequestError::Io {
             path: job_shown.clone(),
@@ -64,5 +64,5 @@ pub(crate) async fn delete(writes: Arc<Writes>, req: Request) -> Result<Response
         .reindexer
         .request(Trigger::because(format!("deleted {shown}")));
     let body = serde_json::json!({ "deleted": shown, "kind": removed });
-    Ok(super::writes::json_response(StatusCode::OK, &body))
+    Ok(super::policy::json_response(StatusCode::OK, &body))
 }

@@ -22,12 +22,12 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Serialize;
 
-use super::error::RequestError;
+use super::policy::Writes;
+use super::target::WriteScope;
 use super::upload::{drain_multipart, drain_small, receive_body};
-use super::write_path::WriteScope;
-use super::writes::Writes;
+use crate::format::Family;
 use crate::import::{ImportError, ImportRequest, Imported};
-use crate::stream::Family;
+use crate::server::error::RequestError;
 use crate::tree::LayoutProduct;
 
 /// The staging folder of imports, under the served root; hidden, so never served or indexed.
@@ -181,7 +181,7 @@ pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, 
     } else {
         StatusCode::OK
     };
-    Ok(super::writes::json_response(status, &answer))
+    Ok(super::policy::json_response(status, &answer))
 }
 
 /// Runs blocking file system work off the async threads; a panic becomes a 500 naming `what`.
@@ -204,7 +204,7 @@ fn staging_dir(root: &Path) -> Result<tempfile::TempDir, RequestError> {
         path: STAGING.to_owned(),
         source,
     };
-    crate::atomic::create_dir_all(&parent).map_err(io)?;
+    crate::tree::atomic::create_dir_all(&parent).map_err(io)?;
     tempfile::Builder::new()
         .prefix("")
         .tempdir_in(&parent)
@@ -316,7 +316,7 @@ async fn text_field(mut field: Field<'_>) -> Result<(String, String), RequestErr
 /// name (the import tells a metadata tarball from a root tarball partly by name), else `file`.
 fn staged_name(file_name: &str) -> String {
     let last = file_name.rsplit(['/', '\\']).next().unwrap_or_default();
-    if last.len() <= 255 && super::request_path::is_plain_name(last) {
+    if last.len() <= 255 && crate::server::request_path::is_plain_name(last) {
         last.to_owned()
     } else {
         "file".to_owned()
@@ -404,7 +404,7 @@ fn answer(root: &Path, dir: &Path, changed: bool, waited: Result<(), String>) ->
         format!("already imported in {path} (nothing changed)")
     };
     let listed = waited.and_then(|()| {
-        let (_, products, _) = crate::inventory::load_catalog(root).map_err(|e| e.to_string())?;
+        let (_, products, _) = crate::catalog::inventory::load_catalog(root).map_err(|e| e.to_string())?;
         let found = products
             .products
             .get(&product)
@@ -415,7 +415,7 @@ fn answer(root: &Path, dir: &Path, changed: bool, waited: Result<(), String>) ->
                     .to_owned(),
             );
         };
-        Ok(crate::publish::images_of(listed, Family::Incus)
+        Ok(crate::catalog::publish::images_of(listed, Family::Incus)
             .into_iter()
             .map(|(fingerprint, image_type, _, _)| PublishedImage {
                 fingerprint,

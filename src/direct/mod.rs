@@ -4,7 +4,7 @@
 //! The daemon asks with `LXD-Server-Architectures` (or `Incus-Server-Architectures`) and wants
 //! the sha256 and URL of one *unified* tarball back. A version published unified is handed out
 //! as it is. A version that only exists split gets a unified tarball built from its files
-//! ([`crate::unified`]), once: it is cached in the version folder as
+//! ([`crate::image::unified`]), once: it is cached in the version folder as
 //! `.ssb-unified.<split fingerprint>.<sha256>.tar.gz`, so the hash is known without reading it
 //! again after a restart, and a replaced metadata or rootfs file (a new fingerprint) gets a new
 //! one. The server may then also publish it as the version's `incus_combined.tar.gz` (a hard
@@ -16,14 +16,14 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::Digest as _;
 
-use crate::atomic::HashedTemp;
+use crate::tree::atomic::HashedTemp;
 
+use crate::catalog::inventory::{InventoryError, load_catalog};
+use crate::format::arch::canonical_arch;
+use crate::format::{Ftype, Item, ProductsFile, RootfsKind, Version, VersionName};
 use crate::hash::KnownDigest;
-use crate::inventory::{InventoryError, load_catalog};
-use crate::stream::arch::canonical_arch;
-use crate::stream::{Ftype, Item, ProductsFile, RootfsKind, Version, VersionName};
+use crate::image::unified::{UnifiedError, write_unified};
 use crate::tree::FileSig;
-use crate::unified::{UnifiedError, write_unified};
 
 /// What the unified tarball is published as, next to the split files.
 pub const PUBLISHED_NAME: &str = "incus_combined.tar.gz";
@@ -198,7 +198,7 @@ pub fn choose(
     let same_arch = |a: &str, b: &str| {
         a == b || canonical_arch(a).is_some_and(|c| canonical_arch(b) == Some(c))
     };
-    let candidates: Vec<(&String, &crate::stream::Product)> = products
+    let candidates: Vec<(&String, &crate::format::Product)> = products
         .products
         .iter()
         .filter(|(_, p)| {
@@ -374,7 +374,7 @@ pub fn unified(root: &Path, choice: &Choice) -> Result<Unified, DirectError> {
             }
         }
     }
-    crate::atomic::sync_dir(&dir).map_err(io(&dir))?;
+    crate::tree::atomic::sync_dir(&dir).map_err(io(&dir))?;
     tracing::info!(
         "built the unified tarball of {} {} ({}, {:.1} s)",
         choice.product,
@@ -460,7 +460,7 @@ pub fn forget_built(version_dir: &Path, current: &BTreeSet<&str>) -> std::io::Re
         removed.push(name);
     }
     if !removed.is_empty() {
-        crate::atomic::sync_dir(version_dir)?;
+        crate::tree::atomic::sync_dir(version_dir)?;
     }
     Ok(removed)
 }
@@ -517,7 +517,7 @@ pub fn publish(
         return Ok(None);
     }
     std::fs::hard_link(root.join(&unified.path), &dest).map_err(io(&dest))?;
-    crate::atomic::sync_dir(&root.join(rel_dir)).map_err(io(&dest))?;
+    crate::tree::atomic::sync_dir(&root.join(rel_dir)).map_err(io(&dest))?;
     let sig = std::fs::metadata(&dest)
         .map(|m| FileSig::of(&m))
         .map_err(io(&dest))?;

@@ -3,6 +3,11 @@
 //! validated into [`TreeConfig`]. Unknown keys are warnings, as a typo should not stop a
 //! nightly pipeline, but every rule the clients depend on is an error.
 
+pub mod expiry;
+mod mirrors;
+
+pub use mirrors::{Filters, MirrorSpec};
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,8 +16,8 @@ use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
-use crate::expiry::HumanDuration;
-use crate::stream::{Requirements, arch};
+use crate::config::expiry::HumanDuration;
+use crate::format::{Requirements, arch};
 
 /// Where a product was declared, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,40 +183,7 @@ struct RawTree {
     #[serde(default)]
     products: Option<Vec<Spanned<RawProduct>>>,
     #[serde(default)]
-    mirrors: Option<Vec<Spanned<RawMirror>>>,
-}
-
-/// One entry of `mirrors:`. A new section, so unknown keys are errors rather than warnings.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMirror {
-    url: Option<String>,
-    #[serde(default)]
-    os: Vec<String>,
-    #[serde(default)]
-    release: Vec<String>,
-    #[serde(default)]
-    arch: Vec<String>,
-    #[serde(default)]
-    variant: Vec<String>,
-    #[serde(default)]
-    alias: Vec<String>,
-    #[serde(rename = "type")]
-    image_type: Option<Spanned<String>>,
-    keep: Option<Spanned<i64>>,
-    ca_cert: Option<PathBuf>,
-}
-
-/// A validated `mirrors:` entry: what `mirror pull` without a URL (and `serve
-/// --mirror-interval`) pulls.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MirrorSpec {
-    /// The remote (`https://…`, or `http://…`).
-    pub url: String,
-    /// What to take from it.
-    pub filters: crate::mirror::Filters,
-    /// An extra CA to trust for it.
-    pub ca_cert: Option<PathBuf>,
+    mirrors: Option<Vec<Spanned<mirrors::RawMirror>>>,
 }
 
 /// `aliases:` as a list, or as one scalar (the original accepted `aliases: x` as `[x]`).
@@ -615,48 +587,7 @@ impl TreeConfig {
                 origin,
             });
         }
-        let mut mirrors = Vec::new();
-        for m in raw.mirrors.unwrap_or_default() {
-            let here = at(&m.referenced);
-            let m = m.value;
-            let url = m.url.map(|u| u.trim().to_owned()).unwrap_or_default();
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                problems.push(format!(
-                    "{here}: mirror `url: {url}` must be an https:// (or http://) URL"
-                ));
-            }
-            let image_type = m.image_type.and_then(|t| match parse_image_type(&t.value) {
-                Ok(t) => Some(t),
-                Err(why) => {
-                    problems.push(format!("{}: mirror `type`: {why}", at(&t.referenced)));
-                    None
-                }
-            });
-            let keep = m.keep.and_then(|k| match usize::try_from(k.value) {
-                Ok(n) if n > 0 => Some(n),
-                _ => {
-                    problems.push(format!(
-                        "{}: mirror `keep: {}` must be at least 1 (leave it out to keep every version)",
-                        at(&k.referenced),
-                        k.value
-                    ));
-                    None
-                }
-            });
-            mirrors.push(MirrorSpec {
-                url,
-                filters: crate::mirror::Filters {
-                    os: m.os,
-                    release: m.release,
-                    arch: m.arch,
-                    variant: m.variant,
-                    alias: m.alias,
-                    image_type,
-                    keep,
-                },
-                ca_cert: m.ca_cert,
-            });
-        }
+        let mirrors = mirrors::parse(raw.mirrors.unwrap_or_default(), &at, &mut problems);
         if let Err(why) = check_relative_dir(&images_path) {
             problems.push(format!(
                 "{}: `images_path: {images_path}` {why}",
@@ -708,10 +639,10 @@ impl TreeConfig {
 }
 
 /// `container`, or `vm` / `virtual-machine`.
-pub fn parse_image_type(s: &str) -> Result<crate::stream::ImageType, String> {
+pub fn parse_image_type(s: &str) -> Result<crate::format::ImageType, String> {
     match s.trim() {
-        "container" => Ok(crate::stream::ImageType::Container),
-        "vm" | "virtual-machine" => Ok(crate::stream::ImageType::VirtualMachine),
+        "container" => Ok(crate::format::ImageType::Container),
+        "vm" | "virtual-machine" => Ok(crate::format::ImageType::VirtualMachine),
         other => Err(format!("`{other}` is not an image type (container or vm)")),
     }
 }
@@ -911,7 +842,7 @@ products:
         assert_eq!(m.filters.release, ["12", "3.20"]);
         assert_eq!(
             m.filters.image_type,
-            Some(crate::stream::ImageType::VirtualMachine)
+            Some(crate::format::ImageType::VirtualMachine)
         );
         assert_eq!(m.filters.keep, Some(2));
         assert_eq!(m.ca_cert.as_deref(), Some(Path::new("/etc/ca.pem")));

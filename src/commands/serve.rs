@@ -4,9 +4,11 @@ use anyhow::{Context, Result, bail};
 
 use std::path::PathBuf;
 
-use crate::cli::ServeArgs;
-use crate::manifest::HttpSettings;
-use crate::server::{IndexOptions, ServeOptions, TlsMode, WriteOptions, serve as run_server};
+use crate::cli::args::ServeArgs;
+use simplestreams_builder::catalog::manifest::HttpSettings;
+use simplestreams_builder::server::{
+    IndexOptions, ServeOptions, TlsMode, WriteOptions, serve as run_server,
+};
 
 /// Serves the tree at `root` until SIGINT/SIGTERM. `config` is the tree.yml used when the
 /// server owns the catalog (`None`: layout mode).
@@ -30,7 +32,7 @@ pub fn serve(
     };
     let token = write_token(args)?;
     let index = args.index || token.is_some() || args.allow_anonymous_writes;
-    if !index && !crate::publish::index_path(&root).is_file() {
+    if !index && !simplestreams_builder::catalog::publish::index_path(&root).is_file() {
         tracing::warn!(
             "{} has no streams/v1/index.json yet: run `simplestreams-builder publish -t {}` first, or serve with --index",
             root.display(),

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::stream::{VersionName, canonical_arch};
+use crate::format::{VersionName, canonical_arch};
 use crate::tree::{FileRole, LAYOUT_ROOT, classify};
 
 /// Longest accepted segment, in bytes (common file system limit).
@@ -103,7 +103,7 @@ pub(crate) fn upload_target(raw: &str, scope: &WriteScope) -> Result<WriteTarget
         .file
         .as_deref()
         .ok_or("a version folder is not a file: name the file to upload")?;
-    if file != crate::metadata_json::FILE && classify(file).is_none() {
+    if file != crate::catalog::metadata_json::FILE && classify(file).is_none() {
         return Err(format!(
             "`{file}` is not an image file name (lxd.tar.xz, incus.tar.xz, rootfs.squashfs, root.tar.xz, disk.qcow2, ... or metadata.json)"
         ));
@@ -160,7 +160,7 @@ fn parse(raw: &str, scope: &WriteScope) -> Result<WriteTarget, String> {
     };
     let rest = &segs[product_len..];
     let target = match rest {
-        [name] if *name == crate::metadata_json::FILE => WriteTarget {
+        [name] if *name == crate::catalog::metadata_json::FILE => WriteTarget {
             product_dir,
             version: None,
             file: Some((*name).to_owned()),

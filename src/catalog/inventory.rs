@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::catalog::products::Tree;
+use crate::catalog::publish::index_path;
+use crate::format::{Family, Ftype, ImageType, Index, ProductsFile};
 use crate::hash::{HashError, Sha256State, sha256_state, sha256_with_prefixes};
-use crate::products::Tree;
-use crate::publish::index_path;
-use crate::stream::{Family, Ftype, ImageType, Index, ProductsFile};
 use crate::tree::{FileSig, TreeError, scan_product};
 
 /// The catalog cannot be read at all.
@@ -271,7 +271,7 @@ pub fn verify(
     // once per version.
     for (pid, product) in &products.products {
         for (vname, version) in &product.versions {
-            let mut by_path: BTreeMap<&str, Vec<&crate::stream::Item>> = BTreeMap::new();
+            let mut by_path: BTreeMap<&str, Vec<&crate::format::Item>> = BTreeMap::new();
             for item in version.items.values() {
                 by_path.entry(item.path.as_str()).or_default().push(item);
             }
@@ -302,7 +302,7 @@ pub fn verify(
             }
             // Metadata first: their states seed the fingerprints.
             let mut states: BTreeMap<&str, Sha256State> = BTreeMap::new();
-            let is_meta = |i: &crate::stream::Item| matches!(i.ftype, Ftype::Meta(_));
+            let is_meta = |i: &crate::format::Item| matches!(i.ftype, Ftype::Meta(_));
             for (&path, items) in by_path
                 .iter()
                 .filter(|(p, it)| present.contains(**p) && it.iter().any(|i| is_meta(i)))
@@ -446,10 +446,11 @@ pub struct PruneReport {
 /// and files that are not image files are left alone.
 pub fn prune(target: &Path, tree: &Tree, dry_run: bool) -> Result<PruneReport, InventoryError> {
     let (_, products, _) = load_catalog(target)?;
-    let _lock = crate::publish::lock_tree(target).map_err(|e| InventoryError::Catalog {
-        path: e.path.clone(),
-        reason: e.source.to_string(),
-    })?;
+    let _lock =
+        crate::catalog::publish::lock_tree(target).map_err(|e| InventoryError::Catalog {
+            path: e.path.clone(),
+            reason: e.source.to_string(),
+        })?;
     let mut report = PruneReport::default();
     for path in orphans(target, tree, &products)? {
         let rel = path
@@ -565,12 +566,12 @@ mod tests {
             "index": {"images": {"datatype": "image-downloads", "format": "products:1.0",
                                  "path": "streams/v1/images.json", "products": [product]}}
         });
-        crate::atomic::write(
+        crate::tree::atomic::write(
             &root.join("streams/v1/images.json"),
             products.to_string().as_bytes(),
         )
         .unwrap();
-        crate::atomic::write(
+        crate::tree::atomic::write(
             &root.join("streams/v1/index.json"),
             index.to_string().as_bytes(),
         )

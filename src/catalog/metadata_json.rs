@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use crate::config::{ProductSpec, check_alias};
-use crate::stream::{Manifest, Requirements};
+use crate::format::{Manifest, Requirements};
 
 /// The file name, in a product folder or a version folder.
 pub const FILE: &str = "metadata.json";
@@ -210,7 +210,7 @@ pub fn apply(
 mod tests {
     use super::*;
     use crate::config::Origin;
-    use crate::stream::{Version, VersionName};
+    use crate::format::{Version, VersionName};
 
     fn parsed(text: &str) -> (Option<Overrides>, Vec<String>) {
         let mut w = Vec::new();

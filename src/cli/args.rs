@@ -113,8 +113,8 @@ pub struct MirrorPullArgs {
     #[arg(long, value_name = "GLOB")]
     pub alias: Vec<String>,
     /// Only container or only VM images: container, vm
-    #[arg(long = "type", value_name = "TYPE", value_parser = crate::config::parse_image_type)]
-    pub image_type: Option<crate::stream::ImageType>,
+    #[arg(long = "type", value_name = "TYPE", value_parser = simplestreams_builder::config::parse_image_type)]
+    pub image_type: Option<simplestreams_builder::format::ImageType>,
     /// Keep the newest N versions of each product (default: every version upstream lists)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep: Option<u32>,
@@ -316,7 +316,8 @@ pub struct ServeArgs {
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
-    let d = crate::expiry::HumanDuration::parse(s).map_err(|e| e.to_string())?;
+    let d = simplestreams_builder::config::expiry::HumanDuration::parse(s)
+        .map_err(|e| e.to_string())?;
     Ok(std::time::Duration::from_secs(d.seconds().max(1) as u64))
 }
 

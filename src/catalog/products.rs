@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use indicatif::ProgressBar;
 use tracing::warn;
 
+use crate::catalog::manifest::{self, BuildOptions, HttpSettings, MANIFEST_FILE, ManifestError};
 use crate::config::{self, ConfigError, Origin, ProductSpec, TreeConfig};
-use crate::manifest::{self, BuildOptions, HttpSettings, MANIFEST_FILE, ManifestError};
-use crate::publish::Entry;
-use crate::stream::{Manifest, canonical_arch};
+use crate::format::{Manifest, canonical_arch};
 use crate::tree::{self, TreeError};
 
 /// Where the products come from.
@@ -253,7 +252,15 @@ pub struct LoadOptions<'a> {
 
 /// Versions to leave out of manifests, by product name (versions about to be purged).
 pub type Exclusions =
-    std::collections::BTreeMap<String, std::collections::BTreeSet<crate::stream::VersionName>>;
+    std::collections::BTreeMap<String, std::collections::BTreeSet<crate::format::VersionName>>;
+
+/// One product ready for the catalog: its resolved declaration and its manifest.
+pub struct Entry {
+    /// The declaration (tree.yml or layout).
+    pub spec: ProductSpec,
+    /// The manifest (local or remote).
+    pub manifest: Manifest,
+}
 
 /// Loaded products, in tree order, and the image bytes read to hash them.
 pub struct Loaded {
@@ -335,9 +342,9 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
                     finish_layout_spec(&mut spec, &m);
                 }
                 if spec.prefix_path.is_none() {
-                    crate::requirements_file::apply(&mut spec, opts.source, &mut warnings);
+                    crate::catalog::requirements_file::apply(&mut spec, opts.source, &mut warnings);
                     let dir = opts.source.join(&spec.directory);
-                    crate::metadata_json::apply(&mut spec, &mut m, &dir, &mut warnings);
+                    crate::catalog::metadata_json::apply(&mut spec, &mut m, &dir, &mut warnings);
                 }
                 entries.push(Entry { spec, manifest: m });
             }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use axum::http::HeaderMap;
 
-use super::auth::WriteAuth;
-use super::error::RequestError;
-use super::reindex::Reindexer;
-use super::write_path::WriteScope;
+use super::target::WriteScope;
+use crate::server::auth::WriteAuth;
+use crate::server::error::RequestError;
+use crate::server::reindex::Reindexer;
 
 /// The write settings of [`super::ServeOptions`].
 #[derive(Clone, Debug)]

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::expiry::{HumanDuration, eol_from_unix, format_eol, normalize_eol};
+use crate::config::expiry::{HumanDuration, eol_from_unix, format_eol, normalize_eol};
+use crate::format::{Family, Ftype, Item, Manifest, Version, VersionName, canonical_arch};
 use crate::hash::{HashCache, HashError, hash_version};
-use crate::inspect::ImageMetadata;
-use crate::stream::{Family, Ftype, Item, Manifest, Version, VersionName, canonical_arch};
+use crate::image::metadata::ImageMetadata;
 use crate::tree::{FileRole, TreeError, scan_product};
 
 /// Name of the manifest file in a product folder.
@@ -113,7 +113,7 @@ pub fn join_prefix(prefix: &str, rel: &str) -> String {
 }
 
 fn item_key(role: FileRole) -> &'static str {
-    use crate::stream::RootfsKind::*;
+    use crate::format::RootfsKind::*;
     match role {
         FileRole::Meta {
             family: Family::Lxd,
@@ -363,7 +363,7 @@ fn check_name(product: &str, source: &str, m: Manifest) -> Result<Manifest, Mani
 
 /// Writes a manifest as compact JSON, atomically.
 pub fn write(path: &Path, m: &Manifest) -> std::io::Result<()> {
-    crate::atomic::write(path, &to_json(m))
+    crate::tree::atomic::write(path, &to_json(m))
 }
 
 /// A manifest as written: compact JSON and one newline.

@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::atomic::HashedTemp;
-use crate::bulk::DirectWriter;
+use crate::format::VersionName;
+use crate::format::arch::debian_arch;
+use crate::hash::bulk::DirectWriter;
 use crate::hash::{HashCache, HashError, KnownDigest, MetaPrefix};
-use crate::inspect::{self, ImageMetadata, InspectError};
-use crate::stream::VersionName;
-use crate::stream::arch::debian_arch;
+use crate::image::metadata::{self, ImageMetadata, InspectError};
+use crate::tree::atomic::HashedTemp;
 use crate::tree::{FileSig, LayoutProduct};
 
 /// Largest metadata.yaml accepted, as for metadata tarballs.
@@ -236,7 +236,7 @@ fn land_bulk(
         out.written(),
         out.written_direct()
     );
-    crate::atomic::seal(&tmp).map_err(io(&path))?;
+    crate::tree::atomic::seal(&tmp).map_err(io(&path))?;
     Ok((tmp, sha, combined))
 }
 
@@ -307,7 +307,7 @@ fn place(
     })?;
     // The rename is durable only once the folder is synced.
     let dir = dest.parent().unwrap_or(dest);
-    crate::atomic::sync_dir(dir).map_err(io(dir))?;
+    crate::tree::atomic::sync_dir(dir).map_err(io(dir))?;
     Ok(true)
 }
 
@@ -352,7 +352,7 @@ fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported,
             }
         }
     };
-    let meta = inspect::read_metadata(
+    let meta = metadata::read_metadata(
         std::io::BufReader::new(fs_err::File::open(meta_path).map_err(io(meta_path))?),
         meta_path,
     )?;
@@ -445,7 +445,7 @@ fn xz_on_threads<W: Write>(
 /// Splitting again (xz of the whole rootfs, minutes for a large image) is then skipped.
 fn already_split(req: &ImportRequest<'_>, src: &Path) -> Result<Option<PathBuf>, ImportError> {
     let file = std::io::BufReader::new(fs_err::File::open(src).map_err(io(src))?);
-    let meta = inspect::read_metadata(file, src)?;
+    let meta = metadata::read_metadata(file, src)?;
     let dir = version_dir(req.target, &meta, req.variant, src)?;
     let original = dir.join("incus_combined.tar.gz");
     let split = dir.join("incus.tar.xz").is_file()
@@ -489,7 +489,7 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
             req.progress
                 .wrap_read(fs_err::File::open(src).map_err(io(src))?),
         );
-        let (mut archive, what) = inspect::open_tarball(file, src)?;
+        let (mut archive, what) = metadata::open_tarball(file, src)?;
         let mut meta_tar = tar::Builder::new(liblzma::write::XzEncoder::new(&mut meta_out, 6));
         let mut root_tar = tar::Builder::new(root_xz(&mut root_out)?);
         meta_tar.mode(tar::HeaderMode::Complete);
@@ -500,7 +500,7 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
         for entry in archive.entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;
             let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
-            let parts = crate::unified::EntryParts::of(&mut entry).map_err(bad)?;
+            let parts = crate::image::unified::EntryParts::of(&mut entry).map_err(bad)?;
             let plain = name.strip_prefix("./").unwrap_or(&name);
             if plain == "rootfs.img" {
                 let mut disk = landing(&staging_parent)?;
@@ -560,9 +560,9 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
             src.display()
         )));
     }
-    let meta = inspect::parse_metadata_yaml(&yaml, src)?;
+    let meta = metadata::parse_metadata_yaml(&yaml, src)?;
     let dir = version_dir(req.target, &meta, req.variant, src)?;
-    crate::atomic::create_dir_all(&dir).map_err(io(&dir))?;
+    crate::tree::atomic::create_dir_all(&dir).map_err(io(&dir))?;
     let mut changed = false;
     let (meta_tmp, meta_sha) = finish(meta_out)?;
     let (meta_name, data) = match disk_out {
@@ -679,7 +679,7 @@ fn add_aliases(
     let mut bytes =
         serde_json::to_vec_pretty(&doc).map_err(|e| ImportError::Input(e.to_string()))?;
     bytes.push(b'\n');
-    crate::atomic::write(&path, &bytes).map_err(io(&path))
+    crate::tree::atomic::write(&path, &bytes).map_err(io(&path))
 }
 
 /// The images found under `src`: unified tarballs alone, and a metadata tarball with the

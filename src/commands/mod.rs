@@ -1,6 +1,9 @@
 //! The commands: resolve CLI + `SSBUILDER_*` environment + tree.yml (or the layout) into what
 //! to do, run it, and report. Warnings go to the log; errors carry the file or product.
 
+mod demo;
+mod serve;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,15 +12,15 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{info, warn};
 
-use crate::cli::{
+use crate::cli::args::{
     BuildProductArgs, CatalogArgs, Cli, Command, Format, ImportArgs, InventoryArgs, ManifestArgs,
     PruneArgs, PublishArgs,
 };
-use crate::config::TreeConfig;
-use crate::expiry::HumanDuration;
-use crate::manifest::{self, BuildOptions, HttpSettings, MANIFEST_FILE};
-use crate::products::{self, LoadOptions, Manifests, Tree};
-use crate::publish;
+use simplestreams_builder::catalog::manifest::{self, BuildOptions, HttpSettings, MANIFEST_FILE};
+use simplestreams_builder::catalog::products::{self, LoadOptions, Manifests, Tree};
+use simplestreams_builder::catalog::publish;
+use simplestreams_builder::config::TreeConfig;
+use simplestreams_builder::config::expiry::HumanDuration;
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
@@ -42,18 +45,18 @@ pub fn run(cli: Cli) -> Result<()> {
             let root = cli.target_dir.clone().unwrap_or_else(|| ".".into());
             if let Some(every) = args.mirror_interval {
                 let req = mirror_config_request(&cli, root.clone(), Vec::new(), false)?;
-                crate::mirror::pull_every(req, every);
+                simplestreams_builder::mirror::pull_every(req, every);
             }
-            crate::serve_cmd::serve(root, config_path(&cli), http_settings(&cli), args)
+            crate::commands::serve::serve(root, config_path(&cli), http_settings(&cli), args)
         }
-        Command::Demo(args) => crate::demo::run(&cli, args),
+        Command::Demo(args) => crate::commands::demo::run(&cli, args),
         Command::Mirror(args) => mirror_cmd(&cli, args),
     }
 }
 
-/// `mirror pull` / `mirror push`: CLI + tree.yml `mirrors:` into a request for [`crate::mirror`].
-fn mirror_cmd(cli: &Cli, cmd: &crate::cli::MirrorCommand) -> Result<()> {
-    use crate::cli::MirrorCommand;
+/// `mirror pull` / `mirror push`: CLI + tree.yml `mirrors:` into a request for [`simplestreams_builder::mirror`].
+fn mirror_cmd(cli: &Cli, cmd: &crate::cli::args::MirrorCommand) -> Result<()> {
+    use crate::cli::args::MirrorCommand;
     let target = cli
         .target_dir
         .clone()
@@ -61,7 +64,7 @@ fn mirror_cmd(cli: &Cli, cmd: &crate::cli::MirrorCommand) -> Result<()> {
     match cmd {
         MirrorCommand::Pull(args) => {
             let req = mirror_pull_request(cli, args, target)?;
-            let report = crate::mirror::pull(&req)?;
+            let report = simplestreams_builder::mirror::pull(&req)?;
             products::report(&report.warnings);
             info!(
                 "mirror: {} product(s), {} version(s) published in {}; fetched {} file(s) ({}), verified {}, skipped {}, failed {}, removed {}",
@@ -87,7 +90,7 @@ fn mirror_cmd(cli: &Cli, cmd: &crate::cli::MirrorCommand) -> Result<()> {
             Ok(())
         }
         MirrorCommand::Push(args) => {
-            let report = crate::mirror::push(&target, &args.dest, &mut |_| {})?;
+            let report = simplestreams_builder::mirror::push(&target, &args.dest, &mut |_| {})?;
             info!(
                 "pushed {} to {}: {} file(s) copied, {} unchanged, {} removed",
                 target.display(),
@@ -104,10 +107,10 @@ fn mirror_cmd(cli: &Cli, cmd: &crate::cli::MirrorCommand) -> Result<()> {
 /// The sources (the URL and filters, or tree.yml's `mirrors:`) and TLS settings of a pull.
 pub fn mirror_pull_request(
     cli: &Cli,
-    args: &crate::cli::MirrorPullArgs,
+    args: &crate::cli::args::MirrorPullArgs,
     target: PathBuf,
-) -> Result<crate::mirror::PullRequest> {
-    use crate::mirror::{Filters, Source};
+) -> Result<simplestreams_builder::mirror::PullRequest> {
+    use simplestreams_builder::mirror::{Filters, Source};
     let filters = Filters {
         os: args.os.clone(),
         release: args.release.clone(),
@@ -145,7 +148,7 @@ pub fn mirror_config_request(
     target: PathBuf,
     mut ca_certs: Vec<PathBuf>,
     insecure: bool,
-) -> Result<crate::mirror::PullRequest> {
+) -> Result<simplestreams_builder::mirror::PullRequest> {
     let path = config_path(cli)
         .context("mirror pull needs a URL, or a tree.yml (-c) with a `mirrors:` section")?;
     let config = TreeConfig::load(&path)?;
@@ -157,7 +160,7 @@ pub fn mirror_config_request(
     let sources = config
         .mirrors
         .into_iter()
-        .map(|m| crate::mirror::Source {
+        .map(|m| simplestreams_builder::mirror::Source {
             url: m.url,
             filters: m.filters,
         })
@@ -166,11 +169,11 @@ pub fn mirror_config_request(
 }
 
 fn finish_pull_request(
-    sources: Vec<crate::mirror::Source>,
+    sources: Vec<simplestreams_builder::mirror::Source>,
     target: PathBuf,
     mut ca_certs: Vec<PathBuf>,
     insecure: bool,
-) -> Result<crate::mirror::PullRequest> {
+) -> Result<simplestreams_builder::mirror::PullRequest> {
     // rustls-platform-verifier reads SSL_CERT_FILE on Linux; adding it explicitly keeps the
     // promise if that ever changes.
     if let Some(file) = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from)
@@ -193,11 +196,11 @@ fn finish_pull_request(
             bail!("`{}` is not an https:// (or http://) URL", s.url);
         }
     }
-    Ok(crate::mirror::PullRequest {
+    Ok(simplestreams_builder::mirror::PullRequest {
         sources,
         target,
         jobs: 4,
-        tls: crate::mirror::TlsSettings { ca_certs, insecure },
+        tls: simplestreams_builder::mirror::TlsSettings { ca_certs, insecure },
         progress: true,
     })
 }
@@ -386,7 +389,7 @@ fn manifest_cmd(cli: &Cli, args: &ManifestArgs) -> Result<()> {
     bar.finish_and_clear();
     products::report(&warnings);
     if args.stdout {
-        crate::write_stdout(&manifest::to_json(&m))?;
+        crate::cli::write_stdout(&manifest::to_json(&m))?;
     } else {
         let path = target.join(&spec.directory).join(MANIFEST_FILE);
         manifest::write(&path, &m).with_context(|| format!("cannot write {}", path.display()))?;
@@ -446,7 +449,7 @@ fn catalog_cmd(cli: &Cli, args: &CatalogArgs, part: CatalogPart) -> Result<()> {
         ),
     };
     if args.stdout {
-        return crate::write_stdout(&bytes);
+        return crate::cli::write_stdout(&bytes);
     }
     let _lock = publish::lock_tree(cli.target_dir.as_deref().unwrap_or(Path::new(".")))?;
     publish::write_with_gz(&path, &bytes)?;
@@ -502,7 +505,7 @@ fn build_product_cmd(cli: &Cli, args: &BuildProductArgs) -> Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
 
-    use crate::build::{self, AfterBuild, BuildRequest, Stage};
+    use simplestreams_builder::build::{self, AfterBuild, BuildRequest, Stage};
 
     let target = cli
         .target_dir
@@ -603,14 +606,14 @@ fn inventory_tree(cli: &Cli) -> Result<(PathBuf, Tree)> {
 fn verify_cmd(cli: &Cli, args: &InventoryArgs) -> Result<()> {
     let (target, tree) = inventory_tree(cli)?;
     let bar = progress_bar();
-    let report = crate::inventory::verify(&target, &tree, &|n| bar.inc(n));
+    let report = simplestreams_builder::catalog::inventory::verify(&target, &tree, &|n| bar.inc(n));
     bar.finish_and_clear();
     let report = report?;
     match args.format {
         Format::Json => {
             let mut json = serde_json::to_vec(&report)?;
             json.push(b'\n');
-            crate::write_stdout(&json)?;
+            crate::cli::write_stdout(&json)?;
         }
         Format::Table => {
             let mut out = String::new();
@@ -624,7 +627,7 @@ fn verify_cmd(cli: &Cli, args: &InventoryArgs) -> Result<()> {
                 human_bytes(report.bytes),
                 report.problems.len()
             ));
-            crate::write_stdout(out.as_bytes())?;
+            crate::cli::write_stdout(out.as_bytes())?;
         }
     }
     if !report.problems.is_empty() {
@@ -639,7 +642,7 @@ fn verify_cmd(cli: &Cli, args: &InventoryArgs) -> Result<()> {
 
 fn prune_cmd(cli: &Cli, args: &PruneArgs) -> Result<()> {
     let (target, tree) = inventory_tree(cli)?;
-    let report = crate::inventory::prune(&target, &tree, !args.yes)?;
+    let report = simplestreams_builder::catalog::inventory::prune(&target, &tree, !args.yes)?;
     let verb = if args.yes { "removed" } else { "would remove" };
     let mut out = String::new();
     for r in &report.removed {
@@ -651,7 +654,7 @@ fn prune_cmd(cli: &Cli, args: &PruneArgs) -> Result<()> {
     if report.removed.is_empty() {
         out.push_str("nothing to prune\n");
     }
-    crate::write_stdout(out.as_bytes())?;
+    crate::cli::write_stdout(out.as_bytes())?;
     if !report.failed.is_empty() {
         bail!(
             "{} file(s) could not be removed:\n{}",
@@ -664,13 +667,13 @@ fn prune_cmd(cli: &Cli, args: &PruneArgs) -> Result<()> {
 
 fn list_cmd(cli: &Cli, args: &InventoryArgs) -> Result<()> {
     let target = cli.target_dir.clone().unwrap_or_else(|| ".".into());
-    let (_, products, _) = crate::inventory::load_catalog(&target)?;
-    let rows = crate::inventory::list(&products);
+    let (_, products, _) = simplestreams_builder::catalog::inventory::load_catalog(&target)?;
+    let rows = simplestreams_builder::catalog::inventory::list(&products);
     match args.format {
         Format::Json => {
             let mut json = serde_json::to_vec(&rows)?;
             json.push(b'\n');
-            crate::write_stdout(&json)
+            crate::cli::write_stdout(&json)
         }
         Format::Table => {
             let header = [
@@ -716,13 +719,13 @@ fn list_cmd(cli: &Cli, args: &InventoryArgs) -> Result<()> {
             for row in &body {
                 line(row);
             }
-            crate::write_stdout(out.as_bytes())
+            crate::cli::write_stdout(out.as_bytes())
         }
     }
 }
 
 fn import_cmd(cli: &Cli, args: &ImportArgs) -> Result<()> {
-    use crate::import::{self, ImportRequest, Imported};
+    use simplestreams_builder::import::{self, ImportRequest, Imported};
     let target = cli.target_dir.clone().unwrap_or_else(|| ".".into());
     let images = match &args.from_dir {
         Some(src) => {

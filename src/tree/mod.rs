@@ -1,12 +1,14 @@
 //! The on-disk tree: which files of a version folder are image files and how they pair, the
 //! product folders of the lxd-image-server layout, and file signatures for the hash cache.
 
+pub mod atomic;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::stream::{Family, RootfsKind, VersionName};
+use crate::format::{Family, RootfsKind, VersionName};
 
 /// What a file of a version folder is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

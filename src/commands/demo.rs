@@ -8,9 +8,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use tracing::info;
 
-use crate::cli::{Cli, DemoArgs};
-use crate::stream::VersionName;
-use crate::stream::arch::debian_arch;
+use crate::cli::args::{Cli, DemoArgs};
+use simplestreams_builder::format::VersionName;
+use simplestreams_builder::format::arch::debian_arch;
 
 /// The Debian name of this machine's architecture, as the layout wants it: the running
 /// kernel's, which is what the LXD or Incus daemon here reports and filters images by (a 32-bit
@@ -77,7 +77,7 @@ pub fn build_demo_image(target: &Path) -> Result<std::path::PathBuf> {
     let product = target.join(format!("images/ssb-demo/1.0/{arch}/default"));
     if product.is_dir() {
         let mut w = Vec::new();
-        if let Some(v) = crate::tree::scan_product(&product, &mut w)?
+        if let Some(v) = simplestreams_builder::tree::scan_product(&product, &mut w)?
             .into_iter()
             .last()
         {
@@ -89,22 +89,24 @@ pub fn build_demo_image(target: &Path) -> Result<std::path::PathBuf> {
     let version =
         VersionName::from_datetime(now.to_zoned_datetime(jiff::tz::TimeZone::UTC).datetime());
     let dir = product.join(version.as_str());
-    crate::atomic::create_dir_all(&dir)
+    simplestreams_builder::tree::atomic::create_dir_all(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let secs = now.as_second();
     let metadata = format!(
         "architecture: {arch}\ncreation_date: {secs}\nexpiry_date: {}\nproperties:\n  architecture: {arch}\n  os: ssb-demo\n  release: \"1.0\"\n  variant: default\n  description: simplestreams-builder demo 1.0 {arch} ({version})\n  serial: \"{version}\"\ntemplates:\n  /etc/hostname:\n    when: [create, copy]\n    template: hostname.tpl\n",
         secs + 30 * 86_400
     );
-    crate::atomic::write_with(&dir.join("incus.tar.xz"), |w| {
-        crate::inspect::write_metadata_tarball(
+    simplestreams_builder::tree::atomic::write_with(&dir.join("incus.tar.xz"), |w| {
+        simplestreams_builder::image::metadata::write_metadata_tarball(
             w,
             &metadata,
             &[("hostname.tpl", "{{ container.name }}\n")],
             secs as u64,
         )
     })?;
-    crate::atomic::write_with(&dir.join("rootfs.tar.xz"), |w| write_rootfs(w, secs as u64))?;
+    simplestreams_builder::tree::atomic::write_with(&dir.join("rootfs.tar.xz"), |w| {
+        write_rootfs(w, secs as u64)
+    })?;
     info!("built the demo image in {}", dir.display());
     Ok(dir)
 }
@@ -117,5 +119,5 @@ pub fn run(cli: &Cli, args: &DemoArgs) -> Result<()> {
     if args.no_serve {
         return Ok(());
     }
-    crate::serve_cmd::serve_static(target, args.listen)
+    crate::commands::serve::serve_static(target, args.listen)
 }

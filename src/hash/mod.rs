@@ -7,6 +7,8 @@
 //! on their own threads so both cores work. Results are cached per product folder in
 //! `.ssb-cache.json`, keyed by file signature, so an unchanged tree reads no image bytes.
 
+pub mod bulk;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -19,13 +21,13 @@ use sha2::{Digest as _, Sha256};
 
 pub use sha2::Sha256 as Sha256State;
 
-use crate::bulk::Block;
-use crate::inspect::{self, ImageMetadata, InspectError};
+use crate::hash::bulk::Block;
+use crate::image::metadata::{self, ImageMetadata, InspectError};
 use crate::tree::{FileRole, FileSig, VersionDir};
 
 /// Bytes per read; large enough for few syscalls, small enough for flat memory.
 const CHUNK: usize = 1 << 20;
-/// Bytes per read when the file is also copied: each is one direct write (see [`crate::bulk`]),
+/// Bytes per read when the file is also copied: each is one direct write (see [`crate::hash::bulk`]),
 /// and larger writes keep the disk busier. On a 2-core VM, a 2 GiB import took 2.0 s with
 /// 256 KiB, 1.8 s with 1 MiB and 1.6 s with 2 or 4 MiB; 2 MiB keeps the peak RSS at 22 MiB.
 const COPY_CHUNK: usize = 2 << 20;
@@ -172,7 +174,7 @@ impl HashCache {
             files: self.new.clone(),
         };
         let bytes = serde_json::to_vec(&doc).map_err(std::io::Error::other)?;
-        crate::atomic::write(&self.path, &bytes)
+        crate::tree::atomic::write(&self.path, &bytes)
     }
 
     fn get(&self, key: &str, sig: &FileSig, want_md5: bool) -> Option<&CachedFile> {
@@ -333,7 +335,7 @@ fn read_meta(
         md5: want_md5.then(Md5::new),
         count: 0,
     };
-    let metadata = inspect::read_metadata(&mut tee, path)?;
+    let metadata = metadata::read_metadata(&mut tee, path)?;
     // The archive may end before the file does (padding); those bytes are part of the hash.
     std::io::copy(&mut tee, &mut std::io::sink()).map_err(|source| HashError::Read {
         path: path.to_owned(),
@@ -651,12 +653,12 @@ pub fn sha256_hex(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::VersionName;
+    use crate::format::VersionName;
     use crate::tree::scan_version;
 
     fn meta_bytes(tag: &str) -> Vec<u8> {
         let mut v = Vec::new();
-        inspect::write_metadata_tarball(
+        metadata::write_metadata_tarball(
             &mut v,
             &format!("architecture: x86_64\ncreation_date: 1\nproperties:\n  os: {tag}\n"),
             &[],

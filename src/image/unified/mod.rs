@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::inspect;
-use crate::stream::RootfsKind;
+use crate::format::RootfsKind;
+use crate::image::metadata;
 
 /// The gzip level of built tarballs. Fixed, since it is part of what makes the bytes (and so
 /// the fingerprint) reproducible.
@@ -226,9 +226,9 @@ fn corrupt(path: &Path, what: String) -> impl Fn(std::io::Error) -> UnifiedError
 fn open_tarball(
     path: &Path,
     buffer: usize,
-) -> Result<(inspect::Tarball<'static>, &'static str), UnifiedError> {
+) -> Result<(metadata::Tarball<'static>, &'static str), UnifiedError> {
     let file = fs_err::File::open(path).map_err(io(path))?;
-    inspect::open_tarball(BufReader::with_capacity(buffer, file), path).map_err(|e| {
+    metadata::open_tarball(BufReader::with_capacity(buffer, file), path).map_err(|e| {
         UnifiedError::Corrupt {
             path: path.to_owned(),
             problem: e.problem,

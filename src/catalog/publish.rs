@@ -6,12 +6,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::config::ProductSpec;
-use crate::manifest::{BuildOptions, HttpSettings};
-use crate::products::{LoadError, LoadOptions, Manifests, Tree};
-use crate::stream::{
-    Family, Ftype, ImageType, Index, IndexEntry, Manifest, Product, ProductsFile, Version,
-    VersionName, canonical_arch,
+use crate::catalog::manifest::{BuildOptions, HttpSettings};
+use crate::catalog::products::{Entry, LoadError, LoadOptions, Manifests, Tree};
+use crate::format::{
+    Family, Ftype, ImageType, Index, IndexEntry, Product, ProductsFile, Version, VersionName,
+    canonical_arch,
 };
 
 /// The index key and content id of our one products file.
@@ -89,14 +88,6 @@ pub fn bridge_families(version: &mut Version) {
     version.items.extend(twins);
 }
 
-/// One product ready for the catalog: its resolved declaration and its manifest.
-pub struct Entry {
-    /// The declaration (tree.yml or layout).
-    pub spec: ProductSpec,
-    /// The manifest (local or remote).
-    pub manifest: Manifest,
-}
-
 fn pick(spec: Option<&String>, props: &BTreeMap<String, String>, key: &str) -> Option<String> {
     spec.cloned()
         .or_else(|| props.get(key).filter(|v| !v.trim().is_empty()).cloned())
@@ -106,7 +97,7 @@ fn pick(spec: Option<&String>, props: &BTreeMap<String, String>, key: &str) -> O
 pub(crate) fn images_of(
     version: &Version,
     family: Family,
-) -> Vec<(String, ImageType, String, Option<crate::stream::RootfsKind>)> {
+) -> Vec<(String, ImageType, String, Option<crate::format::RootfsKind>)> {
     let mut out = Vec::new();
     let roots: Vec<_> = version
         .items
@@ -313,7 +304,7 @@ pub fn write_with_gz(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     let mut gz_path = path.as_os_str().to_owned();
     gz_path.push(".gz");
     let gz_path = PathBuf::from(gz_path);
-    crate::atomic::write_with(&gz_path, |w| {
+    crate::tree::atomic::write_with(&gz_path, |w| {
         // No name or mtime in the header: same catalog, same bytes.
         let mut enc = flate2::GzBuilder::new().write(w, flate2::Compression::best());
         enc.write_all(bytes)?;
@@ -321,7 +312,7 @@ pub fn write_with_gz(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         Ok(())
     })
     .map_err(fail(&gz_path))?;
-    crate::atomic::write(path, bytes).map_err(fail(path))
+    crate::tree::atomic::write(path, bytes).map_err(fail(path))
 }
 
 /// Writes the catalog under `target` under the tree lock: the products file first, the index
@@ -345,7 +336,7 @@ pub fn lock_tree(target: &Path) -> Result<std::fs::File, WriteError> {
         path: path.clone(),
         source,
     };
-    crate::atomic::create_dir_all(&dir).map_err(fail)?;
+    crate::tree::atomic::create_dir_all(&dir).map_err(fail)?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -395,7 +386,7 @@ pub struct PublishRequest<'a> {
     /// Told about every byte hashed.
     pub progress: &'a indicatif::ProgressBar,
     /// Versions to leave out, by product (about to be purged).
-    pub exclude: &'a crate::products::Exclusions,
+    pub exclude: &'a crate::catalog::products::Exclusions,
 }
 
 /// What was published.
@@ -431,7 +422,7 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
         cache: true,
         ..BuildOptions::default()
     };
-    let loaded = crate::products::load_entries(
+    let loaded = crate::catalog::products::load_entries(
         &tree,
         &LoadOptions {
             source: req.source,
@@ -448,7 +439,7 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
     let mut warnings = Vec::new();
     let (products, index) =
         build_catalog(&loaded.entries, &catalog_settings(&tree), &mut warnings)?;
-    crate::products::report(&warnings);
+    crate::catalog::products::report(&warnings);
     write_catalog(req.target, &tree.config.images_path, &products, &index)?;
     Ok(PublishSummary {
         products: products.products.len(),

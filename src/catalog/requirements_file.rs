@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use crate::config::ProductSpec;
-use crate::stream::Requirements;
+use crate::format::Requirements;
 
 /// The file name.
 pub const FILE: &str = ".requirements";

@@ -27,12 +27,12 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
-use super::error::RequestError;
-use super::reindex::Trigger;
-use super::request_path::RequestPath;
-use super::write_path::{self, WriteTarget};
-use super::writes::Writes;
+use super::policy::Writes;
+use super::target::{self, WriteTarget};
 use crate::hash::{KnownDigest, MetaPrefix, read_meta_prefix};
+use crate::server::error::RequestError;
+use crate::server::reindex::Trigger;
+use crate::server::request_path::RequestPath;
 use crate::tree::{FileRole, FileSig, ImageFile, scan_version};
 
 /// Write buffer: one blocking-pool round trip per MiB instead of per network chunk.
@@ -161,7 +161,7 @@ pub(crate) async fn put(writes: Arc<Writes>, req: Request) -> Result<Response, R
         .ok_or_else(|| bad_path(&raw, "not a plain path".into()))
         .and_then(|p| {
             let rel = p.to_relative_string();
-            write_path::upload_target(&rel, &writes.scope).map_err(|r| bad_path(&rel, r))
+            target::upload_target(&rel, &writes.scope).map_err(|r| bad_path(&rel, r))
         });
     let target = match target {
         Ok(t) => t,
@@ -181,7 +181,7 @@ pub(crate) async fn put(writes: Arc<Writes>, req: Request) -> Result<Response, R
         });
     }
     let stored = store(&writes, target, req.into_body().into_data_stream()).await?;
-    Ok(super::writes::json_response(StatusCode::CREATED, &stored))
+    Ok(super::policy::json_response(StatusCode::CREATED, &stored))
 }
 
 /// Reads and discards up to 1 MiB of a refused request's body (for at most 2 s) before the
@@ -233,7 +233,7 @@ pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, 
         } else {
             format!("{base}/{name}")
         };
-        let target = match write_path::upload_target(&rel, &writes.scope) {
+        let target = match target::upload_target(&rel, &writes.scope) {
             Ok(t) => t,
             Err(reason) => {
                 // Read the rest of a small body so HTTP/2 clients get the 400 (see drain_small).
@@ -249,7 +249,7 @@ pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, 
         1 => serde_json::to_value(stored.pop()).unwrap_or_default(),
         _ => serde_json::to_value(&stored).unwrap_or_default(),
     };
-    Ok(super::writes::json_response(StatusCode::CREATED, &body))
+    Ok(super::policy::json_response(StatusCode::CREATED, &body))
 }
 
 fn bad_path(path: &str, reason: String) -> RequestError {
@@ -309,7 +309,7 @@ fn write_file(
         path: shown.clone(),
         source,
     };
-    write_path::check_on_disk(root, &rel).map_err(|r| bad_path(&shown, r))?;
+    target::check_on_disk(root, &rel).map_err(|r| bad_path(&shown, r))?;
     let path = root.join(&rel);
     let dir = path.parent().unwrap_or(root).to_owned();
     let existing = dir
@@ -317,7 +317,7 @@ fn write_file(
         .find(|a| a.is_dir())
         .unwrap_or(root)
         .to_owned();
-    crate::atomic::create_dir_all(&dir).map_err(io)?;
+    crate::tree::atomic::create_dir_all(&dir).map_err(io)?;
     let result = fill_and_place(root, target, &path, &dir, chunks, overwrite);
     if result.is_err() {
         // Folders made for a failed upload go again (when still empty), so a broken upload
@@ -360,7 +360,9 @@ fn fill_and_place(
         .tempfile_in(dir)
         .map_err(io)?;
     temp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(crate::atomic::FILE_MODE))
+        .set_permissions(std::fs::Permissions::from_mode(
+            crate::tree::atomic::FILE_MODE,
+        ))
         .map_err(io)?;
     let mut sha = Sha256::new();
     let mut combined: Vec<Sha256> = metas.iter().map(|m| m.state.clone()).collect();
@@ -390,7 +392,7 @@ fn fill_and_place(
             }
         }
     };
-    crate::atomic::sync_dir(dir).map_err(io)?;
+    crate::tree::atomic::sync_dir(dir).map_err(io)?;
     let sig = std::fs::metadata(&final_path)
         .map(|m| FileSig::of(&m))
         .map_err(io)?;
