@@ -16,9 +16,7 @@ const META_YAML: &str = "architecture: x86_64\ncreation_date: 1735725600\nproper
 const VERSION: &str = "images/alpine/3.21/amd64/default/20250101_10:00";
 
 fn bin(dir: &Path) -> Command {
-    let mut c = Command::cargo_bin("simplestreams-builder").unwrap();
-    c.current_dir(dir).env_remove("SSBUILDER_CONFIG");
-    c
+    crate::common::ssb(dir)
 }
 
 /// What a finished command wrote to stderr, as text.

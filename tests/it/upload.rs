@@ -2,8 +2,6 @@
 //! upload seen by incus and lxc, PUT, overwrites, deletes, an upload killed halfway, a file
 //! copied in by other means, metadata.json overrides, auth, hostile names, and concurrency.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,10 +12,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use common::catalog::sha256_of;
-use common::clients::{Client, Clients, Program};
-use common::fixtures::{MetaSpec, write_metadata_tarball, write_squashfs_rootfs};
-use common::site::{Site, TOKEN};
+use crate::common::catalog::sha256_of;
+use crate::common::clients::{Client, Clients, Program};
+use crate::common::fixtures::{MetaSpec, write_metadata_tarball, write_squashfs_rootfs};
+use crate::common::site::{Site, TOKEN};
 
 const V1: &str = "20250101_10:00";
 const V2: &str = "20250102_10:00";

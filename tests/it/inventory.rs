@@ -8,11 +8,7 @@ use serde_json::Value;
 use simplestreams_builder::image::metadata::write_metadata_tarball;
 
 fn bin(dir: &Path) -> Command {
-    let mut c = Command::cargo_bin("simplestreams-builder").unwrap();
-    c.current_dir(dir)
-        .env_remove("SSBUILDER_CONFIG")
-        .env_remove("SSBUILDER_PREFIX");
-    c
+    crate::common::ssb(dir)
 }
 
 fn put(root: &Path, rel: &str, bytes: &[u8]) {

@@ -2,8 +2,6 @@
 //! logs every call, and can fail, hang or pack a VM on demand. The real distrobuilder is driven
 //! in `tests/e2e.rs`.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use simplestreams_builder::image::metadata::write_metadata_tarball;
 
-use common::catalog::version_folders;
+use crate::common::catalog::version_folders;
 
 const PRODUCT: &str = "tiny:1:amd64:default";
 /// 2024-01-01 00:00 UTC and the following days.
@@ -106,7 +104,7 @@ impl Bench {
 
     /// The binary, with the stub's environment and a build time.
     fn bin(&self, epoch: i64) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_simplestreams-builder"));
+        let mut c = crate::common::ssb_command(self.dir.path());
         c.env("SOURCE_DATE_EPOCH", epoch.to_string())
             .env("STUB_LOG", self.path("calls.log"))
             .env("STUB_META", self.path("meta.tar.xz"))
@@ -117,10 +115,7 @@ impl Bench {
     /// `build-product` of the bench's product at `epoch`, from the bench folder.
     fn cmd(&self, epoch: i64) -> Command {
         let mut c = self.bin(epoch);
-        c.current_dir(self.dir.path())
-            .env_remove("SSBUILDER_DISTROBUILDER")
-            .env_remove("SSBUILDER_CONFIG")
-            .env_remove("STUB_FAIL_AT")
+        c.env_remove("STUB_FAIL_AT")
             .env_remove("STUB_WAIT_AT")
             .args([
                 "-c",
@@ -404,7 +399,7 @@ fn freeze(dir: &Path) -> bool {
     if chattr.is_ok_and(|o| o.status.success()) {
         return true;
     }
-    if common::is_root() {
+    if crate::common::is_root() {
         return false;
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();

@@ -4,8 +4,6 @@
 //! exist split (squashfs, root.tar.xz, a VM's qcow2), and checks what the unified tarballs
 //! built from split files hold.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -17,15 +15,15 @@ use reqwest::blocking::Client;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use common::catalog::sha256_of;
-use common::clients::{Client as RealClient, Clients, Program};
-use common::fixtures::{
+use crate::common::catalog::sha256_of;
+use crate::common::clients::{Client as RealClient, Clients, Program};
+use crate::common::fixtures::{
     Layout, MetaSpec, write_metadata_tarball, write_qcow2, write_rootfs_tar_xz,
     write_squashfs_rootfs, write_unified_tar_gz,
 };
-use common::server::TestServer;
-use common::site::Site as WriteSite;
-use common::tls::TestCa;
+use crate::common::server::TestServer;
+use crate::common::site::Site as WriteSite;
+use crate::common::tls::TestCa;
 use simplestreams_builder::format::RootfsKind;
 
 const V1: &str = "20250101_10:00";
@@ -74,12 +72,12 @@ impl Site {
         spec.arch = "aarch64".into();
         write_metadata_tarball(&v.join("incus.tar.xz"), &spec);
         write_squashfs_rootfs(&v.join("rootfs.squashfs"), "arm");
-        common::publish_layout(dir.path(), &www);
+        crate::common::publish_layout(dir.path(), &www);
         // unified/1: imported from a unified tarball, which is kept and published.
         let unified = dir.path().join("unified.tar.gz");
         write_unified_tar_gz(&unified, &MetaSpec::new("unified", "1", "u1"), "unified");
-        common::command::run_ok(
-            common::ssb(dir.path())
+        crate::common::command::run_ok(
+            crate::common::ssb(dir.path())
                 .arg("-t")
                 .arg(&www)
                 .arg("import")
@@ -91,7 +89,7 @@ impl Site {
 
     fn start(dir: TempDir, www: PathBuf) -> Site {
         let ca = TestCa::generate();
-        let mut cmd = common::ssb_command(dir.path());
+        let mut cmd = crate::common::ssb_command(dir.path());
         cmd.arg("serve")
             .arg("-t")
             .arg(&www)
@@ -100,9 +98,6 @@ impl Site {
             .arg(ca.cert_pem())
             .arg("--tls-key")
             .arg(ca.key_pem());
-        for var in ["SSB_WRITE_TOKEN", "SSB_INDEX"] {
-            cmd.env_remove(var);
-        }
         let server = TestServer::spawn("ssb-serve", cmd);
         let http = https_client(&ca);
         Site {
@@ -342,9 +337,9 @@ fn needs_tools() -> bool {
     let ok = have("mksquashfs") && have("qemu-img") && have("qemu-io");
     if !ok {
         assert!(
-            std::env::var_os(common::clients::REQUIRE_ENV).is_none(),
+            std::env::var_os(crate::common::clients::REQUIRE_ENV).is_none(),
             "mksquashfs, qemu-img and qemu-io are required ({} is set)",
-            common::clients::REQUIRE_ENV
+            crate::common::clients::REQUIRE_ENV
         );
         eprintln!("SKIPPED: direct-URL tests need mksquashfs, qemu-img and qemu-io");
     }
@@ -547,7 +542,7 @@ fn direct_url_import_as_lxd_and_incus_do() {
                 client,
                 "ssb",
                 &hash,
-                common::catalog::ImageType::Container,
+                crate::common::catalog::ImageType::Container,
                 out.path(),
             );
             let got = files.values().next().expect("one exported file");

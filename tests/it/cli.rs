@@ -19,13 +19,8 @@ use simplestreams_builder::image::metadata::write_metadata_tarball;
 const EPOCH: &str = "1763900400";
 
 fn bin() -> Command {
-    let mut c = Command::cargo_bin("simplestreams-builder").unwrap();
-    c.env("SOURCE_DATE_EPOCH", EPOCH)
-        .env_remove("SSBUILDER_CONFIG")
-        .env_remove("SSBUILDER_PREFIX")
-        .env_remove("SSBUILDER_APIKEY")
-        .env_remove("DEBUG")
-        .env_remove("RUST_LOG");
+    let mut c = crate::common::ssb_in_repo();
+    c.env("SOURCE_DATE_EPOCH", EPOCH);
     c
 }
 
@@ -963,10 +958,8 @@ fn the_shipped_example_tree_is_valid_and_documents_every_key() {
 #[test]
 fn the_readme_demo_command_serves_what_it_built() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_simplestreams-builder"))
+    let mut child = crate::common::ssb_command(dir.path())
         .args(["demo", "--listen", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()

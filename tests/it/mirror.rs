@@ -3,8 +3,6 @@
 //! written here that can corrupt a file, slow a download down and records every request, so
 //! that hash failures, resumes and retries can be observed from the outside.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -17,16 +15,16 @@ use std::time::{Duration, Instant};
 use simplestreams_builder::mirror::push::PushReport;
 use tempfile::TempDir;
 
-use common::catalog::{Catalog, Family, ImageType, read_json, sha256_of};
-use common::clients::{Clients, Program};
-use common::command::run;
-use common::fixtures::{
+use crate::common::catalog::{Catalog, Family, ImageType, read_json, sha256_of};
+use crate::common::clients::{Clients, Program};
+use crate::common::command::run;
+use crate::common::fixtures::{
     Layout, MetaSpec, write_metadata_tarball, write_qcow2, write_rootfs_tar_xz,
     write_squashfs_rootfs, write_text,
 };
-use common::server::TestServer;
-use common::tls::TestCa;
-use common::{publish_layout, ssb};
+use crate::common::server::TestServer;
+use crate::common::tls::TestCa;
+use crate::common::{publish_layout, ssb};
 
 const V1: &str = "20250101_10:00";
 const V2: &str = "20250102_10:00";
@@ -414,7 +412,7 @@ fn mirror_pull_serves_exactly_the_filtered_images_to_incus() {
 
     let served = TestServer::serve(&mirror, &ca);
     clients.incus_remote_add("mirror", served.url());
-    let listed = clients.image_list(common::clients::Client::Incus, "mirror");
+    let listed = clients.image_list(crate::common::clients::Client::Incus, "mirror");
     let fps: BTreeSet<String> = listed.iter().map(|i| i.fingerprint.clone()).collect();
     assert_eq!(fps, expected, "incus image list mirror: {listed:#?}");
     assert!(listed.iter().all(|i| i.image_type == ImageType::Container));
@@ -426,7 +424,7 @@ fn mirror_pull_serves_exactly_the_filtered_images_to_incus() {
             .path()
             .join(format!("export-{}", alias.replace('/', "-")));
         let files = clients.image_export(
-            common::clients::Client::Incus,
+            crate::common::clients::Client::Incus,
             "mirror",
             alias,
             ImageType::Container,
@@ -575,7 +573,7 @@ fn mirror_pull_killed_halfway_resumes_with_range() {
     server.slow(&format!("/{rel}"), true);
 
     let mirror = site.path().join("mirror");
-    let mut child = common::ssb_command(site.path())
+    let mut child = crate::common::ssb_command(site.path())
         .args(["mirror", "pull", &server.url, "-t"])
         .arg(&mirror)
         .stdout(Stdio::null())
@@ -795,7 +793,7 @@ fn serve_with_mirror_interval_pulls_the_configured_mirrors() {
     );
     let mirror = site.path().join("mirror");
     std::fs::create_dir_all(&mirror).unwrap();
-    let mut cmd = common::ssb_command(site.path());
+    let mut cmd = crate::common::ssb_command(site.path());
     cmd.args(["serve", "-c"])
         .arg(&tree_yml)
         .arg("-t")

@@ -19,17 +19,41 @@ use command::run_ok;
 /// Publishing a handful of tiny images is quick; this bounds a hang, not the work.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Prefixes of the environment variables the binary reads as settings.
+const SETTINGS_PREFIXES: [&str; 2] = ["SSBUILDER_", "SSB_"];
+
+/// The other variables the binary reads: the server's Mottainai-era switches, logging, the build
+/// cache, the publication time and the extra CA.
+const SETTINGS_VARS: [&str; 7] = [
+    "ALLOW_OVERWRITES",
+    "ALLOW_DELETES",
+    "DEBUG",
+    "RUST_LOG",
+    "CACHEDIR",
+    "SOURCE_DATE_EPOCH",
+    "SSL_CERT_FILE",
+];
+
 /// The binary under test, run from `cwd` (which decides whether a `tree.yml` is picked up),
-/// with none of the caller's `SSBUILDER_*` settings and no colours in its logs.
+/// with none of the caller's settings from the environment (a test sets the ones it means on
+/// the command) and no colours in its logs. Every test runs the binary through this.
 pub fn ssb_command(cwd: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_simplestreams-builder"));
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SSBUILDER_") {
+        let name = key.to_string_lossy();
+        if SETTINGS_PREFIXES.iter().any(|p| name.starts_with(p))
+            || SETTINGS_VARS.contains(&name.as_ref())
+        {
             cmd.env_remove(key);
         }
     }
     cmd.current_dir(cwd).env("NO_COLOR", "1");
     cmd
+}
+
+/// [`ssb_command`] run from the repository (no tree.yml there: layout mode unless `-c`).
+pub fn ssb_in_repo() -> assert_cmd::Command {
+    ssb(Path::new(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// [`ssb_command`] with a deadline-capable runner.

@@ -2,18 +2,16 @@
 //! with `downloader: rootfs-http` and a `file://` url, two builds with `days: 1`, and the result
 //! served by our `serve` to the real `incus` and `lxc`.
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 
 use tempfile::TempDir;
 
-use common::catalog::{Catalog, sha256_of, version_folders};
-use common::clients::{Client, Clients, Program};
-use common::server::TestServer;
-use common::tls::TestCa;
-use common::{command::run_ok, is_root, ssb};
+use crate::common::catalog::{Catalog, sha256_of, version_folders};
+use crate::common::clients::{Client, Clients, Program};
+use crate::common::server::TestServer;
+use crate::common::tls::TestCa;
+use crate::common::{command::run_ok, is_root, ssb};
 
 const PRODUCT: &str = "tiny:1:amd64:default";
 

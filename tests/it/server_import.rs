@@ -6,8 +6,6 @@
 //! The sites run with `--no-watch`, so only the import's own re-index can publish, and the
 //! catalog's bytes show whether anything was re-published.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -15,12 +13,12 @@ use reqwest::blocking::multipart::{Form, Part};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use common::catalog::sha256_of;
-use common::clients::{Client, Clients, Program};
-use common::fixtures::{
+use crate::common::catalog::sha256_of;
+use crate::common::clients::{Client, Clients, Program};
+use crate::common::fixtures::{
     MetaSpec, write_metadata_tarball, write_squashfs_rootfs, write_text, write_unified_tar_gz,
 };
-use common::site::{Site, TOKEN};
+use crate::common::site::{Site, TOKEN};
 
 /// The version folder of every fixture image: `FIXTURE_EPOCH`, 2025-01-01 10:00 UTC.
 const VERSION: &str = "20250101_10:00";

@@ -6,24 +6,22 @@
 //! is sha256(meta ‖ rootfs)), never copied from our own output. Without the real clients the
 //! tests skip loudly; with `SSB_REQUIRE_REAL_CLIENTS=1` (CI) they fail instead.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
-use common::catalog::{
+use crate::common::catalog::{
     Catalog, Family, ImageType, ListedImage, names, read_gz, read_json, sha256_of,
 };
-use common::clients::{Client, Clients, Program};
-use common::fixtures::{
+use crate::common::clients::{Client, Clients, Program};
+use crate::common::fixtures::{
     Layout, MetaSpec, copy_version, write_metadata_tarball, write_qcow2, write_rootfs_tar_xz,
     write_squashfs_rootfs, write_text,
 };
-use common::server::TestServer;
-use common::tls::TestCa;
-use common::{publish_layout, publish_tree};
+use crate::common::server::TestServer;
+use crate::common::tls::TestCa;
+use crate::common::{publish_layout, publish_tree};
 
 /// The remote name the tests register in each client.
 const REMOTE: &str = "ssb";
@@ -314,7 +312,7 @@ fn fixtures_accepted_by_incus_simplestreams() {
     let container = sha256_of(&[&meta, &squashfs]);
     let vm = sha256_of(&[&meta, &qcow2]);
     let tree = scratch.path().join("tree");
-    common::fixtures::mkdir(&tree);
+    crate::common::fixtures::mkdir(&tree);
     clients.incus_simplestreams(
         &tree,
         [OsArg::from("add"), meta.clone().into(), squashfs.into()],

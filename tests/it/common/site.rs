@@ -54,14 +54,6 @@ impl Site {
         if !extra.contains(&"--allow-anonymous-writes") && !extra.contains(&"--no-token") {
             cmd.arg("--write-token-file").arg(&token_file);
         }
-        for var in [
-            "ALLOW_OVERWRITES",
-            "ALLOW_DELETES",
-            "SSB_WRITE_TOKEN",
-            "SSB_INDEX",
-        ] {
-            cmd.env_remove(var);
-        }
         cmd.envs(env.iter().copied());
         let server = TestServer::spawn("ssb-serve", cmd);
         let site = Site {

@@ -3,22 +3,20 @@
 //! again by the real `incus` and `lxc`; what they download must hash to the fingerprints we
 //! published.
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
-use common::catalog::{Catalog, Family, ImageType, sha256_of};
-use common::clients::{Client, Clients, Program};
-use common::command::run_ok;
-use common::fixtures::{
+use crate::common::catalog::{Catalog, Family, ImageType, sha256_of};
+use crate::common::clients::{Client, Clients, Program};
+use crate::common::command::run_ok;
+use crate::common::fixtures::{
     MetaSpec, write_metadata_tarball, write_qcow2, write_rootfs_tar_xz, write_squashfs_rootfs,
 };
-use common::server::TestServer;
-use common::ssb;
-use common::tls::TestCa;
+use crate::common::server::TestServer;
+use crate::common::ssb;
+use crate::common::tls::TestCa;
 
 /// A unified image as `incus image export` writes one: metadata.yaml, templates/ and rootfs/.
 fn write_unified(path: &Path) -> PathBuf {

@@ -1,0 +1,21 @@
+//! The integration tests, as one binary: the command line and its golden catalogs (`cli`),
+//! builds with a stub and with the real distrobuilder (`build`, `build_e2e`), the server's reads,
+//! uploads, imports and direct-URL import (`server`, `upload`, `server_import`, `direct`), import,
+//! inventory and mirroring (`import`, `import_e2e`, `inventory`, `mirror`), the deployment files
+//! (`deploy`), and the real clients end to end (`e2e`). `common` holds what they share.
+
+mod common;
+
+mod build;
+mod build_e2e;
+mod cli;
+mod deploy;
+mod direct;
+mod e2e;
+mod import;
+mod import_e2e;
+mod inventory;
+mod mirror;
+mod server;
+mod server_import;
+mod upload;
