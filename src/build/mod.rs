@@ -21,41 +21,22 @@ use jiff::tz::TimeZone;
 use crate::catalog::manifest::{self, BuildOptions, HttpSettings, MANIFEST_FILE, ManifestError};
 use crate::catalog::publish::{PublishError, PublishRequest, publish_tree};
 use crate::config::{ProductSpec, TreeConfig};
-use crate::format::{Family, VersionName};
-use crate::tree;
+use crate::format::{Family, RootfsKind, VersionName};
+use crate::tree::{self, FileRole, names};
 use runner::{Invocation, RunFailure};
 
 /// The default builder program.
 pub const DEFAULT_BUILDER: &str = "distrobuilder";
 /// The default definition file name.
 pub const DEFAULT_IMAGE_FILE: &str = "image.yaml";
-/// Prefix of the hidden partial folder of a build inside the product folder.
-pub const PARTIAL_PREFIX: &str = ".build-";
-/// The per-product build lock, inside the product folder.
-pub const LOCK_FILE: &str = ".ssb-build.lock";
 
-/// Which command set the builder has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flavor {
-    /// distrobuilder ≥ 3.0: `pack-incus`, writes `incus.tar.xz`.
-    Incus,
-    /// distrobuilder 2.x and canonical's lxd-imagebuilder: `pack-lxd`, writes `lxd.tar.xz`.
-    Lxd,
-}
-
-impl Flavor {
-    fn pack(self) -> &'static str {
-        match self {
-            Flavor::Incus => "pack-incus",
-            Flavor::Lxd => "pack-lxd",
-        }
-    }
-
-    fn family(self) -> Family {
-        match self {
-            Flavor::Incus => Family::Incus,
-            Flavor::Lxd => Family::Lxd,
-        }
+/// The distrobuilder command that packs a family's image: `pack-incus` (distrobuilder ≥ 3.0,
+/// writes `incus.tar.xz`) or `pack-lxd` (distrobuilder 2.x and canonical's lxd-imagebuilder,
+/// writes `lxd.tar.xz`).
+fn pack_command(family: Family) -> &'static str {
+    match family {
+        Family::Incus => "pack-incus",
+        Family::Lxd => "pack-lxd",
     }
 }
 
@@ -69,9 +50,9 @@ pub enum Stage {
     /// Packing the LXC image.
     PackLxc,
     /// Packing the container image.
-    Pack(Flavor),
+    Pack(Family),
     /// Packing the VM image.
-    PackVm(Flavor),
+    PackVm(Family),
     /// Moving the artefacts into the version folder.
     Assemble,
 }
@@ -82,8 +63,8 @@ impl fmt::Display for Stage {
             Stage::BuildDir => f.write_str("build-dir"),
             Stage::Hook => f.write_str("build_script_hook"),
             Stage::PackLxc => f.write_str("pack-lxc"),
-            Stage::Pack(fl) => f.write_str(fl.pack()),
-            Stage::PackVm(fl) => write!(f, "{} --vm", fl.pack()),
+            Stage::Pack(family) => f.write_str(pack_command(*family)),
+            Stage::PackVm(family) => write!(f, "{} --vm", pack_command(*family)),
             Stage::Assemble => f.write_str("assembling the version"),
         }
     }
@@ -313,8 +294,8 @@ pub fn builder_program(product: &ProductSpec, tree: &TreeConfig) -> String {
         .unwrap_or_else(|| DEFAULT_BUILDER.to_owned())
 }
 
-/// Asks the builder which command set it has.
-pub fn detect_flavor(program: &str) -> Result<Flavor, BuildError> {
+/// Asks the builder which command set it has: the family it packs for.
+pub fn detect_family(program: &str) -> Result<Family, BuildError> {
     let out = std::process::Command::new(program)
         .arg("--help")
         .stdin(std::process::Stdio::null())
@@ -329,10 +310,10 @@ pub fn detect_flavor(program: &str) -> Result<Flavor, BuildError> {
         String::from_utf8_lossy(&out.stderr)
     );
     let has = |cmd: &str| help.split_whitespace().any(|w| w == cmd);
-    if has("pack-incus") {
-        Ok(Flavor::Incus)
-    } else if has("pack-lxd") {
-        Ok(Flavor::Lxd)
+    if has(pack_command(Family::Incus)) {
+        Ok(Family::Incus)
+    } else if has(pack_command(Family::Lxd)) {
+        Ok(Family::Lxd)
     } else {
         Err(BuildError::NotABuilder {
             program: program.to_owned(),
@@ -371,7 +352,7 @@ pub fn build_product(
     crate::tree::atomic::create_dir_all(&product_dir).map_err(io_err(&product_dir))?;
 
     // One build per product at a time; held until this function returns.
-    let lock_path = product_dir.join(LOCK_FILE);
+    let lock_path = product_dir.join(names::BUILD_LOCK);
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -514,7 +495,7 @@ fn remove_stale_partials(product_dir: &Path) {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(PARTIAL_PREFIX) && e.path().is_dir() {
+        if name.starts_with(names::PARTIAL_BUILD_PREFIX) && e.path().is_dir() {
             match std::fs::remove_dir_all(e.path()) {
                 Ok(()) => tracing::info!(
                     "removed the partial folder of an interrupted build: {}",
@@ -535,18 +516,18 @@ fn build_version(
     let p = req.product;
     let image = find_image_file(req)?;
     let program = builder_program(p, req.tree);
-    let flavor = detect_flavor(&program)?;
+    let family = detect_family(&program)?;
     let version = VersionName::from_datetime(req.now.to_zoned_datetime(TimeZone::UTC).datetime());
     check_same_minute(p, product_dir, &version)?;
 
-    let work = product_dir.join(format!("{PARTIAL_PREFIX}{version}"));
+    let work = product_dir.join(format!("{}{version}", names::PARTIAL_BUILD_PREFIX));
     let result = (|| {
         crate::tree::atomic::create_dir_all(&work).map_err(|source| BuildError::Io {
             product: p.name.clone(),
             path: work.clone(),
             source,
         })?;
-        run_stages(req, &image, &program, flavor, &work, &version)?;
+        run_stages(req, &image, &program, family, &work, &version)?;
         let final_dir = product_dir.join(version.as_str());
         check_same_minute(p, product_dir, &version)?;
         std::fs::rename(work.join("version"), &final_dir).map_err(|source| BuildError::Io {
@@ -609,7 +590,7 @@ fn run_stages(
     req: &BuildRequest<'_>,
     image: &Path,
     program: &str,
-    flavor: Flavor,
+    family: Family,
     work: &Path,
     version: &VersionName,
 ) -> Result<(), BuildError> {
@@ -689,7 +670,6 @@ fn run_stages(
 
     let dest = work.join("version");
     mkdir(&dest)?;
-    let family = flavor.family().as_str();
     let mut moves: Vec<(PathBuf, PathBuf)> = Vec::new();
     if !req.skip_lxc {
         let out = work.join("lxc");
@@ -706,14 +686,15 @@ fn run_stages(
         let out = work.join("container");
         mkdir(&out)?;
         run(
-            Stage::Pack(flavor),
-            builder(pack(flavor.pack(), false, &out)),
+            Stage::Pack(family),
+            builder(pack(pack_command(family), false, &out)),
         )?;
+        let meta = FileRole::meta(family).file_name();
         require(
             p,
-            Stage::Pack(flavor),
+            Stage::Pack(family),
             &out,
-            &[&format!("{family}.tar.xz"), "rootfs.squashfs"],
+            &[meta, FileRole::Rootfs(RootfsKind::Squashfs).file_name()],
         )?;
         moves.extend(
             files_in(&out)
@@ -724,17 +705,20 @@ fn run_stages(
             let out_vm = work.join("vm");
             mkdir(&out_vm)?;
             run(
-                Stage::PackVm(flavor),
-                builder(pack(flavor.pack(), true, &out_vm)),
+                Stage::PackVm(family),
+                builder(pack(pack_command(family), true, &out_vm)),
             )?;
-            let meta = format!("{family}.tar.xz");
-            require(p, Stage::PackVm(flavor), &out_vm, &[&meta, "disk.qcow2"])?;
-            moves.push((out_vm.join("disk.qcow2"), dest.join("disk.qcow2")));
+            let disk = FileRole::Rootfs(RootfsKind::DiskKvm).file_name();
+            require(p, Stage::PackVm(family), &out_vm, &[meta, disk])?;
+            moves.push((out_vm.join(disk), dest.join(disk)));
             // distrobuilder's VM metadata differs from the container's (creation date,
             // templates): keep it as the VM's own, paired only with the disk.
-            let same = files_equal(&out_vm.join(&meta), &out.join(&meta));
+            let same = files_equal(&out_vm.join(meta), &out.join(meta));
             if !same {
-                moves.push((out_vm.join(&meta), dest.join(format!("{family}-vm.tar.xz"))));
+                moves.push((
+                    out_vm.join(meta),
+                    dest.join(FileRole::vm_meta(family).file_name()),
+                ));
             }
         }
     }

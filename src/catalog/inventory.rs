@@ -446,11 +446,10 @@ pub struct PruneReport {
 /// and files that are not image files are left alone.
 pub fn prune(target: &Path, tree: &Tree, dry_run: bool) -> Result<PruneReport, InventoryError> {
     let (_, products, _) = load_catalog(target)?;
-    let _lock =
-        crate::catalog::publish::lock_tree(target).map_err(|e| InventoryError::Catalog {
-            path: e.path.clone(),
-            reason: e.source.to_string(),
-        })?;
+    let _lock = crate::tree::lock::lock_tree(target).map_err(|e| InventoryError::Catalog {
+        path: e.path.clone(),
+        reason: e.source.to_string(),
+    })?;
     let mut report = PruneReport::default();
     for path in orphans(target, tree, &products)? {
         let rel = path

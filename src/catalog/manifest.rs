@@ -9,13 +9,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::expiry::{HumanDuration, eol_from_unix, format_eol, normalize_eol};
-use crate::format::{Family, Ftype, Item, Manifest, Version, VersionName, canonical_arch};
+use crate::format::{Item, Manifest, Version, VersionName, canonical_arch};
 use crate::hash::{HashCache, HashError, hash_version};
 use crate::image::metadata::ImageMetadata;
 use crate::tree::{FileRole, TreeError, scan_product};
 
 /// Name of the manifest file in a product folder.
-pub const MANIFEST_FILE: &str = "ssb.json";
+pub use crate::tree::names::MANIFEST_FILE;
 
 /// A manifest that cannot be built or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -112,41 +112,6 @@ pub fn join_prefix(prefix: &str, rel: &str) -> String {
     format!("{}/{rel}", p.trim_end_matches('/'))
 }
 
-fn item_key(role: FileRole) -> &'static str {
-    use crate::format::RootfsKind::*;
-    match role {
-        FileRole::Meta {
-            family: Family::Lxd,
-            vm: false,
-        } => "lxd.tar.xz",
-        FileRole::Meta {
-            family: Family::Incus,
-            vm: false,
-        } => "incus.tar.xz",
-        FileRole::Meta {
-            family: Family::Lxd,
-            vm: true,
-        } => "lxd-vm.tar.xz",
-        FileRole::Meta {
-            family: Family::Incus,
-            vm: true,
-        } => "incus-vm.tar.xz",
-        FileRole::Rootfs(Squashfs) => "root.squashfs",
-        FileRole::Rootfs(RootTarXz) => "root.tar.xz",
-        FileRole::Rootfs(DiskKvm) => "disk.qcow2",
-        FileRole::Unified(Family::Lxd) => "lxd_combined.tar.gz",
-        FileRole::Unified(Family::Incus) => "incus_combined.tar.gz",
-    }
-}
-
-fn item_ftype(role: FileRole) -> Ftype {
-    match role {
-        FileRole::Meta { family, .. } => Ftype::Meta(family),
-        FileRole::Rootfs(kind) => kind.ftype(),
-        FileRole::Unified(family) => Ftype::Unified(family),
-    }
-}
-
 /// A product folder to hash.
 #[derive(Clone, Copy, Debug)]
 pub struct LocalProduct<'a> {
@@ -220,14 +185,9 @@ pub fn build(
             }
         }
         // Prefer the Incus container metadata as the product's description, then any other.
-        let preferred = [
-            "incus.tar.xz",
-            "lxd.tar.xz",
-            "incus-vm.tar.xz",
-            "lxd-vm.tar.xz",
-        ]
-        .iter()
-        .find_map(|f| hashes.metadata.get(*f));
+        let preferred = FileRole::DESCRIPTION_ORDER
+            .iter()
+            .find_map(|role| hashes.metadata.get(role.file_name()));
         if let Some(meta) = preferred {
             newest_meta = Some((v.name.clone(), meta.clone()));
         }
@@ -236,7 +196,7 @@ pub fn build(
             let digest = &hashes.files[&f.name];
             let rel = format!("{directory}/{}/{}", v.name, f.name);
             let mut item = Item::new(
-                item_ftype(f.role),
+                f.role.ftype(),
                 join_prefix(prefix, &rel),
                 digest.sha256.clone(),
                 f.sig.size,
@@ -253,7 +213,7 @@ pub fn build(
                     }
                 }
             }
-            version.items.insert(item_key(f.role).to_owned(), item);
+            version.items.insert(f.role.item_key().to_owned(), item);
         }
         manifest.versions.insert(v.name.clone(), version);
     }

@@ -15,7 +15,7 @@ use crate::config::{ProductSpec, check_alias};
 use crate::format::{Manifest, Requirements};
 
 /// The file name, in a product folder or a version folder.
-pub const FILE: &str = "metadata.json";
+pub use crate::tree::names::METADATA_JSON as FILE;
 
 /// The fields a `metadata.json` sets; `None` leaves the product's own value.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

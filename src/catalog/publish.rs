@@ -12,6 +12,7 @@ use crate::format::{
     Family, Ftype, ImageType, Index, IndexEntry, Product, ProductsFile, Version, VersionName,
     canonical_arch,
 };
+use crate::tree::lock;
 
 /// The index key and content id of our one products file.
 pub const CONTENT_ID: &str = "images";
@@ -283,17 +284,7 @@ pub fn to_json<T: serde::Serialize>(doc: &T) -> Vec<u8> {
     v
 }
 
-/// Where the index lives: clients hard-code `streams/v1/index.json`.
-pub fn index_path(target: &Path) -> PathBuf {
-    target.join("streams/v1/index.json")
-}
-
-/// Where the products file lives.
-pub fn products_path(target: &Path, images_path: &str) -> PathBuf {
-    target
-        .join(images_path.trim_matches('/'))
-        .join("images.json")
-}
+pub use crate::tree::names::{index_path, products_path};
 
 /// Writes `bytes` and a gzip twin `<path>.gz` (written first), each atomically.
 pub fn write_with_gz(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
@@ -302,7 +293,7 @@ pub fn write_with_gz(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         move |source| WriteError { path: p, source }
     };
     let mut gz_path = path.as_os_str().to_owned();
-    gz_path.push(".gz");
+    gz_path.push(crate::tree::names::GZ_SUFFIX);
     let gz_path = PathBuf::from(gz_path);
     crate::tree::atomic::write_with(&gz_path, |w| {
         // No name or mtime in the header: same catalog, same bytes.
@@ -323,34 +314,12 @@ pub fn write_catalog(
     products: &ProductsFile,
     index: &Index,
 ) -> Result<(), WriteError> {
-    let _lock = lock_tree(target)?;
+    let _lock = lock::lock_tree(target).map_err(|e| WriteError {
+        path: e.path,
+        source: e.source,
+    })?;
     write_with_gz(&products_path(target, images_path), &to_json(products))?;
     write_with_gz(&index_path(target), &to_json(index))
-}
-
-/// Serialises writers of one tree (CLI runs, the server's re-index). Held until dropped.
-pub fn lock_tree(target: &Path) -> Result<std::fs::File, WriteError> {
-    let dir = target.join(".ssb");
-    let path = dir.join("publish.lock");
-    let fail = |source| WriteError {
-        path: path.clone(),
-        source,
-    };
-    crate::tree::atomic::create_dir_all(&dir).map_err(fail)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(fail)?;
-    if file.try_lock().is_err() {
-        tracing::info!(
-            "waiting for another publish of {} to finish",
-            target.display()
-        );
-        file.lock().map_err(fail)?;
-    }
-    Ok(file)
 }
 
 /// Publishing a tree failed; nothing of the catalog was written.

@@ -10,7 +10,7 @@ use crate::config::ProductSpec;
 use crate::format::Requirements;
 
 /// The file name.
-pub const FILE: &str = ".requirements";
+pub use crate::tree::names::REQUIREMENTS_FILE as FILE;
 
 /// Reads one `.requirements`; `None` (with a warning for a bad file) when there is nothing to use.
 fn read(path: &Path, warnings: &mut Vec<String>) -> Option<Requirements> {

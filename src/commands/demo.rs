@@ -9,8 +9,9 @@ use anyhow::{Context, Result};
 use tracing::info;
 
 use crate::cli::args::{Cli, DemoArgs};
-use simplestreams_builder::format::VersionName;
 use simplestreams_builder::format::arch::debian_arch;
+use simplestreams_builder::format::{Family, RootfsKind, VersionName};
+use simplestreams_builder::tree::FileRole;
 
 /// The Debian name of this machine's architecture, as the layout wants it: the running
 /// kernel's, which is what the LXD or Incus daemon here reports and filters images by (a 32-bit
@@ -96,17 +97,21 @@ pub fn build_demo_image(target: &Path) -> Result<std::path::PathBuf> {
         "architecture: {arch}\ncreation_date: {secs}\nexpiry_date: {}\nproperties:\n  architecture: {arch}\n  os: ssb-demo\n  release: \"1.0\"\n  variant: default\n  description: simplestreams-builder demo 1.0 {arch} ({version})\n  serial: \"{version}\"\ntemplates:\n  /etc/hostname:\n    when: [create, copy]\n    template: hostname.tpl\n",
         secs + 30 * 86_400
     );
-    simplestreams_builder::tree::atomic::write_with(&dir.join("incus.tar.xz"), |w| {
-        simplestreams_builder::image::metadata::write_metadata_tarball(
-            w,
-            &metadata,
-            &[("hostname.tpl", "{{ container.name }}\n")],
-            secs as u64,
-        )
-    })?;
-    simplestreams_builder::tree::atomic::write_with(&dir.join("rootfs.tar.xz"), |w| {
-        write_rootfs(w, secs as u64)
-    })?;
+    simplestreams_builder::tree::atomic::write_with(
+        &dir.join(FileRole::meta(Family::Incus).file_name()),
+        |w| {
+            simplestreams_builder::image::metadata::write_metadata_tarball(
+                w,
+                &metadata,
+                &[("hostname.tpl", "{{ container.name }}\n")],
+                secs as u64,
+            )
+        },
+    )?;
+    simplestreams_builder::tree::atomic::write_with(
+        &dir.join(FileRole::Rootfs(RootfsKind::RootTarXz).file_name()),
+        |w| write_rootfs(w, secs as u64),
+    )?;
     info!("built the demo image in {}", dir.display());
     Ok(dir)
 }

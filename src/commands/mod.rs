@@ -451,7 +451,9 @@ fn catalog_cmd(cli: &Cli, args: &CatalogArgs, part: CatalogPart) -> Result<()> {
     if args.stdout {
         return crate::cli::write_stdout(&bytes);
     }
-    let _lock = publish::lock_tree(cli.target_dir.as_deref().unwrap_or(Path::new(".")))?;
+    let _lock = simplestreams_builder::tree::lock::lock_tree(
+        cli.target_dir.as_deref().unwrap_or(Path::new(".")),
+    )?;
     publish::write_with_gz(&path, &bytes)?;
     info!("wrote {}", path.display());
     Ok(())

@@ -134,7 +134,7 @@ pub struct TreeConfig {
 }
 
 /// Top-level defaults of the original tool.
-pub const DEFAULT_IMAGES_PATH: &str = "streams/v1";
+pub const DEFAULT_IMAGES_PATH: &str = crate::tree::names::STREAMS_DIR;
 /// The only datatype LXD and Incus read.
 pub const DEFAULT_DATATYPE: &str = "image-downloads";
 /// The products file format.

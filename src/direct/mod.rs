@@ -20,16 +20,14 @@ use crate::tree::atomic::HashedTemp;
 
 use crate::catalog::inventory::{InventoryError, load_catalog};
 use crate::format::arch::canonical_arch;
-use crate::format::{Ftype, Item, ProductsFile, RootfsKind, Version, VersionName};
+use crate::format::{Family, Ftype, Item, ProductsFile, RootfsKind, Version, VersionName};
 use crate::hash::KnownDigest;
 use crate::image::unified::{UnifiedError, write_unified};
-use crate::tree::FileSig;
+use crate::tree::names::unified_cache;
+use crate::tree::{FileRole, FileSig};
 
 /// What the unified tarball is published as, next to the split files.
-pub const PUBLISHED_NAME: &str = "incus_combined.tar.gz";
-
-const CACHE_PREFIX: &str = ".ssb-unified.";
-const CACHE_SUFFIX: &str = ".tar.gz";
+pub const PUBLISHED_NAME: &str = FileRole::Unified(Family::Incus).file_name();
 
 /// A direct-URL request that cannot be answered with an image.
 #[derive(Debug, thiserror::Error)]
@@ -258,21 +256,12 @@ pub fn choose(
 
 /// The (split fingerprint, sha256) a cached unified tarball's name holds, if it is one.
 fn cache_name_parts(name: &str) -> Option<(&str, &str)> {
-    name.strip_prefix(CACHE_PREFIX)
-        .and_then(|rest| rest.strip_suffix(CACHE_SUFFIX))
-        .and_then(|hashes| hashes.split_once('.'))
-        .filter(|(fp, sha)| is_sha256_hex(fp) && is_sha256_hex(sha))
+    unified_cache::parts(name)
 }
 
 /// True for the name of a cached unified tarball: servable, though hidden from the scans.
 pub fn is_cache_name(name: &str) -> bool {
     cache_name_parts(name).is_some()
-}
-
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn parent_of(path: &str) -> &str {
@@ -350,7 +339,7 @@ pub fn unified(root: &Path, choice: &Choice) -> Result<Unified, DirectError> {
     let dir = root.join(rel_dir);
     let started = std::time::Instant::now();
     let mut partial =
-        HashedTemp::new(&dir, ".ssb-unified-partial.").map_err(cannot_cache(choice, &dir))?;
+        HashedTemp::new(&dir, unified_cache::PARTIAL_PREFIX).map_err(cannot_cache(choice, &dir))?;
     let partial_path = partial.path().to_owned();
     {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut partial);
@@ -359,7 +348,7 @@ pub fn unified(root: &Path, choice: &Choice) -> Result<Unified, DirectError> {
     }
     let (tmp, sha) = partial.seal().map_err(io(&partial_path))?;
     let sha256 = hex::encode(sha.finalize());
-    let name = format!("{CACHE_PREFIX}{fingerprint}.{sha256}{CACHE_SUFFIX}");
+    let name = unified_cache::name(fingerprint, &sha256);
     let dest = dir.join(&name);
     tmp.persist(&dest).map_err(|e| DirectError::Io {
         path: dest.clone(),
@@ -587,7 +576,7 @@ mod tests {
         std::fs::write(dir.path().join("streams/v1/index.json"), index.to_string()).unwrap();
         let (_, catalog, _) = load_catalog(dir.path()).unwrap();
         let choice = choose(&catalog, "p/1", &["x86_64".to_owned()]).unwrap();
-        let name = format!("{CACHE_PREFIX}{fp}.{sha}{CACHE_SUFFIX}");
+        let name = unified_cache::name(fp, sha);
         std::fs::write(dir.path().join(&vdir).join(&name), b"unified bytes").unwrap();
         let unified = Unified {
             path: format!("{vdir}/{name}"),
@@ -690,7 +679,7 @@ mod tests {
         let (dir, choice, unified) = tree_with(&"e".repeat(64), &sha);
         let vdir = dir.path().join(parent_of(&unified.path));
         let old = vdir.join(unified.path.rsplit('/').next().unwrap());
-        let built = vdir.join(format!("{CACHE_PREFIX}{fp}.{sha}{CACHE_SUFFIX}"));
+        let built = vdir.join(unified_cache::name(&fp, &sha));
         std::fs::rename(&old, &built).unwrap();
         let stale = Unified {
             path: format!(

@@ -28,11 +28,42 @@ impl Family {
     }
 
     /// `lxd` or `incus`, as in file names.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Family::Lxd => "lxd",
             Family::Incus => "incus",
         }
+    }
+
+    /// `LXD` or `Incus`: the product's name, as in its HTTP headers (`LXD-Image-Hash`,
+    /// `Incus-Server-Architectures`) and in messages.
+    pub const fn product_name(self) -> &'static str {
+        match self {
+            Family::Lxd => "LXD",
+            Family::Incus => "Incus",
+        }
+    }
+
+    /// The ftype of its split metadata: `lxd.tar.xz`, `incus.tar.xz`.
+    pub const fn meta_ftype(self) -> &'static str {
+        match self {
+            Family::Lxd => "lxd.tar.xz",
+            Family::Incus => "incus.tar.xz",
+        }
+    }
+
+    /// The ftype of its unified tarballs: `lxd_combined.tar.gz`, `incus_combined.tar.gz`.
+    pub const fn unified_ftype(self) -> &'static str {
+        match self {
+            Family::Lxd => "lxd_combined.tar.gz",
+            Family::Incus => "incus_combined.tar.gz",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -54,6 +85,15 @@ impl RootfsKind {
         RootfsKind::RootTarXz,
         RootfsKind::DiskKvm,
     ];
+
+    /// The wire string of its ftype.
+    pub const fn ftype_str(self) -> &'static str {
+        match self {
+            RootfsKind::Squashfs => "squashfs",
+            RootfsKind::RootTarXz => "root.tar.xz",
+            RootfsKind::DiskKvm => "disk-kvm.img",
+        }
+    }
 
     /// The item ftype.
     pub fn ftype(self) -> Ftype {
@@ -112,28 +152,28 @@ impl Ftype {
     /// The wire string.
     pub fn as_str(&self) -> &str {
         match self {
-            Ftype::Meta(Family::Lxd) => "lxd.tar.xz",
-            Ftype::Meta(Family::Incus) => "incus.tar.xz",
-            Ftype::Unified(Family::Lxd) => "lxd_combined.tar.gz",
-            Ftype::Unified(Family::Incus) => "incus_combined.tar.gz",
-            Ftype::Squashfs => "squashfs",
-            Ftype::RootTarXz => "root.tar.xz",
-            Ftype::DiskKvmImg => "disk-kvm.img",
+            Ftype::Meta(family) => family.meta_ftype(),
+            Ftype::Unified(family) => family.unified_ftype(),
+            Ftype::Squashfs => RootfsKind::Squashfs.ftype_str(),
+            Ftype::RootTarXz => RootfsKind::RootTarXz.ftype_str(),
+            Ftype::DiskKvmImg => RootfsKind::DiskKvm.ftype_str(),
             Ftype::Other(s) => s,
         }
     }
 
     /// Parses the wire string.
     pub fn parse(s: &str) -> Ftype {
-        match s {
-            "lxd.tar.xz" => Ftype::Meta(Family::Lxd),
-            "incus.tar.xz" => Ftype::Meta(Family::Incus),
-            "lxd_combined.tar.gz" => Ftype::Unified(Family::Lxd),
-            "incus_combined.tar.gz" => Ftype::Unified(Family::Incus),
-            "squashfs" => Ftype::Squashfs,
-            "root.tar.xz" => Ftype::RootTarXz,
-            "disk-kvm.img" => Ftype::DiskKvmImg,
-            other => Ftype::Other(other.to_owned()),
+        let family =
+            |name: fn(Family) -> &'static str| Family::ALL.into_iter().find(|f| name(*f) == s);
+        if let Some(f) = family(Family::meta_ftype) {
+            return Ftype::Meta(f);
+        }
+        if let Some(f) = family(Family::unified_ftype) {
+            return Ftype::Unified(f);
+        }
+        match RootfsKind::ALL.into_iter().find(|k| k.ftype_str() == s) {
+            Some(kind) => kind.ftype(),
+            None => Ftype::Other(s.to_owned()),
         }
     }
 

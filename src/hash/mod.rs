@@ -33,8 +33,6 @@ const CHUNK: usize = 1 << 20;
 const COPY_CHUNK: usize = 2 << 20;
 /// Chunks in flight per hashing thread.
 const DEPTH: usize = 4;
-/// Name of the per-product cache file (hidden, so never scanned or served).
-pub const CACHE_FILE: &str = ".ssb-cache.json";
 
 /// Digests of one file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,7 +137,7 @@ pub struct HashCache {
 impl HashCache {
     /// Loads the cache of `product_dir`; a missing or unreadable cache is an empty one.
     pub fn load(product_dir: &Path) -> Self {
-        let path = product_dir.join(CACHE_FILE);
+        let path = product_dir.join(crate::tree::names::HASH_CACHE);
         let old = fs_err::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<CacheDoc>(&b).ok())

@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::format::VersionName;
 use crate::format::arch::debian_arch;
+use crate::format::{Family, RootfsKind, VersionName};
 use crate::hash::bulk::DirectWriter;
 use crate::hash::{HashCache, HashError, KnownDigest, MetaPrefix};
 use crate::image::metadata::{self, ImageMetadata, InspectError};
 use crate::tree::atomic::HashedTemp;
-use crate::tree::{FileSig, LayoutProduct};
+use crate::tree::{FileRole, FileSig, LayoutProduct};
 
 /// Largest metadata.yaml accepted, as for metadata tarballs.
 const MAX_METADATA_YAML: u64 = 1 << 20;
@@ -174,7 +174,7 @@ pub fn version_dir(
         .datetime();
     let version = VersionName::from_datetime(at);
     Ok(target
-        .join(crate::tree::LAYOUT_ROOT)
+        .join(crate::tree::names::LAYOUT_ROOT)
         .join(os)
         .join(release)
         .join(arch)
@@ -358,9 +358,9 @@ fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported,
     )?;
     let dir = version_dir(req.target, &meta, req.variant, meta_path)?;
     let rootfs_name = match data {
-        Data::Squashfs => "rootfs.squashfs",
-        Data::Qcow2 => "disk.qcow2",
-        Data::XzTarball => "rootfs.tar.xz",
+        Data::Squashfs => FileRole::Rootfs(RootfsKind::Squashfs).file_name(),
+        Data::Qcow2 => FileRole::Rootfs(RootfsKind::DiskKvm).file_name(),
+        Data::XzTarball => FileRole::Rootfs(RootfsKind::RootTarXz).file_name(),
         Data::Tarball => {
             return Err(ImportError::Input(format!(
                 "{}: a root tarball must be xz-compressed (the ftype is root.tar.xz); recompress it with xz",
@@ -375,7 +375,7 @@ fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported,
     let (meta_tmp, meta_sha, meta_state) = land_copy(meta_path, &dir)?;
     req.progress.inc(meta_size);
     // A VM's own metadata beside a container's: keep both, the VM's paired with the disk only.
-    let container_meta = dir.join("incus.tar.xz");
+    let container_meta = dir.join(FileRole::meta(Family::Incus).file_name());
     let meta_dest = if data == Data::Qcow2
         && container_meta.exists()
         && crate::hash::sha256_state(&container_meta, &|_| {})
@@ -384,7 +384,7 @@ fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported,
             .as_deref()
             != Some(meta_sha.as_str())
     {
-        dir.join("incus-vm.tar.xz")
+        dir.join(FileRole::vm_meta(Family::Incus).file_name())
     } else {
         container_meta
     };
@@ -447,9 +447,13 @@ fn already_split(req: &ImportRequest<'_>, src: &Path) -> Result<Option<PathBuf>,
     let file = std::io::BufReader::new(fs_err::File::open(src).map_err(io(src))?);
     let meta = metadata::read_metadata(file, src)?;
     let dir = version_dir(req.target, &meta, req.variant, src)?;
-    let original = dir.join("incus_combined.tar.gz");
-    let split = dir.join("incus.tar.xz").is_file()
-        && (dir.join("rootfs.tar.xz").is_file() || dir.join("disk.qcow2").is_file());
+    let original = dir.join(FileRole::Unified(Family::Incus).file_name());
+    let split = dir
+        .join(FileRole::meta(Family::Incus).file_name())
+        .is_file()
+        && [RootfsKind::RootTarXz, RootfsKind::DiskKvm]
+            .iter()
+            .any(|&kind| dir.join(FileRole::Rootfs(kind).file_name()).is_file());
     let same_size = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(a), Ok(b)) => a.len() == b.len(),
         _ => false,
@@ -477,7 +481,7 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
     req.progress.set_position(0);
     // Split into temp files in a staging folder of the target, then move them into the version
     // folder that metadata.yaml names (known only once the archive has been read).
-    let staging_parent = req.target.join(crate::tree::LAYOUT_ROOT);
+    let staging_parent = req.target.join(crate::tree::names::LAYOUT_ROOT);
     let mut meta_out = landing(&staging_parent)?;
     let mut root_out = landing(&staging_parent)?;
     let mut disk_out: Option<Landing> = None;
@@ -568,9 +572,21 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
     let (meta_name, data) = match disk_out {
         Some(disk) => {
             drop(root_out);
-            ("incus.tar.xz", Some((finish(disk)?, "disk.qcow2")))
+            (
+                FileRole::meta(Family::Incus).file_name(),
+                Some((
+                    finish(disk)?,
+                    FileRole::Rootfs(RootfsKind::DiskKvm).file_name(),
+                )),
+            )
         }
-        None => ("incus.tar.xz", Some((finish(root_out)?, "rootfs.tar.xz"))),
+        None => (
+            FileRole::meta(Family::Incus).file_name(),
+            Some((
+                finish(root_out)?,
+                FileRole::Rootfs(RootfsKind::RootTarXz).file_name(),
+            )),
+        ),
     };
     if let Some(((tmp, sha), name)) = data {
         changed |= place(tmp, &sha, &dir.join(name), name)?;
@@ -587,7 +603,7 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
         changed |= place(
             tmp,
             &sha,
-            &dir.join("incus_combined.tar.gz"),
+            &dir.join(FileRole::Unified(Family::Incus).file_name()),
             "unified tarball",
         )?;
     }
@@ -650,7 +666,7 @@ fn add_aliases(
     defaults: &[String],
     extra: &[String],
 ) -> Result<(), ImportError> {
-    let path = product_dir.join("metadata.json");
+    let path = product_dir.join(crate::tree::names::METADATA_JSON);
     let mut doc: serde_json::Map<String, serde_json::Value> = match fs_err::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             ImportError::Input(format!("{}: {e}; fix or remove it", path.display()))

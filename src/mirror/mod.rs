@@ -113,11 +113,14 @@ pub enum MirrorError {
     /// The catalog could not be written.
     #[error(transparent)]
     Write(#[from] crate::catalog::publish::WriteError),
+    /// The tree's publish lock could not be taken.
+    #[error(transparent)]
+    Lock(#[from] crate::tree::lock::LockError),
 }
 
 /// Where the mirror remembers what it verified.
 pub fn state_path(target: &Path) -> PathBuf {
-    target.join(".ssb/mirror.json")
+    crate::tree::names::mirror_state(target)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -195,7 +198,7 @@ async fn read_remote(
     url: &str,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<select::RemoteProduct>, MirrorError> {
-    let index_url = download::join_url(url, "streams/v1/index.json");
+    let index_url = download::join_url(url, &crate::tree::names::index_rel());
     let index = download::fetch_json(client, &index_url)
         .await
         .map_err(fail_remote(url))?;
@@ -428,7 +431,7 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
     interim.save(target)?;
 
     {
-        let _lock = crate::catalog::publish::lock_tree(target)?;
+        let _lock = crate::tree::lock::lock_tree(target)?;
         crate::catalog::publish::write_with_gz(
             &crate::catalog::publish::products_path(target, images_path),
             &crate::catalog::publish::to_json(&products_doc),

@@ -77,11 +77,16 @@ pub fn push(
 
 /// When a relative path is copied: images, then the catalog's other files, then the index.
 fn phase(rel: &str) -> u8 {
-    match rel {
-        "streams/v1/index.json" => 3,
-        "streams/v1/index.json.gz" => 2,
-        _ if rel.starts_with("streams/") => 1,
-        _ => 0,
+    use crate::tree::names::{GZ_SUFFIX, STREAMS_DIR, index_rel};
+    let index = index_rel();
+    if rel == index {
+        3
+    } else if rel.strip_suffix(GZ_SUFFIX) == Some(index.as_str()) {
+        2
+    } else if rel.starts_with(&format!("{STREAMS_DIR}/")) {
+        1
+    } else {
+        0
     }
 }
 

@@ -15,6 +15,7 @@ use super::reindex::{Reindexer, Trigger};
 use super::request_path::RequestPath;
 use crate::catalog::inventory::CatalogCache;
 use crate::direct::{self, DirectError};
+use crate::format::Family;
 
 /// The path prefix of direct requests.
 pub(crate) const PREFIX: &str = "/direct/";
@@ -32,22 +33,6 @@ pub(crate) struct Direct {
     build: tokio::sync::Mutex<()>,
     /// The catalog, parsed once per version of it rather than on every request.
     catalog: Arc<CatalogCache>,
-}
-
-/// The two protocol families and their header names.
-#[derive(Clone, Copy)]
-enum Flavour {
-    Lxd,
-    Incus,
-}
-
-impl Flavour {
-    fn prefix(self) -> &'static str {
-        match self {
-            Flavour::Lxd => "LXD",
-            Flavour::Incus => "Incus",
-        }
-    }
 }
 
 impl Direct {
@@ -72,8 +57,8 @@ impl Direct {
         let headers = req.headers();
         let mut flavours = Vec::new();
         let mut archs: Vec<String> = Vec::new();
-        for flavour in [Flavour::Incus, Flavour::Lxd] {
-            let name = format!("{}-Server-Architectures", flavour.prefix());
+        for flavour in [Family::Incus, Family::Lxd] {
+            let name = format!("{}-Server-Architectures", flavour.product_name());
             if let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) {
                 flavours.push(flavour);
                 for arch in value.split(',').map(str::trim).filter(|a| !a.is_empty()) {
@@ -134,7 +119,7 @@ impl Direct {
         let out = response.headers_mut();
         for flavour in flavours {
             for (what, value) in [("Hash", &unified.sha256), ("URL", &url)] {
-                let name = format!("{}-Image-{what}", flavour.prefix());
+                let name = format!("{}-Image-{what}", flavour.product_name());
                 if let (Ok(name), Ok(value)) =
                     (HeaderName::try_from(name), HeaderValue::from_str(value))
                 {

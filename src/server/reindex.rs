@@ -304,17 +304,13 @@ fn is_relevant(root: &Path, config: Option<&Path>, path: &Path) -> bool {
     }
     // What re-indexing writes itself: ssb.json in product folders, and the catalog wherever
     // images_path puts it.
-    let own_output = [
-        crate::catalog::manifest::MANIFEST_FILE,
-        "images.json",
-        "images.json.gz",
-        "index.json",
-        "index.json.gz",
-    ];
+    let own_output = |name: &str| {
+        name == crate::tree::names::MANIFEST_FILE || crate::tree::names::is_catalog_file_name(name)
+    };
     !rel.as_os_str().is_empty()
         && !rel
             .file_name()
-            .is_some_and(|n| own_output.iter().any(|o| n == *o))
+            .is_some_and(|n| own_output(&n.to_string_lossy()))
 }
 
 #[cfg(test)]

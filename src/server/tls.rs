@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 use super::ServerError;
 
 /// The folder, relative to the served root, that holds the self-signed certificate.
-pub(crate) const SELF_SIGNED_DIR: &str = ".ssb/tls";
+pub(crate) use crate::tree::names::SELF_SIGNED_DIR;
 
 /// A certificate ready to serve: the rustls config plus what users need to trust it.
 pub(crate) struct ServerCert {
@@ -261,7 +261,7 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), ServerErr
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(crate::tree::names::TEMP_PREFIX)
         .tempfile_in(dir)
         .map_err(write_error)?;
     tmp.as_file()

@@ -51,7 +51,7 @@ pub fn write_with(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".tmp-{name}."))
+        .prefix(&format!("{}{name}.", super::names::TEMP_PREFIX))
         .tempfile_in(dir)
         .map_err(|e| {
             std::io::Error::new(

@@ -31,7 +31,7 @@ use crate::server::error::RequestError;
 use crate::tree::LayoutProduct;
 
 /// The staging folder of imports, under the served root; hidden, so never served or indexed.
-const STAGING: &str = ".ssb/import";
+use crate::tree::names::IMPORT_STAGING as STAGING;
 /// Longest accepted text field (`alias`, `variant`).
 const MAX_TEXT_FIELD: usize = 1024;
 /// How long the answer waits for the catalog to list the image.

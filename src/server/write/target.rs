@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::format::{VersionName, canonical_arch};
-use crate::tree::{FileRole, LAYOUT_ROOT, classify};
+use crate::tree::names::{FileRole, LAYOUT_ROOT, classify};
 
 /// Longest accepted segment, in bytes (common file system limit).
 const MAX_SEGMENT: usize = 255;

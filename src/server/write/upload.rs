@@ -33,7 +33,8 @@ use crate::hash::{KnownDigest, MetaPrefix, read_meta_prefix};
 use crate::server::error::RequestError;
 use crate::server::reindex::Trigger;
 use crate::server::request_path::RequestPath;
-use crate::tree::{FileRole, FileSig, ImageFile, scan_version};
+use crate::tree::names::pairs;
+use crate::tree::{FileRole, FileSig, scan_version};
 
 /// Write buffer: one blocking-pool round trip per MiB instead of per network chunk.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -436,29 +437,19 @@ fn fill_and_place(
 /// the combined hashes come out of the same pass as the upload. Any problem just means the
 /// re-index computes them itself.
 fn meta_prefixes(target: &WriteTarget, dir: &Path, role: FileRole) -> Vec<MetaPrefix> {
-    let (Some(version), Some(file)) = (&target.version, &target.file) else {
+    let (Some(version), Some(_)) = (&target.version, &target.file) else {
         return Vec::new();
     };
     let Ok(mut v) = scan_version(version.clone(), dir, &mut Vec::new()) else {
         return Vec::new();
     };
+    // The pairs this version will have once the upload is in place: its files of other roles,
+    // and the upload's role last.
     v.files.retain(|f| f.role != role);
-    v.files.push(ImageFile {
-        name: file.clone(),
-        role,
-        path: dir.join(file),
-        sig: FileSig {
-            size: 0,
-            mtime: 0,
-            mtime_ns: 0,
-            ino: 0,
-            dev: 0,
-            ctime: 0,
-            ctime_ns: 0,
-        },
-    });
-    let me = v.files.len() - 1;
-    v.pairs()
+    let mut roles: Vec<FileRole> = v.files.iter().map(|f| f.role).collect();
+    roles.push(role);
+    let me = roles.len() - 1;
+    pairs(&roles)
         .into_iter()
         .filter(|&(_, r)| r == me)
         .filter_map(|(m, _)| {

@@ -1,0 +1,388 @@
+//! Every name the tree uses, in one place: the image files of a version folder (what each is,
+//! how they pair, their catalog item keys), the catalog's own files, the override files, and the
+//! hidden state of the tree (locks, caches, partial builds, temp files). Nothing else in the
+//! crate spells one of these names; a test below checks that.
+//!
+//! Where a file is named after its ftype (`incus.tar.xz`, `incus_combined.tar.gz`, and the
+//! `root.tar.xz` / `disk-kvm.img` spellings), the name is taken from [`crate::format`].
+
+use std::path::{Path, PathBuf};
+
+use crate::format::{Family, Ftype, RootfsKind};
+
+/// What a file of a version folder is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileRole {
+    /// A metadata tarball; `vm` for a VM's own metadata (`*-vm.tar.xz`), paired only with the disk.
+    Meta {
+        /// The family its name says.
+        family: Family,
+        /// A VM's own metadata.
+        vm: bool,
+    },
+    /// A rootfs or disk.
+    Rootfs(RootfsKind),
+    /// A unified tarball.
+    Unified(Family),
+}
+
+impl FileRole {
+    /// Every role, each once.
+    pub const ALL: [FileRole; 9] = [
+        FileRole::meta(Family::Lxd),
+        FileRole::meta(Family::Incus),
+        FileRole::vm_meta(Family::Lxd),
+        FileRole::vm_meta(Family::Incus),
+        FileRole::Rootfs(RootfsKind::Squashfs),
+        FileRole::Rootfs(RootfsKind::RootTarXz),
+        FileRole::Rootfs(RootfsKind::DiskKvm),
+        FileRole::Unified(Family::Lxd),
+        FileRole::Unified(Family::Incus),
+    ];
+
+    /// A family's container (and shared) metadata.
+    pub const fn meta(family: Family) -> Self {
+        FileRole::Meta { family, vm: false }
+    }
+
+    /// A family's VM-only metadata.
+    pub const fn vm_meta(family: Family) -> Self {
+        FileRole::Meta { family, vm: true }
+    }
+
+    /// The name this role's file has in a version folder (the one we write).
+    pub const fn file_name(self) -> &'static str {
+        match self {
+            FileRole::Meta { family, vm: false } => family.meta_ftype(),
+            FileRole::Meta {
+                family: Family::Lxd,
+                vm: true,
+            } => "lxd-vm.tar.xz",
+            FileRole::Meta {
+                family: Family::Incus,
+                vm: true,
+            } => "incus-vm.tar.xz",
+            FileRole::Rootfs(RootfsKind::Squashfs) => "rootfs.squashfs",
+            FileRole::Rootfs(RootfsKind::RootTarXz) => "rootfs.tar.xz",
+            FileRole::Rootfs(RootfsKind::DiskKvm) => "disk.qcow2",
+            FileRole::Unified(family) => family.unified_ftype(),
+        }
+    }
+
+    /// The other name a version folder may hold this role's file under (Mottainai's trees and
+    /// images.linuxcontainers.org use the ftype as the file name).
+    pub const fn other_name(self) -> Option<&'static str> {
+        match self {
+            FileRole::Rootfs(kind @ (RootfsKind::RootTarXz | RootfsKind::DiskKvm)) => {
+                Some(kind.ftype_str())
+            }
+            _ => None,
+        }
+    }
+
+    /// Recognises the file names of a version folder. Anything else is not part of an image.
+    pub fn classify(name: &str) -> Option<FileRole> {
+        FileRole::ALL
+            .into_iter()
+            .find(|r| r.file_name() == name || r.other_name() == Some(name))
+    }
+
+    /// The key of its item in the catalog (as images.linuxcontainers.org names them).
+    pub const fn item_key(self) -> &'static str {
+        match self {
+            FileRole::Rootfs(RootfsKind::Squashfs) => "root.squashfs",
+            FileRole::Rootfs(RootfsKind::RootTarXz) => RootfsKind::RootTarXz.ftype_str(),
+            other => other.file_name(),
+        }
+    }
+
+    /// The ftype of its item.
+    pub fn ftype(self) -> Ftype {
+        match self {
+            FileRole::Meta { family, .. } => Ftype::Meta(family),
+            FileRole::Rootfs(kind) => kind.ftype(),
+            FileRole::Unified(family) => Ftype::Unified(family),
+        }
+    }
+
+    /// The metadata roles in the order a product's description is taken from: the Incus
+    /// container metadata first.
+    pub const DESCRIPTION_ORDER: [FileRole; 4] = [
+        FileRole::meta(Family::Incus),
+        FileRole::meta(Family::Lxd),
+        FileRole::vm_meta(Family::Incus),
+        FileRole::vm_meta(Family::Lxd),
+    ];
+}
+
+/// Recognises the file names of a version folder (see [`FileRole::classify`]).
+pub fn classify(name: &str) -> Option<FileRole> {
+    FileRole::classify(name)
+}
+
+/// The (metadata, rootfs) pairs that make split images among files of these roles, as indexes.
+/// Container metadata pairs with every rootfs, and with the disk too unless a VM's own metadata
+/// is there, which then pairs with the disk alone. Families are never mixed.
+pub fn pairs(roles: &[FileRole]) -> Vec<(usize, usize)> {
+    let has_vm_meta = roles
+        .iter()
+        .any(|r| matches!(r, FileRole::Meta { vm: true, .. }));
+    let mut out = Vec::new();
+    for (mi, m) in roles.iter().enumerate() {
+        let FileRole::Meta { vm, .. } = *m else {
+            continue;
+        };
+        for (ri, r) in roles.iter().enumerate() {
+            let FileRole::Rootfs(kind) = *r else {
+                continue;
+            };
+            let pairs = match (vm, kind) {
+                (true, RootfsKind::DiskKvm) => true,
+                (true, _) => false,
+                (false, RootfsKind::DiskKvm) => !has_vm_meta,
+                (false, _) => true,
+            };
+            if pairs {
+                out.push((mi, ri));
+            }
+        }
+    }
+    out
+}
+
+/// The pair classic LXC's `download` template fetches (`lxc-create -t download`), as
+/// `distrobuilder pack-lxc` writes it: this and the [`FileRole::Rootfs`] root tarball.
+pub const LXC_META: &str = "meta.tar.xz";
+
+/// The folder of the layout under the tree root: `images/<os>/<release>/<arch>/<variant>/`.
+pub const LAYOUT_ROOT: &str = "images";
+
+/// The folder of the index, which clients hard-code, and the default folder of the products
+/// file (`images_path:`).
+pub const STREAMS_DIR: &str = "streams/v1";
+
+/// The index, in [`STREAMS_DIR`].
+const INDEX_FILE: &str = "index.json";
+
+/// The products file, in the `images_path` folder.
+const PRODUCTS_FILE: &str = "images.json";
+
+/// The suffix of a catalog file's gzip twin.
+pub const GZ_SUFFIX: &str = ".gz";
+
+/// Where the index lives: clients hard-code `streams/v1/index.json`.
+pub fn index_path(target: &Path) -> PathBuf {
+    target.join(STREAMS_DIR).join(INDEX_FILE)
+}
+
+/// The index's path relative to the tree, with `/` separators.
+pub fn index_rel() -> String {
+    format!("{STREAMS_DIR}/{INDEX_FILE}")
+}
+
+/// Where the products file lives.
+pub fn products_path(target: &Path, images_path: &str) -> PathBuf {
+    target
+        .join(images_path.trim_matches('/'))
+        .join(PRODUCTS_FILE)
+}
+
+/// True for the file names the catalog is written as (index and products file, and their gzip
+/// twins), wherever `images_path` puts them.
+pub fn is_catalog_file_name(name: &str) -> bool {
+    let name = name.strip_suffix(GZ_SUFFIX).unwrap_or(name);
+    name == INDEX_FILE || name == PRODUCTS_FILE
+}
+
+/// The products file's path relative to the tree, with `/` separators.
+pub fn products_rel(images_path: &str) -> String {
+    format!("{}/{PRODUCTS_FILE}", images_path.trim_matches('/'))
+}
+
+/// A product's manifest, in its folder.
+pub const MANIFEST_FILE: &str = "ssb.json";
+
+/// `metadata.json` overrides, in a product or version folder (lxd-image-server's fork).
+pub const METADATA_JSON: &str = "metadata.json";
+
+/// `.requirements` files, in any folder above a product (antifob's convention).
+pub const REQUIREMENTS_FILE: &str = ".requirements";
+
+/// The tree's own hidden folder: locks and the server's and mirror's state.
+pub const STATE_DIR: &str = ".ssb";
+
+/// Serialises the writers of one tree's catalog.
+pub fn publish_lock(target: &Path) -> PathBuf {
+    target.join(STATE_DIR).join("publish.lock")
+}
+
+/// What a mirror pull verified (and the mark of a mirror tree).
+pub fn mirror_state(target: &Path) -> PathBuf {
+    target.join(STATE_DIR).join("mirror.json")
+}
+
+/// The server's self-signed certificate and key, relative to the tree.
+pub const SELF_SIGNED_DIR: &str = ".ssb/tls";
+
+/// Where `POST /import` stages its uploads, relative to the tree.
+pub const IMPORT_STAGING: &str = ".ssb/import";
+
+/// A product folder's hash cache.
+pub const HASH_CACHE: &str = ".ssb-cache.json";
+
+/// A product folder's build lock.
+pub const BUILD_LOCK: &str = ".ssb-build.lock";
+
+/// The start of a build's hidden partial folder in its product folder.
+pub const PARTIAL_BUILD_PREFIX: &str = ".build-";
+
+/// The start of every temp file an atomic write leaves while it runs.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// A unified tarball built for the direct-URL import, cached in its version folder as
+/// `.ssb-unified.<split fingerprint>.<sha256>.tar.gz`; the only hidden name that is served.
+pub mod unified_cache {
+    const PREFIX: &str = ".ssb-unified.";
+    const SUFFIX: &str = ".tar.gz";
+
+    /// The start of the temp file a build writes before it has its hash.
+    pub const PARTIAL_PREFIX: &str = ".ssb-unified-partial.";
+
+    /// The cache name of a unified tarball.
+    pub fn name(fingerprint: &str, sha256: &str) -> String {
+        format!("{PREFIX}{fingerprint}.{sha256}{SUFFIX}")
+    }
+
+    /// (split fingerprint, sha256) of a cache name, both 64 lower-case hex digits.
+    pub fn parts(name: &str) -> Option<(&str, &str)> {
+        let (fingerprint, sha) = name
+            .strip_prefix(PREFIX)?
+            .strip_suffix(SUFFIX)?
+            .split_once('.')?;
+        (is_sha256_hex(fingerprint) && is_sha256_hex(sha)).then_some((fingerprint, sha))
+    }
+
+    fn is_sha256_hex(s: &str) -> bool {
+        s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_role_round_trips_through_its_names() {
+        for role in FileRole::ALL {
+            assert_eq!(FileRole::classify(role.file_name()), Some(role), "{role:?}");
+            if let Some(other) = role.other_name() {
+                assert_eq!(FileRole::classify(other), Some(role), "{role:?}");
+            }
+        }
+        let names: std::collections::BTreeSet<_> =
+            FileRole::ALL.iter().map(|r| r.file_name()).collect();
+        assert_eq!(names.len(), FileRole::ALL.len(), "two roles share a name");
+        for not in [LXC_META, MANIFEST_FILE, METADATA_JSON, "root.squashfs", "x"] {
+            assert_eq!(FileRole::classify(not), None, "{not}");
+        }
+    }
+
+    #[test]
+    fn item_keys_are_what_published_catalogs_use() {
+        let keys: Vec<_> = FileRole::ALL.iter().map(|r| r.item_key()).collect();
+        assert_eq!(
+            keys,
+            [
+                "lxd.tar.xz",
+                "incus.tar.xz",
+                "lxd-vm.tar.xz",
+                "incus-vm.tar.xz",
+                "root.squashfs",
+                "root.tar.xz",
+                "disk.qcow2",
+                "lxd_combined.tar.gz",
+                "incus_combined.tar.gz"
+            ]
+        );
+    }
+
+    #[test]
+    fn unified_cache_names_round_trip() {
+        let h = "ab".repeat(32);
+        let name = unified_cache::name(&h, &h);
+        assert_eq!(unified_cache::parts(&name), Some((h.as_str(), h.as_str())));
+        assert_eq!(unified_cache::parts(&name.replace(".tar.gz", ".tgz")), None);
+        assert_eq!(unified_cache::parts(HASH_CACHE), None);
+    }
+
+    /// Acceptance of the layout: outside this module (and the format's ftypes it builds on),
+    /// no source file spells an image file name or a hidden tree name. Test modules, which
+    /// write fixtures under these names on purpose, are not looked at.
+    #[test]
+    fn no_other_module_spells_a_tree_name() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut names: Vec<String> = FileRole::ALL
+            .iter()
+            .flat_map(|r| [Some(r.file_name()), r.other_name()])
+            .flatten()
+            .map(str::to_owned)
+            .collect();
+        names.extend(
+            [
+                LXC_META,
+                MANIFEST_FILE,
+                METADATA_JSON,
+                REQUIREMENTS_FILE,
+                HASH_CACHE,
+                BUILD_LOCK,
+                PARTIAL_BUILD_PREFIX,
+                TEMP_PREFIX,
+                unified_cache::PARTIAL_PREFIX,
+                STATE_DIR,
+                STREAMS_DIR,
+                INDEX_FILE,
+                PRODUCTS_FILE,
+            ]
+            .map(str::to_owned),
+        );
+        let mut found = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let rel = path
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                if rel == "tree/names.rs" || rel == "format/item.rs" {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                for (n, line) in code.lines().enumerate() {
+                    let line = line.trim_start();
+                    if line.starts_with("//") {
+                        continue;
+                    }
+                    for name in &names {
+                        if line.contains(&format!("\"{name}")) {
+                            found.push(format!("src/{rel}:{}: {name}", n + 1));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "tree names spelled outside tree/names.rs:\n{}",
+            found.join("\n")
+        );
+    }
+}

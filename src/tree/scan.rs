@@ -1,0 +1,255 @@
+//! Scanning a product folder: its version folders, the image files in each (by
+//! [`names::classify`]), and the file signatures the hash cache is keyed by.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::names::{self, FileRole, classify};
+use crate::format::VersionName;
+
+/// The identity of a file's content as far as the cache is concerned: a changed file changes
+/// at least one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileSig {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds.
+    pub mtime: i64,
+    /// Modification time, nanoseconds part.
+    pub mtime_ns: i64,
+    /// Inode (a file replaced by rename gets a new one).
+    pub ino: u64,
+    /// Device.
+    pub dev: u64,
+    /// Change time, seconds (catches writes that restore the mtime).
+    pub ctime: i64,
+    /// Change time, nanoseconds part.
+    pub ctime_ns: i64,
+}
+
+impl FileSig {
+    /// Reads the signature from metadata.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            size: meta.len(),
+            mtime: meta.mtime(),
+            mtime_ns: meta.mtime_nsec(),
+            ino: meta.ino(),
+            dev: meta.dev(),
+            ctime: meta.ctime(),
+            ctime_ns: meta.ctime_nsec(),
+        }
+    }
+}
+
+/// One image file of a version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageFile {
+    /// File name in the version folder.
+    pub name: String,
+    /// What it is.
+    pub role: FileRole,
+    /// Full path.
+    pub path: PathBuf,
+    /// Signature at scan time.
+    pub sig: FileSig,
+}
+
+/// A version folder and its image files.
+#[derive(Clone, Debug)]
+pub struct VersionDir {
+    /// The version.
+    pub name: VersionName,
+    /// Its folder.
+    pub path: PathBuf,
+    /// Its image files, by name.
+    pub files: Vec<ImageFile>,
+}
+
+impl VersionDir {
+    /// The (metadata, rootfs) pairs that make split images, as indexes into `files` (see
+    /// [`names::pairs`]).
+    pub fn pairs(&self) -> Vec<(usize, usize)> {
+        let roles: Vec<FileRole> = self.files.iter().map(|f| f.role).collect();
+        names::pairs(&roles)
+    }
+}
+
+/// A folder that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {}: {source}", path.display())]
+pub struct TreeError {
+    /// The folder or file.
+    pub path: PathBuf,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+pub(super) fn stat(path: &Path) -> Result<std::fs::Metadata, TreeError> {
+    std::fs::metadata(path).map_err(|source| TreeError {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+pub(super) fn read_dir_sorted(dir: &Path) -> Result<Vec<std::fs::DirEntry>, TreeError> {
+    let err = |source| TreeError {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    Ok(entries)
+}
+
+/// Lists the version folders of a product folder. Hidden entries (partial builds, caches) are
+/// ignored; other folders that are not version names are skipped with a warning.
+pub fn scan_product(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<VersionDir>, TreeError> {
+    let mut versions = Vec::new();
+    for entry in read_dir_sorted(dir)? {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if !stat(&path)?.is_dir() {
+            continue;
+        }
+        let version = match VersionName::parse(&name) {
+            Ok(v) => v,
+            Err(e) => {
+                warnings.push(format!("{}: skipped: {e}", path.display()));
+                continue;
+            }
+        };
+        versions.push(scan_version(version, &path, warnings)?);
+    }
+    versions.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(versions)
+}
+
+/// Reads the image files of one version folder.
+pub fn scan_version(
+    name: VersionName,
+    dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<VersionDir, TreeError> {
+    let mut files: Vec<ImageFile> = Vec::new();
+    for entry in read_dir_sorted(dir)? {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(role) = classify(&file_name) else {
+            continue;
+        };
+        let path = entry.path();
+        let meta = stat(&path)?;
+        if !meta.is_file() {
+            warnings.push(format!("{}: skipped: not a regular file", path.display()));
+            continue;
+        }
+        if let Some(other) = files.iter().find(|f| f.role == role) {
+            warnings.push(format!(
+                "{}: skipped: {} already provides this file",
+                path.display(),
+                other.name
+            ));
+            continue;
+        }
+        files.push(ImageFile {
+            name: file_name,
+            role,
+            path,
+            sig: FileSig::of(&meta),
+        });
+    }
+    Ok(VersionDir {
+        name,
+        path: dir.to_owned(),
+        files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"x").unwrap();
+    }
+
+    /// A version folder holding empty files of these names, scanned.
+    fn version_of(files: &[&str]) -> (tempfile::TempDir, VersionDir) {
+        let d = tempfile::tempdir().unwrap();
+        for f in files {
+            touch(&d.path().join(f));
+        }
+        let name = VersionName::parse("20240101_00:00").unwrap();
+        let v = scan_version(name, d.path(), &mut Vec::new()).unwrap();
+        (d, v)
+    }
+
+    #[test]
+    fn scans_versions_and_skips_the_rest_loudly() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        touch(&p.join("20240105_03:00/lxd.tar.xz"));
+        touch(&p.join("20240105_03:00/rootfs.squashfs"));
+        touch(&p.join("20240105_03:00/meta.tar.xz"));
+        touch(&p.join("20240106_0300/incus.tar.xz"));
+        touch(&p.join("20240106_0300/root.tar.xz"));
+        touch(&p.join("20240106_0300/rootfs.tar.xz"));
+        touch(&p.join("20240103/lxd.tar.xz"));
+        touch(&p.join(".20240107_03:00.partial/lxd.tar.xz"));
+        touch(&p.join("ssb.json"));
+        let mut w = Vec::new();
+        let v = scan_product(p, &mut w).unwrap();
+        let names: Vec<_> = v.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["20240105_03:00", "20240106_0300"]);
+        let files: Vec<_> = v[0].files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(files, ["lxd.tar.xz", "rootfs.squashfs"]);
+        let files: Vec<_> = v[1].files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(files, ["incus.tar.xz", "root.tar.xz"]);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("20240103: skipped"), "{w:?}");
+        assert!(
+            w[1].contains("rootfs.tar.xz: skipped: root.tar.xz already provides"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn vm_metadata_takes_the_disk_and_families_never_mix() {
+        let (_d, v) = version_of(&[
+            "incus.tar.xz",
+            "lxd.tar.xz",
+            "incus-vm.tar.xz",
+            "rootfs.squashfs",
+            "disk.qcow2",
+        ]);
+        let named: Vec<(String, String)> = v
+            .pairs()
+            .into_iter()
+            .map(|(m, r)| (v.files[m].name.clone(), v.files[r].name.clone()))
+            .collect();
+        let want = [
+            ("incus-vm.tar.xz", "disk.qcow2"),
+            ("incus.tar.xz", "rootfs.squashfs"),
+            ("lxd.tar.xz", "rootfs.squashfs"),
+        ];
+        assert_eq!(named.len(), want.len(), "{named:?}");
+        for (m, r) in want {
+            assert!(named.contains(&(m.into(), r.into())), "{named:?}");
+        }
+    }
+
+    #[test]
+    fn shared_metadata_pairs_with_the_disk_too() {
+        let (_d, v) = version_of(&["incus.tar.xz", "rootfs.squashfs", "disk.qcow2"]);
+        assert_eq!(v.pairs().len(), 2);
+    }
+}
