@@ -10,8 +10,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::args::Cli::parse();
-    cli::init_logging(cli.verbose);
-    match commands::run(cli) {
+    let env = cli::settings::Environment::capture();
+    cli::init_logging(cli.verbose, &env);
+    match cli::settings::Settings::resolve(cli, &env).and_then(commands::run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

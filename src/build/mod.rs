@@ -19,7 +19,8 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 use crate::catalog::manifest::{self, BuildOptions, HttpSettings, MANIFEST_FILE, ManifestError};
-use crate::catalog::publish::{PublishError, PublishRequest, publish_tree};
+use crate::catalog::products::Tree;
+use crate::catalog::publish::{Clock, PublishError, PublishRequest, publish_tree};
 use crate::config::{ProductSpec, TreeConfig};
 use crate::format::{Family, RootfsKind, VersionName};
 use crate::tree::{self, FileRole, names};
@@ -203,12 +204,12 @@ pub enum AfterBuild<'a> {
     Manifest,
     /// Publish the whole tree: every ssb.json, images.json and index.json.
     Publish {
-        /// tree.yml, or `None` in layout mode.
-        config: Option<&'a Path>,
+        /// The tree's products, as loaded for the build.
+        tree: &'a Tree,
         /// How remote manifests are fetched.
         http: &'a HttpSettings,
-        /// `SSBUILDER_*` overrides.
-        env: &'a dyn Fn(&str) -> Option<String>,
+        /// The time stamped on the catalog.
+        clock: Clock,
     },
 }
 
@@ -445,19 +446,19 @@ pub fn build_product(
             })?;
             tracing::info!("wrote {}", path.display());
         }
-        AfterBuild::Publish { config, http, env } => {
+        AfterBuild::Publish { tree, http, clock } => {
             let exclude = BTreeMap::from([(
                 p.name.clone(),
                 doomed.iter().cloned().collect::<BTreeSet<_>>(),
             )]);
             let summary = publish_tree(&PublishRequest {
-                config: *config,
+                tree,
                 source: req.target,
                 target: req.target,
                 md5: false,
                 skip_unavailable: false,
                 http,
-                env: *env,
+                clock: *clock,
                 progress: &indicatif::ProgressBar::hidden(),
                 exclude: &exclude,
             })

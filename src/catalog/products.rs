@@ -15,10 +15,8 @@ use crate::tree::{self, TreeError};
 /// Where the products come from.
 #[derive(Clone, Debug)]
 pub struct Tree {
-    /// Validated configuration (synthesised in layout mode).
+    /// Validated configuration (synthesised in layout mode, where `file` is `None`).
     pub config: TreeConfig,
-    /// True when the products were discovered from the layout.
-    pub layout: bool,
 }
 
 /// The products or their manifests cannot be loaded.
@@ -69,20 +67,17 @@ pub fn report(warnings: &[String]) {
 
 impl Tree {
     /// Loads the products: from the tree.yml at `config`, or discovered under `root` in layout
-    /// mode. `env` supplies the `SSBUILDER_*` overrides.
+    /// mode. `overrides` replace the top-level keys either way.
     pub fn load(
         config: Option<&Path>,
         root: &Path,
-        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &config::Overrides,
     ) -> Result<Self, LoadError> {
         if let Some(path) = config {
             let mut config = TreeConfig::load(path)?;
-            config.apply_env(env);
+            config.apply(overrides);
             report(&config.warnings);
-            return Ok(Self {
-                config,
-                layout: false,
-            });
+            return Ok(Self { config });
         }
         if !root.is_dir() {
             return Err(LoadError::NotAFolder {
@@ -147,7 +142,7 @@ impl Tree {
             );
         }
         let mut config = TreeConfig {
-            file: PathBuf::new(),
+            file: None,
             prefix: String::new(),
             images_path: config::DEFAULT_IMAGES_PATH.into(),
             datatype: config::DEFAULT_DATATYPE.into(),
@@ -157,11 +152,13 @@ impl Tree {
             mirrors: Vec::new(),
             warnings: Vec::new(),
         };
-        config.apply_env(env);
-        Ok(Self {
-            config,
-            layout: true,
-        })
+        config.apply(overrides);
+        Ok(Self { config })
+    }
+
+    /// True when the products were discovered from the layout rather than read from tree.yml.
+    pub fn is_layout(&self) -> bool {
+        self.config.file.is_none()
     }
 }
 
@@ -338,7 +335,7 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
         match loaded {
             Ok(mut m) => {
                 let mut spec = spec.clone();
-                if tree.layout {
+                if tree.is_layout() {
                     finish_layout_spec(&mut spec, &m);
                 }
                 if spec.prefix_path.is_none() {

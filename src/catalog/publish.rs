@@ -48,20 +48,30 @@ pub struct WriteError {
     pub source: std::io::Error,
 }
 
-/// The time to stamp on what is built and published: `SOURCE_DATE_EPOCH` when set (reproducible
-/// builds, golden tests), else now.
-pub fn stamp_time() -> jiff::Timestamp {
-    std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok())
-        .and_then(|s| jiff::Timestamp::from_second(s).ok())
-        .unwrap_or_else(jiff::Timestamp::now)
+/// The time stamped on what is built and published.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Clock {
+    /// The system's time, read at each use.
+    #[default]
+    System,
+    /// A fixed time (`SOURCE_DATE_EPOCH`: reproducible builds, golden tests).
+    Fixed(jiff::Timestamp),
 }
 
-/// The publication time in RFC 2822 form (see [`stamp_time`]).
-pub fn updated_now() -> String {
-    jiff::fmt::rfc2822::to_string(&stamp_time().to_zoned_datetime(jiff::tz::TimeZone::UTC))
-        .unwrap_or_default()
+impl Clock {
+    /// The time to stamp now.
+    pub fn now(self) -> jiff::Timestamp {
+        match self {
+            Clock::System => jiff::Timestamp::now(),
+            Clock::Fixed(t) => t,
+        }
+    }
+
+    /// The catalog's `updated` field: [`Clock::now`] in RFC 2822 form.
+    pub fn updated(self) -> String {
+        jiff::fmt::rfc2822::to_string(&self.now().to_zoned_datetime(jiff::tz::TimeZone::UTC))
+            .unwrap_or_default()
+    }
 }
 
 /// Adds the other family's twin of every metadata and unified item that lacks one, so both LXD
@@ -338,8 +348,8 @@ pub enum PublishError {
 
 /// What to publish.
 pub struct PublishRequest<'a> {
-    /// tree.yml, or `None` for layout mode.
-    pub config: Option<&'a Path>,
+    /// The products (tree.yml or the layout), loaded by the caller.
+    pub tree: &'a Tree,
     /// Where the images are.
     pub source: &'a Path,
     /// Where ssb.json files and the catalog are written.
@@ -350,8 +360,8 @@ pub struct PublishRequest<'a> {
     pub skip_unavailable: bool,
     /// How remote manifests are fetched.
     pub http: &'a HttpSettings,
-    /// `SSBUILDER_*` overrides.
-    pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// The time stamped on the catalog.
+    pub clock: Clock,
     /// Told about every byte hashed.
     pub progress: &'a indicatif::ProgressBar,
     /// Versions to leave out, by product (about to be purged).
@@ -373,26 +383,26 @@ pub struct PublishSummary {
     pub catalog: ProductsFile,
 }
 
-/// The catalog settings of a tree, stamped now.
-pub fn catalog_settings(tree: &Tree) -> CatalogSettings {
+/// The catalog settings of a tree, stamped by `clock`.
+pub fn catalog_settings(tree: &Tree, clock: Clock) -> CatalogSettings {
     CatalogSettings {
         images_path: tree.config.images_path.clone(),
         datatype: tree.config.datatype.clone(),
         format: tree.config.format.clone(),
-        updated: updated_now(),
+        updated: clock.updated(),
     }
 }
 
 /// Manifests for every product, then images.json and index.json from that one state.
 pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishError> {
-    let tree = Tree::load(req.config, req.source, req.env)?;
+    let tree = req.tree;
     let build = BuildOptions {
         md5: req.md5,
         cache: true,
         ..BuildOptions::default()
     };
     let loaded = crate::catalog::products::load_entries(
-        &tree,
+        tree,
         &LoadOptions {
             source: req.source,
             manifests: Manifests::Hash {
@@ -406,8 +416,11 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
         },
     )?;
     let mut warnings = Vec::new();
-    let (products, index) =
-        build_catalog(&loaded.entries, &catalog_settings(&tree), &mut warnings)?;
+    let (products, index) = build_catalog(
+        &loaded.entries,
+        &catalog_settings(tree, req.clock),
+        &mut warnings,
+    )?;
     crate::catalog::products::report(&warnings);
     write_catalog(req.target, &tree.config.images_path, &products, &index)?;
     Ok(PublishSummary {

@@ -3,6 +3,8 @@
 //! logging set-up every command shares.
 
 pub mod args;
+pub mod progress;
+pub mod settings;
 
 use std::io::{IsTerminal, Write};
 
@@ -17,11 +19,13 @@ pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Sets up logging on stderr: info by default, debug with `-v` or a non-empty `DEBUG`;
 /// `RUST_LOG` overrides both.
-pub fn init_logging(verbose: bool) {
-    let debug = verbose || std::env::var("DEBUG").is_ok_and(|v| !v.is_empty());
+pub fn init_logging(verbose: bool, env: &settings::Environment) {
+    let debug = verbose || env.debug();
     let default = if debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = env
+        .log_filter()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -8,7 +8,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use tracing::info;
 
-use crate::cli::args::{Cli, DemoArgs};
+use super::publish::publish_layout;
+use super::serve::serve_static;
+use crate::cli::settings::Demo;
 use simplestreams_builder::format::arch::debian_arch;
 use simplestreams_builder::format::{Family, RootfsKind, VersionName};
 use simplestreams_builder::tree::FileRole;
@@ -117,12 +119,11 @@ pub fn build_demo_image(target: &Path) -> Result<std::path::PathBuf> {
 }
 
 /// Runs the demo.
-pub fn run(cli: &Cli, args: &DemoArgs) -> Result<()> {
-    let target = cli.target_dir.clone().unwrap_or_else(|| "ssb-demo".into());
-    build_demo_image(&target)?;
-    crate::commands::publish_tree(cli, None, &target, &target, false, false)?;
-    if args.no_serve {
+pub fn run(s: &Demo) -> Result<()> {
+    build_demo_image(&s.target)?;
+    publish_layout(&s.target, &s.shared)?;
+    if !s.serve {
         return Ok(());
     }
-    crate::commands::serve::serve_static(target, args.listen)
+    serve_static(s.target.clone(), s.listen)
 }

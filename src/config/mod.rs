@@ -110,11 +110,28 @@ pub struct BuildSpec {
     pub distrobuilder: Option<String>,
 }
 
-/// A validated tree.yml.
+/// Values that replace tree.yml's top-level keys, whatever the file says (the original took them
+/// from `SSBUILDER_<KEY>`, as its viper did). An empty `prefix` counts (it makes item paths
+/// relative); the other keys ignore empty values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `prefix`.
+    pub prefix: Option<String>,
+    /// `images_path`.
+    pub images_path: Option<String>,
+    /// `datatype`.
+    pub datatype: Option<String>,
+    /// `format`.
+    pub format: Option<String>,
+    /// `distrobuilder`.
+    pub distrobuilder: Option<String>,
+}
+
+/// A validated tree.yml, or the configuration of a layout-mode tree.
 #[derive(Clone, Debug)]
 pub struct TreeConfig {
-    /// The file it was read from.
-    pub file: PathBuf,
+    /// The tree.yml it was read from; `None` in layout mode (products found on disk).
+    pub file: Option<PathBuf>,
     /// Prefix of item paths (a path or a URL); empty for relative paths.
     pub prefix: String,
     /// Where the products file goes, relative to the target dir (`streams/v1`).
@@ -601,7 +618,7 @@ impl TreeConfig {
             });
         }
         Ok(Self {
-            file: path.to_owned(),
+            file: Some(path.to_owned()),
             prefix: raw.prefix.unwrap_or_default().trim().to_owned(),
             images_path: images_path.trim_matches('/').to_owned(),
             datatype,
@@ -613,22 +630,28 @@ impl TreeConfig {
         })
     }
 
-    /// Applies `SSBUILDER_<KEY>` overrides of the top-level keys, as the original's viper did.
-    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
-        if let Some(v) = var("SSBUILDER_PREFIX") {
+    /// Applies overrides of the top-level keys.
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.prefix {
             self.prefix = v.trim().to_owned();
         }
-        if let Some(v) = var("SSBUILDER_IMAGES_PATH").filter(|v| !v.trim().is_empty()) {
-            self.images_path = v.trim().trim_matches('/').to_owned();
+        let nonempty = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        if let Some(v) = nonempty(&o.images_path) {
+            self.images_path = v.trim_matches('/').to_owned();
         }
-        if let Some(v) = var("SSBUILDER_DATATYPE").filter(|v| !v.trim().is_empty()) {
-            self.datatype = v.trim().to_owned();
+        if let Some(v) = nonempty(&o.datatype) {
+            self.datatype = v;
         }
-        if let Some(v) = var("SSBUILDER_FORMAT").filter(|v| !v.trim().is_empty()) {
-            self.format = v.trim().to_owned();
+        if let Some(v) = nonempty(&o.format) {
+            self.format = v;
         }
-        if let Some(v) = var("SSBUILDER_DISTROBUILDER").filter(|v| !v.trim().is_empty()) {
-            self.distrobuilder = Some(v.trim().to_owned());
+        if let Some(v) = nonempty(&o.distrobuilder) {
+            self.distrobuilder = Some(v);
         }
     }
 
@@ -866,7 +889,12 @@ products:
     #[test]
     fn env_overrides_top_level_keys() {
         let mut t = parse(GOOD).unwrap();
-        t.apply_env(|k| (k == "SSBUILDER_PREFIX").then(|| "../lxd-ns".to_owned()));
+        t.apply(&Overrides {
+            prefix: Some("../lxd-ns".into()),
+            datatype: Some("  ".into()),
+            ..Overrides::default()
+        });
         assert_eq!(t.prefix, "../lxd-ns");
+        assert_eq!(t.datatype, DEFAULT_DATATYPE, "an empty override is ignored");
     }
 }

@@ -57,6 +57,8 @@ pub struct PullRequest {
     pub tls: TlsSettings,
     /// Draw progress bars (only when stderr is a terminal).
     pub progress: bool,
+    /// The time stamped on the catalog.
+    pub clock: crate::catalog::publish::Clock,
 }
 
 /// What a pull did.
@@ -392,7 +394,7 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
         }
     }
     report.products = products.len();
-    let updated = crate::catalog::publish::updated_now();
+    let updated = req.clock.updated();
     let products_doc = catalog::products_file(&products, &updated);
     let images_path = crate::config::DEFAULT_IMAGES_PATH;
     let index = catalog::index(&products, images_path, &updated);

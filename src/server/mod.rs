@@ -191,8 +191,7 @@ fn write_scope(root: &Path, index: &IndexOptions) -> Result<write::WriteScope, S
     let Some(config) = &index.config else {
         return Ok(write::WriteScope::Layout);
     };
-    let env = |k: &str| std::env::var(k).ok();
-    let tree = crate::catalog::products::Tree::load(Some(config), root, &env)
+    let tree = crate::catalog::products::Tree::load(Some(config), root, &index.overrides)
         .map_err(ServerError::Products)?;
     for product in &tree.config.products {
         let top = product

@@ -17,7 +17,9 @@ use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, ne
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::manifest::HttpSettings;
-use crate::catalog::publish::{PublishRequest, PublishSummary};
+use crate::catalog::products::Tree;
+use crate::catalog::publish::{Clock, PublishRequest, PublishSummary};
+use crate::config::Overrides;
 use crate::hash::{HashCache, KnownDigest};
 
 /// Quiet time the watcher waits for before reporting a path.
@@ -31,8 +33,13 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// How the served tree is re-indexed.
 #[derive(Clone, Debug)]
 pub struct IndexOptions {
-    /// tree.yml, or `None` for layout mode. The served root is both source and target.
+    /// tree.yml, or `None` for layout mode. The served root is both source and target. Read
+    /// again at every re-index, so an edited tree.yml takes effect.
     pub config: Option<PathBuf>,
+    /// Values that replace tree.yml's top-level keys.
+    pub overrides: Overrides,
+    /// The time stamped on the catalog.
+    pub clock: Clock,
     /// Watch the tree for files that arrive by other means.
     pub watch: bool,
     /// For products fetched from other servers (`prefix_path`).
@@ -217,16 +224,17 @@ fn reindex(
             tracing::warn!("cannot record upload digests for {dir} (they will be recomputed): {e}");
         }
     }
-    let env = |k: &str| std::env::var(k).ok();
     let publish = || {
+        let tree = Tree::load(opts.config.as_deref(), root, &opts.overrides)
+            .map_err(|e| crate::error_chain(&e))?;
         crate::catalog::publish::publish_tree(&PublishRequest {
-            config: opts.config.as_deref(),
+            tree: &tree,
             source: root,
             target: root,
             md5: false,
             skip_unavailable: true,
             http: &opts.http,
-            env: &env,
+            clock: opts.clock,
             progress: &indicatif::ProgressBar::hidden(),
             exclude: &crate::catalog::products::Exclusions::new(),
         })

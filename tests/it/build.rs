@@ -684,3 +684,14 @@ fn the_readme_example_builds_from_products_with_the_example_tree() {
             .is_file()
     );
 }
+
+#[test]
+fn tree_yml_is_read_once_per_build_so_each_warning_shows_once() {
+    // build-product used to parse tree.yml for the build and again for the publish after it,
+    // printing every unknown-key warning twice.
+    let b = Bench::new("    colour: blue\n");
+    let stderr = ok(&b.build(DAY1));
+    let warnings = stderr.matches("unknown product key `colour`").count();
+    assert_eq!(warnings, 1, "{stderr}");
+    assert!(stderr.contains("published"), "{stderr}");
+}

@@ -1,0 +1,130 @@
+//! `verify`, `prune` and `list`: the published catalog against the tree.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+use simplestreams_builder::catalog::inventory;
+
+use crate::cli::args::Format;
+use crate::cli::progress::{self, human_bytes};
+use crate::cli::settings::Inventory;
+use crate::cli::write_stdout;
+
+/// Writes `value` as one line of JSON.
+fn write_json(value: &impl serde::Serialize) -> Result<()> {
+    let mut json = serde_json::to_vec(value)?;
+    json.push(b'\n');
+    write_stdout(&json)
+}
+
+/// `verify`.
+pub fn verify(s: &Inventory, format: Format) -> Result<()> {
+    let bar = progress::hashing();
+    let report = inventory::verify(&s.target, &s.tree, &|n| bar.inc(n));
+    bar.finish_and_clear();
+    let report = report?;
+    match format {
+        Format::Json => write_json(&report)?,
+        Format::Table => {
+            let mut out = String::new();
+            for p in &report.problems {
+                out.push_str(&format!("{p}\n"));
+            }
+            out.push_str(&format!(
+                "checked {} file(s), {} fingerprint(s), {}: {} problem(s)\n",
+                report.files,
+                report.fingerprints,
+                human_bytes(report.bytes),
+                report.problems.len()
+            ));
+            write_stdout(out.as_bytes())?;
+        }
+    }
+    if !report.problems.is_empty() {
+        bail!(
+            "{} problem(s) in {}",
+            report.problems.len(),
+            s.target.display()
+        );
+    }
+    Ok(())
+}
+
+/// `prune`: a dry run unless `yes`.
+pub fn prune(s: &Inventory, yes: bool) -> Result<()> {
+    let report = inventory::prune(&s.target, &s.tree, !yes)?;
+    let verb = if yes { "removed" } else { "would remove" };
+    let mut out = String::new();
+    for r in &report.removed {
+        out.push_str(&format!("{verb} {r}\n"));
+    }
+    if !yes && !report.removed.is_empty() {
+        out.push_str("(dry run: add --yes to delete)\n");
+    }
+    if report.removed.is_empty() {
+        out.push_str("nothing to prune\n");
+    }
+    write_stdout(out.as_bytes())?;
+    if !report.failed.is_empty() {
+        bail!(
+            "{} file(s) could not be removed:\n{}",
+            report.failed.len(),
+            report.failed.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// `list`.
+pub fn list(target: &Path, format: Format) -> Result<()> {
+    let (_, products, _) = inventory::load_catalog(target)?;
+    let rows = inventory::list(&products);
+    if format == Format::Json {
+        return write_json(&rows);
+    }
+    let header = [
+        "PRODUCT",
+        "VERSION",
+        "TYPE",
+        "FORMAT",
+        "FINGERPRINT",
+        "SIZE",
+        "ALIASES",
+    ];
+    let body: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.product.clone(),
+                r.version.clone(),
+                r.image_type.clone(),
+                r.format.clone(),
+                r.fingerprint.chars().take(12).collect(),
+                human_bytes(r.size),
+                r.aliases.join(","),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &body {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&header.map(String::from));
+    for row in &body {
+        line(row);
+    }
+    write_stdout(out.as_bytes())
+}
