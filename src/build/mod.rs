@@ -435,13 +435,13 @@ pub fn build_product(
             })?;
             crate::catalog::products::report(&warnings);
             let path = product_dir.join(MANIFEST_FILE);
-            manifest::write(&path, &m).map_err(|e| BuildError::Manifest {
+            manifest::write(&path, &m).map_err(|source| BuildError::Manifest {
                 product: p.name.clone(),
                 version: version_label.clone(),
-                source: Box::new(ManifestError::Read {
+                source: Box::new(ManifestError::Write {
                     product: p.name.clone(),
                     path: path.clone(),
-                    reason: format!("cannot write: {e}"),
+                    source,
                 }),
             })?;
             tracing::info!("wrote {}", path.display());

@@ -28,6 +28,9 @@ pub enum InventoryError {
     /// The tree cannot be read.
     #[error(transparent)]
     Tree(#[from] TreeError),
+    /// The tree's publish lock cannot be taken.
+    #[error(transparent)]
+    Lock(#[from] crate::tree::lock::LockError),
 }
 
 /// One thing wrong with the published tree.
@@ -166,7 +169,7 @@ fn load_signed(target: &Path) -> Result<SignedCatalog, InventoryError> {
             path: path.to_owned(),
             reason: e.kind().to_string(),
         };
-        let mut file = fs_err::File::open(path).map_err(failed)?;
+        let mut file = std::fs::File::open(path).map_err(failed)?;
         let sig = FileSig::of(&file.metadata().map_err(failed)?);
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut file, &mut bytes).map_err(failed)?;
@@ -446,10 +449,7 @@ pub struct PruneReport {
 /// and files that are not image files are left alone.
 pub fn prune(target: &Path, tree: &Tree, dry_run: bool) -> Result<PruneReport, InventoryError> {
     let (_, products, _) = load_catalog(target)?;
-    let _lock = crate::tree::lock::lock_tree(target).map_err(|e| InventoryError::Catalog {
-        path: e.path.clone(),
-        reason: e.source.to_string(),
-    })?;
+    let _lock = crate::tree::lock::lock_tree(target)?;
     let mut report = PruneReport::default();
     for path in orphans(target, tree, &products)? {
         let rel = path

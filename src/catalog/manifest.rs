@@ -66,6 +66,17 @@ pub enum ManifestError {
         /// Why.
         reason: String,
     },
+    /// An ssb.json cannot be written.
+    #[error("product `{product}`: cannot write {}: {source}", path.display())]
+    Write {
+        /// The product.
+        product: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A remote ssb.json cannot be fetched.
     #[error("product `{product}`: cannot fetch {url}: {reason}")]
     Fetch {
@@ -291,7 +302,7 @@ pub fn read(
     path: &Path,
     warnings: &mut Vec<String>,
 ) -> Result<Manifest, ManifestError> {
-    let bytes = fs_err::read(path).map_err(|e| ManifestError::Read {
+    let bytes = std::fs::read(path).map_err(|e| ManifestError::Read {
         product: product.to_owned(),
         path: path.to_owned(),
         reason: if e.kind() == std::io::ErrorKind::NotFound {

@@ -317,10 +317,10 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
                         bytes_read += n;
                         if let Some(target) = write_to {
                             let path = target.join(&spec.directory).join(MANIFEST_FILE);
-                            manifest::write(&path, &m).map_err(|e| ManifestError::Read {
+                            manifest::write(&path, &m).map_err(|source| ManifestError::Write {
                                 product: spec.name.clone(),
                                 path,
-                                reason: format!("cannot write: {e}"),
+                                source,
                             })?;
                         }
                         Ok(m)

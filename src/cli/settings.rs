@@ -661,7 +661,8 @@ fn image_file_expiry(path: &Path, candidates: &[PathBuf]) -> Result<Option<Human
     struct ImageSection {
         expiry: Option<String>,
     }
-    let text = fs_err::read_to_string(found)?;
+    let text = std::fs::read_to_string(found)
+        .with_context(|| format!("cannot read {}", found.display()))?;
     let def: Def = serde_saphyr::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", found.display(), e.without_snippet()))?;
     def.image
@@ -678,7 +679,8 @@ fn image_file_expiry(path: &Path, candidates: &[PathBuf]) -> Result<Option<Human
 fn write_token(args: &ServeArgs) -> Result<Option<String>> {
     let token = match (&args.write_token_file, &args.write_token) {
         (Some(file), _) => {
-            let text = fs_err::read_to_string(file).context("cannot read the write token")?;
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the write token from {}", file.display()))?;
             Some((text.trim().to_owned(), format!("{}", file.display())))
         }
         (None, Some(t)) => Some((t.trim().to_owned(), "SSB_WRITE_TOKEN".to_owned())),

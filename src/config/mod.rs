@@ -384,7 +384,7 @@ fn syntax_error(path: &Path, err: &serde_saphyr::Error) -> ConfigError {
 impl TreeConfig {
     /// Reads and validates a tree.yml.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = fs_err::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;

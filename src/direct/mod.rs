@@ -400,7 +400,7 @@ pub fn forget_stale(root: &Path, products: &ProductsFile) -> Result<Vec<String>,
             .values()
             .flat_map(Item::combined_fingerprints)
             .collect();
-        let removed = forget_built(&root.join(dir), &current).map_err(io(&root.join(dir)))?;
+        let removed = forget_built(&root.join(dir), &current)?;
         if !removed.is_empty() {
             tracing::info!(
                 "{dir}: removed the unified tarball built from its earlier files ({})",
@@ -418,21 +418,24 @@ pub fn forget_stale(root: &Path, products: &ProductsFile) -> Result<Vec<String>,
 /// fingerprint is not in `current`, and the version's [`PUBLISHED_NAME`] when it is one of them
 /// (the same inode; an imported original is a file of its own and stays). The next direct
 /// request builds a new one. Returns the names removed.
-pub fn forget_built(version_dir: &Path, current: &BTreeSet<&str>) -> std::io::Result<Vec<String>> {
+pub fn forget_built(
+    version_dir: &Path,
+    current: &BTreeSet<&str>,
+) -> Result<Vec<String>, DirectError> {
     use std::os::unix::fs::MetadataExt as _;
     let entries = match std::fs::read_dir(version_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+        Err(e) => return Err(io(version_dir)(e)),
     };
     let mut stale = Vec::new();
     for entry in entries {
-        let entry = entry?;
+        let entry = entry.map_err(io(version_dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some((fp, _)) = cache_name_parts(&name)
             && !current.contains(fp)
         {
-            let meta = entry.metadata()?;
+            let meta = entry.metadata().map_err(io(&entry.path()))?;
             stale.push((name, (meta.dev(), meta.ino())));
         }
     }
@@ -441,15 +444,16 @@ pub fn forget_built(version_dir: &Path, current: &BTreeSet<&str>) -> std::io::Re
     if let Ok(meta) = std::fs::symlink_metadata(&published)
         && stale.iter().any(|(_, id)| *id == (meta.dev(), meta.ino()))
     {
-        fs_err::remove_file(&published)?;
+        std::fs::remove_file(&published).map_err(io(&published))?;
         removed.push(PUBLISHED_NAME.to_owned());
     }
     for (name, _) in stale {
-        fs_err::remove_file(version_dir.join(&name))?;
+        let path = version_dir.join(&name);
+        std::fs::remove_file(&path).map_err(io(&path))?;
         removed.push(name);
     }
     if !removed.is_empty() {
-        crate::tree::atomic::sync_dir(version_dir)?;
+        crate::tree::atomic::sync_dir(version_dir).map_err(io(version_dir))?;
     }
     Ok(removed)
 }

@@ -138,7 +138,7 @@ impl HashCache {
     /// Loads the cache of `product_dir`; a missing or unreadable cache is an empty one.
     pub fn load(product_dir: &Path) -> Self {
         let path = product_dir.join(crate::tree::names::HASH_CACHE);
-        let old = fs_err::read(&path)
+        let old = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<CacheDoc>(&b).ok())
             .filter(|d| d.version == CACHE_VERSION)
@@ -217,7 +217,7 @@ fn stream_file(
         path: path.to_owned(),
         source,
     };
-    let mut file = fs_err::File::open(path).map_err(read_err)?;
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
     let mut sinks = sinks.into_iter();
     let mut first = if copy.is_none() { sinks.next() } else { None };
     let rest: Vec<Sink> = sinks.collect();
@@ -323,7 +323,7 @@ fn read_meta(
     path: &Path,
     want_md5: bool,
 ) -> Result<(FileDigest, Sha256, ImageMetadata, u64), HashError> {
-    let file = fs_err::File::open(path).map_err(|source| HashError::Read {
+    let file = std::fs::File::open(path).map_err(|source| HashError::Read {
         path: path.to_owned(),
         source,
     })?;
@@ -531,7 +531,7 @@ fn own_and_prefixed(
 /// Hashes a (small) file and returns its sha256 and the hasher state after it, to seed
 /// [`sha256_with_prefixes`].
 pub fn sha256_state(path: &Path, progress: &dyn Fn(u64)) -> Result<(String, Sha256), HashError> {
-    let mut file = fs_err::File::open(path).map_err(|source| HashError::Read {
+    let mut file = std::fs::File::open(path).map_err(|source| HashError::Read {
         path: path.to_owned(),
         source,
     })?;

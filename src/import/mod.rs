@@ -101,7 +101,7 @@ enum Data {
 
 fn sniff(path: &Path) -> Result<Data, ImportError> {
     let mut head = [0u8; 512];
-    let mut f = fs_err::File::open(path).map_err(io(path))?;
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
     let n = f.read(&mut head).map_err(io(path))?;
     let head = &head[..n];
     Ok(match head {
@@ -209,7 +209,7 @@ fn land_copy(
 ) -> Result<(tempfile::NamedTempFile, String, Sha256), ImportError> {
     let mut landing = landing(dir)?;
     let mut f =
-        std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(src).map_err(io(src))?);
+        std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(src).map_err(io(src))?);
     std::io::copy(&mut f, &mut landing).map_err(io(src))?;
     finish_with_state(landing)
 }
@@ -353,7 +353,7 @@ fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported,
         }
     };
     let meta = metadata::read_metadata(
-        std::io::BufReader::new(fs_err::File::open(meta_path).map_err(io(meta_path))?),
+        std::io::BufReader::new(std::fs::File::open(meta_path).map_err(io(meta_path))?),
         meta_path,
     )?;
     let dir = version_dir(req.target, &meta, req.variant, meta_path)?;
@@ -444,7 +444,7 @@ fn xz_on_threads<W: Write>(
 /// is there byte for byte, beside the metadata tarball and the rootfs or disk split from it.
 /// Splitting again (xz of the whole rootfs, minutes for a large image) is then skipped.
 fn already_split(req: &ImportRequest<'_>, src: &Path) -> Result<Option<PathBuf>, ImportError> {
-    let file = std::io::BufReader::new(fs_err::File::open(src).map_err(io(src))?);
+    let file = std::io::BufReader::new(std::fs::File::open(src).map_err(io(src))?);
     let meta = metadata::read_metadata(file, src)?;
     let dir = version_dir(req.target, &meta, req.variant, src)?;
     let original = dir.join(FileRole::Unified(Family::Incus).file_name());
@@ -491,7 +491,7 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
         let file = std::io::BufReader::with_capacity(
             1 << 20,
             req.progress
-                .wrap_read(fs_err::File::open(src).map_err(io(src))?),
+                .wrap_read(std::fs::File::open(src).map_err(io(src))?),
         );
         let (mut archive, what) = metadata::open_tarball(file, src)?;
         let mut meta_tar = tar::Builder::new(liblzma::write::XzEncoder::new(&mut meta_out, 6));
@@ -616,7 +616,7 @@ fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, Impor
 
 fn sniff_gzip(path: &Path) -> Result<bool, ImportError> {
     let mut head = [0u8; 2];
-    let n = fs_err::File::open(path)
+    let n = std::fs::File::open(path)
         .and_then(|mut f| f.read(&mut head))
         .map_err(io(path))?;
     Ok(n == 2 && head == [0x1f, 0x8b])
@@ -667,7 +667,7 @@ fn add_aliases(
     extra: &[String],
 ) -> Result<(), ImportError> {
     let path = product_dir.join(crate::tree::names::METADATA_JSON);
-    let mut doc: serde_json::Map<String, serde_json::Value> = match fs_err::read(&path) {
+    let mut doc: serde_json::Map<String, serde_json::Value> = match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             ImportError::Input(format!("{}: {e}; fix or remove it", path.display()))
         })?,
@@ -704,7 +704,7 @@ pub fn find_images(src: &Path) -> Result<Vec<Vec<PathBuf>>, ImportError> {
     let mut out = Vec::new();
     let mut dirs = vec![src.to_owned()];
     while let Some(dir) = dirs.pop() {
-        let mut entries: Vec<PathBuf> = fs_err::read_dir(&dir)
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(io(&dir))?
             .flatten()
             .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))

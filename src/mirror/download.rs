@@ -60,7 +60,7 @@ pub fn client(tls: &TlsSettings) -> Result<reqwest::Client, ClientError> {
             path: path.clone(),
             reason,
         };
-        let pem = fs_err::read(path).map_err(|e| fail(e.to_string()))?;
+        let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(e.to_string()))?;
         if certs.is_empty() {
             return Err(fail("no PEM certificate in it".into()));

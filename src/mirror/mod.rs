@@ -142,7 +142,7 @@ const STATE_VERSION: u32 = 1;
 
 impl State {
     fn load(target: &Path) -> Option<State> {
-        let bytes = fs_err::read(state_path(target)).ok()?;
+        let bytes = std::fs::read(state_path(target)).ok()?;
         serde_json::from_slice::<State>(&bytes)
             .ok()
             .filter(|s| s.version == STATE_VERSION)

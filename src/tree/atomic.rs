@@ -19,8 +19,8 @@ pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_dir_all(parent)?;
     }
-    match fs_err::create_dir(dir) {
-        Ok(()) => fs_err::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)),
+    match std::fs::create_dir(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         Err(e) => Err(e),
     }
@@ -28,7 +28,7 @@ pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
 
 /// Makes a file world-readable (0644), as published files must be.
 pub fn set_file_mode(path: &Path) -> std::io::Result<()> {
-    fs_err::set_permissions(path, std::fs::Permissions::from_mode(FILE_MODE))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(FILE_MODE))
 }
 
 /// Writes `bytes` to `path` atomically with mode 0644, creating the folder if needed.

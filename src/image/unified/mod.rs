@@ -227,7 +227,7 @@ fn open_tarball(
     path: &Path,
     buffer: usize,
 ) -> Result<(metadata::Tarball<'static>, &'static str), UnifiedError> {
-    let file = fs_err::File::open(path).map_err(io(path))?;
+    let file = std::fs::File::open(path).map_err(io(path))?;
     metadata::open_tarball(BufReader::with_capacity(buffer, file), path).map_err(|e| {
         UnifiedError::Corrupt {
             path: path.to_owned(),
@@ -299,7 +299,7 @@ fn copy_disk<W: Write>(
     disk: &Path,
     mtime: u64,
 ) -> Result<(), UnifiedError> {
-    let file = fs_err::File::open(disk).map_err(io(disk))?;
+    let file = std::fs::File::open(disk).map_err(io(disk))?;
     let size = file.metadata().map_err(io(disk))?.len();
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
