@@ -8,6 +8,15 @@
 //! `.ssb-cache.json`, keyed by file signature, so an unchanged tree reads no image bytes.
 
 pub mod bulk;
+mod cache;
+
+mod combined;
+
+use cache::{CachedCombined, CachedFile};
+pub use cache::{HashCache, KnownDigest};
+pub use combined::{
+    MetaPrefix, copy_with_prefixes, read_meta_prefix, sha256_state, sha256_with_prefixes,
+};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -83,104 +92,6 @@ pub enum HashError {
     /// A metadata tarball is unusable.
     #[error(transparent)]
     Metadata(#[from] InspectError),
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct CachedCombined {
-    rootfs: FileSig,
-    sha256: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct CachedFile {
-    sig: FileSig,
-    #[serde(flatten)]
-    digest: FileDigest,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    metadata: Option<ImageMetadata>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    combined: BTreeMap<String, CachedCombined>,
-}
-
-impl CachedFile {
-    /// An entry whose sha256 is known from elsewhere (no md5, no metadata, no pairs yet).
-    fn sha256_only(sig: FileSig, sha256: &str) -> Self {
-        Self {
-            sig,
-            digest: FileDigest {
-                sha256: sha256.to_owned(),
-                md5: None,
-            },
-            metadata: None,
-            combined: BTreeMap::new(),
-        }
-    }
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct CacheDoc {
-    version: u32,
-    files: BTreeMap<String, CachedFile>,
-}
-
-const CACHE_VERSION: u32 = 1;
-
-/// The hash cache of one product folder, and the counters that show what it saved.
-pub struct HashCache {
-    path: PathBuf,
-    old: BTreeMap<String, CachedFile>,
-    new: BTreeMap<String, CachedFile>,
-    /// Image bytes read in this run.
-    pub bytes_read: u64,
-}
-
-impl HashCache {
-    /// Loads the cache of `product_dir`; a missing or unreadable cache is an empty one.
-    pub fn load(product_dir: &Path) -> Self {
-        let path = product_dir.join(crate::tree::names::HASH_CACHE);
-        let old = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<CacheDoc>(&b).ok())
-            .filter(|d| d.version == CACHE_VERSION)
-            .map(|d| d.files)
-            .unwrap_or_default();
-        Self {
-            path,
-            old,
-            new: BTreeMap::new(),
-            bytes_read: 0,
-        }
-    }
-
-    /// A cache that neither reads nor keeps anything.
-    pub fn disabled() -> Self {
-        Self {
-            path: PathBuf::new(),
-            old: BTreeMap::new(),
-            new: BTreeMap::new(),
-            bytes_read: 0,
-        }
-    }
-
-    /// Writes the entries used in this run (entries of deleted files are dropped).
-    pub fn save(&self) -> std::io::Result<()> {
-        if self.path.as_os_str().is_empty() {
-            return Ok(());
-        }
-        let doc = CacheDoc {
-            version: CACHE_VERSION,
-            files: self.new.clone(),
-        };
-        let bytes = serde_json::to_vec(&doc).map_err(std::io::Error::other)?;
-        crate::tree::atomic::write(&self.path, &bytes)
-    }
-
-    fn get(&self, key: &str, sig: &FileSig, want_md5: bool) -> Option<&CachedFile> {
-        self.old
-            .get(key)
-            .or_else(|| self.new.get(key))
-            .filter(|c| c.sig == *sig && (!want_md5 || c.digest.md5.is_some()))
-    }
 }
 
 /// Something fed with every byte of a file.
@@ -489,158 +400,6 @@ pub fn hash_version(
         );
     }
     Ok(out)
-}
-
-/// Streams a file once and returns its sha256 and, for each given hasher state (the state after
-/// some metadata file), the sha256 of that prefix followed by this file: the combined hashes.
-pub fn sha256_with_prefixes(
-    path: &Path,
-    prefixes: Vec<Sha256>,
-    progress: &dyn Fn(u64),
-) -> Result<(String, Vec<String>), HashError> {
-    own_and_prefixed(path, prefixes, None, progress)
-}
-
-/// Copies `src` into `out` (which writes `out_path`) reading it once, and returns what
-/// [`sha256_with_prefixes`] does for it: an import gets the digests of what it copies without
-/// reading the copy again. The read, the write and each hash run on their own threads;
-/// `progress` gets the bytes of each chunk read.
-pub fn copy_with_prefixes(
-    src: &Path,
-    out: &mut (dyn Write + Send),
-    out_path: &Path,
-    prefixes: Vec<Sha256>,
-    progress: &dyn Fn(u64),
-) -> Result<(String, Vec<String>), HashError> {
-    own_and_prefixed(src, prefixes, Some((out, out_path)), progress)
-}
-
-fn own_and_prefixed(
-    path: &Path,
-    prefixes: Vec<Sha256>,
-    copy: Option<(&mut (dyn Write + Send), &Path)>,
-    progress: &dyn Fn(u64),
-) -> Result<(String, Vec<String>), HashError> {
-    let mut sinks = vec![Sink::Sha(Sha256::new())];
-    sinks.extend(prefixes.into_iter().map(Sink::Sha));
-    let mut done = stream_file(path, sinks, copy, progress)?.into_iter();
-    let own = done.next().map(Sink::hex).unwrap_or_default();
-    Ok((own, done.map(Sink::hex).collect()))
-}
-
-/// Hashes a (small) file and returns its sha256 and the hasher state after it, to seed
-/// [`sha256_with_prefixes`].
-pub fn sha256_state(path: &Path, progress: &dyn Fn(u64)) -> Result<(String, Sha256), HashError> {
-    let mut file = std::fs::File::open(path).map_err(|source| HashError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut h = Sha256::new();
-    let mut block = Block::new(CHUNK);
-    loop {
-        let n = block
-            .fill_from(&mut file)
-            .map_err(|source| HashError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-        if n == 0 {
-            break;
-        }
-        h.update(block.data());
-        progress(n as u64);
-    }
-    Ok((hex::encode(h.clone().finalize()), h))
-}
-
-/// A metadata tarball read ahead of a rootfs that arrives another way (an upload): its digest,
-/// its metadata.yaml, and the sha256 state after its last byte, which the rootfs bytes are fed
-/// into to get the combined hash without reading the rootfs again.
-#[derive(Clone, Debug)]
-pub struct MetaPrefix {
-    /// File name in the version folder.
-    pub name: String,
-    /// Signature when it was read.
-    pub sig: FileSig,
-    /// Its own sha256.
-    pub sha256: String,
-    /// Its metadata.yaml.
-    pub metadata: ImageMetadata,
-    /// The sha256 state after the whole file.
-    pub state: Sha256,
-}
-
-/// Reads a metadata tarball for [`MetaPrefix`]; fails if it changes while being read.
-pub fn read_meta_prefix(path: &Path) -> Result<MetaPrefix, HashError> {
-    let sig = std::fs::metadata(path)
-        .map(|m| FileSig::of(&m))
-        .map_err(|source| HashError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-    let (digest, state, metadata, _) = read_meta(path, false)?;
-    check_unchanged(path, &sig)?;
-    Ok(MetaPrefix {
-        name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        sig,
-        sha256: digest.sha256,
-        metadata,
-        state,
-    })
-}
-
-/// Digests of an image file computed outside [`hash_version`] (the server hashes an upload
-/// while it arrives), to be put in the product's cache so the next re-index does not read the
-/// file again.
-#[derive(Clone, Debug)]
-pub struct KnownDigest {
-    /// The version folder name.
-    pub version: String,
-    /// The file name.
-    pub file: String,
-    /// The file's signature once in place; a later change to the file misses the cache.
-    pub sig: FileSig,
-    /// Its sha256.
-    pub sha256: String,
-    /// Metadata files it pairs with and sha256(meta ‖ file) for each.
-    pub combined: Vec<(MetaPrefix, String)>,
-}
-
-impl HashCache {
-    /// Adds `known` digests to the cache of `product_dir`, keeping every entry already there.
-    /// Only sha256 is known, so an md5 run still reads the file.
-    pub fn record(product_dir: &Path, known: &[KnownDigest]) -> std::io::Result<()> {
-        let mut cache = Self::load(product_dir);
-        let mut files = std::mem::take(&mut cache.old);
-        for k in known {
-            files.insert(
-                format!("{}/{}", k.version, k.file),
-                CachedFile::sha256_only(k.sig, &k.sha256),
-            );
-            for (meta, combined) in &k.combined {
-                let fresh = || CachedFile::sha256_only(meta.sig, &meta.sha256);
-                let entry = files
-                    .entry(format!("{}/{}", k.version, meta.name))
-                    .or_insert_with(fresh);
-                if entry.sig != meta.sig {
-                    *entry = fresh();
-                }
-                entry.metadata = Some(meta.metadata.clone());
-                entry.combined.insert(
-                    k.file.clone(),
-                    CachedCombined {
-                        rootfs: k.sig,
-                        sha256: combined.clone(),
-                    },
-                );
-            }
-        }
-        cache.new = files;
-        cache.save()
-    }
 }
 
 /// sha256 of a byte string, as lowercase hex (tests and small files).

@@ -44,7 +44,7 @@ pub(crate) async fn delete(writes: Arc<Writes>, req: Request) -> Result<Response
             Err(e) => return Err(io(e)),
         };
         if meta.is_dir() {
-            if target.file.is_some() {
+            if target.file_name().is_some() {
                 return Err(RequestError::IsAFolder { path: job_shown });
             }
             std::fs::remove_dir_all(&path).map_err(io)?;

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::format::{VersionName, canonical_arch};
-use crate::tree::names::{FileRole, LAYOUT_ROOT, classify};
+use crate::tree::names::{FileRole, LAYOUT_ROOT, METADATA_JSON, classify};
 
 /// Longest accepted segment, in bytes (common file system limit).
 const MAX_SEGMENT: usize = 255;
@@ -30,28 +30,49 @@ pub(crate) enum WriteScope {
 pub(crate) struct WriteTarget {
     /// The product folder, relative to the root, with `/` separators.
     pub product_dir: String,
-    /// The version folder, unless this is a product's metadata.json.
-    pub version: Option<VersionName>,
-    /// The file name; `None` for a whole version folder (deletes only).
-    pub file: Option<String>,
+    /// What in it.
+    pub place: Place,
+}
+
+/// What a write target names inside its product folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// `<product>/metadata.json`.
+    ProductMetadata,
+    /// `<product>/<version>`: a whole version folder (deletes only).
+    Version(VersionName),
+    /// `<product>/<version>/<file>`.
+    File {
+        /// The version folder.
+        version: VersionName,
+        /// The file's name.
+        name: String,
+    },
 }
 
 impl WriteTarget {
     /// The target relative to the root.
     pub fn relative(&self) -> PathBuf {
-        let mut p = PathBuf::from(&self.product_dir);
-        if let Some(v) = &self.version {
-            p.push(v.as_str());
+        let p = PathBuf::from(&self.product_dir);
+        match &self.place {
+            Place::ProductMetadata => p.join(METADATA_JSON),
+            Place::Version(version) => p.join(version.as_str()),
+            Place::File { version, name } => p.join(version.as_str()).join(name),
         }
-        if let Some(f) = &self.file {
-            p.push(f);
+    }
+
+    /// The file's name; `None` for a version folder.
+    pub fn file_name(&self) -> Option<&str> {
+        match &self.place {
+            Place::ProductMetadata => Some(METADATA_JSON),
+            Place::Version(_) => None,
+            Place::File { name, .. } => Some(name),
         }
-        p
     }
 
     /// What the indexer makes of the file, if it is an image file.
     pub fn role(&self) -> Option<FileRole> {
-        self.file.as_deref().and_then(classify)
+        self.file_name().and_then(classify)
     }
 }
 
@@ -100,10 +121,9 @@ fn check_segment(s: &str) -> Result<(), String> {
 pub(crate) fn upload_target(raw: &str, scope: &WriteScope) -> Result<WriteTarget, String> {
     let target = parse(raw, scope)?;
     let file = target
-        .file
-        .as_deref()
+        .file_name()
         .ok_or("a version folder is not a file: name the file to upload")?;
-    if file != crate::catalog::metadata_json::FILE && classify(file).is_none() {
+    if file != METADATA_JSON && classify(file).is_none() {
         return Err(format!(
             "`{file}` is not an image file name (lxd.tar.xz, incus.tar.xz, rootfs.squashfs, root.tar.xz, disk.qcow2, ... or metadata.json)"
         ));
@@ -160,17 +180,21 @@ fn parse(raw: &str, scope: &WriteScope) -> Result<WriteTarget, String> {
     };
     let rest = &segs[product_len..];
     let target = match rest {
-        [name] if *name == crate::catalog::metadata_json::FILE => WriteTarget {
+        [name] if *name == METADATA_JSON => WriteTarget {
             product_dir,
-            version: None,
-            file: Some((*name).to_owned()),
+            place: Place::ProductMetadata,
         },
         [version, tail @ ..] if tail.len() <= 1 => {
             let version = VersionName::parse(version).map_err(|e| e.to_string())?;
             WriteTarget {
                 product_dir,
-                version: Some(version),
-                file: tail.first().map(|f| (*f).to_owned()),
+                place: match tail.first() {
+                    Some(name) => Place::File {
+                        version,
+                        name: (*name).to_owned(),
+                    },
+                    None => Place::Version(version),
+                },
             }
         }
         _ => {
@@ -221,8 +245,12 @@ mod tests {
     fn accepts_the_layout() {
         let t = upload_target(GOOD, &WriteScope::Layout).unwrap();
         assert_eq!(t.product_dir, "images/debian/12/amd64/default");
-        assert_eq!(t.version.unwrap().as_str(), "20251123_12:13");
-        assert_eq!(t.file.as_deref(), Some("lxd.tar.xz"));
+        let Place::File { version, name } = &t.place else {
+            panic!("{t:?}")
+        };
+        assert_eq!(version.as_str(), "20251123_12:13");
+        assert_eq!(name, "lxd.tar.xz");
+        assert_eq!(t.file_name(), Some("lxd.tar.xz"));
         for ok in [
             "images/debian/12/amd64/default/20251123_1213/rootfs.squashfs",
             "images/debian/12/arm64/cloud/20251123_12:13/disk.qcow2",
@@ -237,7 +265,8 @@ mod tests {
             &WriteScope::Layout,
         )
         .unwrap();
-        assert_eq!(v.file, None);
+        assert_eq!(v.file_name(), None);
+        assert!(matches!(v.place, Place::Version(_)), "{v:?}");
         assert_eq!(
             v.relative(),
             PathBuf::from("images/debian/12/amd64/default/20251123_12:13")

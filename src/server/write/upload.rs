@@ -28,7 +28,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use super::policy::Writes;
-use super::target::{self, WriteTarget};
+use super::target::{self, Place, WriteTarget};
 use crate::hash::{KnownDigest, MetaPrefix, read_meta_prefix};
 use crate::server::error::RequestError;
 use crate::server::reindex::Trigger;
@@ -405,11 +405,11 @@ fn fill_and_place(
     let sha256 = hex::encode(sha.finalize());
     // Digests worth caching: an image file under its own name whose hash does not need a
     // metadata.yaml (metadata tarballs are small and read again).
-    let known = match (target.role(), &target.version, &requested_path) {
-        (Some(FileRole::Rootfs(_) | FileRole::Unified(_)), Some(version), None) => {
+    let known = match (target.role(), &target.place, &requested_path) {
+        (Some(FileRole::Rootfs(_) | FileRole::Unified(_)), Place::File { version, name }, None) => {
             Some(KnownDigest {
                 version: version.as_str().to_owned(),
-                file: target.file.clone().unwrap_or_default(),
+                file: name.clone(),
                 sig,
                 sha256: sha256.clone(),
                 combined: metas
@@ -437,7 +437,7 @@ fn fill_and_place(
 /// the combined hashes come out of the same pass as the upload. Any problem just means the
 /// re-index computes them itself.
 fn meta_prefixes(target: &WriteTarget, dir: &Path, role: FileRole) -> Vec<MetaPrefix> {
-    let (Some(version), Some(_)) = (&target.version, &target.file) else {
+    let Place::File { version, .. } = &target.place else {
         return Vec::new();
     };
     let Ok(mut v) = scan_version(version.clone(), dir, &mut Vec::new()) else {

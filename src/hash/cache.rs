@@ -1,0 +1,163 @@
+//! The hash cache of a product folder: the digests, metadata and combined hashes of its image
+//! files, keyed by each file's signature, so an unchanged file is never read again. Digests
+//! computed elsewhere (an upload hashed while it arrived, an import while it copied) are
+//! recorded into it ([`HashCache::record`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{FileDigest, MetaPrefix};
+use crate::image::metadata::ImageMetadata;
+use crate::tree::FileSig;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct CachedCombined {
+    pub(super) rootfs: FileSig,
+    pub(super) sha256: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct CachedFile {
+    pub(super) sig: FileSig,
+    #[serde(flatten)]
+    pub(super) digest: FileDigest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) metadata: Option<ImageMetadata>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) combined: BTreeMap<String, CachedCombined>,
+}
+
+impl CachedFile {
+    /// An entry whose sha256 is known from elsewhere (no md5, no metadata, no pairs yet).
+    fn sha256_only(sig: FileSig, sha256: &str) -> Self {
+        Self {
+            sig,
+            digest: FileDigest {
+                sha256: sha256.to_owned(),
+                md5: None,
+            },
+            metadata: None,
+            combined: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CacheDoc {
+    version: u32,
+    files: BTreeMap<String, CachedFile>,
+}
+
+const CACHE_VERSION: u32 = 1;
+
+/// The hash cache of one product folder, and the counters that show what it saved.
+pub struct HashCache {
+    /// Where it is kept; `None` for a cache that neither reads nor keeps anything.
+    path: Option<PathBuf>,
+    old: BTreeMap<String, CachedFile>,
+    pub(super) new: BTreeMap<String, CachedFile>,
+    /// Image bytes read in this run.
+    pub bytes_read: u64,
+}
+
+impl HashCache {
+    /// Loads the cache of `product_dir`; a missing or unreadable cache is an empty one.
+    pub fn load(product_dir: &Path) -> Self {
+        let path = product_dir.join(crate::tree::names::HASH_CACHE);
+        let old = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<CacheDoc>(&b).ok())
+            .filter(|d| d.version == CACHE_VERSION)
+            .map(|d| d.files)
+            .unwrap_or_default();
+        Self {
+            path: Some(path),
+            old,
+            new: BTreeMap::new(),
+            bytes_read: 0,
+        }
+    }
+
+    /// A cache that neither reads nor keeps anything.
+    pub fn disabled() -> Self {
+        Self {
+            path: None,
+            old: BTreeMap::new(),
+            new: BTreeMap::new(),
+            bytes_read: 0,
+        }
+    }
+
+    /// Writes the entries used in this run (entries of deleted files are dropped).
+    pub fn save(&self) -> std::io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let doc = CacheDoc {
+            version: CACHE_VERSION,
+            files: self.new.clone(),
+        };
+        let bytes = serde_json::to_vec(&doc).map_err(std::io::Error::other)?;
+        crate::tree::atomic::write(path, &bytes)
+    }
+
+    pub(super) fn get(&self, key: &str, sig: &FileSig, want_md5: bool) -> Option<&CachedFile> {
+        self.old
+            .get(key)
+            .or_else(|| self.new.get(key))
+            .filter(|c| c.sig == *sig && (!want_md5 || c.digest.md5.is_some()))
+    }
+}
+
+/// Digests of an image file computed outside [`hash_version`] (the server hashes an upload
+/// while it arrives), to be put in the product's cache so the next re-index does not read the
+/// file again.
+#[derive(Clone, Debug)]
+pub struct KnownDigest {
+    /// The version folder name.
+    pub version: String,
+    /// The file name.
+    pub file: String,
+    /// The file's signature once in place; a later change to the file misses the cache.
+    pub sig: FileSig,
+    /// Its sha256.
+    pub sha256: String,
+    /// Metadata files it pairs with and sha256(meta ‖ file) for each.
+    pub combined: Vec<(MetaPrefix, String)>,
+}
+
+impl HashCache {
+    /// Adds `known` digests to the cache of `product_dir`, keeping every entry already there.
+    /// Only sha256 is known, so an md5 run still reads the file.
+    pub fn record(product_dir: &Path, known: &[KnownDigest]) -> std::io::Result<()> {
+        let mut cache = Self::load(product_dir);
+        let mut files = std::mem::take(&mut cache.old);
+        for k in known {
+            files.insert(
+                format!("{}/{}", k.version, k.file),
+                CachedFile::sha256_only(k.sig, &k.sha256),
+            );
+            for (meta, combined) in &k.combined {
+                let fresh = || CachedFile::sha256_only(meta.sig, &meta.sha256);
+                let entry = files
+                    .entry(format!("{}/{}", k.version, meta.name))
+                    .or_insert_with(fresh);
+                if entry.sig != meta.sig {
+                    *entry = fresh();
+                }
+                entry.metadata = Some(meta.metadata.clone());
+                entry.combined.insert(
+                    k.file.clone(),
+                    CachedCombined {
+                        rootfs: k.sig,
+                        sha256: combined.clone(),
+                    },
+                );
+            }
+        }
+        cache.new = files;
+        cache.save()
+    }
+}
