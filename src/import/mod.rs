@@ -8,8 +8,7 @@
 //! attributes, device nodes and hard links; a gzip original is kept as `incus_combined.tar.gz`.
 //! Every file lands through a temp file in its destination folder, hashed on the way.
 
-use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -20,7 +19,15 @@ use crate::hash::bulk::DirectWriter;
 use crate::hash::{HashCache, HashError, KnownDigest, MetaPrefix};
 use crate::image::metadata::{self, ImageMetadata, InspectError};
 use crate::tree::atomic::HashedTemp;
-use crate::tree::{FileRole, FileSig, LayoutProduct};
+use crate::tree::{FileRole, FileSig};
+
+mod aliases;
+mod unified;
+
+pub use aliases::{add_product_aliases, check_aliases};
+use unified::import_unified;
+#[cfg(test)]
+use unified::xz_on_threads;
 
 /// Largest metadata.yaml accepted, as for metadata tarballs.
 const MAX_METADATA_YAML: u64 = 1 << 20;
@@ -408,296 +415,6 @@ fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported,
     })
 }
 
-fn strip_rootfs(path: &str) -> Option<String> {
-    let p = path.strip_prefix("./").unwrap_or(path);
-    let rest = p.strip_prefix("rootfs")?;
-    match rest {
-        "" | "/" => Some("./".into()),
-        r if r.starts_with('/') => Some(r[1..].to_owned()),
-        _ => None,
-    }
-}
-
-/// The xz encoder of a root tarball split out of a unified one: liblzma's multi-threaded
-/// encoder at xz's default preset (6), on up to 4 threads (about 130 MiB of memory each).
-/// Its output depends on the preset and the block size, not on the number of threads, so the
-/// same unified tarball gives the same root.tar.xz on any machine.
-fn root_xz<W: Write>(out: W) -> Result<liblzma::write::XzEncoder<W>, ImportError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    xz_on_threads(out, threads as u32)
-}
-
-fn xz_on_threads<W: Write>(
-    out: W,
-    threads: u32,
-) -> Result<liblzma::write::XzEncoder<W>, ImportError> {
-    let stream = liblzma::stream::MtStreamBuilder::new()
-        .preset(6)
-        .threads(threads)
-        .check(liblzma::stream::Check::Crc64)
-        .encoder()
-        .map_err(|e| ImportError::Input(format!("cannot start the xz encoder: {e}")))?;
-    Ok(liblzma::write::XzEncoder::new_stream(out, stream))
-}
-
-/// The version folder a gzip unified tarball names, when it was imported before: its original
-/// is there byte for byte, beside the metadata tarball and the rootfs or disk split from it.
-/// Splitting again (xz of the whole rootfs, minutes for a large image) is then skipped.
-fn already_split(req: &ImportRequest<'_>, src: &Path) -> Result<Option<PathBuf>, ImportError> {
-    let file = std::io::BufReader::new(std::fs::File::open(src).map_err(io(src))?);
-    let meta = metadata::read_metadata(file, src)?;
-    let dir = version_dir(req.target, &meta, req.variant, src)?;
-    let original = dir.join(FileRole::Unified(Family::Incus).file_name());
-    let split = dir
-        .join(FileRole::meta(Family::Incus).file_name())
-        .is_file()
-        && [RootfsKind::RootTarXz, RootfsKind::DiskKvm]
-            .iter()
-            .any(|&kind| dir.join(FileRole::Rootfs(kind).file_name()).is_file());
-    let same_size = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.len() == b.len(),
-        _ => false,
-    };
-    if !split || !same_size(&original, src) {
-        return Ok(None);
-    }
-    let sha = |p: &Path| {
-        crate::hash::sha256_state(p, &|_| {})
-            .map(|(hex, _)| hex)
-            .map_err(hash_error)
-    };
-    Ok((sha(&original)? == sha(src)?).then_some(dir))
-}
-
-fn import_unified(req: &ImportRequest<'_>, src: &Path) -> Result<Imported, ImportError> {
-    let gzip = sniff_gzip(src)?;
-    if gzip && let Some(dir) = already_split(req, src)? {
-        return Ok(Imported::AlreadyThere(dir));
-    }
-    // Read once to split it, and a gzip original once more to keep it.
-    let src_size = std::fs::metadata(src).map(|m| m.len()).map_err(io(src))?;
-    req.progress
-        .set_length(if gzip { 2 * src_size } else { src_size });
-    req.progress.set_position(0);
-    // Split into temp files in a staging folder of the target, then move them into the version
-    // folder that metadata.yaml names (known only once the archive has been read).
-    let staging_parent = req.target.join(crate::tree::names::LAYOUT_ROOT);
-    let mut meta_out = landing(&staging_parent)?;
-    let mut root_out = landing(&staging_parent)?;
-    let mut disk_out: Option<Landing> = None;
-    let mut yaml: Option<String> = None;
-    let mut has_rootfs = false;
-    {
-        let file = std::io::BufReader::with_capacity(
-            1 << 20,
-            req.progress
-                .wrap_read(std::fs::File::open(src).map_err(io(src))?),
-        );
-        let (mut archive, what) = metadata::open_tarball(file, src)?;
-        let mut meta_tar = tar::Builder::new(liblzma::write::XzEncoder::new(&mut meta_out, 6));
-        let mut root_tar = tar::Builder::new(root_xz(&mut root_out)?);
-        meta_tar.mode(tar::HeaderMode::Complete);
-        root_tar.mode(tar::HeaderMode::Complete);
-        let bad = |e: std::io::Error| {
-            ImportError::Input(format!("{}: corrupt {what} tarball: {e}", src.display()))
-        };
-        for entry in archive.entries().map_err(bad)? {
-            let mut entry = entry.map_err(bad)?;
-            let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
-            let parts = crate::image::unified::EntryParts::of(&mut entry).map_err(bad)?;
-            let plain = name.strip_prefix("./").unwrap_or(&name);
-            if plain == "rootfs.img" {
-                let mut disk = landing(&staging_parent)?;
-                std::io::copy(&mut entry, &mut disk).map_err(bad)?;
-                disk_out = Some(disk);
-                has_rootfs = true;
-                continue;
-            }
-            if let Some(rel) = strip_rootfs(&name) {
-                has_rootfs = true;
-                // A hard link into rootfs/ becomes relative to it, like the entries.
-                let in_rootfs =
-                    |target: &str| strip_rootfs(target).unwrap_or_else(|| target.to_owned());
-                parts
-                    .append(&mut root_tar, &rel, &mut entry, in_rootfs)
-                    .map_err(io(src))?;
-                continue;
-            }
-            if plain == "metadata.yaml" {
-                if entry.size() > MAX_METADATA_YAML {
-                    return Err(ImportError::Input(format!(
-                        "{}: metadata.yaml is larger than 1 MiB",
-                        src.display()
-                    )));
-                }
-                let mut text = String::new();
-                entry.read_to_string(&mut text).map_err(bad)?;
-                let mut header = parts.header;
-                meta_tar
-                    .append_data(&mut header, &name, text.as_bytes())
-                    .map_err(io(src))?;
-                yaml = Some(text);
-                continue;
-            }
-            parts
-                .append(&mut meta_tar, &name, &mut entry, str::to_owned)
-                .map_err(io(src))?;
-        }
-        meta_tar
-            .into_inner()
-            .and_then(|xz| xz.finish())
-            .map_err(io(src))?;
-        root_tar
-            .into_inner()
-            .and_then(|xz| xz.finish())
-            .map_err(io(src))?;
-    }
-    let yaml = yaml.ok_or_else(|| {
-        ImportError::Input(format!(
-            "{}: no metadata.yaml: not an image tarball",
-            src.display()
-        ))
-    })?;
-    if !has_rootfs {
-        return Err(ImportError::Input(format!(
-            "{}: neither rootfs/ nor rootfs.img: a metadata tarball alone is not an image (give its rootfs too)",
-            src.display()
-        )));
-    }
-    let meta = metadata::parse_metadata_yaml(&yaml, src)?;
-    let dir = version_dir(req.target, &meta, req.variant, src)?;
-    crate::tree::atomic::create_dir_all(&dir).map_err(io(&dir))?;
-    let mut changed = false;
-    let (meta_tmp, meta_sha) = finish(meta_out)?;
-    let (meta_name, data) = match disk_out {
-        Some(disk) => {
-            drop(root_out);
-            (
-                FileRole::meta(Family::Incus).file_name(),
-                Some((
-                    finish(disk)?,
-                    FileRole::Rootfs(RootfsKind::DiskKvm).file_name(),
-                )),
-            )
-        }
-        None => (
-            FileRole::meta(Family::Incus).file_name(),
-            Some((
-                finish(root_out)?,
-                FileRole::Rootfs(RootfsKind::RootTarXz).file_name(),
-            )),
-        ),
-    };
-    if let Some(((tmp, sha), name)) = data {
-        changed |= place(tmp, &sha, &dir.join(name), name)?;
-    }
-    changed |= place(
-        meta_tmp,
-        &meta_sha,
-        &dir.join(meta_name),
-        "metadata tarball",
-    )?;
-    // The unified original, as clients can download it whole (gzip only: the ftype's name).
-    if gzip {
-        let (tmp, sha, _) = land_bulk(src, &dir, Vec::new(), req.progress)?;
-        changed |= place(
-            tmp,
-            &sha,
-            &dir.join(FileRole::Unified(Family::Incus).file_name()),
-            "unified tarball",
-        )?;
-    }
-    Ok(if changed {
-        Imported::New(dir)
-    } else {
-        Imported::AlreadyThere(dir)
-    })
-}
-
-fn sniff_gzip(path: &Path) -> Result<bool, ImportError> {
-    let mut head = [0u8; 2];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(io(path))?;
-    Ok(n == 2 && head == [0x1f, 0x8b])
-}
-
-/// Checks aliases given for an import, so that a bad one is refused before anything is placed.
-pub fn check_aliases(aliases: &[String]) -> Result<(), ImportError> {
-    for a in aliases {
-        crate::config::check_alias(a)
-            .map_err(|why| ImportError::Input(format!("alias `{a}` {why}")))?;
-    }
-    Ok(())
-}
-
-/// After [`import`] placed an image in `version_dir` under `target`: gives its product the
-/// `extra` aliases, through the product folder's metadata.json, keeping the aliases the layout
-/// gives it (an `aliases` there replaces them). The CLI and the server both end an import
-/// with this.
-pub fn add_product_aliases(
-    target: &Path,
-    version_dir: &Path,
-    extra: &[String],
-) -> Result<(), ImportError> {
-    if extra.is_empty() {
-        return Ok(());
-    }
-    check_aliases(extra)?;
-    let product = version_dir
-        .parent()
-        .and_then(|dir| LayoutProduct::of_folder(target, dir))
-        .ok_or_else(|| {
-            ImportError::Input(format!(
-                "{}: not a version folder of the layout images/<os>/<release>/<arch>/<variant>/",
-                version_dir.display()
-            ))
-        })?;
-    add_aliases(
-        &target.join(&product.directory),
-        &product.default_aliases(),
-        extra,
-    )
-}
-
-/// Adds aliases to a product through its folder's metadata.json.
-fn add_aliases(
-    product_dir: &Path,
-    defaults: &[String],
-    extra: &[String],
-) -> Result<(), ImportError> {
-    let path = product_dir.join(crate::tree::names::METADATA_JSON);
-    let mut doc: serde_json::Map<String, serde_json::Value> = match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            ImportError::Input(format!("{}: {e}; fix or remove it", path.display()))
-        })?,
-        Err(_) => serde_json::Map::new(),
-    };
-    let mut aliases: Vec<String> = match doc.get("aliases") {
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        Some(serde_json::Value::String(s)) => s
-            .split(',')
-            .filter(|a| !a.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        _ => defaults.to_vec(),
-    };
-    let mut seen: BTreeSet<String> = aliases.iter().cloned().collect();
-    for a in extra {
-        if seen.insert(a.clone()) {
-            aliases.push(a.clone());
-        }
-    }
-    doc.insert("aliases".into(), serde_json::Value::from(aliases));
-    let mut bytes =
-        serde_json::to_vec_pretty(&doc).map_err(|e| ImportError::Input(e.to_string()))?;
-    bytes.push(b'\n');
-    crate::tree::atomic::write(&path, &bytes).map_err(io(&path))
-}
-
 /// The images found under `src`: unified tarballs alone, and a metadata tarball with the
 /// rootfs files beside it. Folders are walked in name order; hidden entries are skipped.
 pub fn find_images(src: &Path) -> Result<Vec<Vec<PathBuf>>, ImportError> {
@@ -757,6 +474,7 @@ pub fn find_images(src: &Path) -> Result<Vec<Vec<PathBuf>>, ImportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     const YAML: &str = "architecture: x86_64\ncreation_date: 1735725600\nproperties:\n  os: Alpine\n  release: \"3.21\"\n";
 
