@@ -1,0 +1,131 @@
+//! The environment variables the binary reads, captured once in `main`: the only place the
+//! process environment is read.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use simplestreams_builder::catalog::publish::Clock;
+use simplestreams_builder::config::Overrides;
+
+/// The environment variables the binary reads, captured once.
+#[derive(Clone, Debug, Default)]
+pub struct Environment {
+    vars: BTreeMap<String, String>,
+}
+
+impl Environment {
+    /// The process environment (values that are not UTF-8 are taken lossily).
+    pub fn capture() -> Self {
+        Self {
+            vars: std::env::vars_os()
+                .map(|(k, v)| {
+                    (
+                        k.to_string_lossy().into_owned(),
+                        v.to_string_lossy().into_owned(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// An environment of these pairs only (for tests).
+    #[cfg(test)]
+    pub fn of(pairs: &[(&str, &str)]) -> Self {
+        Self {
+            vars: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    pub(super) fn get(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str)
+    }
+
+    /// `DEBUG` set to anything: debug logging.
+    pub fn debug(&self) -> bool {
+        self.get("DEBUG").is_some_and(|v| !v.is_empty())
+    }
+
+    /// `RUST_LOG`: a tracing filter that overrides the default level.
+    pub fn log_filter(&self) -> Option<&str> {
+        self.get("RUST_LOG")
+    }
+
+    /// A switch: `1`, `true` or `yes`.
+    pub(super) fn flag(&self, key: &str) -> bool {
+        self.get(key)
+            .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
+    }
+
+    /// `SSBUILDER_<KEY>` replacing tree.yml's top-level keys.
+    pub(super) fn overrides(&self) -> Overrides {
+        let var = |k: &str| self.get(k).map(str::to_owned);
+        Overrides {
+            prefix: var("SSBUILDER_PREFIX"),
+            images_path: var("SSBUILDER_IMAGES_PATH"),
+            datatype: var("SSBUILDER_DATATYPE"),
+            format: var("SSBUILDER_FORMAT"),
+            distrobuilder: var("SSBUILDER_DISTROBUILDER"),
+        }
+    }
+
+    /// `SOURCE_DATE_EPOCH` when set (reproducible builds, golden tests), else the system clock.
+    pub(super) fn clock(&self) -> Clock {
+        self.get("SOURCE_DATE_EPOCH")
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .and_then(|s| jiff::Timestamp::from_second(s).ok())
+            .map_or(Clock::System, Clock::Fixed)
+    }
+
+    /// `SSL_CERT_FILE`, when it names a file.
+    pub(super) fn cert_file(&self) -> Option<PathBuf> {
+        self.get("SSL_CERT_FILE")
+            .map(PathBuf::from)
+            .filter(|f| f.is_file())
+    }
+
+    /// Where distrobuilder keeps its per-product caches: `CACHEDIR`, else `$TMPDIR/ssb-cache`.
+    pub(super) fn cache_root(&self) -> PathBuf {
+        match self.get("CACHEDIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => std::env::temp_dir().join("ssb-cache"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_replaces_top_level_keys_and_stamps_the_time() {
+        let env = Environment::of(&[
+            ("SSBUILDER_PREFIX", "../ns"),
+            ("SSBUILDER_FORMAT", "products:1.0"),
+            ("SOURCE_DATE_EPOCH", "1763900400"),
+        ]);
+        let o = env.overrides();
+        assert_eq!(o.prefix.as_deref(), Some("../ns"));
+        assert_eq!(o.format.as_deref(), Some("products:1.0"));
+        assert_eq!(o.datatype, None);
+        assert_eq!(
+            env.clock(),
+            Clock::Fixed(jiff::Timestamp::from_second(1_763_900_400).unwrap())
+        );
+        assert_eq!(Environment::of(&[]).clock(), Clock::System);
+        assert_eq!(
+            Environment::of(&[("SOURCE_DATE_EPOCH", "soon")]).clock(),
+            Clock::System
+        );
+    }
+
+    #[test]
+    fn http_switches_take_one_true_or_yes() {
+        for (value, on) in [("1", true), ("yes", true), ("true", true), ("0", false)] {
+            let env = Environment::of(&[("SSBUILDER_INSECURE_SKIPVERIFY", value)]);
+            assert_eq!(env.flag("SSBUILDER_INSECURE_SKIPVERIFY"), on, "{value}");
+        }
+    }
+}
