@@ -15,16 +15,19 @@
 
 pub mod catalog;
 pub mod download;
+mod jobs;
 pub mod push;
 pub mod select;
+mod state;
+
+use jobs::{Job, Outcome, run_jobs};
+
+pub use state::state_path;
+use state::{STATE_VERSION, State, StateFile};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use download::{ClientError, TlsSettings};
@@ -120,70 +123,6 @@ pub enum MirrorError {
     Lock(#[from] crate::tree::lock::LockError),
 }
 
-/// Where the mirror remembers what it verified.
-pub fn state_path(target: &Path) -> PathBuf {
-    crate::tree::names::mirror_state(target)
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct StateFile {
-    sha256: String,
-    size: u64,
-    sig: FileSig,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct State {
-    version: u32,
-    files: BTreeMap<String, StateFile>,
-}
-
-const STATE_VERSION: u32 = 1;
-
-impl State {
-    fn load(target: &Path) -> Option<State> {
-        let bytes = std::fs::read(state_path(target)).ok()?;
-        serde_json::from_slice::<State>(&bytes)
-            .ok()
-            .filter(|s| s.version == STATE_VERSION)
-            .or_else(|| Some(State::default()))
-    }
-
-    fn save(&self, target: &Path) -> Result<(), MirrorError> {
-        let path = state_path(target);
-        let bytes = serde_json::to_vec(self).expect("the state always serializes");
-        crate::tree::atomic::write(&path, &bytes).map_err(|source| MirrorError::Io { path, source })
-    }
-}
-
-/// How a file ended up.
-#[derive(Clone, Debug)]
-enum Outcome {
-    Fetched(u64),
-    Verified,
-    Skipped,
-    /// Not present, and not wanted (an older version, only used when already there).
-    Absent,
-    Failed(String),
-}
-
-impl Outcome {
-    fn ok(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Fetched(_) | Outcome::Verified | Outcome::Skipped
-        )
-    }
-}
-
-/// One local file to make present.
-struct Job {
-    url: String,
-    want: Want,
-    /// Download it if missing (a version within `--keep`).
-    fetch: bool,
-}
-
 /// The local path of every planned item, keyed by (product, version, item key).
 type ItemPaths = HashMap<(String, String, String), String>;
 
@@ -236,54 +175,10 @@ async fn read_remote(
     Ok(products)
 }
 
-/// Is the file at `path` the one wanted? By the state's record when the file is unchanged
-/// since (`Skipped`), else by re-hashing it if its size fits (`Verified`); `rehash: false`
-/// trusts only the record.
-fn check_local(
-    path: &Path,
-    want: &Want,
-    record: Option<&StateFile>,
-    rehash: bool,
-    bar: &ProgressBar,
-) -> Option<Outcome> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    if !meta.is_file() || meta.len() != want.size {
-        return None;
-    }
-    if record.is_some_and(|r| {
-        r.sig == FileSig::of(&meta) && r.sha256 == want.sha256 && r.size == want.size
-    }) {
-        return Some(Outcome::Skipped);
-    }
-    if !rehash {
-        return None;
-    }
-    let (hasher, len) = download::hash_file(path, bar).ok()?;
-    use sha2::Digest as _;
-    (len == want.size && hex::encode(hasher.finalize()) == want.sha256).then_some(Outcome::Verified)
-}
-
-fn bar_style(template: &str) -> ProgressStyle {
-    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
-}
-
 /// Pulls the sources into the target: downloads, publishes the catalog, then prunes.
 pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
     let target = &req.target;
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| MirrorError::Io { path, source }
-    };
-    crate::tree::atomic::create_dir_all(target).map_err(io(target))?;
-    let old_state = match State::load(target) {
-        Some(s) => s,
-        None if crate::catalog::publish::index_path(target).exists() => {
-            return Err(MirrorError::NotAMirror {
-                path: target.clone(),
-            });
-        }
-        None => State::default(),
-    };
+    let old_state = open_mirror(target)?;
     let client = download::client(&req.tls)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -297,11 +192,75 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
         let products = runtime.block_on(read_remote(&client, &source.url, &mut report.warnings))?;
         plans.push((source.clone(), select::plan(products, &source.filters)));
     }
-
     // 2. The files: one job per local path, shared by every item stored there.
+    let (jobs, item_paths) = plan_jobs(&plans, &mut report);
+    // 3. Make them present: check, else download, `jobs` at a time.
+    let outcomes = runtime.block_on(run_jobs(&client, req, &jobs, &old_state));
+    tally(&outcomes, &mut report);
+    // 4. The catalog of what is here, written after the state that owns every file.
+    let products = assemble(&plans, &item_paths, &outcomes, &mut report);
+    let updated = req.clock.updated();
+    let products_doc = catalog::products_file(&products, &updated);
+    let images_path = crate::config::DEFAULT_IMAGES_PATH;
+    let index = catalog::index(&products, images_path, &updated);
+    let listed: BTreeSet<String> = catalog::referenced_paths(&products_doc)
+        .into_iter()
+        .collect();
+    let state = kept_files(target, &jobs, &outcomes, &listed);
+    // Until the prune is done, the state also owns the old files, so a crash loses nothing.
+    let mut interim = State {
+        version: STATE_VERSION,
+        files: old_state.files.clone(),
+    };
+    interim.files.extend(state.files.clone());
+    interim.save(target)?;
+    {
+        let _lock = crate::tree::lock::lock_tree(target)?;
+        crate::catalog::publish::write_with_gz(
+            &crate::catalog::publish::products_path(target, images_path),
+            &crate::catalog::publish::to_json(&products_doc),
+        )?;
+        crate::catalog::publish::write_with_gz(
+            &crate::catalog::publish::index_path(target),
+            &crate::catalog::publish::to_json(&index),
+        )?;
+    }
+    // 5. Only now: remove what the new catalog no longer lists.
+    remove_unlisted(target, &old_state, &state, &mut report);
+    state.save(target)?;
+    Ok(report)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MirrorError + use<> {
+    let path = path.to_owned();
+    move |source| MirrorError::Io { path, source }
+}
+
+/// Creates the mirror tree and reads its state; a tree that holds a catalog but no mirror
+/// state is someone else's catalog, which a pull must not replace.
+fn open_mirror(target: &Path) -> Result<State, MirrorError> {
+    crate::tree::atomic::create_dir_all(target).map_err(io(target))?;
+    match State::load(target) {
+        Some(s) => Ok(s),
+        None if crate::catalog::publish::index_path(target).exists() => {
+            Err(MirrorError::NotAMirror {
+                path: target.to_owned(),
+            })
+        }
+        None => Ok(State::default()),
+    }
+}
+
+/// One job per local path, shared by every item stored there, and the local path of each
+/// planned item. An item whose path is unsafe, or that another item lists at the same path with
+/// another sha256 or size, is reported and skipped.
+fn plan_jobs(
+    plans: &[(Source, Vec<PlannedProduct>)],
+    report: &mut PullReport,
+) -> (BTreeMap<String, Job>, ItemPaths) {
     let mut jobs: BTreeMap<String, Job> = BTreeMap::new();
     let mut item_paths: ItemPaths = HashMap::new();
-    for (source, planned) in &plans {
+    for (source, planned) in plans {
         for p in planned {
             for pv in &p.versions {
                 let version = &p.product.versions[pv.index];
@@ -348,10 +307,12 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
             }
         }
     }
+    (jobs, item_paths)
+}
 
-    // 3. Make them present: check, else download, `jobs` at a time.
-    let outcomes = runtime.block_on(run_jobs(&client, req, &jobs, &old_state));
-    for (lp, outcome) in &outcomes {
+/// Counts how the files ended up.
+fn tally(outcomes: &BTreeMap<String, Outcome>, report: &mut PullReport) {
+    for (lp, outcome) in outcomes {
         match outcome {
             Outcome::Fetched(n) => {
                 report.fetched += 1;
@@ -363,8 +324,16 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
             Outcome::Failed(why) => report.failed.push(format!("{lp}: {why}")),
         }
     }
+}
 
-    // 4. The catalog of what is here.
+/// The products to publish: each source's complete images whose files are here, the first
+/// source winning a product id.
+fn assemble(
+    plans: &[(Source, Vec<PlannedProduct>)],
+    item_paths: &ItemPaths,
+    outcomes: &BTreeMap<String, Outcome>,
+    report: &mut PullReport,
+) -> BTreeMap<String, Value> {
     let local = |product: &str, version: &str, key: &str| {
         item_paths
             .get(&(product.to_owned(), version.to_owned(), key.to_owned()))
@@ -373,7 +342,7 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
     };
     let mut seen = HashMap::new();
     let mut products: BTreeMap<String, Value> = BTreeMap::new();
-    for (source, planned) in &plans {
+    for (source, planned) in plans {
         let out = catalog::assemble(
             planned,
             source.filters.keep,
@@ -394,21 +363,22 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
         }
     }
     report.products = products.len();
-    let updated = req.clock.updated();
-    let products_doc = catalog::products_file(&products, &updated);
-    let images_path = crate::config::DEFAULT_IMAGES_PATH;
-    let index = catalog::index(&products, images_path, &updated);
+    products
+}
 
-    // What the tree keeps: what the catalog lists, plus verified files of wanted versions whose
-    // partners failed (so the next run need not fetch them again).
-    let listed: BTreeSet<String> = catalog::referenced_paths(&products_doc)
-        .into_iter()
-        .collect();
+/// What the tree keeps: what the catalog lists, plus verified files of wanted versions whose
+/// partners failed (so the next run need not fetch them again).
+fn kept_files(
+    target: &Path,
+    jobs: &BTreeMap<String, Job>,
+    outcomes: &BTreeMap<String, Outcome>,
+    listed: &BTreeSet<String>,
+) -> State {
     let mut state = State {
         version: STATE_VERSION,
         files: BTreeMap::new(),
     };
-    for (lp, job) in &jobs {
+    for (lp, job) in jobs {
         let keep = listed.contains(lp) || (job.fetch && outcomes.get(lp).is_some_and(Outcome::ok));
         if !keep {
             continue;
@@ -424,29 +394,14 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
             );
         }
     }
-    // Until the prune is done, the state also owns the old files, so a crash loses nothing.
-    let mut interim = State {
-        version: STATE_VERSION,
-        files: old_state.files.clone(),
-    };
-    interim.files.extend(state.files.clone());
-    interim.save(target)?;
+    state
+}
 
-    {
-        let _lock = crate::tree::lock::lock_tree(target)?;
-        crate::catalog::publish::write_with_gz(
-            &crate::catalog::publish::products_path(target, images_path),
-            &crate::catalog::publish::to_json(&products_doc),
-        )?;
-        crate::catalog::publish::write_with_gz(
-            &crate::catalog::publish::index_path(target),
-            &crate::catalog::publish::to_json(&index),
-        )?;
-    }
-
-    // 5. Only now: remove what the new catalog no longer lists.
-    for lp in old_state.files.keys() {
-        if state.files.contains_key(lp) {
+/// Removes the files of the old state that the new one does not keep, and the folders they
+/// leave empty.
+fn remove_unlisted(target: &Path, old: &State, new: &State, report: &mut PullReport) {
+    for lp in old.files.keys() {
+        if new.files.contains_key(lp) {
             continue;
         }
         let path = target.join(lp);
@@ -461,8 +416,6 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
                 .push(format!("cannot remove {}: {e}", path.display())),
         }
     }
-    state.save(target)?;
-    Ok(report)
 }
 
 /// Runs [`pull`] now and then every `every`, on a thread of its own, logging each outcome
@@ -512,87 +465,4 @@ fn remove_empty_parents(root: &Path, file: &Path) {
         }
         dir = d.parent();
     }
-}
-
-async fn run_jobs(
-    client: &reqwest::Client,
-    req: &PullRequest,
-    jobs: &BTreeMap<String, Job>,
-    state: &State,
-) -> BTreeMap<String, Outcome> {
-    let draw = req.progress && std::io::stderr().is_terminal();
-    let multi = MultiProgress::new();
-    let total: u64 = jobs.values().filter(|j| j.fetch).map(|j| j.want.size).sum();
-    let overall = if draw {
-        multi.add(ProgressBar::new(total).with_style(bar_style(
-            "{prefix:>8} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )))
-    } else {
-        ProgressBar::hidden()
-    };
-    overall.set_prefix("total");
-    let permits = Arc::new(tokio::sync::Semaphore::new(req.jobs.max(1)));
-    let mut set = tokio::task::JoinSet::new();
-    for (lp, job) in jobs {
-        let (lp, url, want, fetch) = (lp.clone(), job.url.clone(), job.want.clone(), job.fetch);
-        let dest = req.target.join(&lp);
-        let record = state.files.get(&lp).cloned();
-        let (client, permits, overall) = (client.clone(), permits.clone(), overall.clone());
-        let bar = if draw {
-            let bar = ProgressBar::new(want.size).with_style(bar_style(
-                "{prefix:>8} [{wide_bar}] {bytes}/{total_bytes} {msg}",
-            ));
-            bar.set_message(lp.rsplit('/').next().unwrap_or_default().to_owned());
-            Some(bar)
-        } else {
-            None
-        };
-        let multi = multi.clone();
-        set.spawn(async move {
-            let Ok(_permit) = permits.acquire_owned().await else {
-                return (lp, Outcome::Failed("cancelled".into()));
-            };
-            let bar = match bar {
-                Some(b) => multi.add(b),
-                None => ProgressBar::hidden(),
-            };
-            let checked = {
-                let (dest, want, bar) = (dest.clone(), want.clone(), bar.clone());
-                bar.set_prefix("checking");
-                tokio::task::spawn_blocking(move || {
-                    check_local(&dest, &want, record.as_ref(), fetch, &bar)
-                })
-                .await
-                .ok()
-                .flatten()
-            };
-            let outcome = match checked {
-                Some(o) => {
-                    if fetch {
-                        overall.inc(want.size);
-                    }
-                    o
-                }
-                None if !fetch => Outcome::Absent,
-                None => {
-                    bar.set_prefix("fetching");
-                    match download::fetch_file(&client, &url, &dest, &want, &bar, &overall).await {
-                        Ok(n) => Outcome::Fetched(n),
-                        Err(e) => Outcome::Failed(e.to_string()),
-                    }
-                }
-            };
-            bar.finish_and_clear();
-            multi.remove(&bar);
-            (lp, outcome)
-        });
-    }
-    let mut out = BTreeMap::new();
-    while let Some(joined) = set.join_next().await {
-        if let Ok((lp, outcome)) = joined {
-            out.insert(lp, outcome);
-        }
-    }
-    overall.finish_and_clear();
-    out
 }
