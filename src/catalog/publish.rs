@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use crate::catalog::manifest::{BuildOptions, HttpSettings};
 use crate::catalog::products::{Entry, LoadError, LoadOptions, Manifests, Tree};
+use crate::config::ProductSpec;
 use crate::format::{
-    Family, Ftype, ImageType, Index, IndexEntry, Product, ProductsFile, Version, VersionName,
-    canonical_arch,
+    Family, Ftype, ImageType, Index, IndexEntry, Manifest, Product, ProductsFile, Version,
+    VersionName, canonical_arch,
 };
 use crate::tree::lock;
 
@@ -144,88 +145,110 @@ pub fn build_catalog(
     settings: &CatalogSettings,
     warnings: &mut Vec<String>,
 ) -> Result<(ProductsFile, Index), CatalogError> {
-    let mut problems = Vec::new();
-    let mut products: BTreeMap<String, Product> = BTreeMap::new();
-    let mut origin_of: HashMap<String, String> = HashMap::new();
-    // (family, fingerprint) → (product, version)
-    let mut seen: HashMap<(Family, String), (String, VersionName)> = HashMap::new();
-    // (alias, canonical arch, type) → product
-    let mut alias_owner: HashMap<(String, &'static str, ImageType), String> = HashMap::new();
+    let mut catalog = Catalog {
+        warnings,
+        problems: Vec::new(),
+        products: BTreeMap::new(),
+        origin_of: HashMap::new(),
+        seen: HashMap::new(),
+        alias_owner: HashMap::new(),
+    };
+    for entry in entries.iter().filter(|e| !e.spec.hidden) {
+        catalog.add(entry);
+    }
+    catalog.finish(settings)
+}
 
-    for Entry { spec, manifest } in entries.iter().filter(|e| !e.spec.hidden) {
-        origin_of.insert(spec.name.clone(), spec.origin.to_string());
-        let props = &manifest.properties;
-        let release = pick(spec.release.as_ref(), props, "release").unwrap_or_default();
-        let mut product = Product {
-            aliases: spec.aliases.join(","),
-            arch: spec.arch.clone(),
-            lxd_requirements: spec.requirements.clone(),
-            os: pick(spec.os.as_ref(), props, "os").unwrap_or_default(),
-            release_title: spec
-                .release_title
-                .clone()
-                .unwrap_or_else(|| release.clone()),
-            release,
-            release_codename: spec.release_codename.clone(),
-            requirements: spec.requirements.clone(),
-            support_eol: manifest.expiry.clone(),
-            variant: pick(spec.variant.as_ref(), props, "variant"),
-            version: spec.version.clone(),
-            versions: BTreeMap::new(),
-        };
+/// The catalog being built, with what the invariants need to remember across products.
+struct Catalog<'w> {
+    warnings: &'w mut Vec<String>,
+    problems: Vec<String>,
+    products: BTreeMap<String, Product>,
+    /// Product → where it was declared.
+    origin_of: HashMap<String, String>,
+    /// (family, fingerprint) → (product, version) that publishes it.
+    seen: HashMap<(Family, String), (String, VersionName)>,
+    /// (alias, canonical arch, type) → product that declares it.
+    alias_owner: HashMap<(String, &'static str, ImageType), String>,
+}
 
+impl Catalog<'_> {
+    fn add(&mut self, Entry { spec, manifest }: &Entry) {
+        self.origin_of
+            .insert(spec.name.clone(), spec.origin.to_string());
+        let mut product = product_of(spec, manifest);
         for (vname, version) in &manifest.versions {
-            let mut version = version.clone();
-            bridge_families(&mut version);
-            let mut dropped = false;
-            for family in Family::ALL {
-                for (fp, _, key, kind) in images_of(&version, family) {
-                    match seen.get(&(family, fp.clone())) {
-                        None => {
-                            seen.insert((family, fp), (spec.name.clone(), vname.clone()));
-                        }
-                        Some((p, v)) if *p == spec.name => {
-                            // A byte-identical rebuild: both would be unreachable ("more than
-                            // one match"), so the earlier version keeps the fingerprint.
-                            match kind {
-                                Some(kind) => {
-                                    for item in version.items.values_mut() {
-                                        if item.combined_for(kind) == Some(fp.as_str()) {
-                                            item.set_combined(kind, None);
-                                        }
+            if let Some(version) = self.version(spec, vname, version) {
+                product.versions.insert(vname.clone(), version);
+            }
+        }
+        self.claim_aliases(spec, &product);
+        if self.products.insert(spec.name.clone(), product).is_some() {
+            self.problems.push(format!(
+                "{}: duplicate product `{}`",
+                spec.origin, spec.name
+            ));
+        }
+    }
+
+    /// A version as published: both families, and without the images whose fingerprint an
+    /// earlier version of the same product has (`None` when nothing is left of it).
+    fn version(
+        &mut self,
+        spec: &ProductSpec,
+        vname: &VersionName,
+        version: &Version,
+    ) -> Option<Version> {
+        let mut version = version.clone();
+        bridge_families(&mut version);
+        let mut dropped = false;
+        for family in Family::ALL {
+            for (fp, _, key, kind) in images_of(&version, family) {
+                match self.seen.get(&(family, fp.clone())) {
+                    None => {
+                        self.seen
+                            .insert((family, fp), (spec.name.clone(), vname.clone()));
+                    }
+                    Some((p, v)) if *p == spec.name => {
+                        // A byte-identical rebuild: both would be unreachable ("more than
+                        // one match"), so the earlier version keeps the fingerprint.
+                        match kind {
+                            Some(kind) => {
+                                for item in version.items.values_mut() {
+                                    if item.combined_for(kind) == Some(fp.as_str()) {
+                                        item.set_combined(kind, None);
                                     }
                                 }
-                                None => {
-                                    version.items.remove(&key);
-                                }
                             }
-                            if !dropped {
-                                warnings.push(format!(
-                                    "product `{}` version {vname}: skipped an image byte-identical to version {v} (fingerprint {})",
-                                    spec.name,
-                                    &fp[..fp.len().min(12)]
-                                ));
-                                dropped = true;
+                            None => {
+                                version.items.remove(&key);
                             }
                         }
-                        Some((p, v)) => problems.push(format!(
-                            "{}: product `{}` version {vname} publishes fingerprint {fp}, already published by product `{p}` version {v}: clients could reach neither",
-                            spec.origin, spec.name
-                        )),
+                        if !dropped {
+                            self.warnings.push(format!(
+                                "product `{}` version {vname}: skipped an image byte-identical to version {v} (fingerprint {})",
+                                spec.name,
+                                &fp[..fp.len().min(12)]
+                            ));
+                            dropped = true;
+                        }
                     }
+                    Some((p, v)) => self.problems.push(format!(
+                        "{}: product `{}` version {vname} publishes fingerprint {fp}, already published by product `{p}` version {v}: clients could reach neither",
+                        spec.origin, spec.name
+                    )),
                 }
             }
-            let left = Family::ALL
-                .iter()
-                .map(|&f| images_of(&version, f).len())
-                .sum::<usize>();
-            if left == 0 && dropped {
-                continue;
-            }
-            product.versions.insert(vname.clone(), version);
         }
+        let left = Family::ALL
+            .iter()
+            .map(|&f| images_of(&version, f).len())
+            .sum::<usize>();
+        (left > 0 || !dropped).then_some(version)
+    }
 
-        // Aliases: clean, and owned by one product per (arch, image type).
+    /// Aliases: clean, and owned by one product per (arch, image type).
+    fn claim_aliases(&mut self, spec: &ProductSpec, product: &Product) {
         let types: BTreeSet<ImageType> = product
             .versions
             .values()
@@ -235,7 +258,7 @@ pub fn build_catalog(
         let arch = canonical_arch(&spec.arch).unwrap_or("unknown");
         for alias in &spec.aliases {
             if let Err(why) = crate::config::check_alias(alias) {
-                problems.push(format!(
+                self.problems.push(format!(
                     "{}: product `{}`: alias `{alias}` {why}",
                     spec.origin, spec.name
                 ));
@@ -243,48 +266,71 @@ pub fn build_catalog(
             }
             for &t in &types {
                 let key = (alias.clone(), arch, t);
-                if let Some(other) = alias_owner.get(&key) {
-                    problems.push(format!(
+                if let Some(other) = self.alias_owner.get(&key) {
+                    self.problems.push(format!(
                         "{}: product `{}` declares alias `{alias}` ({arch}, {t}), already declared by product `{other}` ({}): clients would pick by variant name, not by date",
-                        spec.origin, spec.name, origin_of.get(other).map(String::as_str).unwrap_or("?")
+                        spec.origin, spec.name, self.origin_of.get(other).map(String::as_str).unwrap_or("?")
                     ));
                 } else {
-                    alias_owner.insert(key, spec.name.clone());
+                    self.alias_owner.insert(key, spec.name.clone());
                 }
             }
         }
-        if products.insert(spec.name.clone(), product).is_some() {
-            problems.push(format!(
-                "{}: duplicate product `{}`",
-                spec.origin, spec.name
-            ));
+    }
+
+    /// The products file and the index, or every problem found.
+    fn finish(self, settings: &CatalogSettings) -> Result<(ProductsFile, Index), CatalogError> {
+        if !self.problems.is_empty() {
+            return Err(CatalogError {
+                problems: self.problems,
+            });
         }
+        let products_file = ProductsFile {
+            content_id: CONTENT_ID.into(),
+            datatype: settings.datatype.clone(),
+            format: settings.format.clone(),
+            products: self.products,
+            updated: Some(settings.updated.clone()),
+        };
+        let index = Index {
+            format: "index:1.0".into(),
+            index: BTreeMap::from([(
+                CONTENT_ID.to_owned(),
+                IndexEntry {
+                    datatype: settings.datatype.clone(),
+                    format: settings.format.clone(),
+                    path: crate::tree::names::products_rel(&settings.images_path),
+                    products: products_file.products.keys().cloned().collect(),
+                    updated: Some(settings.updated.clone()),
+                },
+            )]),
+            updated: Some(settings.updated.clone()),
+        };
+        Ok((products_file, index))
     }
-    if !problems.is_empty() {
-        return Err(CatalogError { problems });
+}
+
+/// The product's fields: its declaration first, then what its newest metadata says.
+fn product_of(spec: &ProductSpec, manifest: &Manifest) -> Product {
+    let props = &manifest.properties;
+    let release = pick(spec.release.as_ref(), props, "release").unwrap_or_default();
+    Product {
+        aliases: spec.aliases.join(","),
+        arch: spec.arch.clone(),
+        lxd_requirements: spec.requirements.clone(),
+        os: pick(spec.os.as_ref(), props, "os").unwrap_or_default(),
+        release_title: spec
+            .release_title
+            .clone()
+            .unwrap_or_else(|| release.clone()),
+        release,
+        release_codename: spec.release_codename.clone(),
+        requirements: spec.requirements.clone(),
+        support_eol: manifest.expiry.clone(),
+        variant: pick(spec.variant.as_ref(), props, "variant"),
+        version: spec.version.clone(),
+        versions: BTreeMap::new(),
     }
-    let products_file = ProductsFile {
-        content_id: CONTENT_ID.into(),
-        datatype: settings.datatype.clone(),
-        format: settings.format.clone(),
-        products,
-        updated: Some(settings.updated.clone()),
-    };
-    let index = Index {
-        format: "index:1.0".into(),
-        index: BTreeMap::from([(
-            CONTENT_ID.to_owned(),
-            IndexEntry {
-                datatype: settings.datatype.clone(),
-                format: settings.format.clone(),
-                path: format!("{}/images.json", settings.images_path.trim_matches('/')),
-                products: products_file.products.keys().cloned().collect(),
-                updated: Some(settings.updated.clone()),
-            },
-        )]),
-        updated: Some(settings.updated.clone()),
-    };
-    Ok((products_file, index))
 }
 
 /// Compact JSON with one trailing newline.
