@@ -124,14 +124,16 @@ where
     let (tx, rx) = mpsc::channel(QUEUE);
     let worker = tokio::task::spawn_blocking(move || writer(BodyChunks(rx)));
     let mut total = 0u64;
-    // On every early return below, `tx` is dropped without `End`: the writer discards the file.
+    // On a refusal below, `tx` is dropped without `End`: the writer discards the file.
+    let mut refused = None;
     loop {
         let chunk = match body.next().await {
             Some(Ok(chunk)) => Chunk::Data(chunk),
             Some(Err(e)) => {
-                return Err(RequestError::Interrupted {
+                refused = Some(RequestError::Interrupted {
                     reason: e.to_string(),
                 });
+                break;
             }
             None => Chunk::End,
         };
@@ -139,7 +141,8 @@ where
         if let Chunk::Data(d) = &chunk {
             total += d.len() as u64;
             if total > limit {
-                return Err(RequestError::TooLarge { limit });
+                refused = Some(RequestError::TooLarge { limit });
+                break;
             }
         }
         if tx.send(chunk).await.is_err() || end {
@@ -148,7 +151,13 @@ where
         }
     }
     drop(tx);
-    worker.await.map_err(|e| RequestError::Io {
+    // The writer is waited for even after a refusal: the caller cleans up after it (a staging
+    // folder, a temp file), which must not race with the writer still creating its file.
+    let written = worker.await;
+    if let Some(e) = refused {
+        return Err(e);
+    }
+    written.map_err(|e| RequestError::Io {
         path: shown.to_owned(),
         source: std::io::Error::other(e.to_string()),
     })?
