@@ -4,15 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::catalog::products::Tree;
-use crate::catalog::publish::index_path;
-use crate::format::{Family, Ftype, ImageType, Index, ProductsFile};
+pub use crate::catalog::published::{CatalogCache, load_catalog};
+use crate::format::{Family, Ftype, ImageType, ProductsFile};
 use crate::hash::{HashError, Sha256State, sha256_state, sha256_with_prefixes};
-use crate::tree::{FileSig, TreeError, scan_product};
+use crate::tree::{TreeError, scan_product};
 
 /// The catalog cannot be read at all.
 #[derive(Debug, thiserror::Error)]
@@ -145,102 +144,6 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Everything wrong.
     pub problems: Vec<Problem>,
-}
-
-/// Reads the published catalog of `target`.
-pub fn load_catalog(target: &Path) -> Result<(Index, ProductsFile, PathBuf), InventoryError> {
-    load_signed(target).map(|c| (c.index, c.products, c.products_path))
-}
-
-/// A catalog as read, with the signatures of the two files its bytes came from.
-struct SignedCatalog {
-    index: Index,
-    index_sig: FileSig,
-    products: ProductsFile,
-    products_path: PathBuf,
-    products_sig: FileSig,
-}
-
-fn load_signed(target: &Path) -> Result<SignedCatalog, InventoryError> {
-    // Each file's signature is taken from the descriptor its bytes are read from, so it is the
-    // signature of exactly those bytes even if the file is replaced meanwhile.
-    let read = |path: &Path| -> Result<(Vec<u8>, FileSig), InventoryError> {
-        let failed = |e: std::io::Error| InventoryError::Catalog {
-            path: path.to_owned(),
-            reason: e.kind().to_string(),
-        };
-        let mut file = std::fs::File::open(path).map_err(failed)?;
-        let sig = FileSig::of(&file.metadata().map_err(failed)?);
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(failed)?;
-        Ok((bytes, sig))
-    };
-    let ipath = index_path(target);
-    let (bytes, index_sig) = read(&ipath)?;
-    let index: Index = serde_json::from_slice(&bytes).map_err(|e| InventoryError::Catalog {
-        path: ipath.clone(),
-        reason: e.to_string(),
-    })?;
-    let entry = index
-        .index
-        .values()
-        .find(|e| e.datatype == crate::config::DEFAULT_DATATYPE)
-        .ok_or_else(|| InventoryError::Catalog {
-            path: ipath.clone(),
-            reason: "no image-downloads entry".into(),
-        })?;
-    let products_path = target.join(&entry.path);
-    let (bytes, products_sig) = read(&products_path)?;
-    let products: ProductsFile =
-        serde_json::from_slice(&bytes).map_err(|e| InventoryError::Catalog {
-            path: products_path.clone(),
-            reason: e.to_string(),
-        })?;
-    Ok(SignedCatalog {
-        index,
-        index_sig,
-        products,
-        products_path,
-        products_sig,
-    })
-}
-
-/// The published catalog of one tree, parsed again only when one of its files changes. The
-/// catalog is written whole (temp file, rename), so a new catalog is a new inode; an edit in
-/// place changes the size or the times. For servers, which read it on requests.
-#[derive(Default)]
-pub struct CatalogCache {
-    last: std::sync::Mutex<Option<Arc<CachedCatalog>>>,
-}
-
-struct CachedCatalog {
-    index_sig: FileSig,
-    products_path: PathBuf,
-    products_sig: FileSig,
-    products: Arc<ProductsFile>,
-}
-
-impl CatalogCache {
-    /// The products file of `target`'s catalog (the same tree on every call).
-    pub fn products(&self, target: &Path) -> Result<Arc<ProductsFile>, InventoryError> {
-        let sig = |path: &Path| std::fs::metadata(path).ok().map(|m| FileSig::of(&m));
-        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(c) = last
-            && sig(&index_path(target)) == Some(c.index_sig)
-            && sig(&c.products_path) == Some(c.products_sig)
-        {
-            return Ok(Arc::clone(&c.products));
-        }
-        let fresh = load_signed(target)?;
-        let products = Arc::new(fresh.products);
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(CachedCatalog {
-            index_sig: fresh.index_sig,
-            products_path: fresh.products_path,
-            products_sig: fresh.products_sig,
-            products: Arc::clone(&products),
-        }));
-        Ok(products)
-    }
 }
 
 /// `base` joined with a catalog path, `..` resolved lexically.
@@ -551,6 +454,7 @@ pub fn list(products: &ProductsFile) -> Vec<ListRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn write_catalog(root: &Path, product: &str) {
         let products = serde_json::json!({
