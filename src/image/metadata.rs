@@ -91,7 +91,7 @@ pub fn open_tarball<'a>(
         Compression::Gzip => (Box::new(flate2::read::MultiGzDecoder::new(buf)), "gzip"),
         Compression::Zstd => (
             Box::new(
-                ruzstd::decoding::StreamingDecoder::new(buf)
+                zstd::stream::read::Decoder::with_buffer(buf)
                     .map_err(|e| fail(format!("corrupt zstd data: {e}")))?,
             ),
             "zstd",
@@ -255,15 +255,7 @@ mod tests {
             std::io::Write::write_all(&mut e, &plain).unwrap();
             e.finish().unwrap()
         };
-        let zst = {
-            let mut out = Vec::new();
-            ruzstd::encoding::compress(
-                &plain[..],
-                &mut out,
-                ruzstd::encoding::CompressionLevel::Fastest,
-            );
-            out
-        };
+        let zst = zstd::encode_all(&plain[..], 1).unwrap();
         for bytes in [xz, plain, gz, zst] {
             let m = read_metadata(&bytes[..], Path::new("m")).unwrap();
             assert_eq!(m.architecture, "x86_64");
