@@ -264,7 +264,7 @@ struct RawManifest {
 /// Parses ssb.json bytes; `source` names them in messages.
 pub fn parse(bytes: &[u8], source: &str, warnings: &mut Vec<String>) -> Result<Manifest, String> {
     let raw: RawManifest = serde_json::from_slice(bytes)
-        .map_err(|e| format!("{source}: not a valid ssb.json: {e}"))?;
+        .map_err(|e| format!("{source}: not a valid {MANIFEST_FILE}: {e}"))?;
     let mut versions = BTreeMap::new();
     for (name, v) in raw.versions {
         match VersionName::parse(&name) {

@@ -18,8 +18,9 @@ pub fn serve(s: Serve) -> Result<()> {
     let root = &s.options.root;
     if s.options.index.is_none() && !index_path(root).is_file() {
         tracing::warn!(
-            "{} has no streams/v1/index.json yet: run `simplestreams-builder publish -t {}` first, or serve with --index",
+            "{} has no {} yet: run `simplestreams-builder publish -t {}` first, or serve with --index",
             root.display(),
+            simplestreams_builder::tree::names::index_rel(),
             root.display()
         );
     }

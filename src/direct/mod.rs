@@ -32,7 +32,8 @@ pub const PUBLISHED_NAME: &str = FileRole::Unified(Family::Incus).file_name();
 pub enum DirectError {
     /// No product has the alias.
     #[error(
-        "no image has the alias `{alias}` on this server (aliases are listed in streams/v1/images.json)"
+        "no image has the alias `{alias}` on this server (aliases are listed in {})",
+        crate::tree::names::products_rel(crate::config::DEFAULT_IMAGES_PATH)
     )]
     UnknownAlias {
         /// The alias asked for.

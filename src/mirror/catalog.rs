@@ -119,7 +119,7 @@ pub fn index(products: &BTreeMap<String, Value>, images_path: &str, updated: &st
             IndexEntry {
                 datatype: crate::config::DEFAULT_DATATYPE.into(),
                 format: crate::config::DEFAULT_FORMAT.into(),
-                path: format!("{}/images.json", images_path.trim_matches('/')),
+                path: crate::tree::names::products_rel(images_path),
                 products: products.keys().cloned().collect(),
                 updated: Some(updated.to_owned()),
             },

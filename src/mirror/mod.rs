@@ -102,7 +102,7 @@ pub enum MirrorError {
         reason: String,
     },
     /// The target holds a catalog that a pull did not write.
-    #[error("{} holds a catalog that `mirror pull` did not write (no .ssb/mirror.json); refusing to replace it: mirror into an empty or mirror-only folder", path.display())]
+    #[error("{} holds a catalog that `mirror pull` did not write (no {}); refusing to replace it: mirror into an empty or mirror-only folder", path.display(), state_path(Path::new("")).display())]
     NotAMirror {
         /// The target.
         path: PathBuf,

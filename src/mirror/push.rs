@@ -23,7 +23,7 @@ pub struct PushReport {
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
     /// The source is not a published tree.
-    #[error("{} has no streams/v1/index.json: publish or pull into it first", path.display())]
+    #[error("{} has no {}: publish or pull into it first", path.display(), crate::tree::names::index_rel())]
     NoCatalog {
         /// The source.
         path: PathBuf,
@@ -202,11 +202,13 @@ pub fn rsync_commands(source: &Path, dest: &str) -> Vec<Vec<String>> {
         v.push(dst.clone());
         v
     };
+    let index = crate::tree::names::index_rel();
+    let gz = crate::tree::names::GZ_SUFFIX;
     vec![
-        run(&["--exclude=/streams/"]),
+        run(&[&format!("--exclude=/{}/", crate::tree::names::STREAMS_TOP)]),
         run(&[
-            "--exclude=/streams/v1/index.json",
-            "--exclude=/streams/v1/index.json.gz",
+            &format!("--exclude=/{index}"),
+            &format!("--exclude=/{index}{gz}"),
         ]),
         run(&["--delete-after"]),
     ]

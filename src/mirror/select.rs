@@ -318,7 +318,12 @@ pub fn local_path(path: &str) -> Result<String, &'static str> {
             return Err("has a hidden segment");
         }
     }
-    if path == "streams" || path.starts_with("streams/") {
+    let top = crate::tree::names::STREAMS_TOP;
+    if path == top
+        || path
+            .strip_prefix(top)
+            .is_some_and(|rest| rest.starts_with('/'))
+    {
         return Err("is inside streams/, where the catalog lives");
     }
     Ok(path.to_owned())

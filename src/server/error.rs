@@ -115,7 +115,8 @@ pub(crate) enum RequestError {
     ImportNeedsLayout,
 
     #[error(
-        "an import takes one unified tarball, or a metadata tarball and its rootfs (squashfs, root.tar.xz or qcow2), as file parts; got {got}"
+        "an import takes one unified tarball, or a metadata tarball and its rootfs (squashfs, {} or qcow2), as file parts; got {got}",
+        crate::format::RootfsKind::RootTarXz.ftype_str()
     )]
     ImportFileCount { got: String },
 

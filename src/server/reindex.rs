@@ -298,7 +298,10 @@ fn is_relevant(root: &Path, config: Option<&Path>, path: &Path) -> bool {
         return false;
     };
     let mut parts = rel.components().peekable();
-    if parts.peek().is_some_and(|c| c.as_os_str() == "streams") {
+    if parts
+        .peek()
+        .is_some_and(|c| c.as_os_str() == crate::tree::names::STREAMS_TOP)
+    {
         return false;
     }
     for c in rel.components() {

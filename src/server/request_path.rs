@@ -57,7 +57,9 @@ impl RequestPath {
 
     /// True for the catalog files under `streams/`, which change on every publish.
     pub(crate) fn is_catalog_json(&self) -> bool {
-        self.segments.first().is_some_and(|s| s == "streams")
+        self.segments
+            .first()
+            .is_some_and(|s| s == crate::tree::names::STREAMS_TOP)
             && self
                 .file_name()
                 .is_some_and(|n| n.ends_with(".json") || n.ends_with(".json.gz"))

@@ -161,11 +161,14 @@ pub const LAYOUT_ROOT: &str = "images";
 /// file (`images_path:`).
 pub const STREAMS_DIR: &str = "streams/v1";
 
+/// The top folder of [`STREAMS_DIR`], which only the catalog uses.
+pub const STREAMS_TOP: &str = "streams";
+
 /// The index, in [`STREAMS_DIR`].
 const INDEX_FILE: &str = "index.json";
 
 /// The products file, in the `images_path` folder.
-const PRODUCTS_FILE: &str = "images.json";
+pub const PRODUCTS_FILE: &str = "images.json";
 
 /// The suffix of a catalog file's gzip twin.
 pub const GZ_SUFFIX: &str = ".gz";
@@ -371,8 +374,10 @@ mod tests {
                     if line.starts_with("//") {
                         continue;
                     }
-                    for name in &names {
-                        if line.contains(&format!("\"{name}")) {
+                    // The text between quotes: string literals, messages included.
+                    let literals = line.split('"').skip(1).step_by(2);
+                    for literal in literals {
+                        for name in names.iter().filter(|n| literal.contains(n.as_str())) {
                             found.push(format!("src/{rel}:{}: {name}", n + 1));
                         }
                     }

@@ -123,9 +123,12 @@ impl Resolver<'_> {
             .source_dir
             .clone()
             .or_else(|| self.cli.target_dir.clone())
-            .context(
-                "missing -t/--target-dir or --stdout (and -s/--source-dir to read ssb.json files from)",
-            )?;
+            .with_context(|| {
+                format!(
+                    "missing -t/--target-dir or --stdout (and -s/--source-dir to read {} files from)",
+                    manifest::MANIFEST_FILE
+                )
+            })?;
         Ok(Catalog {
             part,
             tree: self.tree(&source)?,

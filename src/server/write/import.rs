@@ -166,8 +166,10 @@ pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, 
             )),
             Ok(Err(_)) => Err("the server is shutting down before the re-index".to_owned()),
             Err(_) => Err(format!(
-                "the re-index takes longer than {} s; poll /streams/v1/index.json and its images.json",
-                PUBLISH_WAIT.as_secs()
+                "the re-index takes longer than {} s; poll /{} and its {}",
+                PUBLISH_WAIT.as_secs(),
+                crate::tree::names::index_rel(),
+                crate::tree::names::PRODUCTS_FILE
             )),
         },
     };

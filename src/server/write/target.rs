@@ -125,10 +125,25 @@ pub(crate) fn upload_target(raw: &str, scope: &WriteScope) -> Result<WriteTarget
         .ok_or("a version folder is not a file: name the file to upload")?;
     if file != METADATA_JSON && classify(file).is_none() {
         return Err(format!(
-            "`{file}` is not an image file name (lxd.tar.xz, incus.tar.xz, rootfs.squashfs, root.tar.xz, disk.qcow2, ... or metadata.json)"
+            "`{file}` is not an image file name ({}, ... or {METADATA_JSON})",
+            known_names()
         ));
     }
     Ok(target)
+}
+
+/// The common image file names, for messages: `lxd.tar.xz, incus.tar.xz, rootfs.squashfs,
+/// root.tar.xz, disk.qcow2`.
+fn known_names() -> String {
+    use crate::format::{Family, RootfsKind};
+    [
+        FileRole::meta(Family::Lxd).file_name(),
+        FileRole::meta(Family::Incus).file_name(),
+        FileRole::Rootfs(RootfsKind::Squashfs).file_name(),
+        RootfsKind::RootTarXz.ftype_str(),
+        FileRole::Rootfs(RootfsKind::DiskKvm).file_name(),
+    ]
+    .join(", ")
 }
 
 /// Vets a delete target: a file of a version folder, a version folder, or a product's
@@ -198,10 +213,9 @@ fn parse(raw: &str, scope: &WriteScope) -> Result<WriteTarget, String> {
             }
         }
         _ => {
-            return Err(
-                "expected <product folder>/<YYYYMMDD_HH:MM>/<file> or <product folder>/metadata.json"
-                    .into(),
-            );
+            return Err(format!(
+                "expected <product folder>/<YYYYMMDD_HH:MM>/<file> or <product folder>/{METADATA_JSON}"
+            ));
         }
     };
     Ok(target)
