@@ -5,7 +5,7 @@
 //! `images/<os>/<release>/<arch>/<variant>/` layout ([`tree`]); their version folders are scanned
 //! ([`tree`]) and every file is hashed once per byte ([`hash`]) while the images describe
 //! themselves ([`image`]); that becomes one manifest per product, then one catalog checked
-//! against what real clients need ([`catalog`], in the [`format`] clients read), which the
+//! against what real clients need ([`catalog`], in the [`format`](mod@format) clients read), which the
 //! [`server`] serves. [`build`], [`import`], [`mirror`] and [`direct`] are the features that put
 //! images into a tree or hand them out.
 

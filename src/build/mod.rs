@@ -5,6 +5,9 @@
 //!
 //! The original ran two full builds per product, called `build-lxd` (gone in distrobuilder 3.1),
 //! published half-built folders and purged by a count while ignoring errors.
+//!
+//! Here: the steps of a build-product run; distrobuilder's stages (`stages`) run as process
+//! groups ([`runner`]); [`purge`] decides what old versions go.
 
 mod error;
 pub mod purge;

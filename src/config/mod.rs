@@ -2,6 +2,10 @@
 //! `release_codename`, `requirements` and `expiry`, loaded with file:line:column errors and
 //! validated into [`TreeConfig`]. Unknown keys are warnings, as a typo should not stop a
 //! nightly pipeline, but every rule the clients depend on is an error.
+//!
+//! The raw schema and the key inventory are in `schema`, the checks in `parse`, the `mirrors:`
+//! section in `mirrors`, support durations in [`expiry`]. [`Overrides`] replace the top-level
+//! keys (the `SSBUILDER_<KEY>` variables, resolved by the binary).
 
 pub mod expiry;
 mod mirrors;

@@ -111,7 +111,7 @@ impl HashCache {
     }
 }
 
-/// Digests of an image file computed outside [`hash_version`] (the server hashes an upload
+/// Digests of an image file computed outside [`super::hash_version`] (the server hashes an upload
 /// while it arrives), to be put in the product's cache so the next re-index does not read the
 /// file again.
 #[derive(Clone, Debug)]

@@ -5,7 +5,9 @@
 //! same bytes, and the hasher state after it is kept. A rootfs is then streamed once into its
 //! own hasher and into one clone of that state per metadata file it pairs with; the hashers run
 //! on their own threads so both cores work. Results are cached per product folder in
-//! `.ssb-cache.json`, keyed by file signature, so an unchanged tree reads no image bytes.
+//! `.ssb-cache.json`, keyed by file signature, so an unchanged tree reads no image bytes
+//! ([`HashCache`], in `cache`). Files moved by an import or an upload get their digests from the
+//! pass that moves them (`combined`), through the aligned blocks and direct writes of [`bulk`].
 
 pub mod bulk;
 mod cache;

@@ -16,7 +16,7 @@ pub fn check_aliases(aliases: &[String]) -> Result<(), ImportError> {
     Ok(())
 }
 
-/// After [`import`] placed an image in `version_dir` under `target`: gives its product the
+/// After [`super::import`] placed an image in `version_dir` under `target`: gives its product the
 /// `extra` aliases, through the product folder's metadata.json, keeping the aliases the layout
 /// gives it (an `aliases` there replaces them). The CLI and the server both end an import
 /// with this.

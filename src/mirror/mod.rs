@@ -3,12 +3,13 @@
 //! names a missing file.
 //!
 //! A pull reads the remote index and products files, selects products and versions
-//! ([`select`]), downloads every item of every wanted image with its partners ([`download`]),
-//! then writes a catalog listing exactly the complete images it holds ([`catalog`]), and only
+//! ([`select`]), checks or downloads every item of every wanted image with its partners
+//! (`jobs`, [`download`]), then writes a catalog listing exactly the complete images it holds
+//! ([`catalog`]), and only
 //! after that removes the files of versions no longer listed. Files are stored at their
 //! upstream relative paths, so item paths stay as upstream wrote them.
 //!
-//! What was verified is remembered in `<target>/.ssb/mirror.json` (path → sha256, size and file
+//! What was verified is remembered in `<target>/.ssb/mirror.json` (`state`: path → sha256, size and file
 //! signature): a file whose size, mtime, ctime and inode are unchanged since it was verified is
 //! skipped without reading it; any other file of the right size is re-hashed. That file also
 //! marks the tree as a mirror: pull refuses to replace a catalog it did not write.

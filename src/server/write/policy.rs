@@ -11,7 +11,7 @@ use crate::server::auth::WriteAuth;
 use crate::server::error::RequestError;
 use crate::server::reindex::Reindexer;
 
-/// The write settings of [`super::ServeOptions`].
+/// The write settings of [`crate::server::ServeOptions`].
 #[derive(Clone, Debug)]
 pub struct WriteOptions {
     /// Bearer token writes must carry.
