@@ -4,6 +4,10 @@
 //! inventory and mirroring (`import`, `import_e2e`, `inventory`, `mirror`), the deployment files
 //! (`deploy`), and the real clients end to end (`e2e`). `common` holds what they share.
 
+// The tests read their own switches (SSB_REQUIRE_REAL_CLIENTS, PATH, ...); the rule that only
+// cli::settings reads the environment is the binary's.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 mod build;
