@@ -15,8 +15,51 @@ fn main() -> ExitCode {
     match cli::settings::Settings::resolve(cli, &env).and_then(commands::run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_line(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line (`a: b: c`), leaving out a cause whose text the line
+/// already holds: many messages quote their cause (`cannot read x: No such file`), which
+/// anyhow's `{:#}` would print a second time.
+fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read tree.yml: {source}")]
+    struct Quoting {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_the_message_quotes_is_not_repeated() {
+        let err = anyhow::Error::new(Quoting {
+            source: std::io::Error::other("no such file"),
+        })
+        .context("loading the tree");
+        assert_eq!(
+            error_line(&err),
+            "loading the tree: cannot read tree.yml: no such file"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_line(&plain), "outer: inner");
     }
 }

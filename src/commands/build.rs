@@ -71,8 +71,5 @@ pub fn build_product(s: &Build) -> Result<()> {
             dir.display()
         );
     }
-    for dir in &report.purged {
-        info!("purged {}", dir.display());
-    }
     Ok(())
 }

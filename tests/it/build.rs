@@ -363,6 +363,12 @@ fn days_keeps_that_many_versions_on_disk_and_in_the_catalog() {
         stderr.contains("purged") && stderr.contains("20240101_00:00"),
         "{stderr}"
     );
+    // Said once: the purge logged it and the command said it again (Mottainai pipeline item 7).
+    let said = stderr
+        .lines()
+        .filter(|l| l.contains("purged") && l.contains("20240101_00:00"))
+        .count();
+    assert_eq!(said, 1, "{stderr}");
     assert_eq!(b.versions_on_disk(), ["20240102_00:00"]);
     assert_eq!(b.versions_in_catalog(), ["20240102_00:00"]);
     // Every path the catalog names exists.

@@ -13,6 +13,7 @@ mod common;
 mod build;
 mod build_e2e;
 mod cli;
+mod daemons;
 mod deploy;
 mod direct;
 mod e2e;

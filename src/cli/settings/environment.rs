@@ -15,7 +15,10 @@ pub struct Environment {
 
 impl Environment {
     /// The process environment (values that are not UTF-8 are taken lossily).
-    #[allow(clippy::disallowed_methods, reason = "the one place that reads the environment")]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the one place that reads the environment"
+    )]
     pub fn capture() -> Self {
         Self {
             vars: std::env::vars_os()

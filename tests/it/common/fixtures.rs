@@ -59,7 +59,7 @@ impl MetaSpec {
     }
 
     /// `metadata.yaml` as distrobuilder lays it out, with one template.
-    fn to_yaml(&self) -> String {
+    pub fn to_yaml(&self) -> String {
         // JSON strings are valid YAML scalars and quote everything that needs it.
         let q = |s: &str| serde_json::to_string(s).expect("a string serialises");
         let lines = [

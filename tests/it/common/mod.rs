@@ -3,9 +3,11 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod bootable;
 pub mod catalog;
 pub mod clients;
 pub mod command;
+pub mod daemon;
 pub mod fixtures;
 pub mod server;
 pub mod site;
