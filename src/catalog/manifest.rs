@@ -77,6 +77,15 @@ pub enum ManifestError {
         #[source]
         source: std::io::Error,
     },
+    /// The product's ssb.json does not exist (yet): a product declared but never built. The
+    /// original tool left such products out of the catalog, and pipelines rely on it.
+    #[error("product `{product}`: {where_} does not exist (the product has not been built yet)")]
+    NotBuilt {
+        /// The product.
+        product: String,
+        /// The URL that answered 404, or the missing file.
+        where_: String,
+    },
     /// A remote ssb.json cannot be fetched.
     #[error("product `{product}`: cannot fetch {url}: {reason}")]
     Fetch {
@@ -302,14 +311,22 @@ pub fn read(
     path: &Path,
     warnings: &mut Vec<String>,
 ) -> Result<Manifest, ManifestError> {
-    let bytes = std::fs::read(path).map_err(|e| ManifestError::Read {
-        product: product.to_owned(),
-        path: path.to_owned(),
-        reason: if e.kind() == std::io::ErrorKind::NotFound {
-            "not found (run build-versions-manifest or publish first)".into()
+    let bytes = std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ManifestError::NotBuilt {
+                product: product.to_owned(),
+                where_: format!(
+                    "{} (run build-versions-manifest or publish first)",
+                    path.display()
+                ),
+            }
         } else {
-            e.to_string()
-        },
+            ManifestError::Read {
+                product: product.to_owned(),
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }
+        }
     })?;
     let m = parse(&bytes, &path.display().to_string(), warnings).map_err(|reason| {
         ManifestError::Read {
@@ -490,6 +507,13 @@ async fn fetch_one(
                 Err(e) => last = format!("reading the body failed: {e}"),
             },
             Ok(resp) if resp.status().is_server_error() => last = format!("HTTP {}", resp.status()),
+            Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
+                let not_built = ManifestError::NotBuilt {
+                    product: product.to_owned(),
+                    where_: format!("{url} (HTTP 404)"),
+                };
+                return (Err(not_built), warnings);
+            }
             Ok(resp) => return (Err(fail(format!("HTTP {}", resp.status()))), warnings),
             Err(e) => last = crate::error_chain(&e),
         }

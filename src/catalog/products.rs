@@ -345,6 +345,9 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
                 }
                 entries.push(Entry { spec, manifest: m });
             }
+            Err(e @ ManifestError::NotBuilt { .. }) => {
+                warnings.push(format!("{e}; left out of the catalog"));
+            }
             Err(e) if opts.skip_unavailable => {
                 warnings.push(format!("{e}; left out (--skip-unavailable)"));
             }

@@ -233,10 +233,16 @@ impl Catalog<'_> {
                             dropped = true;
                         }
                     }
-                    Some((p, v)) => self.problems.push(format!(
-                        "{}: product `{}` version {vname} publishes fingerprint {fp}, already published by product `{p}` version {v}: clients could reach neither",
-                        spec.origin, spec.name
-                    )),
+                    Some((p, v)) => {
+                        let problem = format!(
+                            "{}: product `{}` version {vname} publishes fingerprint {fp}, already published by product `{p}` version {v}: clients could reach neither",
+                            spec.origin, spec.name
+                        );
+                        // Each family finds the same clash; say it once.
+                        if !self.problems.contains(&problem) {
+                            self.problems.push(problem);
+                        }
+                    }
                 }
             }
         }

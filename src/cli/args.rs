@@ -147,7 +147,8 @@ pub struct PublishArgs {
     #[arg(long)]
     pub md5: bool,
     /// Leave out products whose manifest cannot be loaded, with a warning, instead of failing
-    #[arg(long)]
+    /// (a product whose ssb.json does not exist yet is always left out, with a warning)
+    #[arg(long, env = "SSBUILDER_SKIP_UNAVAILABLE", value_parser = FalseyValueParser::new())]
     pub skip_unavailable: bool,
 }
 
@@ -212,7 +213,8 @@ pub struct CatalogArgs {
     #[arg(long)]
     pub stdout: bool,
     /// Leave out products whose manifest cannot be loaded, with a warning, instead of failing
-    #[arg(long)]
+    /// (a product whose ssb.json does not exist yet is always left out, with a warning)
+    #[arg(long, env = "SSBUILDER_SKIP_UNAVAILABLE", value_parser = FalseyValueParser::new())]
     pub skip_unavailable: bool,
 }
 

@@ -15,6 +15,10 @@ use crate::cli::settings::{After, Build};
 /// `build-product`.
 pub fn build_product(s: &Build) -> Result<()> {
     let product = s.tree.product(&s.product)?;
+    if let Some(tmp) = &s.tmpdir {
+        std::fs::create_dir_all(tmp)
+            .with_context(|| format!("cannot create TMPDIR {}", tmp.display()))?;
+    }
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&interrupted))

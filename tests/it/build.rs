@@ -24,6 +24,10 @@ if [ "${1:-}" = "--help" ]; then
   exit 0
 fi
 echo "$*" >> "$STUB_LOG"
+if [ -n "${TMPDIR:-}" ] && [ ! -d "$TMPDIR" ]; then
+  echo "Error: TMPDIR $TMPDIR does not exist" >&2
+  exit 4
+fi
 cmd=$1
 if [ "${STUB_FAIL_AT:-}" = "$cmd" ]; then
   echo "working on $cmd"
@@ -700,4 +704,15 @@ fn tree_yml_is_read_once_per_build_so_each_warning_shows_once() {
     let warnings = stderr.matches("unknown product key `colour`").count();
     assert_eq!(warnings, 1, "{stderr}");
     assert!(stderr.contains("published"), "{stderr}");
+}
+
+#[test]
+fn a_tmpdir_that_does_not_exist_is_created_for_the_builder() {
+    // Mottainai pipeline item 2: pipelines set TMPDIR=./tmp; the original ran mkdir -p $TMPDIR
+    // before distrobuilder, whose temp files fail otherwise.
+    let b = Bench::new("");
+    let tmp = b.path("work/tmp");
+    let out = b.cmd(DAY1).env("TMPDIR", &tmp).output().unwrap();
+    ok(&out);
+    assert!(tmp.is_dir(), "{} was not created", tmp.display());
 }

@@ -811,8 +811,39 @@ fn remote_manifests_are_fetched_once_and_the_token_stays_off_plain_http() {
 }
 
 #[test]
-fn a_remote_manifest_that_404s_fails_and_publishes_nothing() {
+fn a_remote_product_not_built_yet_is_left_out_with_a_warning() {
+    // Mottainai pipeline item 1: tree.yml declares a product whose namespace has no ssb.json
+    // yet (404). The index task removes streams/ first, so failing left no catalog at all; the
+    // original skipped the product.
     let srv = remote(vec![]);
+    let dir = remote_tree(&srv.url);
+    for step in ["build-index", "build-images-file"] {
+        let out = bin()
+            .current_dir(dir.path())
+            .args(["-t", ".", step])
+            .assert()
+            .success();
+        let stderr = stderr_of(&out);
+        assert!(
+            stderr.contains(&format!(
+                "product `far:1:amd64:default`: {}/ns/far/ssb.json (HTTP 404) does not exist (the product has not been built yet); left out of the catalog",
+                srv.url
+            )),
+            "{step}: {stderr}"
+        );
+    }
+    let index = read_json(&dir.path().join("streams/v1/index.json"));
+    assert_eq!(index["index"]["images"]["products"], serde_json::json!([]));
+    assert_eq!(
+        srv.requests.lock().unwrap().len(),
+        2,
+        "a 404 is not retried"
+    );
+}
+
+#[test]
+fn a_remote_manifest_that_fails_otherwise_fails_and_publishes_nothing() {
+    let srv = remote(vec![("/ns/far/ssb.json", 500, b"oops".to_vec())]);
     let dir = remote_tree(&srv.url);
     put(dir.path(), "streams/v1/images.json", b"{\"old\":true}\n");
     let out = bin()
@@ -823,7 +854,7 @@ fn a_remote_manifest_that_404s_fails_and_publishes_nothing() {
     let stderr = stderr_of(&out);
     assert!(
         stderr.contains(&format!(
-            "product `far:1:amd64:default`: cannot fetch {}/ns/far/ssb.json: HTTP 404",
+            "product `far:1:amd64:default`: cannot fetch {}/ns/far/ssb.json: HTTP 500",
             srv.url
         )),
         "{stderr}"
@@ -832,14 +863,17 @@ fn a_remote_manifest_that_404s_fails_and_publishes_nothing() {
         std::fs::read(dir.path().join("streams/v1/images.json")).unwrap(),
         b"{\"old\":true}\n"
     );
-    assert_eq!(
-        srv.requests.lock().unwrap().len(),
-        1,
-        "a 404 is not retried"
-    );
     let out = bin()
         .current_dir(dir.path())
         .args(["publish", "-t", ".", "--skip-unavailable"])
+        .assert()
+        .success();
+    assert!(stderr_of(&out).contains("left out (--skip-unavailable)"));
+    // The environment form, as pipelines set it.
+    let out = bin()
+        .current_dir(dir.path())
+        .env("SSBUILDER_SKIP_UNAVAILABLE", "1")
+        .args(["-t", ".", "build-index"])
         .assert()
         .success();
     assert!(stderr_of(&out).contains("left out (--skip-unavailable)"));
@@ -1043,5 +1077,50 @@ fn requirements_files_apply_to_every_product_below_them() {
     assert_eq!(
         product(&images, "alpine:1:amd64:default")["requirements"],
         serde_json::json!({"secureboot": "false"})
+    );
+}
+
+/// Mottainai pipeline item 7: messages that quote their cause printed it a second time.
+#[test]
+fn errors_say_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["-c", "missing.yml", "print"])
+        .assert()
+        .failure();
+    let stderr = stderr_of(&out);
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+
+    // The same image in two products: one problem, said once.
+    let root = dir.path();
+    let yml = "products:\n  - name: a:1:amd64:default\n    arch: amd64\n    directory: a\n  - name: b:1:amd64:default\n    arch: amd64\n    directory: b\n";
+    put(root, "tree.yml", yml.as_bytes());
+    let m = meta("Twin", "1", "x86_64", "same");
+    for product in ["a", "b"] {
+        put_image(
+            root,
+            &format!("{product}/20240105_03:00"),
+            "incus.tar.xz",
+            &m,
+            b"rootfs",
+        );
+    }
+    let out = bin()
+        .current_dir(root)
+        .args(["publish", "-t", "."])
+        .assert()
+        .failure();
+    let stderr = stderr_of(&out);
+    assert_eq!(
+        stderr
+            .matches("already published by product `a:1:amd64:default`")
+            .count(),
+        1,
+        "{stderr}"
     );
 }

@@ -90,6 +90,13 @@ impl Environment {
             .filter(|f| f.is_file())
     }
 
+    /// `TMPDIR`, when set: the builder's temp folder, created before a build.
+    pub(super) fn tmpdir(&self) -> Option<PathBuf> {
+        self.get("TMPDIR")
+            .filter(|v| !v.trim().is_empty())
+            .map(PathBuf::from)
+    }
+
     /// Where distrobuilder keeps its per-product caches: `CACHEDIR`, else `$TMPDIR/ssb-cache`.
     pub(super) fn cache_root(&self) -> PathBuf {
         match self.get("CACHEDIR") {

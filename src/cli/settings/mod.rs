@@ -103,6 +103,8 @@ pub struct Build {
     pub keep_failed: bool,
     pub after: After,
     pub cache_root: PathBuf,
+    /// `TMPDIR`: created before the build when it does not exist (as the original did).
+    pub tmpdir: Option<PathBuf>,
     pub shared: Shared,
 }
 

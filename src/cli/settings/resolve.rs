@@ -165,6 +165,7 @@ impl Resolver<'_> {
             keep_failed: args.keep_failed,
             after,
             cache_root: self.env.cache_root(),
+            tmpdir: self.env.tmpdir(),
             shared: self.shared(),
             tree,
         })
