@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::args::Cli::parse();
+    let cli = cli::args::Cli::parse_from(cli::args::subcommand_flags_after_name(
+        std::env::args_os().collect(),
+    ));
     let env = cli::settings::Environment::capture();
     cli::init_logging(cli.verbose, &env);
     match cli::settings::Settings::resolve(cli, &env).and_then(commands::run) {

@@ -3,11 +3,12 @@
 // The field docs are clap's `--help` text, where `<os>` is a placeholder, not HTML.
 #![allow(rustdoc::invalid_html_tags)]
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::builder::FalseyValueParser;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Build, publish and serve LXD and Incus image trees over simplestreams.
 ///
@@ -358,6 +359,78 @@ pub struct DemoArgs {
     pub listen: SocketAddr,
 }
 
+/// Moves a subcommand's flags given before its name to after it. The original tool (cobra)
+/// accepted `simplestreams-builder -s DIR build-images-file --stdout`, and task files use that
+/// order; clap reads a subcommand's flags only after its name. The root's own flags stay where
+/// they are; nothing after the subcommand's name moves.
+pub fn subcommand_flags_after_name(args: Vec<OsString>) -> Vec<OsString> {
+    let cli = Cli::command();
+    // Whether a flag takes a value, over the root and every subcommand (they agree on it).
+    let takes_value = |flag: &str| -> Option<bool> {
+        let matches = |a: &clap::Arg| {
+            flag.strip_prefix("--").map_or_else(
+                || {
+                    let mut chars = flag.chars().skip(1);
+                    chars.next().is_some_and(|c| a.get_short() == Some(c))
+                },
+                |long| a.get_long() == Some(long),
+            )
+        };
+        std::iter::once(&cli)
+            .chain(cli.get_subcommands())
+            .flat_map(|c| c.get_arguments())
+            .find(|a| matches(a))
+            .map(|a| a.get_action().takes_values())
+    };
+    let is_root_flag = |flag: &str| {
+        cli.get_arguments().any(|a| {
+            flag.strip_prefix("--").map_or_else(
+                || {
+                    flag.chars()
+                        .nth(1)
+                        .is_some_and(|c| a.get_short() == Some(c))
+                },
+                |long| a.get_long() == Some(long),
+            )
+        })
+    };
+    let mut early: Vec<usize> = Vec::new();
+    let mut i = 1;
+    while i < args.len() {
+        let token = args[i].to_string_lossy().into_owned();
+        if token == "--" || !token.starts_with('-') || token == "-" {
+            let is_subcommand = cli.find_subcommand(&token).is_some();
+            if !is_subcommand || early.is_empty() {
+                return args;
+            }
+            let mut out: Vec<OsString> = Vec::with_capacity(args.len());
+            out.extend(
+                (0..=i)
+                    .filter(|j| !early.contains(j))
+                    .map(|j| args[j].clone()),
+            );
+            out.extend(early.iter().map(|&j| args[j].clone()));
+            out.extend(args[i + 1..].iter().cloned());
+            return out;
+        }
+        let (flag, inline) = match token.split_once('=') {
+            Some((f, _)) => (f.to_owned(), true),
+            None if !token.starts_with("--") && token.len() > 2 => (token[..2].to_owned(), true),
+            None => (token.clone(), false),
+        };
+        let width = if !inline && takes_value(&flag) == Some(true) {
+            2
+        } else {
+            1
+        };
+        if !is_root_flag(&flag) {
+            early.extend(i..(i + width).min(args.len()));
+        }
+        i += width;
+    }
+    args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,6 +444,44 @@ mod tests {
         assert!(parse_size("10X").is_err());
         assert!(parse_size("G").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn subcommand_flags_before_the_name_move_after_it() {
+        let moved = |line: &str| {
+            let args: Vec<OsString> = line.split(' ').map(OsString::from).collect();
+            subcommand_flags_after_name(args)
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(
+            moved("ssb -s DIR build-images-file --stdout"),
+            "ssb build-images-file -s DIR --stdout"
+        );
+        assert_eq!(
+            moved("ssb -c tree.yml --source-dir=./images -t images build-index"),
+            "ssb -c tree.yml -t images build-index --source-dir=./images"
+        );
+        assert_eq!(
+            moved("ssb -c t.yml -t images -p P -s ./images build-versions-manifest -i x"),
+            "ssb -c t.yml -t images build-versions-manifest -p P -s ./images -i x"
+        );
+        for unchanged in ["ssb -c t.yml publish -s x", "ssb --help", "ssb -t a print"] {
+            assert_eq!(moved(unchanged), unchanged);
+        }
+        let parsed = Cli::try_parse_from(subcommand_flags_after_name(
+            ["ssb", "-s", "DIR", "build-images-file", "--stdout"]
+                .map(OsString::from)
+                .to_vec(),
+        ))
+        .unwrap();
+        let Command::BuildImagesFile(args) = parsed.command else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(args.source_dir, Some(PathBuf::from("DIR")));
+        assert!(args.stdout);
     }
 
     #[test]

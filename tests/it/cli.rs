@@ -1124,3 +1124,31 @@ fn errors_say_each_cause_once() {
         "{stderr}"
     );
 }
+
+/// Mottainai pipeline item 5: cobra took a subcommand's flags before its name, and printing the
+/// catalog of remote products needs no source folder.
+#[test]
+fn subcommand_flags_work_before_the_name_and_remote_products_need_no_source() {
+    let srv = remote(vec![("/ns/far/ssb.json", 200, FAR_SSB.as_bytes().to_vec())]);
+    let dir = remote_tree(&srv.url);
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["-c", "tree.yml", "build-images-file", "--stdout"])
+        .assert()
+        .success();
+    let images: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert!(
+        images["products"]["far:1:amd64:default"].is_object(),
+        "{images:#}"
+    );
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["-s", ".", "-c", "tree.yml", "build-index", "--stdout"])
+        .assert()
+        .success();
+    let index: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(
+        index["index"]["images"]["products"],
+        serde_json::json!(["far:1:amd64:default"])
+    );
+}

@@ -119,19 +119,33 @@ impl Resolver<'_> {
         if self.cli.target_dir.is_some() && args.stdout {
             bail!("use -t/--target-dir or --stdout, not both");
         }
-        let source = args
+        let missing = || {
+            format!(
+                "missing -t/--target-dir or --stdout (and -s/--source-dir to read {} files from)",
+                manifest::MANIFEST_FILE
+            )
+        };
+        let (tree, source) = match args
             .source_dir
             .clone()
             .or_else(|| self.cli.target_dir.clone())
-            .with_context(|| {
-                format!(
-                    "missing -t/--target-dir or --stdout (and -s/--source-dir to read {} files from)",
-                    manifest::MANIFEST_FILE
-                )
-            })?;
+        {
+            Some(source) => (self.tree(&source)?, source),
+            // Products whose manifests all live in other namespaces (`prefix_path`) are read
+            // from there: printing their catalog needs no local folder, as in the original.
+            None if args.stdout && self.config_path().is_some() => {
+                let source = PathBuf::from(".");
+                let tree = self.tree(&source)?;
+                if tree.config.products.iter().any(|p| p.prefix_path.is_none()) {
+                    bail!("{}", missing());
+                }
+                (tree, source)
+            }
+            None => bail!("{}", missing()),
+        };
         Ok(Catalog {
             part,
-            tree: self.tree(&source)?,
+            tree,
             source,
             target: (!args.stdout).then(|| self.target_or_cwd()),
             skip_unavailable: args.skip_unavailable,
