@@ -18,6 +18,7 @@ pub mod hash;
 pub mod image;
 pub mod import;
 pub mod mirror;
+pub mod net;
 pub mod server;
 pub mod tree;
 

@@ -370,6 +370,8 @@ pub struct HttpSettings {
     pub timeout: Duration,
     /// `SSBUILDER_INSECURE_SKIPVERIFY=1`.
     pub insecure: bool,
+    /// Extra trusted certificates (`SSL_CERT_FILE`): CAs, or a server's own pinned one.
+    pub ca_certs: Vec<std::path::PathBuf>,
     /// Send the token over plain http too (`SSBUILDER_ALLOW_HTTP_TOKEN=1`).
     pub token_over_http: bool,
     /// Attempts per manifest.
@@ -382,6 +384,7 @@ impl Default for HttpSettings {
             apikey: None,
             timeout: Duration::from_secs(60),
             insecure: false,
+            ca_certs: Vec::new(),
             token_over_http: false,
             attempts: 3,
         }
@@ -426,12 +429,18 @@ pub fn fetch_all(
         Ok(rt) => rt,
         Err(e) => return fail_all(format!("cannot start the HTTP runtime: {e}")),
     };
-    let client = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .timeout(http.timeout)
-        .danger_accept_invalid_certs(http.insecure)
-        .user_agent(concat!("simplestreams-builder/", env!("CARGO_PKG_VERSION")))
-        .build();
-    let client = match client {
+        .user_agent(concat!("simplestreams-builder/", env!("CARGO_PKG_VERSION")));
+    let trust = crate::net::Trust {
+        extra: http.ca_certs.clone(),
+        insecure: http.insecure,
+    };
+    let builder = match crate::net::with_trust(builder, &trust, false) {
+        Ok(b) => b,
+        Err(e) => return fail_all(e.to_string()),
+    };
+    let client = match builder.build() {
         Ok(c) => c,
         Err(e) => return fail_all(format!("cannot build the HTTP client: {e}")),
     };
@@ -515,6 +524,10 @@ async fn fetch_one(
                 return (Err(not_built), warnings);
             }
             Ok(resp) => return (Err(fail(format!("HTTP {}", resp.status()))), warnings),
+            // A certificate the client does not trust stays untrusted: no retry.
+            Err(e) if crate::net::is_certificate_error(&e) => {
+                return (Err(fail(crate::error_chain(&e))), warnings);
+            }
             Err(e) => last = crate::error_chain(&e),
         }
         if attempt < http.attempts {

@@ -22,10 +22,13 @@ pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
 pub fn init_logging(verbose: bool, env: &settings::Environment) {
     let debug = verbose || env.debug();
     let default = if debug { "debug" } else { "info" };
+    // rustls-platform-verifier logs every refused certificate itself; our error says it once.
     let filter = env
         .log_filter()
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::new(format!("{default},rustls_platform_verifier=off"))
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -21,55 +21,27 @@ const DEPTH: usize = 16;
 /// Attempts per file on network errors and 5xx answers; each resumes where the last stopped.
 const ATTEMPTS: u32 = 3;
 
-/// How the mirror talks HTTP.
-#[derive(Clone, Debug, Default)]
-pub struct TlsSettings {
-    /// Extra trusted CA certificates (PEM files): `--ca-cert`, then `SSL_CERT_FILE`.
-    pub ca_certs: Vec<PathBuf>,
-    /// Skip certificate verification (`--insecure`).
-    pub insecure: bool,
-}
-
 /// The client could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// A CA file is unreadable or holds no certificate.
-    #[error("cannot use the CA certificate {}: {reason}", path.display())]
-    CaCert {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
+    /// The trusted certificates are unusable.
+    #[error(transparent)]
+    Trust(#[from] crate::net::TrustError),
     /// reqwest refused the settings.
     #[error("cannot build the HTTP client: {0}")]
     Build(String),
 }
 
-/// The HTTP client of a mirror run: system roots plus the given CAs, HTTP/1.1 so that each
-/// concurrent download has its own connection (and its own TLS stream to decrypt on any core).
-pub fn client(tls: &TlsSettings) -> Result<reqwest::Client, ClientError> {
-    let mut builder = reqwest::Client::builder()
+/// The HTTP client of a mirror run: system roots plus the given certificates, HTTP/1.1 so that
+/// each concurrent download has its own connection (and its own TLS stream to decrypt on any
+/// core).
+pub fn client(trust: &crate::net::Trust) -> Result<reqwest::Client, ClientError> {
+    let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(60))
         .http1_only()
-        .user_agent(concat!("simplestreams-builder/", env!("CARGO_PKG_VERSION")))
-        .danger_accept_invalid_certs(tls.insecure);
-    for path in &tls.ca_certs {
-        let fail = |reason: String| ClientError::CaCert {
-            path: path.clone(),
-            reason,
-        };
-        let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(fail("no PEM certificate in it".into()));
-        }
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder
+        .user_agent(concat!("simplestreams-builder/", env!("CARGO_PKG_VERSION")));
+    crate::net::with_trust(builder, trust, true)?
         .build()
         .map_err(|e| ClientError::Build(crate::error_chain(&e)))
 }

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-pub use download::{ClientError, TlsSettings};
+pub use download::ClientError;
 pub use push::{PushError, push};
 pub use select::Filters;
 
@@ -58,7 +58,7 @@ pub struct PullRequest {
     /// Concurrent downloads.
     pub jobs: usize,
     /// Trust settings.
-    pub tls: TlsSettings,
+    pub tls: crate::net::Trust,
     /// Draw progress bars (only when stderr is a terminal).
     pub progress: bool,
     /// The time stamped on the catalog.

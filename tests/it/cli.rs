@@ -1152,3 +1152,69 @@ fn subcommand_flags_work_before_the_name_and_remote_products_need_no_source() {
         serde_json::json!(["far:1:amd64:default"])
     );
 }
+
+/// Mottainai pipeline item 4: a remote whose certificate is a self-signed CA:TRUE certificate,
+/// given in SSL_CERT_FILE, failed with CaUsedAsEndEntity (and ~33 error lines). The Go clients
+/// accept such a pinned certificate; so do remote manifests and mirror pulls now.
+#[test]
+fn a_pinned_self_signed_ca_certificate_is_accepted_for_remotes() {
+    use crate::common::server::TestServer;
+    use crate::common::tls::TestCa;
+    let pinned = TestCa::self_signed_ca_server();
+    let served = tempfile::tempdir().unwrap();
+    put(served.path(), "ns/far/ssb.json", FAR_SSB.as_bytes());
+    let server = TestServer::python_https(served.path(), &pinned);
+    let dir = remote_tree(server.url());
+    bin()
+        .current_dir(dir.path())
+        .env("SSL_CERT_FILE", pinned.ca_pem())
+        .args(["publish", "-t", "."])
+        .assert()
+        .success();
+    let images = read_json(&dir.path().join("streams/v1/images.json"));
+    assert!(images["products"]["far:1:amd64:default"].is_object());
+
+    // Not trusted: one clear line, not a cascade.
+    let other = TestCa::generate();
+    let out = bin()
+        .current_dir(dir.path())
+        .env("SSL_CERT_FILE", other.ca_pem())
+        .env("SSBUILDER_HTTP_TIMEOUT", "5")
+        .args(["publish", "-t", "."])
+        .assert()
+        .failure();
+    let stderr = stderr_of(&out);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() <= 3, "{stderr}");
+    assert!(stderr.contains("far:1:amd64:default"), "{stderr}");
+
+    // A mirror pull from a server with that certificate.
+    let tree = tempfile::tempdir().unwrap();
+    let yml = "products:\n  - name: p:1:amd64:default\n    arch: amd64\n    directory: p\n    aliases: [p/1]\n";
+    put(tree.path(), "tree.yml", yml.as_bytes());
+    put_image(
+        tree.path(),
+        "p/20240105_03:00",
+        "incus.tar.xz",
+        &meta("Pinned", "1", "x86_64", "ct"),
+        b"rootfs",
+    );
+    bin()
+        .current_dir(tree.path())
+        .args(["publish", "-t", "."])
+        .assert()
+        .success();
+    let upstream = TestServer::python_https(tree.path(), &pinned);
+    let mirror = tempfile::tempdir().unwrap();
+    bin()
+        .current_dir(mirror.path())
+        .env("SSL_CERT_FILE", pinned.ca_pem())
+        .args(["-t", "m", "mirror", "pull", upstream.url()])
+        .assert()
+        .success();
+    let pulled = read_json(&mirror.path().join("m/streams/v1/images.json"));
+    assert!(
+        pulled["products"]["p:1:amd64:default"].is_object(),
+        "{pulled:#}"
+    );
+}

@@ -10,7 +10,8 @@ use simplestreams_builder::catalog::manifest::{self, HttpSettings};
 use simplestreams_builder::catalog::products::{self, Tree};
 use simplestreams_builder::config::expiry::HumanDuration;
 use simplestreams_builder::config::{Filters, TreeConfig};
-use simplestreams_builder::mirror::{self, PullRequest, Source, TlsSettings};
+use simplestreams_builder::mirror::{self, PullRequest, Source};
+use simplestreams_builder::net::Trust;
 use simplestreams_builder::server::{IndexOptions, ServeOptions, TlsMode, WriteOptions};
 
 use super::{
@@ -65,6 +66,7 @@ impl Resolver<'_> {
         }
         http.insecure = self.env.flag("SSBUILDER_INSECURE_SKIPVERIFY");
         http.token_over_http = self.env.flag("SSBUILDER_ALLOW_HTTP_TOKEN");
+        http.ca_certs.extend(self.env.cert_file());
         http
     }
 
@@ -352,7 +354,10 @@ impl Resolver<'_> {
             sources,
             target,
             jobs: 4,
-            tls: TlsSettings { ca_certs, insecure },
+            tls: Trust {
+                extra: ca_certs,
+                insecure,
+            },
             progress: true,
             clock: self.env.clock(),
         })

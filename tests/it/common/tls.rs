@@ -55,6 +55,32 @@ impl TestCa {
         ca
     }
 
+    /// A server certificate that is its own CA: self-signed, `CA:TRUE`, valid for
+    /// [`SERVER_NAMES`], as internal servers often have. `ca.pem` is that same certificate:
+    /// what a user pins. webpki refuses it as an end entity (`CaUsedAsEndEntity`); the Go
+    /// clients accept it.
+    pub fn self_signed_ca_server() -> TestCa {
+        let dir = TempDir::with_prefix("ssb-tls-").expect("create temp dir for TLS material");
+        let names: Vec<String> = SERVER_NAMES.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("cert params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, SERVER_NAMES[0]);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().expect("generate key");
+        let cert = params.self_signed(&key).expect("self-sign");
+        let ca = TestCa { dir };
+        write(&ca.ca_pem(), &cert.pem());
+        write(&ca.cert_pem(), &cert.pem());
+        write(&ca.key_pem(), &key.serialize_pem());
+        ca
+    }
+
     /// The CA certificate: what clients must trust.
     pub fn ca_pem(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
