@@ -29,6 +29,7 @@ use crate::catalog::products::Tree;
 use crate::catalog::publish::{Clock, PublishRequest, publish_tree};
 use crate::config::{ProductSpec, TreeConfig};
 use crate::format::VersionName;
+use crate::tree::lock::{Lock, Wait, take};
 use crate::tree::{self, names};
 
 /// The default builder program.
@@ -63,6 +64,8 @@ pub struct BuildRequest<'a> {
     pub source: &'a Path,
     /// Where versions are written (`-t`).
     pub target: &'a Path,
+    /// Where the hash caches of the product folders are kept.
+    pub hash_cache: &'a crate::hash::CacheDir,
     /// `-i`: the definition file name (default: the product's `image_file`, else image.yaml).
     pub image_file: Option<&'a Path>,
     /// Skip the LXC image.
@@ -184,6 +187,7 @@ pub fn build_product(
                 skip_unavailable: false,
                 http,
                 clock: *clock,
+                hash_cache: req.hash_cache,
                 progress: &indicatif::ProgressBar::hidden(),
                 exclude: &exclude,
             })
@@ -225,22 +229,19 @@ fn io_err(p: &ProductSpec, path: &Path) -> impl FnOnce(std::io::Error) -> BuildE
     }
 }
 
-/// One build per product at a time: the lock is held until the returned file is dropped.
-fn lock_product(p: &ProductSpec, product_dir: &Path) -> Result<std::fs::File, BuildError> {
+/// One build per product at a time: held until the returned lock is dropped, which removes
+/// its file (pipelines copy the product folder as it is).
+fn lock_product(p: &ProductSpec, product_dir: &Path) -> Result<Lock, BuildError> {
     let lock_path = product_dir.join(names::BUILD_LOCK);
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_err(p, &lock_path))?;
-    if lock.try_lock().is_err() {
-        return Err(BuildError::Locked {
+    let what = format!("the build of {}", p.name);
+    match take(&lock_path, false, Wait::No, &what) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(BuildError::Locked {
             product: p.name.clone(),
             lock: lock_path,
-        });
+        }),
+        Err(e) => Err(io_err(p, &e.path)(e.source)),
     }
-    Ok(lock)
 }
 
 /// The versions the product's retention (`days`, `max_age`) purges, never the one just built.
@@ -287,7 +288,7 @@ fn write_manifest(
         source: Box::new(source),
     };
     let opts = BuildOptions {
-        cache: true,
+        cache: Some(req.hash_cache.clone()),
         expiry: p.expiry,
         exclude: doomed.iter().cloned().collect(),
         ..BuildOptions::default()

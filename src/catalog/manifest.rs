@@ -113,8 +113,8 @@ pub enum ManifestError {
 pub struct BuildOptions {
     /// Also compute md5.
     pub md5: bool,
-    /// Use and refresh the hash cache.
-    pub cache: bool,
+    /// Use and refresh the hash caches kept here (`None`: hash everything, keep nothing).
+    pub cache: Option<crate::hash::CacheDir>,
     /// Support duration from the newest version (overrides metadata.yaml's expiry_date).
     pub expiry: Option<HumanDuration>,
     /// Versions left out (about to be purged), so no catalog points at them.
@@ -171,10 +171,9 @@ pub fn build(
         product: name.to_owned(),
         source,
     })?;
-    let mut cache = if opts.cache {
-        HashCache::load(product_dir)
-    } else {
-        HashCache::disabled()
+    let mut cache = match &opts.cache {
+        Some(dir) => HashCache::load(dir, product_dir),
+        None => HashCache::disabled(),
     };
     let mut manifest = Manifest {
         name: name.to_owned(),
@@ -237,7 +236,7 @@ pub fn build(
         }
         manifest.versions.insert(v.name.clone(), version);
     }
-    if opts.cache
+    if opts.cache.is_some()
         && let Err(e) = cache.save()
     {
         tracing::debug!("hash cache not saved in {}: {e}", product_dir.display());

@@ -414,6 +414,8 @@ pub struct PublishRequest<'a> {
     pub http: &'a HttpSettings,
     /// The time stamped on the catalog.
     pub clock: Clock,
+    /// Where the hash caches of the product folders are kept.
+    pub hash_cache: &'a crate::hash::CacheDir,
     /// Told about every byte hashed.
     pub progress: &'a indicatif::ProgressBar,
     /// Versions to leave out, by product (about to be purged).
@@ -450,7 +452,7 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
     let tree = req.tree;
     let build = BuildOptions {
         md5: req.md5,
-        cache: true,
+        cache: Some(req.hash_cache.clone()),
         ..BuildOptions::default()
     };
     let loaded = crate::catalog::products::load_entries(

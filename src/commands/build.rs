@@ -53,6 +53,7 @@ pub fn build_product(s: &Build) -> Result<()> {
             tree: &s.tree.config,
             source: &s.source,
             target: &s.target,
+            hash_cache: &s.shared.hash_cache,
             image_file: s.image_file.as_deref(),
             skip_lxc: s.skip_lxc,
             skip_lxd: s.skip_lxd,

@@ -24,6 +24,7 @@ pub fn import(s: &Import) -> Result<()> {
             target: &s.target,
             files,
             variant: s.variant.as_deref(),
+            hash_cache: &s.shared.hash_cache,
             progress: &bar,
         });
         bar.finish_and_clear();

@@ -46,6 +46,7 @@ pub fn publish_tree(
         skip_unavailable,
         http: &shared.http,
         clock: shared.clock,
+        hash_cache: &shared.hash_cache,
         progress: &bar,
         exclude: &products::Exclusions::new(),
     });
@@ -72,7 +73,7 @@ pub fn manifest(s: &Manifest) -> Result<()> {
     let spec = s.tree.product(&s.product)?;
     let opts = BuildOptions {
         md5: s.md5,
-        cache: true,
+        cache: Some(s.hash_cache.clone()),
         expiry: s.expiry,
         ..BuildOptions::default()
     };

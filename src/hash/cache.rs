@@ -52,10 +52,52 @@ struct CacheDoc {
 
 const CACHE_VERSION: u32 = 1;
 
+/// Where this machine keeps the hash caches of the product folders it works on: outside the
+/// trees, so a copy of a tree (`mc mirror`, `cp -r`: how pipelines publish) takes only what
+/// clients need, and the inodes and times a cache records stay on the machine they describe.
+/// One file per product folder, named after its absolute path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheDir {
+    root: PathBuf,
+}
+
+impl CacheDir {
+    /// Caches kept under `root` (created when first written).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The cache file of `product_dir`.
+    pub fn file_for(&self, product_dir: &Path) -> PathBuf {
+        let absolute = product_dir
+            .canonicalize()
+            .or_else(|_| std::path::absolute(product_dir))
+            .unwrap_or_else(|_| product_dir.to_owned());
+        let digest = crate::hash::sha256_hex(absolute.as_os_str().as_encoded_bytes());
+        let name: String = absolute
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(48)
+            .collect();
+        self.root.join(format!("{}-{name}.json", &digest[..24]))
+    }
+}
+
 /// The hash cache of one product folder, and the counters that show what it saved.
 pub struct HashCache {
     /// Where it is kept; `None` for a cache that neither reads nor keeps anything.
     path: Option<PathBuf>,
+    /// A cache an older version kept inside the product folder: read once, then removed.
+    legacy: Option<PathBuf>,
     old: BTreeMap<String, CachedFile>,
     pub(super) new: BTreeMap<String, CachedFile>,
     /// Image bytes read in this run.
@@ -63,17 +105,22 @@ pub struct HashCache {
 }
 
 impl HashCache {
-    /// Loads the cache of `product_dir`; a missing or unreadable cache is an empty one.
-    pub fn load(product_dir: &Path) -> Self {
-        let path = product_dir.join(crate::tree::names::HASH_CACHE);
-        let old = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<CacheDoc>(&b).ok())
-            .filter(|d| d.version == CACHE_VERSION)
-            .map(|d| d.files)
-            .unwrap_or_default();
+    /// Loads the cache of `product_dir` from `dir`; a missing or unreadable cache is an empty
+    /// one. A cache an older version kept in the product folder is taken over.
+    pub fn load(dir: &CacheDir, product_dir: &Path) -> Self {
+        let read = |path: &Path| {
+            std::fs::read(path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<CacheDoc>(&b).ok())
+                .filter(|d| d.version == CACHE_VERSION)
+                .map(|d| d.files)
+        };
+        let path = dir.file_for(product_dir);
+        let legacy = product_dir.join(crate::tree::names::HASH_CACHE);
+        let old = read(&path).or_else(|| read(&legacy)).unwrap_or_default();
         Self {
             path: Some(path),
+            legacy: legacy.exists().then_some(legacy),
             old,
             new: BTreeMap::new(),
             bytes_read: 0,
@@ -84,6 +131,7 @@ impl HashCache {
     pub fn disabled() -> Self {
         Self {
             path: None,
+            legacy: None,
             old: BTreeMap::new(),
             new: BTreeMap::new(),
             bytes_read: 0,
@@ -100,7 +148,14 @@ impl HashCache {
             files: self.new.clone(),
         };
         let bytes = serde_json::to_vec(&doc).map_err(std::io::Error::other)?;
-        crate::tree::atomic::write(path, &bytes)
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        crate::tree::atomic::write(path, &bytes)?;
+        if let Some(legacy) = &self.legacy {
+            std::fs::remove_file(legacy)?;
+        }
+        Ok(())
     }
 
     pub(super) fn get(&self, key: &str, sig: &FileSig, want_md5: bool) -> Option<&CachedFile> {
@@ -131,8 +186,12 @@ pub struct KnownDigest {
 impl HashCache {
     /// Adds `known` digests to the cache of `product_dir`, keeping every entry already there.
     /// Only sha256 is known, so an md5 run still reads the file.
-    pub fn record(product_dir: &Path, known: &[KnownDigest]) -> std::io::Result<()> {
-        let mut cache = Self::load(product_dir);
+    pub fn record(
+        dir: &CacheDir,
+        product_dir: &Path,
+        known: &[KnownDigest],
+    ) -> std::io::Result<()> {
+        let mut cache = Self::load(dir, product_dir);
         let mut files = std::mem::take(&mut cache.old);
         for k in known {
             files.insert(

@@ -14,8 +14,8 @@ mod cache;
 
 mod combined;
 
+pub use cache::{CacheDir, HashCache, KnownDigest};
 use cache::{CachedCombined, CachedFile};
-pub use cache::{HashCache, KnownDigest};
 pub use combined::{
     MetaPrefix, copy_with_prefixes, read_meta_prefix, sha256_state, sha256_with_prefixes,
 };
@@ -486,7 +486,10 @@ mod tests {
         combined.update(&sq);
         std::fs::write(vdir.join("rootfs.squashfs"), &sq).unwrap();
         let sig = FileSig::of(&std::fs::metadata(vdir.join("rootfs.squashfs")).unwrap());
+        let caches = tempfile::tempdir().unwrap();
+        let caches = CacheDir::new(caches.path());
         HashCache::record(
+            &caches,
             d.path(),
             &[KnownDigest {
                 version: "20240101_00:00".into(),
@@ -503,7 +506,7 @@ mod tests {
             &mut Vec::new(),
         )
         .unwrap();
-        let mut cache = HashCache::load(d.path());
+        let mut cache = HashCache::load(&caches, d.path());
         let h = hash_version(&v, &mut cache, false, &|_| {}).unwrap();
         assert_eq!(
             cache.bytes_read, 0,
@@ -581,11 +584,13 @@ mod tests {
             )
             .unwrap()
         };
-        let mut cache = HashCache::load(d.path());
+        let caches = tempfile::tempdir().unwrap();
+        let caches = CacheDir::new(caches.path());
+        let mut cache = HashCache::load(&caches, d.path());
         let first = hash_version(&scan(), &mut cache, false, &|_| {}).unwrap();
         cache.save().unwrap();
 
-        let mut cache = HashCache::load(d.path());
+        let mut cache = HashCache::load(&caches, d.path());
         let again = hash_version(&scan(), &mut cache, false, &|_| {}).unwrap();
         assert_eq!(cache.bytes_read, 0);
         assert_eq!(again.combined, first.combined);
@@ -596,10 +601,35 @@ mod tests {
         std::fs::remove_file(d.path().join("disk.qcow2")).unwrap();
         let disk2 = b"QFI\xfbdisk number two";
         std::fs::write(d.path().join("disk.qcow2"), disk2).unwrap();
-        let mut cache = HashCache::load(d.path());
+        let mut cache = HashCache::load(&caches, d.path());
         let changed = hash_version(&scan(), &mut cache, false, &|_| {}).unwrap();
         let pair = ("incus.tar.xz".to_owned(), "disk.qcow2".to_owned());
         assert_eq!(changed.combined[&pair], concat(&meta, disk2));
         assert_eq!(cache.bytes_read, (meta.len() + disk2.len()) as u64);
+    }
+
+    #[test]
+    fn the_cache_lives_outside_the_tree_and_takes_over_a_legacy_one() {
+        let d = tempfile::tempdir().unwrap();
+        let caches = tempfile::tempdir().unwrap();
+        let caches = CacheDir::new(caches.path().join("hash"));
+        let legacy = d.path().join(crate::tree::names::HASH_CACHE);
+        std::fs::write(&legacy, br#"{"version":1,"files":{}}"#).unwrap();
+        let cache = HashCache::load(&caches, d.path());
+        cache.save().unwrap();
+        assert!(
+            !legacy.exists(),
+            "the legacy cache in the product folder is gone"
+        );
+        assert!(caches.file_for(d.path()).is_file());
+        assert!(
+            !caches.file_for(d.path()).starts_with(d.path()),
+            "the cache is not in the tree"
+        );
+        assert_ne!(
+            caches.file_for(d.path()),
+            caches.file_for(&d.path().join("other")),
+            "one file per product folder"
+        );
     }
 }

@@ -76,6 +76,8 @@ pub struct ImportRequest<'a> {
     pub files: &'a [PathBuf],
     /// Variant instead of metadata.yaml's (default `default`).
     pub variant: Option<&'a str>,
+    /// Where the digests computed while copying are recorded, so the publish reads nothing.
+    pub hash_cache: &'a crate::hash::CacheDir,
     /// Set to the bytes the import reads and advanced as it reads them (a hidden bar for no
     /// display).
     pub progress: &'a indicatif::ProgressBar,
@@ -251,6 +253,7 @@ fn land_bulk(
 /// parent), so that the publish after the import reads neither file again. A failure only costs
 /// that re-read.
 fn record_digests(
+    caches: &crate::hash::CacheDir,
     dir: &Path,
     (data, data_sha): (&Path, &str),
     (meta, meta_sha, metadata, state): (&Path, &str, ImageMetadata, Sha256),
@@ -281,7 +284,7 @@ fn record_digests(
             combined,
         )],
     };
-    if let Err(e) = HashCache::record(product, &[known]) {
+    if let Err(e) = HashCache::record(caches, product, &[known]) {
         tracing::warn!(
             "cannot record the digests of {} (the publish will hash it again): {e}",
             data.display()
@@ -403,6 +406,7 @@ fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported,
     let new_meta = place(meta_tmp, &meta_sha, &meta_dest, "metadata tarball")?;
     // Either placed or found identical: the digests are those of the files now in place.
     record_digests(
+        req.hash_cache,
         &dir,
         (&data_dest, &data_sha),
         (&meta_dest, &meta_sha, meta, meta_state),
@@ -507,6 +511,7 @@ mod tests {
             target: &dir.join("tree"),
             files,
             variant: None,
+            hash_cache: &crate::hash::CacheDir::new(dir.join("caches")),
             progress: &bar,
         })
         .unwrap();

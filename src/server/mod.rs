@@ -140,6 +140,7 @@ fn run(
                     &opts.writes,
                     scope,
                     reindexer,
+                    index.hash_cache.clone(),
                 );
                 (Some(std::sync::Arc::new(writes)), Some(running))
             }

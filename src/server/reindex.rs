@@ -40,6 +40,8 @@ pub struct IndexOptions {
     pub overrides: Overrides,
     /// The time stamped on the catalog.
     pub clock: Clock,
+    /// Where the hash caches of the product folders are kept.
+    pub hash_cache: crate::hash::CacheDir,
     /// Watch the tree for files that arrive by other means.
     pub watch: bool,
     /// For products fetched from other servers (`prefix_path`).
@@ -220,7 +222,7 @@ fn reindex(
         by_product.entry(dir).or_default().push(k.clone());
     }
     for (dir, list) in by_product {
-        if let Err(e) = HashCache::record(&root.join(dir), &list) {
+        if let Err(e) = HashCache::record(&opts.hash_cache, &root.join(dir), &list) {
             tracing::warn!("cannot record upload digests for {dir} (they will be recomputed): {e}");
         }
     }
@@ -235,6 +237,7 @@ fn reindex(
             skip_unavailable: true,
             http: &opts.http,
             clock: opts.clock,
+            hash_cache: &opts.hash_cache,
             progress: &indicatif::ProgressBar::hidden(),
             exclude: &crate::catalog::products::Exclusions::new(),
         })

@@ -748,3 +748,56 @@ fn the_readme_example_works_as_written_offline() {
         "debootstrap in a minbase chroot has no CA store: plain http, as distrobuilder's own definitions"
     );
 }
+
+/// Every hidden entry under `root`, relative.
+fn hidden_entries(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            } else if path.is_dir() {
+                todo.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_tree_holds_only_what_clients_need_after_each_pipeline_command() {
+    // Mottainai pipeline item 3: pipelines copy the target folder as it is (`mc mirror
+    // images/`), so locks and the hash cache (inodes, devices, mtimes) were published.
+    let b = Bench::new("");
+    ok(&b.build(DAY1));
+    assert_eq!(
+        hidden_entries(&b.path("tree")),
+        Vec::<String>::new(),
+        "after build-product"
+    );
+    let run = |args: &[&str]| {
+        let mut c = b.bin(DAY1);
+        c.current_dir(b.path(""))
+            .args(["-c", "tree.yml", "-t", "tree"])
+            .args(args);
+        ok(&c.output().unwrap());
+    };
+    run(&["build-versions-manifest", "-p", PRODUCT, "-s", "tree"]);
+    run(&["build-index"]);
+    run(&["build-images-file"]);
+    run(&["publish"]);
+    assert_eq!(
+        hidden_entries(&b.path("tree")),
+        Vec::<String>::new(),
+        "after the others"
+    );
+    // The cache is still there for the next run on this machine: nothing is read again.
+    let mut c = b.bin(DAY1);
+    c.current_dir(b.path(""))
+        .args(["-c", "tree.yml", "-t", "tree", "publish"]);
+    let stderr = ok(&c.output().unwrap());
+    assert!(stderr.contains("read 0 B of image data"), "{stderr}");
+}

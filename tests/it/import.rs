@@ -481,15 +481,13 @@ fn the_publish_after_a_split_import_reads_no_image_byte_again() {
     // The import hashed both files while copying them and left that in the hash cache.
     let stderr = stderr_of(&out);
     assert!(stderr.contains("read 0 B of image data"), "{stderr}");
-    let cache = std::fs::read_to_string(
-        dir.path()
-            .join("tree")
-            .join(VERSION)
-            .parent()
-            .unwrap()
-            .join(".ssb-cache.json"),
-    )
-    .unwrap();
+    let product_dir = dir.path().join("tree").join(VERSION);
+    let product_dir = product_dir.parent().unwrap();
+    let cache = std::fs::read_to_string(crate::common::hash_cache_file(product_dir)).unwrap();
+    assert!(
+        !product_dir.join(".ssb-cache.json").exists(),
+        "the hash cache stays out of the tree"
+    );
     assert!(cache.contains("20250101_10:00/rootfs.squashfs"), "{cache}");
     // What it recorded is right: the fingerprint is sha256(metadata tarball ‖ rootfs).
     let mut both = std::fs::read(&m).unwrap();

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use simplestreams_builder::catalog::publish::Clock;
 use simplestreams_builder::config::Overrides;
+use simplestreams_builder::hash::CacheDir;
 
 /// The environment variables the binary reads, captured once.
 #[derive(Clone, Debug, Default)]
@@ -88,6 +89,22 @@ impl Environment {
         self.get("SSL_CERT_FILE")
             .map(PathBuf::from)
             .filter(|f| f.is_file())
+    }
+
+    /// Where the hash caches of product folders are kept, outside the trees:
+    /// `SSB_CACHE_DIR`, else `$XDG_CACHE_HOME/simplestreams-builder`, else
+    /// `~/.cache/simplestreams-builder`, else the temp folder's `simplestreams-builder-cache`.
+    pub(super) fn hash_cache(&self) -> CacheDir {
+        let set = |k: &str| {
+            self.get(k)
+                .filter(|v| !v.trim().is_empty())
+                .map(PathBuf::from)
+        };
+        let root = set("SSB_CACHE_DIR")
+            .or_else(|| set("XDG_CACHE_HOME").map(|d| d.join("simplestreams-builder")))
+            .or_else(|| set("HOME").map(|d| d.join(".cache/simplestreams-builder")))
+            .unwrap_or_else(|| std::env::temp_dir().join("simplestreams-builder-cache"));
+        CacheDir::new(root.join("hash"))
     }
 
     /// `TMPDIR`, when set: the builder's temp folder, created before a build.

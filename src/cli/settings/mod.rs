@@ -18,6 +18,7 @@ use simplestreams_builder::catalog::products::Tree;
 use simplestreams_builder::catalog::publish::Clock;
 use simplestreams_builder::config::Overrides;
 use simplestreams_builder::config::expiry::HumanDuration;
+use simplestreams_builder::hash::CacheDir;
 use simplestreams_builder::mirror::PullRequest;
 use simplestreams_builder::server::ServeOptions;
 
@@ -38,6 +39,8 @@ pub struct Shared {
     pub http: HttpSettings,
     /// The time stamped on what is built and published.
     pub clock: Clock,
+    /// Where the hash caches of product folders are kept.
+    pub hash_cache: CacheDir,
 }
 
 /// `publish`.
@@ -59,6 +62,7 @@ pub struct Manifest {
     pub target: Option<PathBuf>,
     pub expiry: Option<HumanDuration>,
     pub md5: bool,
+    pub hash_cache: CacheDir,
 }
 
 /// Which catalog file `build-images-file` / `build-index` writes.

@@ -75,6 +75,7 @@ impl Resolver<'_> {
             overrides: self.env.overrides(),
             http: self.http(),
             clock: self.env.clock(),
+            hash_cache: self.env.hash_cache(),
         }
     }
 
@@ -113,6 +114,7 @@ impl Resolver<'_> {
             target: (!args.stdout).then_some(target),
             expiry,
             md5: args.md5,
+            hash_cache: self.env.hash_cache(),
             tree,
         })
     }
@@ -249,6 +251,7 @@ impl Resolver<'_> {
                     config: self.config_path(),
                     overrides: shared.overrides,
                     clock: shared.clock,
+                    hash_cache: shared.hash_cache,
                     watch: !args.no_watch,
                     http: shared.http,
                 }),

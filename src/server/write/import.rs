@@ -112,9 +112,10 @@ pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, 
     let turn = Arc::clone(&writes.import_lock).lock_owned().await;
     let root = Arc::clone(&writes.root);
     let reindexer = writes.reindexer.clone();
+    let hash_cache = writes.hash_cache.clone();
     let (imported, publishing) = blocking("the import", move || {
         let _turn = turn;
-        let (imported, aliased) = import(&root, &form);
+        let (imported, aliased) = import(&root, &form, &hash_cache);
         drop(staging);
         let shown = form
             .files
@@ -328,13 +329,18 @@ fn staged_name(file_name: &str) -> String {
 /// The import, then the aliases (true when some were added). The aliases are checked first, so
 /// that a bad one places nothing; adding them can still fail after the import (an unreadable
 /// metadata.json), hence two results.
-fn import(root: &Path, form: &Form) -> (Result<Imported, ImportError>, Result<bool, ImportError>) {
+fn import(
+    root: &Path,
+    form: &Form,
+    hash_cache: &crate::hash::CacheDir,
+) -> (Result<Imported, ImportError>, Result<bool, ImportError>) {
     let imported = crate::import::check_aliases(&form.aliases).and_then(|()| {
         let files: Vec<PathBuf> = form.files.iter().map(|f| f.path.clone()).collect();
         crate::import::import(&ImportRequest {
             target: root,
             files: &files,
             variant: form.variant.as_deref(),
+            hash_cache,
             progress: &indicatif::ProgressBar::hidden(),
         })
     });

@@ -51,6 +51,8 @@ pub(crate) struct Writes {
     pub max_upload_size: u64,
     pub scope: WriteScope,
     pub reindexer: Reindexer,
+    /// Where the hash caches are kept (an import records the digests it computed).
+    pub hash_cache: crate::hash::CacheDir,
     /// Taken by each import for its whole run: imports go one at a time.
     pub import_lock: Arc<tokio::sync::Mutex<()>>,
 }
@@ -61,6 +63,7 @@ impl Writes {
         opts: &WriteOptions,
         scope: WriteScope,
         reindexer: Reindexer,
+        hash_cache: crate::hash::CacheDir,
     ) -> Self {
         Self {
             root,
@@ -70,6 +73,7 @@ impl Writes {
             max_upload_size: opts.max_upload_size,
             scope,
             reindexer,
+            hash_cache,
             import_lock: Arc::default(),
         }
     }

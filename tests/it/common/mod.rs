@@ -13,7 +13,7 @@ pub mod server;
 pub mod site;
 pub mod tls;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use command::run_ok;
@@ -49,8 +49,21 @@ pub fn ssb_command(cwd: &Path) -> std::process::Command {
             cmd.env_remove(key);
         }
     }
-    cmd.current_dir(cwd).env("NO_COLOR", "1");
+    cmd.current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .env("SSB_CACHE_DIR", cache_dir());
     cmd
+}
+
+/// Where the binary under test keeps its hash caches: beside the build, not in the tester's
+/// home (one file per product folder, and the tests make many).
+pub fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("ssb-caches")
+}
+
+/// The hash cache file of `product_dir`, as the binary under test keeps it.
+pub fn hash_cache_file(product_dir: &Path) -> PathBuf {
+    simplestreams_builder::hash::CacheDir::new(cache_dir().join("hash")).file_for(product_dir)
 }
 
 /// [`ssb_command`] run from the repository (no tree.yml there: layout mode unless `-c`).
