@@ -147,7 +147,7 @@ fn built_unified_sha(version_dir: &Path) -> String {
 }
 
 /// `cat /etc/os-release` in a container launched from `image` shows `pretty`.
-fn boots(daemon: &Daemon, image: &str, name: &str, pretty: &str) {
+pub(crate) fn boots(daemon: &Daemon, image: &str, name: &str, pretty: &str) {
     let container = daemon.launch(image, name);
     let release = daemon.exec(&container, &["cat", "/etc/os-release"]);
     assert!(

@@ -21,6 +21,7 @@ mod import;
 mod import_e2e;
 mod inventory;
 mod mirror;
+mod pipeline;
 mod server;
 mod server_import;
 mod upload;
