@@ -45,6 +45,14 @@ pub enum Problem {
         /// Item path.
         path: String,
     },
+    /// An item's file resolves (through a symlink) outside the tree or onto a hidden name: the
+    /// server refuses to send it.
+    OutsideTree {
+        /// Item path.
+        path: String,
+        /// Where it resolves to.
+        resolved: String,
+    },
     /// An item's file has another size.
     Size {
         /// Item path.
@@ -129,6 +137,10 @@ impl std::fmt::Display for Problem {
             ),
             Problem::Unreadable { path, reason } => write!(f, "unreadable: {path}: {reason}"),
             Problem::Orphan { path } => write!(f, "not in the catalog: {path}"),
+            Problem::OutsideTree { path, resolved } => write!(
+                f,
+                "outside the tree: {path} resolves to {resolved}, which the server refuses to send"
+            ),
         }
     }
 }
@@ -173,6 +185,10 @@ pub fn verify(
 ) -> Result<VerifyReport, InventoryError> {
     let (_, products, _) = load_catalog(target)?;
     let mut report = VerifyReport::default();
+    let real_target = target.canonicalize().map_err(|source| TreeError {
+        path: target.to_owned(),
+        source,
+    })?;
     // A file is published by several items (lxd/incus twins) and in one version only; check it
     // once per version.
     for (pid, product) in &products.products {
@@ -187,6 +203,19 @@ pub fn verify(
                     continue;
                 }
                 let file = resolve(target, path);
+                // Items in a sibling namespace (`../ns/…`, from a tree `prefix`) are that
+                // tree's to check; a file of this tree must not escape it.
+                let inside = !path.starts_with("../");
+                if inside
+                    && let Some(real) =
+                        crate::tree::resolves_outside(&real_target, &file, &|_| false)
+                {
+                    report.problems.push(Problem::OutsideTree {
+                        path: path.to_owned(),
+                        resolved: real.display().to_string(),
+                    });
+                    continue;
+                }
                 match std::fs::metadata(&file) {
                     Ok(m) if m.is_file() => {
                         present.insert(path);

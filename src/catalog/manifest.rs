@@ -86,6 +86,17 @@ pub enum ManifestError {
         /// The URL that answered 404, or the missing file.
         where_: String,
     },
+    /// An image file that resolves (through a symlink) outside the tree or onto a hidden name:
+    /// the server would refuse to send it, and its hash would leak what it points at.
+    #[error("product `{product}`: {} resolves to {}, outside the tree or onto a hidden name: the server refuses to send it (replace the symlink with the file)", file.display(), resolved.display())]
+    OutsideTree {
+        /// The product.
+        product: String,
+        /// The image file.
+        file: PathBuf,
+        /// Where it resolves to.
+        resolved: PathBuf,
+    },
     /// A remote ssb.json cannot be fetched.
     #[error("product `{product}`: cannot fetch {url}: {reason}")]
     Fetch {
@@ -135,6 +146,8 @@ pub fn join_prefix(prefix: &str, rel: &str) -> String {
 /// A product folder to hash.
 #[derive(Clone, Copy, Debug)]
 pub struct LocalProduct<'a> {
+    /// The tree the product is in: no image file may resolve outside it.
+    pub root: &'a Path,
     /// Product id.
     pub name: &'a str,
     /// Its arch, checked against every metadata.yaml.
@@ -155,6 +168,7 @@ pub fn build(
     warnings: &mut Vec<String>,
 ) -> Result<(Manifest, u64), ManifestError> {
     let LocalProduct {
+        root,
         name,
         arch,
         dir: product_dir,
@@ -171,6 +185,28 @@ pub fn build(
         product: name.to_owned(),
         source,
     })?;
+    // The server's rule, applied before anything is published: it refuses a file that resolves
+    // outside the tree or onto a hidden name, so no catalog may list one.
+    let real_root = root.canonicalize().map_err(|source| ManifestError::Tree {
+        product: name.to_owned(),
+        source: crate::tree::TreeError {
+            path: root.to_owned(),
+            source,
+        },
+    })?;
+    for f in versions
+        .iter()
+        .filter(|v| !opts.exclude.contains(&v.name))
+        .flat_map(|v| &v.files)
+    {
+        if let Some(resolved) = crate::tree::resolves_outside(&real_root, &f.path, &|_| false) {
+            return Err(ManifestError::OutsideTree {
+                product: name.to_owned(),
+                file: f.path.clone(),
+                resolved,
+            });
+        }
+    }
     let mut cache = match &opts.cache {
         Some(dir) => HashCache::load(dir, product_dir),
         None => HashCache::disabled(),

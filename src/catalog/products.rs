@@ -205,6 +205,7 @@ pub fn hash_product(
 ) -> Result<(Manifest, u64), ManifestError> {
     manifest::build(
         manifest::LocalProduct {
+            root: source,
             name: &spec.name,
             arch: &spec.arch,
             dir: &source.join(&spec.directory),

@@ -8,7 +8,7 @@
 //! per request.
 
 use std::net::SocketAddr;
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,7 +23,7 @@ use tower_http::services::ServeDir;
 
 use super::direct::{self, Direct};
 use super::error::RequestError;
-use super::request_path::{RequestPath, is_served_segment};
+use super::request_path::RequestPath;
 use super::write::Writes;
 
 /// What every request handler shares.
@@ -170,27 +170,12 @@ async fn resolves_inside(root: &Arc<PathBuf>, relative: PathBuf, with_gz: bool) 
             gz.push(".gz");
             candidates.push(gz.into());
         }
-        candidates.iter().all(|p| match std::fs::canonicalize(p) {
-            Ok(real) => real
-                .strip_prefix(root.as_path())
-                .is_ok_and(only_plain_names),
-            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        candidates.iter().all(|p| {
+            crate::tree::resolves_outside(&root, p, &crate::direct::is_cache_name).is_none()
         })
     };
     // canonicalize is blocking file system work.
     tokio::task::spawn_blocking(check).await.unwrap_or(false)
-}
-
-/// Plain names only, except that the last may be a cached unified tarball
-/// ([`is_served_segment`]).
-fn only_plain_names(relative: &Path) -> bool {
-    let last = relative.components().count().saturating_sub(1);
-    relative.components().enumerate().all(|(i, c)| match c {
-        Component::Normal(name) => name
-            .to_str()
-            .is_some_and(|n| is_served_segment(n, i == last)),
-        _ => false,
-    })
 }
 
 /// `ServeDir` guesses from a generic table; these are the types simplestreams files should
@@ -269,8 +254,21 @@ mod tests {
 
     #[test]
     fn plain_relative_paths() {
-        assert!(only_plain_names(Path::new("images/a/20251123_12:13/x")));
-        assert!(!only_plain_names(Path::new(".ssb/tls/key.pem")));
-        assert!(!only_plain_names(Path::new("images/../x")));
+        // The rule is tree::resolves_outside, on canonical paths (which hold no `..`); the
+        // server allows a cached unified tarball as the last name.
+        let tree = tempfile::tempdir().unwrap();
+        let root = tree.path().canonicalize().unwrap();
+        for file in ["images/a/20251123_12:13/x", ".ssb/tls/key.pem"] {
+            std::fs::create_dir_all(root.join(file).parent().unwrap()).unwrap();
+            std::fs::write(root.join(file), b"x").unwrap();
+        }
+        let served = |rel: &str| {
+            crate::tree::resolves_outside(&root, &root.join(rel), &crate::direct::is_cache_name)
+                .is_none()
+        };
+        assert!(served("images/a/20251123_12:13/x"));
+        assert!(!served(".ssb/tls/key.pem"));
+        std::os::unix::fs::symlink("../../.ssb/tls/key.pem", root.join("images/a/link")).unwrap();
+        assert!(!served("images/a/link"));
     }
 }

@@ -73,17 +73,7 @@ pub(crate) fn is_served_segment(name: &str, last: bool) -> bool {
     is_plain_name(name) || (last && crate::direct::is_cache_name(name))
 }
 
-/// A name we are willing to serve: not empty, not hidden (which also covers `.` and `..`),
-/// and free of separators and control characters (NUL included) that could mean something
-/// else to the file system or to a log reader. Colons are fine: version folders such as
-/// `20251123_12:13` contain one.
-pub(crate) fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with('.')
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == '\\' || c.is_control())
-}
+pub(crate) use crate::tree::is_plain_name;
 
 /// Strict percent-decoding of one segment: a malformed escape or a result that is not UTF-8
 /// is refused rather than passed through, so what we vet is what the file system sees.

@@ -10,4 +10,7 @@ pub mod scan;
 
 pub use layout::{LayoutProduct, discover_layout};
 pub use names::{FileRole, classify};
-pub use scan::{FileSig, ImageFile, TreeError, VersionDir, scan_product, scan_version};
+pub use scan::{
+    FileSig, ImageFile, TreeError, VersionDir, is_plain_name, resolves_outside, scan_product,
+    scan_version,
+};

@@ -173,6 +173,46 @@ pub fn scan_version(
     })
 }
 
+/// A name the tree may hold and the server may send: not empty, not hidden (which also covers
+/// `.` and `..`), and free of separators and control characters (NUL included) that could mean
+/// something else to the file system or to a log reader. Colons are fine: version folders such
+/// as `20251123_12:13` contain one.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
+}
+
+/// Where `path` really is, when it resolves (through symlinks) outside `root` or onto a name
+/// inside it that is not plain: the server refuses to send such a file, so no catalog may list
+/// it. `root` must be canonical; `last_ok` also allows a last name that is not plain (the
+/// server's cached unified tarballs). A file that does not exist passes (`None`); one that
+/// cannot be resolved does not.
+pub fn resolves_outside(
+    root: &Path,
+    path: &Path,
+    last_ok: &dyn Fn(&str) -> bool,
+) -> Option<PathBuf> {
+    let real = match std::fs::canonicalize(path) {
+        Ok(real) => real,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(_) => return Some(path.to_owned()),
+    };
+    let Ok(relative) = real.strip_prefix(root) else {
+        return Some(real);
+    };
+    let last = relative.components().count().saturating_sub(1);
+    let plain = relative.components().enumerate().all(|(i, c)| match c {
+        std::path::Component::Normal(name) => name
+            .to_str()
+            .is_some_and(|n| is_plain_name(n) || (i == last && last_ok(n))),
+        _ => false,
+    });
+    (!plain).then_some(real)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +231,32 @@ mod tests {
         let name = VersionName::parse("20240101_00:00").unwrap();
         let v = scan_version(name, d.path(), &mut Vec::new()).unwrap();
         (d, v)
+    }
+
+    #[test]
+    fn a_file_resolving_outside_the_tree_or_onto_a_hidden_name_is_found() {
+        let tree = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = tree.path().canonicalize().unwrap();
+        touch(&outside.path().join("secret"));
+        touch(&root.join("p/.hidden"));
+        touch(&root.join("p/plain"));
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.join("p/out")).unwrap();
+        std::os::unix::fs::symlink(root.join("p/.hidden"), root.join("p/in-hidden")).unwrap();
+        std::os::unix::fs::symlink(root.join("p/plain"), root.join("p/in-plain")).unwrap();
+        let no = |_: &str| false;
+        assert!(resolves_outside(&root, &root.join("p/out"), &no).is_some());
+        assert!(resolves_outside(&root, &root.join("p/in-hidden"), &no).is_some());
+        assert_eq!(resolves_outside(&root, &root.join("p/in-plain"), &no), None);
+        assert_eq!(resolves_outside(&root, &root.join("p/missing"), &no), None);
+        assert_eq!(
+            resolves_outside(&root, &root.join("p/.hidden"), &|n| n == ".hidden"),
+            None
+        );
+        for bad in ["", ".", "..", ".ssb", "a/b", "a\\b", "a\0b", "a\tb"] {
+            assert!(!is_plain_name(bad), "{bad:?}");
+        }
+        assert!(is_plain_name("20251123_12:13"));
     }
 
     #[test]

@@ -1218,3 +1218,38 @@ fn a_pinned_self_signed_ca_certificate_is_accepted_for_remotes() {
         "{pulled:#}"
     );
 }
+
+/// Hardening item 7: an image file that is a symlink out of the tree was published (its sha256
+/// and size in images.json) and passed verify, while serve refused to send it.
+#[test]
+fn an_image_file_resolving_outside_the_tree_is_refused_by_publish_and_verify() {
+    let f = published_fixture();
+    let outside = tempfile::tempdir().unwrap();
+    let rootfs = f.root().join("debian-12/20240106_03:00/rootfs.squashfs");
+    let before = std::fs::read(f.root().join("streams/v1/images.json")).unwrap();
+    // The same bytes, outside: the hashes still match what the catalog says.
+    let copy = outside.path().join("rootfs.squashfs");
+    std::fs::copy(&rootfs, &copy).unwrap();
+    std::fs::remove_file(&rootfs).unwrap();
+    std::os::unix::fs::symlink(&copy, &rootfs).unwrap();
+    let out = bin()
+        .current_dir(f.root())
+        .args(["verify"])
+        .assert()
+        .failure();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        stdout.contains("outside the tree: debian-12/20240106_03:00/rootfs.squashfs"),
+        "{stdout}"
+    );
+    let out = publish(&f).failure();
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("rootfs.squashfs resolves to") && stderr.contains("outside the tree"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(f.root().join("streams/v1/images.json")).unwrap(),
+        before
+    );
+}
