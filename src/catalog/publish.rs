@@ -182,6 +182,15 @@ impl Catalog<'_> {
                 product.versions.insert(vname.clone(), version);
             }
         }
+        if product.versions.is_empty() {
+            // Clients have nothing to take from it; listing it only hides that its folders
+            // hold no usable version (a misnamed version folder, say).
+            self.warnings.push(format!(
+                "{}: product `{}` has no version to publish: left out of the catalog",
+                spec.origin, spec.name
+            ));
+            return;
+        }
         self.claim_aliases(spec, &product);
         if self.products.insert(spec.name.clone(), product).is_some() {
             self.problems.push(format!(

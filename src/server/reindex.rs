@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notify::RecursiveMode;
-use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer_opt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::manifest::HttpSettings;
@@ -263,7 +263,10 @@ fn watch(
 ) -> notify::Result<Debouncer<notify::RecommendedWatcher, RecommendedCache>> {
     let filter_root = Arc::clone(root);
     let config = opts.config.clone();
-    let mut debouncer = new_debouncer(WATCH_DEBOUNCE, None, move |res: DebounceEventResult| {
+    // Not through symlinks: the scan does not follow them either, and a link to a system folder
+    // would make the watcher walk it.
+    let no_links = notify::Config::default().with_follow_symlinks(false);
+    let handler = move |res: DebounceEventResult| {
         let events = match res {
             Ok(events) => events,
             Err(errors) => {
@@ -284,7 +287,14 @@ fn watch(
             let rel = path.strip_prefix(filter_root.as_path()).unwrap_or(path);
             reindexer.request(Trigger::because(format!("changed: {}", rel.display())));
         }
-    })?;
+    };
+    let mut debouncer = new_debouncer_opt::<_, notify::RecommendedWatcher, _>(
+        WATCH_DEBOUNCE,
+        None,
+        handler,
+        RecommendedCache::new(),
+        no_links,
+    )?;
     debouncer.watch(root.as_path(), RecursiveMode::Recursive)?;
     tracing::info!("watching {} for new files", root.display());
     Ok(debouncer)

@@ -77,13 +77,27 @@ pub fn discover_layout(
     if !base.is_dir() {
         return Ok(out);
     }
-    let subdirs = |dir: &Path| -> Result<Vec<(String, PathBuf)>, TreeError> {
+    // Folders only: a symlink (to a system folder, say) is reported and never walked, so a
+    // stray link cannot make the scan walk half the file system.
+    let mut skipped = Vec::new();
+    let mut subdirs = |dir: &Path| -> Result<Vec<(String, PathBuf)>, TreeError> {
         Ok(read_dir_sorted(dir)?
             .into_iter()
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let path = e.path();
-                (!name.starts_with('.') && path.is_dir()).then_some((name, path))
+                let kind = e.file_type().ok()?;
+                if name.starts_with('.') {
+                    return None;
+                }
+                if kind.is_symlink() && path.is_dir() {
+                    skipped.push(format!(
+                        "{}: skipped: a symlink to a folder; the layout is walked through real folders only",
+                        path.display()
+                    ));
+                    return None;
+                }
+                kind.is_dir().then_some((name, path))
             })
             .collect())
     };
@@ -116,6 +130,7 @@ pub fn discover_layout(
             }
         }
     }
+    warnings.extend(skipped);
     Ok(out)
 }
 
@@ -153,6 +168,28 @@ mod tests {
             ]
         );
         assert_eq!(w.len(), 2, "{w:?}");
+    }
+
+    #[test]
+    fn a_symlink_in_the_layout_is_reported_and_not_walked() {
+        let d = tempfile::tempdir().unwrap();
+        let system = tempfile::tempdir().unwrap();
+        touch(
+            &system
+                .path()
+                .join("12/amd64/default/20240101_00:00/incus.tar.xz"),
+        );
+        touch(
+            &d.path()
+                .join("images/debian/12/amd64/default/20240101_00:00/incus.tar.xz"),
+        );
+        std::os::unix::fs::symlink(system.path(), d.path().join("images/usr")).unwrap();
+        let mut w = Vec::new();
+        let p = discover_layout(d.path(), &mut w).unwrap();
+        let dirs: Vec<_> = p.iter().map(|p| p.directory.as_str()).collect();
+        assert_eq!(dirs, ["images/debian/12/amd64/default"]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("images/usr: skipped: a symlink"), "{w:?}");
     }
 
     #[test]

@@ -1253,3 +1253,54 @@ fn an_image_file_resolving_outside_the_tree_is_refused_by_publish_and_verify() {
         before
     );
 }
+
+/// Hardening item 8: a symlink from images/ to a big system folder was walked (and a server
+/// re-indexing the tree failed every second); a version folder with an invalid name left its
+/// product published with `"versions": {}`. Both are reported and skipped; the rest publishes.
+#[test]
+fn stray_links_and_misnamed_versions_in_the_layout_are_reported_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    let good = "images/debian/12/amd64/default/20240105_03:00";
+    put_image(
+        &www,
+        good,
+        "incus.tar.xz",
+        &meta("Debian", "12", "x86_64", "good"),
+        b"sq",
+    );
+    put_image(
+        &www,
+        "images/alpine/3.20/amd64/default/2024-01-05",
+        "incus.tar.xz",
+        &meta("Alpine", "3.20", "x86_64", "misnamed"),
+        b"sq2",
+    );
+    let system = tempfile::tempdir().unwrap();
+    put_image(
+        system.path(),
+        "12/amd64/default/20240105_03:00",
+        "incus.tar.xz",
+        &meta("Sys", "12", "x86_64", "sys"),
+        b"sys",
+    );
+    std::os::unix::fs::symlink(system.path(), www.join("images/usr")).unwrap();
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["publish", "-t", "www"])
+        .assert()
+        .success();
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("images/usr: skipped: a symlink"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2024-01-05: skipped"), "{stderr}");
+    assert!(
+        stderr.contains("product `alpine:3.20:amd64:default` has no version to publish"),
+        "{stderr}"
+    );
+    let images = read_json(&www.join("streams/v1/images.json"));
+    let ids: Vec<&String> = images["products"].as_object().unwrap().keys().collect();
+    assert_eq!(ids, ["debian:12:amd64:default"]);
+}
