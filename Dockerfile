@@ -22,8 +22,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 ssb \
     && useradd --system --uid 10001 --gid ssb --home-dir /var/www/simplestreams --shell /usr/sbin/nologin ssb \
-    && mkdir -p /var/www/simplestreams/images \
-    && chown -R ssb:ssb /var/www/simplestreams
+    && mkdir -p /var/www/simplestreams/images /var/cache/simplestreams-builder \
+    && chown -R ssb:ssb /var/www/simplestreams \
+    && chown ssb:ssb /var/cache/simplestreams-builder \
+    && chmod 0700 /var/cache/simplestreams-builder
 COPY --from=build /src/target/release/simplestreams-builder /usr/local/bin/simplestreams-builder
 
 # Settings (all optional):
@@ -32,8 +34,10 @@ COPY --from=build /src/target/release/simplestreams-builder /usr/local/bin/simpl
 #   ALLOW_DELETES       non-empty: DELETE of files and version folders
 #   DEBUG               non-empty: debug logs
 #   SSB_MAX_UPLOAD_SIZE largest upload (default 10G)
+#   SSB_CACHE_DIR       hash caches of the product folders, kept out of the served tree
 ENV SSB_LISTEN=0.0.0.0:8443 \
-    SSB_INDEX=1
+    SSB_INDEX=1 \
+    SSB_CACHE_DIR=/var/cache/simplestreams-builder
 
 USER ssb:ssb
 WORKDIR /var/www/simplestreams

@@ -23,13 +23,17 @@ pub mod server;
 pub mod tree;
 
 /// An error and its sources on one line (`a: b: c`), for messages that must name the root cause
-/// (reqwest and rustls hide it in `source()`).
+/// (reqwest and rustls hide it in `source()`). A source whose text the line already ends with is
+/// left out: many messages quote their cause (`cannot read x: No such file`).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         source = s.source();
     }
     out

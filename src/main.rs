@@ -23,22 +23,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line (`a: b: c`), leaving out a cause whose text the line
-/// already holds: many messages quote their cause (`cannot read x: No such file`), which
-/// anyhow's `{:#}` would print a second time.
+/// The error and its causes on one line, each said once ([`simplestreams_builder::error_chain`]).
 fn error_line(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
+    simplestreams_builder::error_chain(err.as_ref())
 }
 
 #[cfg(test)]

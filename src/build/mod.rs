@@ -234,7 +234,7 @@ fn io_err(p: &ProductSpec, path: &Path) -> impl FnOnce(std::io::Error) -> BuildE
 fn lock_product(p: &ProductSpec, product_dir: &Path) -> Result<Lock, BuildError> {
     let lock_path = product_dir.join(names::BUILD_LOCK);
     let what = format!("the build of {}", p.name);
-    match take(&lock_path, false, Wait::No, &what) {
+    match take(&lock_path, Wait::No, &what) {
         Ok(Some(lock)) => Ok(lock),
         Ok(None) => Err(BuildError::Locked {
             product: p.name.clone(),

@@ -208,7 +208,7 @@ pub fn verify(
                 let inside = !path.starts_with("../");
                 if inside
                     && let Some(real) =
-                        crate::tree::resolves_outside(&real_target, &file, &|_| false)
+                        crate::tree::resolves_outside(&real_target, &file, &crate::tree::only_plain)
                 {
                     report.problems.push(Problem::OutsideTree {
                         path: path.to_owned(),

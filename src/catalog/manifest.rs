@@ -77,13 +77,13 @@ pub enum ManifestError {
         #[source]
         source: std::io::Error,
     },
-    /// The product's ssb.json does not exist (yet): a product declared but never built. The
-    /// original tool left such products out of the catalog, and pipelines rely on it.
+    /// The product's namespace answers 404 for its ssb.json: a product declared but never built
+    /// yet. The original tool left such products out of the catalog, and pipelines rely on it.
     #[error("product `{product}`: {where_} does not exist (the product has not been built yet)")]
     NotBuilt {
         /// The product.
         product: String,
-        /// The URL that answered 404, or the missing file.
+        /// The URL that answered 404.
         where_: String,
     },
     /// An image file that resolves (through a symlink) outside the tree or onto a hidden name:
@@ -199,7 +199,9 @@ pub fn build(
         .filter(|v| !opts.exclude.contains(&v.name))
         .flat_map(|v| &v.files)
     {
-        if let Some(resolved) = crate::tree::resolves_outside(&real_root, &f.path, &|_| false) {
+        if let Some(resolved) =
+            crate::tree::resolves_outside(&real_root, &f.path, &crate::tree::only_plain)
+        {
             return Err(ManifestError::OutsideTree {
                 product: name.to_owned(),
                 file: f.path.clone(),
@@ -275,7 +277,10 @@ pub fn build(
     if opts.cache.is_some()
         && let Err(e) = cache.save()
     {
-        tracing::debug!("hash cache not saved in {}: {e}", product_dir.display());
+        tracing::warn!(
+            "the hash cache of {} was not saved (the next run hashes its files again): {e}",
+            product_dir.display()
+        );
     }
     if let Some((version, meta)) = newest_meta {
         manifest.expiry = match opts.expiry {
@@ -346,22 +351,16 @@ pub fn read(
     path: &Path,
     warnings: &mut Vec<String>,
 ) -> Result<Manifest, ManifestError> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            ManifestError::NotBuilt {
-                product: product.to_owned(),
-                where_: format!(
-                    "{} (run build-versions-manifest or publish first)",
-                    path.display()
-                ),
-            }
+    // A local ssb.json that is missing is an error (a wrong -s, a product folder never
+    // manifested): only a remote namespace answering 404 means "not built yet".
+    let bytes = std::fs::read(path).map_err(|e| ManifestError::Read {
+        product: product.to_owned(),
+        path: path.to_owned(),
+        reason: if e.kind() == std::io::ErrorKind::NotFound {
+            "not found (run build-versions-manifest or publish first)".into()
         } else {
-            ManifestError::Read {
-                product: product.to_owned(),
-                path: path.to_owned(),
-                reason: e.to_string(),
-            }
-        }
+            e.to_string()
+        },
     })?;
     let m = parse(&bytes, &path.display().to_string(), warnings).map_err(|reason| {
         ManifestError::Read {

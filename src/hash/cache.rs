@@ -58,17 +58,26 @@ const CACHE_VERSION: u32 = 1;
 /// One file per product folder, named after its absolute path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheDir {
-    root: PathBuf,
+    /// `None` when there is no private place for caches: everything is hashed every time.
+    root: Option<PathBuf>,
 }
 
 impl CacheDir {
     /// Caches kept under `root` (created when first written).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: Some(root.into()),
+        }
     }
 
-    /// The cache file of `product_dir`.
-    pub fn file_for(&self, product_dir: &Path) -> PathBuf {
+    /// No cache: every file is hashed every time (there is no private place to keep one).
+    pub fn none() -> Self {
+        Self { root: None }
+    }
+
+    /// The cache file of `product_dir`, if caches are kept.
+    pub fn file_for(&self, product_dir: &Path) -> Option<PathBuf> {
+        let root = self.root.as_ref()?;
         let absolute = product_dir
             .canonicalize()
             .or_else(|_| std::path::absolute(product_dir))
@@ -88,7 +97,7 @@ impl CacheDir {
             })
             .take(48)
             .collect();
-        self.root.join(format!("{}-{name}.json", &digest[..24]))
+        Some(root.join(format!("{}-{name}.json", &digest[..24])))
     }
 }
 
@@ -115,7 +124,9 @@ impl HashCache {
                 .filter(|d| d.version == CACHE_VERSION)
                 .map(|d| d.files)
         };
-        let path = dir.file_for(product_dir);
+        let Some(path) = dir.file_for(product_dir) else {
+            return Self::disabled();
+        };
         let legacy = product_dir.join(crate::tree::names::HASH_CACHE);
         let old = read(&path).or_else(|| read(&legacy)).unwrap_or_default();
         Self {
@@ -148,9 +159,6 @@ impl HashCache {
             files: self.new.clone(),
         };
         let bytes = serde_json::to_vec(&doc).map_err(std::io::Error::other)?;
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
         crate::tree::atomic::write(path, &bytes)?;
         if let Some(legacy) = &self.legacy {
             std::fs::remove_file(legacy)?;
@@ -191,6 +199,9 @@ impl HashCache {
         product_dir: &Path,
         known: &[KnownDigest],
     ) -> std::io::Result<()> {
+        if dir.root.is_none() {
+            return Ok(());
+        }
         let mut cache = Self::load(dir, product_dir);
         let mut files = std::mem::take(&mut cache.old);
         for k in known {

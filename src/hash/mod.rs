@@ -621,9 +621,9 @@ mod tests {
             !legacy.exists(),
             "the legacy cache in the product folder is gone"
         );
-        assert!(caches.file_for(d.path()).is_file());
+        assert!(caches.file_for(d.path()).unwrap().is_file());
         assert!(
-            !caches.file_for(d.path()).starts_with(d.path()),
+            !caches.file_for(d.path()).unwrap().starts_with(d.path()),
             "the cache is not in the tree"
         );
         assert_ne!(

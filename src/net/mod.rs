@@ -131,6 +131,7 @@ impl ServerCertVerifier for PinnedOrChain {
         {
             let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
             rustls::client::verify_server_name(&parsed, server_name)?;
+            check_validity(end_entity, now)?;
             return Ok(ServerCertVerified::assertion());
         }
         self.inner
@@ -158,6 +159,24 @@ impl ServerCertVerifier for PinnedOrChain {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// The certificate's validity period holds `now`: a pinned certificate is trusted as it is,
+/// but not once it has expired (nor before it is valid), as the Go clients decide too.
+fn check_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+    use rustls::CertificateError;
+    let bad = rustls::Error::InvalidCertificate;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|_| bad(CertificateError::BadEncoding))?;
+    let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    let validity = parsed.validity();
+    if seconds < validity.not_before.timestamp() {
+        return Err(bad(CertificateError::NotValidYet));
+    }
+    if seconds > validity.not_after.timestamp() {
+        return Err(bad(CertificateError::Expired));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -197,5 +216,12 @@ mod tests {
                 .verify_server_cert(&der, &[], &other, &[], now)
                 .is_err()
         );
+        // Past its end (rcgen's default: valid until 4096), it is not trusted any more.
+        let name = ServerName::try_from("localhost").unwrap();
+        let later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(1 << 37));
+        let err = verifier
+            .verify_server_cert(&der, &[], &name, &[], later)
+            .unwrap_err();
+        assert!(err.to_string().contains("Expired"), "{err}");
     }
 }

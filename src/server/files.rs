@@ -23,7 +23,7 @@ use tower_http::services::ServeDir;
 
 use super::direct::{self, Direct};
 use super::error::RequestError;
-use super::request_path::RequestPath;
+use super::request_path::{RequestPath, is_served_segment};
 use super::write::Writes;
 
 /// What every request handler shares.
@@ -170,9 +170,9 @@ async fn resolves_inside(root: &Arc<PathBuf>, relative: PathBuf, with_gz: bool) 
             gz.push(".gz");
             candidates.push(gz.into());
         }
-        candidates.iter().all(|p| {
-            crate::tree::resolves_outside(&root, p, &crate::direct::is_cache_name).is_none()
-        })
+        candidates
+            .iter()
+            .all(|p| crate::tree::resolves_outside(&root, p, &is_served_segment).is_none())
     };
     // canonicalize is blocking file system work.
     tokio::task::spawn_blocking(check).await.unwrap_or(false)
@@ -263,8 +263,7 @@ mod tests {
             std::fs::write(root.join(file), b"x").unwrap();
         }
         let served = |rel: &str| {
-            crate::tree::resolves_outside(&root, &root.join(rel), &crate::direct::is_cache_name)
-                .is_none()
+            crate::tree::resolves_outside(&root, &root.join(rel), &is_served_segment).is_none()
         };
         assert!(served("images/a/20251123_12:13/x"));
         assert!(!served(".ssb/tls/key.pem"));

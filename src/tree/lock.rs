@@ -1,7 +1,9 @@
 //! Locks that serialise the writers of a tree: CLI runs and the server's re-index wait for each
 //! other rather than interleave their catalog writes, and two builds of one product never run
 //! at once. A lock file exists only while it is held: pipelines copy trees as they are (`mc
-//! mirror`, `cp -r`), and a lock left behind would be published with them.
+//! mirror`, `cp -r`), and a lock left behind would be published with them. Lock files sit in
+//! folders that always exist (the tree's top, the product folder), so taking and releasing one
+//! never makes or removes a folder another writer may be creating files in.
 //!
 //! Removing a lock file on release is safe because a taker checks, once it holds the lock, that
 //! the path still names the file it locked; if the holder removed it meanwhile, it tries again
@@ -10,7 +12,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::names::{STATE_DIR, publish_lock};
+use super::names::publish_lock;
 
 /// The lock could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +30,6 @@ pub struct LockError {
 pub struct Lock {
     file: std::fs::File,
     path: PathBuf,
-    /// A folder made for the lock, removed with it when nothing else is in it.
-    made_dir: Option<PathBuf>,
 }
 
 impl Drop for Lock {
@@ -37,9 +37,6 @@ impl Drop for Lock {
         // Remove while still holding it: a waiter that then gets the lock sees the path gone
         // and starts over on a new file.
         let _ = std::fs::remove_file(&self.path);
-        if let Some(dir) = &self.made_dir {
-            let _ = std::fs::remove_dir(dir);
-        }
         let _ = self.file.unlock();
     }
 }
@@ -53,31 +50,20 @@ pub enum Wait {
     No,
 }
 
-/// Takes the lock file at `path` (creating it, and its folder when `own_dir`).
-pub fn take(path: &Path, own_dir: bool, wait: Wait, what: &str) -> Result<Option<Lock>, LockError> {
+/// Takes the lock file at `path` (its folder must exist); `what` names the holder in the
+/// message shown while waiting.
+pub fn take(path: &Path, wait: Wait, what: &str) -> Result<Option<Lock>, LockError> {
     let fail = |source| LockError {
         path: path.to_owned(),
         source,
     };
     loop {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let made_dir = if own_dir && !dir.exists() {
-            super::atomic::create_dir_all(dir).map_err(fail)?;
-            Some(dir.to_owned())
-        } else {
-            None
-        };
-        let file = match std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path)
-        {
-            Ok(f) => f,
-            // The folder went with another holder's release: make it again.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && own_dir => continue,
-            Err(e) => return Err(fail(e)),
-        };
+            .map_err(fail)?;
         if file.try_lock().is_err() {
             if wait == Wait::No {
                 return Ok(None);
@@ -89,11 +75,9 @@ pub fn take(path: &Path, own_dir: bool, wait: Wait, what: &str) -> Result<Option
         let still_ours = std::fs::metadata(path)
             .is_ok_and(|now| now.ino() == held.ino() && now.dev() == held.dev());
         if still_ours {
-            let made_dir = made_dir.or_else(|| own_dir.then(|| dir.to_owned()));
             return Ok(Some(Lock {
                 file,
                 path: path.to_owned(),
-                made_dir,
             }));
         }
         // Released and removed while we waited: try again on the new file.
@@ -101,16 +85,23 @@ pub fn take(path: &Path, own_dir: bool, wait: Wait, what: &str) -> Result<Option
 }
 
 /// Takes the tree's publish lock, waiting (with a message) while another writer holds it.
+/// Creates the tree's folder if needed.
 pub fn lock_tree(target: &Path) -> Result<Lock, LockError> {
     let path = publish_lock(target);
+    super::atomic::create_dir_all(target).map_err(|source| LockError {
+        path: path.clone(),
+        source,
+    })?;
     let what = format!("another publish of {}", target.display());
-    let lock = take(&path, true, Wait::Block, &what)?.expect("a blocking take returns a lock");
-    debug_assert!(path.starts_with(target.join(STATE_DIR)));
-    Ok(lock)
+    let lock = take(&path, Wait::Block, &what)?;
+    Ok(lock.expect("a blocking take returns a lock"))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
 
     #[test]
@@ -119,35 +110,34 @@ mod tests {
         let first = lock_tree(dir.path()).unwrap();
         assert!(publish_lock(dir.path()).exists());
         assert!(
-            take(&publish_lock(dir.path()), true, Wait::No, "t")
+            take(&publish_lock(dir.path()), Wait::No, "t")
                 .unwrap()
                 .is_none(),
             "held"
         );
+        let released = Arc::new(AtomicBool::new(false));
         let waiter = {
             let root = dir.path().to_owned();
+            let released = Arc::clone(&released);
             std::thread::spawn(move || {
                 let lock = lock_tree(&root).unwrap();
+                assert!(
+                    released.load(Ordering::SeqCst),
+                    "the waiter got the lock before the holder released it"
+                );
                 assert!(publish_lock(&root).exists(), "the waiter holds a live file");
                 drop(lock);
             })
         };
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        released.store(true, Ordering::SeqCst);
         drop(first);
         waiter.join().unwrap();
         assert!(!publish_lock(dir.path()).exists());
-        assert!(
-            !dir.path().join(STATE_DIR).exists(),
-            "the folder made for the lock goes with it"
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing is left in the tree"
         );
-    }
-
-    #[test]
-    fn the_state_folder_stays_when_it_holds_other_things() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join(STATE_DIR).join("tls")).unwrap();
-        drop(lock_tree(dir.path()).unwrap());
-        assert!(dir.path().join(STATE_DIR).join("tls").is_dir());
-        assert!(!publish_lock(dir.path()).exists());
     }
 }

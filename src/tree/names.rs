@@ -1,7 +1,8 @@
 //! Every name the tree uses, in one place: the image files of a version folder (what each is,
 //! how they pair, their catalog item keys), the catalog's own files, the override files, and the
-//! hidden state of the tree (locks, caches, partial builds, temp files). Nothing else in the
-//! crate spells one of these names; a test below checks that.
+//! hidden state of the tree (locks while held, partial builds, temp files, the server's and a
+//! mirror's state, the unified tarballs built for direct import, and the legacy hash cache).
+//! Nothing else in the crate spells one of these names; a test below checks that.
 //!
 //! Where a file is named after its ftype (`incus.tar.xz`, `incus_combined.tar.gz`, and the
 //! `root.tar.xz` / `disk-kvm.img` spellings), the name is taken from [`crate::format`].
@@ -214,9 +215,10 @@ pub const REQUIREMENTS_FILE: &str = ".requirements";
 /// The tree's own hidden folder: locks and the server's and mirror's state.
 pub const STATE_DIR: &str = ".ssb";
 
-/// Serialises the writers of one tree's catalog.
+/// Serialises the writers of one tree's catalog; exists only while held. At the tree's top,
+/// so taking it never makes (or removes) a folder others write into.
 pub fn publish_lock(target: &Path) -> PathBuf {
-    target.join(STATE_DIR).join("publish.lock")
+    target.join(".ssb-publish.lock")
 }
 
 /// What a mirror pull verified (and the mark of a mirror tree).
@@ -230,7 +232,8 @@ pub const SELF_SIGNED_DIR: &str = ".ssb/tls";
 /// Where `POST /import` stages its uploads, relative to the tree.
 pub const IMPORT_STAGING: &str = ".ssb/import";
 
-/// A product folder's hash cache.
+/// The hash cache older versions kept in each product folder: taken over once and removed
+/// (caches now live outside the trees: [`crate::hash::CacheDir`]).
 pub const HASH_CACHE: &str = ".ssb-cache.json";
 
 /// A product folder's build lock.

@@ -185,15 +185,20 @@ pub fn is_plain_name(name: &str) -> bool {
             .any(|c| c == '/' || c == '\\' || c.is_control())
 }
 
+/// The names of the tree's own files: plain ones only (see [`resolves_outside`]).
+pub fn only_plain(name: &str, _last: bool) -> bool {
+    is_plain_name(name)
+}
+
 /// Where `path` really is, when it resolves (through symlinks) outside `root` or onto a name
-/// inside it that is not plain: the server refuses to send such a file, so no catalog may list
-/// it. `root` must be canonical; `last_ok` also allows a last name that is not plain (the
-/// server's cached unified tarballs). A file that does not exist passes (`None`); one that
-/// cannot be resolved does not.
+/// inside it that `allowed(name, is_last)` refuses: the server refuses to send such a file, so
+/// no catalog may list it. `root` must be canonical. The tree's own files allow plain names
+/// ([`only_plain`]); the server also allows its cached unified tarballs as the last name. A
+/// file that does not exist passes (`None`); one that cannot be resolved does not.
 pub fn resolves_outside(
     root: &Path,
     path: &Path,
-    last_ok: &dyn Fn(&str) -> bool,
+    allowed: &dyn Fn(&str, bool) -> bool,
 ) -> Option<PathBuf> {
     let real = match std::fs::canonicalize(path) {
         Ok(real) => real,
@@ -205,9 +210,7 @@ pub fn resolves_outside(
     };
     let last = relative.components().count().saturating_sub(1);
     let plain = relative.components().enumerate().all(|(i, c)| match c {
-        std::path::Component::Normal(name) => name
-            .to_str()
-            .is_some_and(|n| is_plain_name(n) || (i == last && last_ok(n))),
+        std::path::Component::Normal(name) => name.to_str().is_some_and(|n| allowed(n, i == last)),
         _ => false,
     });
     (!plain).then_some(real)
@@ -244,13 +247,15 @@ mod tests {
         std::os::unix::fs::symlink(outside.path().join("secret"), root.join("p/out")).unwrap();
         std::os::unix::fs::symlink(root.join("p/.hidden"), root.join("p/in-hidden")).unwrap();
         std::os::unix::fs::symlink(root.join("p/plain"), root.join("p/in-plain")).unwrap();
-        let no = |_: &str| false;
+        let no = only_plain;
         assert!(resolves_outside(&root, &root.join("p/out"), &no).is_some());
         assert!(resolves_outside(&root, &root.join("p/in-hidden"), &no).is_some());
         assert_eq!(resolves_outside(&root, &root.join("p/in-plain"), &no), None);
         assert_eq!(resolves_outside(&root, &root.join("p/missing"), &no), None);
         assert_eq!(
-            resolves_outside(&root, &root.join("p/.hidden"), &|n| n == ".hidden"),
+            resolves_outside(&root, &root.join("p/.hidden"), &|n, last| {
+                only_plain(n, last) || (last && n == ".hidden")
+            }),
             None
         );
         for bad in ["", ".", "..", ".ssb", "a/b", "a\\b", "a\0b", "a\tb"] {

@@ -877,6 +877,39 @@ fn a_remote_manifest_that_fails_otherwise_fails_and_publishes_nothing() {
         .assert()
         .success();
     assert!(stderr_of(&out).contains("left out (--skip-unavailable)"));
+
+    // A refusal (a wrong token, say) fails at once: not retried, not left out.
+    let srv = remote(vec![("/ns/far/ssb.json", 403, b"no".to_vec())]);
+    let dir = remote_tree(&srv.url);
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["-t", ".", "build-index"])
+        .assert()
+        .failure();
+    assert!(stderr_of(&out).contains("HTTP 403"), "{}", stderr_of(&out));
+    assert_eq!(
+        srv.requests.lock().unwrap().len(),
+        1,
+        "a 4xx is not retried"
+    );
+}
+
+#[test]
+fn a_missing_local_manifest_is_an_error_not_a_smaller_catalog() {
+    // Only a remote 404 means "not built yet"; a local ssb.json that is not there means a
+    // wrong -s or a product never manifested, and publishing without it would shrink the
+    // catalog silently.
+    let f = tree_fixture();
+    let out = bin()
+        .current_dir(f.root())
+        .args(["-t", ".", "build-index"])
+        .assert()
+        .failure();
+    assert!(
+        stderr_of(&out).contains("not found (run build-versions-manifest or publish first)"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 #[test]

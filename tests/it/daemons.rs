@@ -349,7 +349,7 @@ fn a_distrobuilder_build_boots_on_both_daemons() {
     assert!(product.is_object(), "not published: {products:#}");
     for kind in [Kind::Incus, Kind::Lxd] {
         let Some(daemon) = Daemon::start(kind, &ca) else {
-            return;
+            continue;
         };
         daemon.remote_add("ssb", server.url());
         daemon.ok(&[

@@ -171,6 +171,7 @@ fn dockerfile_is_multi_stage_non_root_with_the_volume() {
         "ALLOW_DELETES",
         "DEBUG",
         "SSB_WRITE_TOKEN",
+        "SSB_CACHE_DIR",
     ] {
         assert!(
             text.contains(var),
@@ -212,4 +213,11 @@ fn systemd_unit_has_the_usual_sections() {
         .find(|(k, _)| k == "ExecStart")
         .expect("no ExecStart");
     assert!(exec.1.contains("simplestreams-builder serve"), "{}", exec.1);
+    // DynamicUser gets HOME=/ on a read-only system: the hash caches need a folder of their own.
+    assert!(
+        sections["Service"]
+            .iter()
+            .any(|(k, v)| k == "CacheDirectory" && !v.is_empty()),
+        "no CacheDirectory for the hash caches"
+    );
 }

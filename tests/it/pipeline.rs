@@ -167,7 +167,7 @@ fn a_mottainai_pipeline_replayed_ends_with_the_daemons_launching_from_the_index(
 
     for kind in [Kind::Incus, Kind::Lxd] {
         let Some(daemon) = Daemon::start(kind, &ca) else {
-            return;
+            continue;
         };
         daemon.remote_add("idx", &format!("{url}/lxd-images"));
         daemon.ok(&[

@@ -2,7 +2,7 @@
 //! process environment is read.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use simplestreams_builder::catalog::publish::Clock;
 use simplestreams_builder::config::Overrides;
@@ -91,20 +91,45 @@ impl Environment {
             .filter(|f| f.is_file())
     }
 
-    /// Where the hash caches of product folders are kept, outside the trees:
-    /// `SSB_CACHE_DIR`, else `$XDG_CACHE_HOME/simplestreams-builder`, else
-    /// `~/.cache/simplestreams-builder`, else the temp folder's `simplestreams-builder-cache`.
+    /// Where the hash caches of product folders are kept, outside the trees: `SSB_CACHE_DIR`,
+    /// else systemd's `CACHE_DIRECTORY` (`CacheDirectory=`), else
+    /// `$XDG_CACHE_HOME/simplestreams-builder`, else `~/.cache/simplestreams-builder` (not with
+    /// `HOME=/`, which systemd gives a dynamic user), else a folder of this user's own in the
+    /// temp folder, made 0700. When even that is not private (another user made it), no cache
+    /// is kept: a cache others can write could make us publish hashes they chose.
     pub(super) fn hash_cache(&self) -> CacheDir {
         let set = |k: &str| {
             self.get(k)
                 .filter(|v| !v.trim().is_empty())
                 .map(PathBuf::from)
         };
-        let root = set("SSB_CACHE_DIR")
+        let chosen = set("SSB_CACHE_DIR")
+            .or_else(|| {
+                self.get("CACHE_DIRECTORY")
+                    .and_then(|v| v.split(':').find(|d| !d.is_empty()))
+                    .map(PathBuf::from)
+            })
             .or_else(|| set("XDG_CACHE_HOME").map(|d| d.join("simplestreams-builder")))
-            .or_else(|| set("HOME").map(|d| d.join(".cache/simplestreams-builder")))
-            .unwrap_or_else(|| std::env::temp_dir().join("simplestreams-builder-cache"));
-        CacheDir::new(root.join("hash"))
+            .or_else(|| {
+                set("HOME")
+                    .filter(|h| h != Path::new("/"))
+                    .map(|d| d.join(".cache/simplestreams-builder"))
+            });
+        if let Some(root) = chosen {
+            return CacheDir::new(root.join("hash"));
+        }
+        let uid = rustix::process::geteuid().as_raw();
+        let root = std::env::temp_dir().join(format!("simplestreams-builder-{uid}"));
+        match private_dir(&root, uid) {
+            Ok(()) => CacheDir::new(root.join("hash")),
+            Err(why) => {
+                tracing::warn!(
+                    "no hash cache: {} {why}; set SSB_CACHE_DIR to a folder of your own",
+                    root.display()
+                );
+                CacheDir::none()
+            }
+        }
     }
 
     /// `TMPDIR`, when set: the builder's temp folder, created before a build.
@@ -121,6 +146,21 @@ impl Environment {
             None => std::env::temp_dir().join("ssb-cache"),
         }
     }
+}
+
+/// Makes `dir` (0700) unless it exists, then checks that it is this user's alone.
+fn private_dir(dir: &Path, uid: u32) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot be made: {e}")),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err("is not a folder of this user's alone (mode 0700)".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -147,6 +187,32 @@ mod tests {
             Environment::of(&[("SOURCE_DATE_EPOCH", "soon")]).clock(),
             Clock::System
         );
+    }
+
+    #[test]
+    fn the_hash_cache_goes_where_the_service_manager_says_and_never_into_a_shared_folder() {
+        let cache = |pairs: &[(&str, &str)]| Environment::of(pairs).hash_cache();
+        assert_eq!(
+            cache(&[("CACHE_DIRECTORY", "/var/cache/ssb:/other"), ("HOME", "/")]),
+            CacheDir::new("/var/cache/ssb/hash")
+        );
+        assert_eq!(
+            cache(&[("SSB_CACHE_DIR", "/c"), ("CACHE_DIRECTORY", "/d")]),
+            CacheDir::new("/c/hash")
+        );
+        assert_eq!(
+            cache(&[("HOME", "/home/u")]),
+            CacheDir::new("/home/u/.cache/simplestreams-builder/hash")
+        );
+        // A folder someone else made (here: one that is not 0700) is not used.
+        let shared = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let uid = rustix::process::geteuid().as_raw();
+        assert!(private_dir(shared.path(), uid).is_err());
+        let mine = shared.path().join("mine");
+        private_dir(&mine, uid).unwrap();
+        assert!(private_dir(&mine, uid).is_ok(), "made once, then reused");
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl Daemon {
         static RUNS: AtomicU32 = AtomicU32::new(0);
         let run = RUNS.fetch_add(1, Ordering::Relaxed);
         let prefix = format!(
-            "ssb{}{}{}",
+            "ssb{}x{}{}",
             std::process::id(),
             run,
             match kind {

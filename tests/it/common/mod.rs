@@ -58,12 +58,20 @@ pub fn ssb_command(cwd: &Path) -> std::process::Command {
 /// Where the binary under test keeps its hash caches: beside the build, not in the tester's
 /// home (one file per product folder, and the tests make many).
 pub fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("ssb-caches")
+    static FRESH: std::sync::Once = std::sync::Once::new();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ssb-caches");
+    // Each run of the tests starts without the caches of the last one.
+    FRESH.call_once(|| {
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+    dir
 }
 
 /// The hash cache file of `product_dir`, as the binary under test keeps it.
 pub fn hash_cache_file(product_dir: &Path) -> PathBuf {
-    simplestreams_builder::hash::CacheDir::new(cache_dir().join("hash")).file_for(product_dir)
+    simplestreams_builder::hash::CacheDir::new(cache_dir().join("hash"))
+        .file_for(product_dir)
+        .expect("a cache folder is set")
 }
 
 /// [`ssb_command`] run from the repository (no tree.yml there: layout mode unless `-c`).
