@@ -89,6 +89,13 @@ pub enum Problem {
         /// Why.
         reason: String,
     },
+    /// A temp file a crash or a kill left, which no live writer holds (`prune` removes it).
+    Leftover {
+        /// The file, relative to the tree.
+        path: String,
+        /// Its size.
+        size: u64,
+    },
     /// An image file in a product folder that the catalog does not reference.
     Orphan {
         /// The file or folder, relative to the tree.
@@ -137,6 +144,10 @@ impl std::fmt::Display for Problem {
             ),
             Problem::Unreadable { path, reason } => write!(f, "unreadable: {path}: {reason}"),
             Problem::Orphan { path } => write!(f, "not in the catalog: {path}"),
+            Problem::Leftover { path, size } => write!(
+                f,
+                "left by an interrupted write: {path} ({size} bytes; `prune --yes` removes it)"
+            ),
             Problem::OutsideTree { path, resolved } => write!(
                 f,
                 "outside the tree: {path} resolves to {resolved}, which the server refuses to send"
@@ -302,6 +313,19 @@ pub fn verify(
                     path: p.strip_prefix(target).unwrap_or(&p).display().to_string(),
                 }),
         );
+    report.problems.extend(
+        crate::tree::atomic::stale_temp_files(target)
+            .into_iter()
+            .map(|s| Problem::Leftover {
+                path: s
+                    .path
+                    .strip_prefix(target)
+                    .unwrap_or(&s.path)
+                    .display()
+                    .to_string(),
+                size: s.size,
+            }),
+    );
     Ok(report)
 }
 
@@ -377,13 +401,17 @@ pub struct PruneReport {
     pub failed: Vec<String>,
 }
 
-/// Removes what [`orphans`] finds, or only reports it when `dry_run`. Product folders themselves
-/// and files that are not image files are left alone.
+/// Removes what [`orphans`] finds and the temp files crashes left, or only reports them when
+/// `dry_run`. Product folders themselves and files that are not image files are left alone.
 pub fn prune(target: &Path, tree: &Tree, dry_run: bool) -> Result<PruneReport, InventoryError> {
     let (_, products, _) = load_catalog(target)?;
     let _lock = crate::tree::lock::lock_tree(target)?;
     let mut report = PruneReport::default();
-    for path in orphans(target, tree, &products)? {
+    // Temp files a crash or a kill left, which no live writer holds, go too.
+    let stale = crate::tree::atomic::stale_temp_files(target)
+        .into_iter()
+        .map(|s| s.path);
+    for path in orphans(target, tree, &products)?.into_iter().chain(stale) {
         let rel = path
             .strip_prefix(target)
             .unwrap_or(&path)

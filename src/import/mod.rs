@@ -195,7 +195,7 @@ pub fn version_dir(
 type Landing = HashedTemp;
 
 fn landing(dir: &Path) -> Result<Landing, ImportError> {
-    HashedTemp::new(dir, ".import-").map_err(io(dir))
+    HashedTemp::new(dir, crate::tree::names::IMPORT_PREFIX).map_err(io(dir))
 }
 
 fn finish(landing: Landing) -> Result<(tempfile::NamedTempFile, String), ImportError> {

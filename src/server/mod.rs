@@ -133,6 +133,19 @@ fn run(
             Some(index) => {
                 let scope = write_scope(&root, index)?;
                 write::import::clear_staging(&root);
+                // Temp files a crash or a kill left (uploads, atomic writes): ours, and no
+                // live writer holds them.
+                let (removed, failed) = crate::tree::atomic::remove_stale_temp_files(&root);
+                for stale in &removed {
+                    tracing::info!(
+                        "removed {} ({} bytes) left by an interrupted write",
+                        stale.path.display(),
+                        stale.size
+                    );
+                }
+                for why in &failed {
+                    tracing::warn!("cannot remove a temp file left by an interrupted write: {why}");
+                }
                 let (reindexer, running) = reindex::start(root.clone(), index.clone());
                 log_write_policy(&opts.writes, &scope);
                 let writes = write::Writes::new(

@@ -260,9 +260,7 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), ServerErr
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(crate::tree::names::TEMP_PREFIX)
-        .tempfile_in(dir)
+    let mut tmp = crate::tree::atomic::temp_file(dir, crate::tree::names::TEMP_PREFIX)
         .map_err(write_error)?;
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Mode of published files: readable by the web server (the original wrote 0760 folders).
 pub const FILE_MODE: u32 = 0o644;
@@ -50,15 +50,12 @@ pub fn write_with(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!("{}{name}.", super::names::TEMP_PREFIX))
-        .tempfile_in(dir)
-        .map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot create a temp file in {}: {e}", dir.display()),
-            )
-        })?;
+    let tmp = temp_file(dir, &format!("{}{name}.", super::names::TEMP_PREFIX)).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot create a temp file in {}: {e}", dir.display()),
+        )
+    })?;
     {
         let mut w = std::io::BufWriter::with_capacity(1 << 16, tmp.as_file());
         fill(&mut w)?;
@@ -91,7 +88,7 @@ impl HashedTemp {
     pub fn new(dir: &Path, prefix: &str) -> std::io::Result<Self> {
         create_dir_all(dir)?;
         Ok(Self {
-            tmp: tempfile::Builder::new().prefix(prefix).tempfile_in(dir)?,
+            tmp: temp_file(dir, prefix)?,
             sha: sha2::Digest::new(),
         })
     }
@@ -132,6 +129,68 @@ pub fn seal(tmp: &tempfile::NamedTempFile) -> std::io::Result<()> {
     set_file_mode(tmp.path())
 }
 
+/// A temp file `<prefix>…` in `dir`, locked for as long as it is open: the lock tells a
+/// sweep of crash leftovers ([`stale_temp_files`]) that a live writer is still at work on it.
+pub fn temp_file(dir: &Path, prefix: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    let tmp = tempfile::Builder::new().prefix(prefix).tempfile_in(dir)?;
+    tmp.as_file().try_lock().map_err(std::io::Error::other)?;
+    Ok(tmp)
+}
+
+/// One of our temp files that no live writer holds: left by a crash or a kill.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleTemp {
+    /// The file.
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+}
+
+/// Our temp files under `root` ([`super::names::is_temp_name`]) that no writer holds, found
+/// without following symlinks. A file a writer still holds is left alone.
+pub fn stale_temp_files(root: &Path) -> Vec<StaleTemp> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if kind.is_dir() {
+                todo.push(entry.path());
+            } else if kind.is_file() && super::names::is_temp_name(&name) {
+                let path = entry.path();
+                let unheld = std::fs::File::open(&path).is_ok_and(|f| f.try_lock().is_ok());
+                if unheld {
+                    let size = entry.metadata().map_or(0, |m| m.len());
+                    out.push(StaleTemp { path, size });
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// Removes the stale temp files under `root`; returns those removed and those that could not
+/// be (with why).
+pub fn remove_stale_temp_files(root: &Path) -> (Vec<StaleTemp>, Vec<String>) {
+    let mut removed = Vec::new();
+    let mut failed = Vec::new();
+    for stale in stale_temp_files(root) {
+        match std::fs::remove_file(&stale.path) {
+            Ok(()) => removed.push(stale),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => failed.push(format!("{}: {e}", stale.path.display())),
+        }
+    }
+    (removed, failed)
+}
+
 /// Fsyncs a folder, making renames and links in it durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
@@ -139,6 +198,26 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_temp_file_a_writer_holds_is_live_and_a_left_one_is_stale() {
+        let d = tempfile::tempdir().unwrap();
+        let live = temp_file(d.path(), crate::tree::names::UPLOAD_PREFIX).unwrap();
+        std::fs::create_dir_all(d.path().join("v")).unwrap();
+        std::fs::write(d.path().join("v/.tmp-images.json.x"), b"half").unwrap();
+        std::fs::write(d.path().join("v/.upload-dead"), b"half of a rootfs").unwrap();
+        std::fs::write(d.path().join("v/.hidden-but-not-ours"), b"x").unwrap();
+        let stale: Vec<_> = stale_temp_files(d.path())
+            .into_iter()
+            .map(|s| s.path.strip_prefix(d.path()).unwrap().display().to_string())
+            .collect();
+        assert_eq!(stale, ["v/.tmp-images.json.x", "v/.upload-dead"]);
+        let (removed, failed) = remove_stale_temp_files(d.path());
+        assert_eq!((removed.len(), failed.len()), (2, 0));
+        assert!(live.path().exists(), "a live writer's file stays");
+        assert!(d.path().join("v/.hidden-but-not-ours").exists());
+        drop(live);
+    }
+
     use super::*;
 
     #[test]

@@ -245,6 +245,25 @@ pub const PARTIAL_BUILD_PREFIX: &str = ".build-";
 /// The start of every temp file an atomic write leaves while it runs.
 pub const TEMP_PREFIX: &str = ".tmp-";
 
+/// The start of an upload's temp file, in its version folder.
+pub const UPLOAD_PREFIX: &str = ".upload-";
+
+/// The start of an import's temp files, in the layout.
+pub const IMPORT_PREFIX: &str = ".import-";
+
+/// True for the name of one of our temp files (atomic writes, uploads, imports, unified builds):
+/// a crash can leave one behind; a live writer holds a lock on it while it works.
+pub fn is_temp_name(name: &str) -> bool {
+    [
+        TEMP_PREFIX,
+        UPLOAD_PREFIX,
+        IMPORT_PREFIX,
+        unified_cache::PARTIAL_PREFIX,
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
 /// A unified tarball built for the direct-URL import, cached in its version folder as
 /// `.ssb-unified.<split fingerprint>.<sha256>.tar.gz`; the only hidden name that is served.
 pub mod unified_cache {

@@ -1337,3 +1337,68 @@ fn stray_links_and_misnamed_versions_in_the_layout_are_reported_and_skipped() {
     let ids: Vec<&String> = images["products"].as_object().unwrap().keys().collect();
     assert_eq!(ids, ["debian:12:amd64:default"]);
 }
+
+/// Hardening item 5: temp files that killed uploads and writes left stayed forever (not
+/// removed by a restart, publish or `prune --yes`, not reported by verify).
+#[test]
+fn temp_files_left_by_crashes_are_reported_pruned_and_cleared_by_the_server() {
+    let f = published_fixture();
+    let leftovers = [
+        "debian-12/20240106_03:00/.upload-abc123",
+        "streams/v1/.tmp-images.json.XYZ",
+    ];
+    for rel in leftovers {
+        put(f.root(), rel, &vec![7u8; 4096]);
+    }
+    let out = bin().current_dir(f.root()).arg("verify").assert().failure();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    for rel in leftovers {
+        assert!(
+            stdout.contains(&format!("left by an interrupted write: {rel} (4096 bytes")),
+            "{stdout}"
+        );
+    }
+    let out = bin().current_dir(f.root()).arg("prune").assert().success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        stdout.contains("would remove debian-12/20240106_03:00/.upload-abc123"),
+        "{stdout}"
+    );
+    bin()
+        .current_dir(f.root())
+        .args(["prune", "--yes"])
+        .assert()
+        .success();
+    for rel in leftovers {
+        assert!(!f.root().join(rel).exists(), "{rel} not pruned");
+    }
+    bin().current_dir(f.root()).arg("verify").assert().success();
+
+    // A server that owns the catalog clears them at start.
+    for rel in leftovers {
+        put(f.root(), rel, b"half");
+    }
+    let ca = crate::common::tls::TestCa::generate();
+    let mut cmd = crate::common::ssb_command(f.root());
+    cmd.args([
+        "serve",
+        "-t",
+        ".",
+        "--listen",
+        "127.0.0.1:0",
+        "--index",
+        "--no-watch",
+    ])
+    .arg("--tls-cert")
+    .arg(ca.cert_pem())
+    .arg("--tls-key")
+    .arg(ca.key_pem());
+    let server = crate::common::server::TestServer::spawn("ssb-serve", cmd);
+    for rel in leftovers {
+        assert!(
+            !f.root().join(rel).exists(),
+            "{rel} left at start:\n{}",
+            server.said()
+        );
+    }
+}

@@ -365,10 +365,8 @@ fn fill_and_place(
         _ => Vec::new(),
     };
 
-    let temp = tempfile::Builder::new()
-        .prefix(".upload-")
-        .tempfile_in(dir)
-        .map_err(io)?;
+    let temp =
+        crate::tree::atomic::temp_file(dir, crate::tree::names::UPLOAD_PREFIX).map_err(io)?;
     temp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(
             crate::tree::atomic::FILE_MODE,
