@@ -188,6 +188,7 @@ pub fn build_product(
                 http,
                 clock: *clock,
                 hash_cache: req.hash_cache,
+                force: false,
                 progress: &indicatif::ProgressBar::hidden(),
                 exclude: &exclude,
             })

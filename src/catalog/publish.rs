@@ -405,6 +405,74 @@ pub enum PublishError {
     /// A file could not be written.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// The new catalog would take every published product away.
+    #[error(transparent)]
+    WouldEmpty(#[from] ReplaceError),
+}
+
+/// A catalog that would replace the published one although it keeps none of its products:
+/// the sign of a run in the wrong mode (the layout scanned where a tree.yml built the tree, or
+/// the reverse) or of a tree.yml that is not the one that built it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing to replace the catalog of {}: it publishes {published} product(s) (e.g. `{example}`), and this run, {mode}, finds {} of them{}; start with the tree.yml that built the tree (-c FILE), or in the folder that holds it, or pass --force to replace the catalog anyway",
+    target.display(),
+    if *found == 0 { "none".to_owned() } else { found.to_string() },
+    if *new_count == 0 { " and no product at all".to_owned() } else { format!(" ({new_count} other product(s))") }
+)]
+pub struct ReplaceError {
+    /// The tree.
+    pub target: PathBuf,
+    /// Products in the published catalog.
+    pub published: usize,
+    /// One of them.
+    pub example: String,
+    /// How this run found its products: `reading tree.yml X` or `scanning the layout under Y`.
+    pub mode: String,
+    /// Published products this run also has.
+    pub found: usize,
+    /// Products this run has.
+    pub new_count: usize,
+}
+
+/// Refuses a catalog for `target` that keeps none of the products the published one lists
+/// (a first catalog, or one that keeps at least one product, passes).
+pub fn check_replacement(
+    target: &Path,
+    tree: &Tree,
+    new: &ProductsFile,
+) -> Result<(), ReplaceError> {
+    let Ok((_, published, _)) = crate::catalog::published::load_catalog(target) else {
+        return Ok(());
+    };
+    if published.products.is_empty() {
+        return Ok(());
+    }
+    let found = published
+        .products
+        .keys()
+        .filter(|id| new.products.contains_key(*id))
+        .count();
+    if found > 0 {
+        return Ok(());
+    }
+    let mode = match &tree.config.file {
+        Some(file) => format!("reading {}", file.display()),
+        None => format!("scanning the images/ layout under {}", target.display()),
+    };
+    Err(ReplaceError {
+        target: target.to_owned(),
+        published: published.products.len(),
+        example: published
+            .products
+            .keys()
+            .next()
+            .cloned()
+            .unwrap_or_default(),
+        mode,
+        found,
+        new_count: new.products.len(),
+    })
 }
 
 /// What to publish.
@@ -425,6 +493,8 @@ pub struct PublishRequest<'a> {
     pub clock: Clock,
     /// Where the hash caches of the product folders are kept.
     pub hash_cache: &'a crate::hash::CacheDir,
+    /// Replace the published catalog even when the new one keeps none of its products.
+    pub force: bool,
     /// Told about every byte hashed.
     pub progress: &'a indicatif::ProgressBar,
     /// Versions to leave out, by product (about to be purged).
@@ -485,6 +555,9 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
         &mut warnings,
     )?;
     crate::catalog::products::report(&warnings);
+    if !req.force {
+        check_replacement(req.target, tree, &products)?;
+    }
     write_catalog(req.target, &tree.config.images_path, &products, &index)?;
     Ok(PublishSummary {
         products: products.products.len(),

@@ -151,6 +151,10 @@ pub struct PublishArgs {
     /// (a product whose ssb.json does not exist yet is always left out, with a warning)
     #[arg(long, env = "SSBUILDER_SKIP_UNAVAILABLE", value_parser = FalseyValueParser::new())]
     pub skip_unavailable: bool,
+    /// Replace the published catalog even when the new one keeps none of its products (the
+    /// sign of the wrong mode or tree.yml)
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `build-product`.
@@ -217,6 +221,10 @@ pub struct CatalogArgs {
     /// (a product whose ssb.json does not exist yet is always left out, with a warning)
     #[arg(long, env = "SSBUILDER_SKIP_UNAVAILABLE", value_parser = FalseyValueParser::new())]
     pub skip_unavailable: bool,
+    /// Replace the published catalog even when the new one keeps none of its products (the
+    /// sign of the wrong mode or tree.yml)
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `import`.
@@ -291,6 +299,10 @@ pub struct ServeArgs {
     /// With --index, do not watch the tree for files copied in by other means
     #[arg(long)]
     pub no_watch: bool,
+    /// With --index, replace the published catalog even when a re-index keeps none of its
+    /// products (the sign of the wrong mode or tree.yml)
+    #[arg(long)]
+    pub force: bool,
     /// File holding the bearer token that uploads and deletes must carry
     #[arg(long, env = "SSB_WRITE_TOKEN_FILE", value_name = "FILE")]
     pub write_token_file: Option<PathBuf>,

@@ -23,6 +23,7 @@ pub fn publish(s: &Publish) -> Result<()> {
         &s.target,
         s.md5,
         s.skip_unavailable,
+        s.force,
         &s.shared,
     )
 }
@@ -35,6 +36,7 @@ pub fn publish_tree(
     target: &Path,
     md5: bool,
     skip_unavailable: bool,
+    force: bool,
     shared: &Shared,
 ) -> Result<()> {
     let bar = progress::hashing();
@@ -47,6 +49,7 @@ pub fn publish_tree(
         http: &shared.http,
         clock: shared.clock,
         hash_cache: &shared.hash_cache,
+        force,
         progress: &bar,
         exclude: &products::Exclusions::new(),
     });
@@ -65,7 +68,7 @@ pub fn publish_tree(
 /// Publishes the layout tree at `target` as it is now (after an import or the demo build).
 pub fn publish_layout(target: &Path, shared: &Shared) -> Result<()> {
     let tree = Tree::load(None, target, &shared.overrides)?;
-    publish_tree(&tree, target, target, false, false, shared)
+    publish_tree(&tree, target, target, false, false, false, shared)
 }
 
 /// `build-versions-manifest`.
@@ -123,6 +126,9 @@ pub fn catalog(s: &Catalog) -> Result<()> {
     let Some(target) = &s.target else {
         return write_stdout(&bytes);
     };
+    if !s.force {
+        catalog::check_replacement(target, &s.tree, &products)?;
+    }
     let path = match s.part {
         CatalogPart::Products => catalog::products_path(target, &s.tree.config.images_path),
         CatalogPart::Index => catalog::index_path(target),

@@ -42,6 +42,8 @@ pub struct IndexOptions {
     pub clock: Clock,
     /// Where the hash caches of the product folders are kept.
     pub hash_cache: crate::hash::CacheDir,
+    /// Replace the published catalog even when a re-index keeps none of its products.
+    pub force: bool,
     /// Watch the tree for files that arrive by other means.
     pub watch: bool,
     /// For products fetched from other servers (`prefix_path`).
@@ -238,6 +240,7 @@ fn reindex(
             http: &opts.http,
             clock: opts.clock,
             hash_cache: &opts.hash_cache,
+            force: opts.force,
             progress: &indicatif::ProgressBar::hidden(),
             exclude: &crate::catalog::products::Exclusions::new(),
         })

@@ -1402,3 +1402,67 @@ fn temp_files_left_by_crashes_are_reported_pruned_and_cleared_by_the_server() {
         );
     }
 }
+
+/// Hardening item 2: `publish` or `serve --index` started without the tree.yml that built a
+/// tree scanned the layout, found no product and replaced a catalog of N products with an
+/// empty one. Such a run is refused, with what to do, unless --force.
+#[test]
+fn a_run_in_the_wrong_mode_does_not_wipe_the_catalog() {
+    let f = published_fixture();
+    let catalog = || std::fs::read(f.root().join("streams/v1/images.json")).unwrap();
+    let before = catalog();
+    // From another folder: no tree.yml, so the layout is scanned (and holds nothing).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = bin()
+        .current_dir(elsewhere.path())
+        .arg("publish")
+        .arg("-t")
+        .arg(f.root())
+        .assert()
+        .failure();
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("refusing to replace the catalog")
+            && stderr.contains("scanning the images/ layout")
+            && stderr.contains("-c FILE")
+            && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(catalog(), before);
+
+    // The server, started the same way, keeps it too.
+    let ca = crate::common::tls::TestCa::generate();
+    let mut cmd = crate::common::ssb_command(elsewhere.path());
+    cmd.arg("serve")
+        .arg("-t")
+        .arg(f.root())
+        .args(["--listen", "127.0.0.1:0", "--index", "--no-watch"])
+        .arg("--tls-cert")
+        .arg(ca.cert_pem())
+        .arg("--tls-key")
+        .arg(ca.key_pem());
+    let server = crate::common::server::TestServer::spawn("ssb-serve", cmd);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !server.said().contains("refusing to replace the catalog") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal:\n{}",
+            server.said()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(server);
+    assert_eq!(catalog(), before);
+
+    // Asked for: replaced.
+    bin()
+        .current_dir(elsewhere.path())
+        .arg("publish")
+        .arg("-t")
+        .arg(f.root())
+        .arg("--force")
+        .assert()
+        .success();
+    let images = read_json(&f.root().join("streams/v1/images.json"));
+    assert!(images["products"].as_object().unwrap().is_empty());
+}

@@ -50,6 +50,7 @@ pub struct Publish {
     pub target: PathBuf,
     pub md5: bool,
     pub skip_unavailable: bool,
+    pub force: bool,
     pub shared: Shared,
 }
 
@@ -80,6 +81,7 @@ pub struct Catalog {
     /// `None`: print on stdout.
     pub target: Option<PathBuf>,
     pub skip_unavailable: bool,
+    pub force: bool,
     pub shared: Shared,
 }
 
@@ -190,6 +192,7 @@ impl Settings {
                     target,
                     md5: args.md5,
                     skip_unavailable: args.skip_unavailable,
+                    force: args.force,
                     shared: r.shared(),
                 })
             }

@@ -153,6 +153,7 @@ impl Resolver<'_> {
             source,
             target: (!args.stdout).then(|| self.target_or_cwd()),
             skip_unavailable: args.skip_unavailable,
+            force: args.force,
             shared: self.shared(),
         })
     }
@@ -252,6 +253,7 @@ impl Resolver<'_> {
                     overrides: shared.overrides,
                     clock: shared.clock,
                     hash_cache: shared.hash_cache,
+                    force: args.force,
                     watch: !args.no_watch,
                     http: shared.http,
                 }),
