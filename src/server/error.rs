@@ -106,6 +106,18 @@ pub(crate) enum RequestError {
     #[error("bad multipart body: {reason}")]
     BadMultipart { reason: String },
 
+    #[error(
+        "a multipart part's headers are longer than {} bytes",
+        crate::server::write::MAX_PART_HEADERS
+    )]
+    PartHeadersTooLong,
+
+    #[error(
+        "the multipart body has more than {} parts",
+        crate::server::write::MAX_PARTS
+    )]
+    TooManyParts,
+
     #[error("the multipart body has no file part (a part with a filename)")]
     NoFilePart,
 
@@ -173,7 +185,8 @@ impl RequestError {
             Self::ImportNeedsLayout | Self::ImportClash(_) => S::CONFLICT,
             Self::NotFound { .. } => S::NOT_FOUND,
             Self::IsAFolder { .. } => S::CONFLICT,
-            Self::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            Self::TooLarge { .. } | Self::TooManyParts => S::PAYLOAD_TOO_LARGE,
+            Self::PartHeadersTooLong => S::BAD_REQUEST,
             Self::Io { .. } => S::INTERNAL_SERVER_ERROR,
         }
     }

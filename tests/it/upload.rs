@@ -758,3 +758,51 @@ fn four_uploads_and_fifty_readers_at_once() {
     });
     eprintln!("{} reads of images.json, all valid", reads.into_inner());
 }
+
+/// Hardening item 3: a part's headers were buffered however long (a 400 MB header: 863 MB of
+/// memory, then 201), and any number of parts was taken (1000 parts stored 1000 files). Both are
+/// refused without reading the rest, on uploads and on `/import`.
+#[test]
+fn multipart_part_headers_and_part_counts_are_bounded() {
+    let site = Site::start(&["--http", "--no-watch"], &[]);
+    let addr = site.url().trim_start_matches("http://").to_owned();
+    let boundary = "XyZzYbOuNdArY";
+    let post = |path: &str, body: &[u8]| {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            Site::auth(),
+            body.len()
+        );
+        raw_request(&addr, &head, body)
+    };
+    // A 2 MiB header line in one part.
+    let long = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"upload\"; filename=\"a/1/amd64/default/{V1}/lxd.tar.xz\"\r\nX-Pad: {}\r\n\r\nEVIL\r\n--{boundary}--\r\n",
+        "a".repeat(2 << 20)
+    );
+    for path in ["/images/", "/import"] {
+        assert_eq!(
+            post(path, long.as_bytes()),
+            400,
+            "{path}: long part headers"
+        );
+    }
+    // 1000 parts.
+    let mut many = String::new();
+    for i in 0..1000 {
+        many.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"f{i}\"; filename=\"a/1/amd64/default/{V1}/lxd.tar.xz\"\r\n\r\nx\r\n"
+        ));
+    }
+    many.push_str(&format!("--{boundary}--\r\n"));
+    for path in ["/images/", "/import"] {
+        assert_eq!(post(path, many.as_bytes()), 413, "{path}: 1000 parts");
+    }
+    let stored: Vec<_> = std::fs::read_dir(site.www.join(format!("images/a/1/amd64/default/{V1}")))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        stored.len() <= 16,
+        "at most the parts before the limit: {stored:?}"
+    );
+}

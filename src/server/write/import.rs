@@ -98,7 +98,9 @@ pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, 
     }
     let root = Arc::clone(&writes.root);
     let staging = blocking("the import staging folder", move || staging_dir(&root)).await?;
-    let form = match receive(&writes, req, staging.path()).await {
+    let (req, seen) = super::parts::guard(req);
+    let received = receive(&writes, req, staging.path()).await;
+    let form = match super::parts::explain(received, &seen) {
         Ok(form) => form,
         Err(e) => {
             // Removing a large partial file is blocking work too.

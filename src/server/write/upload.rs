@@ -232,6 +232,12 @@ pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, 
     let base = RequestPath::parse(trimmed)
         .ok_or_else(|| bad_path(&raw, "not a plain path".into()))?
         .to_relative_string();
+    let (req, seen) = super::parts::guard(req);
+    super::parts::explain(store_parts(&writes, &base, req).await, &seen)
+}
+
+/// Stores every file part of a multipart upload under `base`.
+async fn store_parts(writes: &Writes, base: &str, req: Request) -> Result<Response, RequestError> {
     let mut multipart = Multipart::from_request(req, &()).await?;
     let mut stored = Vec::new();
     while let Some(field) = multipart.next_field().await? {
@@ -252,7 +258,7 @@ pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, 
                 return Err(bad_path(&rel, reason));
             }
         };
-        stored.push(store(&writes, target, field).await?);
+        stored.push(store(writes, target, field).await?);
     }
     let body = match stored.len() {
         0 => return Err(RequestError::NoFilePart),
@@ -262,11 +268,19 @@ pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, 
     Ok(super::policy::json_response(StatusCode::CREATED, &body))
 }
 
+/// A refused path; a long one (a client-sent name) is cut in the answer.
 fn bad_path(path: &str, reason: String) -> RequestError {
-    RequestError::BadPath {
-        path: path.to_owned(),
-        reason,
-    }
+    const SHOWN: usize = 256;
+    let path = if path.len() > SHOWN {
+        let cut = (0..=SHOWN)
+            .rev()
+            .find(|&i| path.is_char_boundary(i))
+            .unwrap_or(0);
+        format!("{}… ({} bytes)", &path[..cut], path.len())
+    } else {
+        path.to_owned()
+    };
+    RequestError::BadPath { path, reason }
 }
 
 /// Streams `body` into place at `target` and asks for a re-index.
