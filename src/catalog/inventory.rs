@@ -17,13 +17,8 @@ use crate::tree::{TreeError, scan_product};
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
     /// A catalog file is missing or not valid JSON.
-    #[error("{}: {reason} (run `publish` first?)", path.display())]
-    Catalog {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::published::UnreadableCatalog),
     /// The tree cannot be read.
     #[error(transparent)]
     Tree(#[from] TreeError),
@@ -544,7 +539,7 @@ mod tests {
         let cache = CatalogCache::default();
         assert!(matches!(
             cache.products(dir.path()),
-            Err(InventoryError::Catalog { .. })
+            Err(crate::catalog::published::UnreadableCatalog { .. })
         ));
         write_catalog(dir.path(), "p:1:amd64:default");
         let first = cache.products(dir.path()).unwrap();

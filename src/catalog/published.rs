@@ -4,13 +4,22 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::catalog::inventory::InventoryError;
 use crate::format::{Index, ProductsFile};
 use crate::tree::FileSig;
 use crate::tree::names::index_path;
 
+/// A catalog file that is missing or not valid JSON.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason} (run `publish` first?)", path.display())]
+pub struct UnreadableCatalog {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub reason: String,
+}
+
 /// Reads the published catalog of `target`.
-pub fn load_catalog(target: &Path) -> Result<(Index, ProductsFile, PathBuf), InventoryError> {
+pub fn load_catalog(target: &Path) -> Result<(Index, ProductsFile, PathBuf), UnreadableCatalog> {
     load_signed(target).map(|c| (c.index, c.products, c.products_path))
 }
 
@@ -23,11 +32,11 @@ struct SignedCatalog {
     products_sig: FileSig,
 }
 
-fn load_signed(target: &Path) -> Result<SignedCatalog, InventoryError> {
+fn load_signed(target: &Path) -> Result<SignedCatalog, UnreadableCatalog> {
     // Each file's signature is taken from the descriptor its bytes are read from, so it is the
     // signature of exactly those bytes even if the file is replaced meanwhile.
-    let read = |path: &Path| -> Result<(Vec<u8>, FileSig), InventoryError> {
-        let failed = |e: std::io::Error| InventoryError::Catalog {
+    let read = |path: &Path| -> Result<(Vec<u8>, FileSig), UnreadableCatalog> {
+        let failed = |e: std::io::Error| UnreadableCatalog {
             path: path.to_owned(),
             reason: e.kind().to_string(),
         };
@@ -39,7 +48,7 @@ fn load_signed(target: &Path) -> Result<SignedCatalog, InventoryError> {
     };
     let ipath = index_path(target);
     let (bytes, index_sig) = read(&ipath)?;
-    let index: Index = serde_json::from_slice(&bytes).map_err(|e| InventoryError::Catalog {
+    let index: Index = serde_json::from_slice(&bytes).map_err(|e| UnreadableCatalog {
         path: ipath.clone(),
         reason: e.to_string(),
     })?;
@@ -47,17 +56,16 @@ fn load_signed(target: &Path) -> Result<SignedCatalog, InventoryError> {
         .index
         .values()
         .find(|e| e.datatype == crate::config::DEFAULT_DATATYPE)
-        .ok_or_else(|| InventoryError::Catalog {
+        .ok_or_else(|| UnreadableCatalog {
             path: ipath.clone(),
             reason: "no image-downloads entry".into(),
         })?;
     let products_path = target.join(&entry.path);
     let (bytes, products_sig) = read(&products_path)?;
-    let products: ProductsFile =
-        serde_json::from_slice(&bytes).map_err(|e| InventoryError::Catalog {
-            path: products_path.clone(),
-            reason: e.to_string(),
-        })?;
+    let products: ProductsFile = serde_json::from_slice(&bytes).map_err(|e| UnreadableCatalog {
+        path: products_path.clone(),
+        reason: e.to_string(),
+    })?;
     Ok(SignedCatalog {
         index,
         index_sig,
@@ -84,7 +92,7 @@ struct CachedCatalog {
 
 impl CatalogCache {
     /// The products file of `target`'s catalog (the same tree on every call).
-    pub fn products(&self, target: &Path) -> Result<Arc<ProductsFile>, InventoryError> {
+    pub fn products(&self, target: &Path) -> Result<Arc<ProductsFile>, UnreadableCatalog> {
         let sig = |path: &Path| std::fs::metadata(path).ok().map(|m| FileSig::of(&m));
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(c) = last

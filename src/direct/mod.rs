@@ -13,7 +13,6 @@
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
-use crate::catalog::inventory::InventoryError;
 use crate::format::arch::canonical_arch;
 use crate::format::{Family, Ftype, Item, ProductsFile, RootfsKind, Version, VersionName};
 use crate::image::unified::UnifiedError;
@@ -61,7 +60,7 @@ pub enum DirectError {
     },
     /// The catalog cannot be read.
     #[error(transparent)]
-    Catalog(#[from] InventoryError),
+    Catalog(#[from] crate::catalog::published::UnreadableCatalog),
     /// Building the unified tarball failed.
     #[error("cannot build the unified tarball: {0}")]
     Unified(#[from] UnifiedError),

@@ -607,29 +607,4 @@ mod tests {
         assert_eq!(changed.combined[&pair], concat(&meta, disk2));
         assert_eq!(cache.bytes_read, (meta.len() + disk2.len()) as u64);
     }
-
-    #[test]
-    fn the_cache_lives_outside_the_tree_and_takes_over_a_legacy_one() {
-        let d = tempfile::tempdir().unwrap();
-        let caches = tempfile::tempdir().unwrap();
-        let caches = CacheDir::new(caches.path().join("hash"));
-        let legacy = d.path().join(crate::tree::names::HASH_CACHE);
-        std::fs::write(&legacy, br#"{"version":1,"files":{}}"#).unwrap();
-        let cache = HashCache::load(&caches, d.path());
-        cache.save().unwrap();
-        assert!(
-            !legacy.exists(),
-            "the legacy cache in the product folder is gone"
-        );
-        assert!(caches.file_for(d.path()).unwrap().is_file());
-        assert!(
-            !caches.file_for(d.path()).unwrap().starts_with(d.path()),
-            "the cache is not in the tree"
-        );
-        assert_ne!(
-            caches.file_for(d.path()),
-            caches.file_for(&d.path().join("other")),
-            "one file per product folder"
-        );
-    }
 }

@@ -106,17 +106,11 @@ pub(crate) enum RequestError {
     #[error("bad multipart body: {reason}")]
     BadMultipart { reason: String },
 
-    #[error(
-        "a multipart part's headers are longer than {} bytes",
-        crate::server::write::MAX_PART_HEADERS
-    )]
-    PartHeadersTooLong,
+    #[error("a multipart part's headers are longer than {max} bytes")]
+    PartHeadersTooLong { max: usize },
 
-    #[error(
-        "the multipart body has more than {} parts",
-        crate::server::write::MAX_PARTS
-    )]
-    TooManyParts,
+    #[error("the multipart body has more than {max} parts")]
+    TooManyParts { max: usize },
 
     #[error("the multipart body has no file part (a part with a filename)")]
     NoFilePart,
@@ -185,8 +179,8 @@ impl RequestError {
             Self::ImportNeedsLayout | Self::ImportClash(_) => S::CONFLICT,
             Self::NotFound { .. } => S::NOT_FOUND,
             Self::IsAFolder { .. } => S::CONFLICT,
-            Self::TooLarge { .. } | Self::TooManyParts => S::PAYLOAD_TOO_LARGE,
-            Self::PartHeadersTooLong => S::BAD_REQUEST,
+            Self::TooLarge { .. } | Self::TooManyParts { .. } => S::PAYLOAD_TOO_LARGE,
+            Self::PartHeadersTooLong { .. } => S::BAD_REQUEST,
             Self::Io { .. } => S::INTERNAL_SERVER_ERROR,
         }
     }

@@ -8,7 +8,6 @@ mod policy;
 pub(super) mod target;
 pub(super) mod upload;
 
-pub(super) use parts::{MAX_PART_HEADERS, MAX_PARTS};
 pub(super) use policy::Writes;
 pub use policy::{DEFAULT_MAX_UPLOAD_SIZE, WriteOptions};
 pub(super) use target::WriteScope;

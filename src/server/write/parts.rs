@@ -191,8 +191,10 @@ where
 impl From<Violation> for crate::server::error::RequestError {
     fn from(v: Violation) -> Self {
         match v {
-            Violation::TooManyParts => Self::TooManyParts,
-            Violation::HeadersTooLong => Self::PartHeadersTooLong,
+            Violation::TooManyParts => Self::TooManyParts { max: MAX_PARTS },
+            Violation::HeadersTooLong => Self::PartHeadersTooLong {
+                max: MAX_PART_HEADERS,
+            },
         }
     }
 }
