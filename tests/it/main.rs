@@ -17,6 +17,7 @@ mod daemons;
 mod deploy;
 mod direct;
 mod e2e;
+mod faults;
 mod import;
 mod import_e2e;
 mod inventory;
