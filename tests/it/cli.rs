@@ -1379,21 +1379,8 @@ fn temp_files_left_by_crashes_are_reported_pruned_and_cleared_by_the_server() {
         put(f.root(), rel, b"half");
     }
     let ca = crate::common::tls::TestCa::generate();
-    let mut cmd = crate::common::ssb_command(f.root());
-    cmd.args([
-        "serve",
-        "-t",
-        ".",
-        "--listen",
-        "127.0.0.1:0",
-        "--index",
-        "--no-watch",
-    ])
-    .arg("--tls-cert")
-    .arg(ca.cert_pem())
-    .arg("--tls-key")
-    .arg(ca.key_pem());
-    let server = crate::common::server::TestServer::spawn("ssb-serve", cmd);
+    let index = ["--index", "--no-watch"].map(std::ffi::OsStr::new);
+    let server = crate::common::server::TestServer::serve_from(f.root(), f.root(), &ca, &index);
     for rel in leftovers {
         assert!(
             !f.root().join(rel).exists(),
@@ -1432,16 +1419,9 @@ fn a_run_in_the_wrong_mode_does_not_wipe_the_catalog() {
 
     // The server, started the same way, keeps it too.
     let ca = crate::common::tls::TestCa::generate();
-    let mut cmd = crate::common::ssb_command(elsewhere.path());
-    cmd.arg("serve")
-        .arg("-t")
-        .arg(f.root())
-        .args(["--listen", "127.0.0.1:0", "--index", "--no-watch"])
-        .arg("--tls-cert")
-        .arg(ca.cert_pem())
-        .arg("--tls-key")
-        .arg(ca.key_pem());
-    let server = crate::common::server::TestServer::spawn("ssb-serve", cmd);
+    let index = ["--index", "--no-watch"].map(std::ffi::OsStr::new);
+    let server =
+        crate::common::server::TestServer::serve_from(elsewhere.path(), f.root(), &ca, &index);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !server.said().contains("refusing to replace the catalog") {
         assert!(

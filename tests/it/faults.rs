@@ -4,6 +4,7 @@
 //! with its size, no partial file carries a name clients fetch, and the next run succeeds. A
 //! longer run with figures is in docs/reliability.md.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -150,23 +151,13 @@ fn serve_killed_during_uploads_leaves_a_usable_tree() {
         .into_iter()
         .enumerate()
     {
-        let mut cmd = ssb_command(dir.path());
-        cmd.args([
-            "serve",
-            "-t",
-            "www",
-            "--listen",
-            "127.0.0.1:0",
-            "--index",
-            "--no-watch",
-        ])
-        .arg("--write-token-file")
-        .arg(&token)
-        .arg("--tls-cert")
-        .arg(ca.cert_pem())
-        .arg("--tls-key")
-        .arg(ca.key_pem());
-        let server = TestServer::spawn("ssb-serve", cmd);
+        let with_token = [
+            OsStr::new("--index"),
+            OsStr::new("--no-watch"),
+            OsStr::new("--write-token-file"),
+            token.as_os_str(),
+        ];
+        let server = TestServer::serve_from(dir.path(), &www, &ca, &with_token);
         let url = format!(
             "{}/images/up{n}/1/amd64/default/20250101_10:00/rootfs.squashfs",
             server.url()
@@ -203,22 +194,8 @@ fn serve_killed_during_uploads_leaves_a_usable_tree() {
         }
     }
     // The next server clears what the kills left, and the tree verifies.
-    let mut cmd = ssb_command(dir.path());
-    cmd.args([
-        "serve",
-        "-t",
-        "www",
-        "--listen",
-        "127.0.0.1:0",
-        "--index",
-        "--no-watch",
-    ])
-    .arg("--tls-cert")
-    .arg(ca.cert_pem())
-    .arg("--tls-key")
-    .arg(ca.key_pem());
-    let server = TestServer::spawn("ssb-serve", cmd);
-    drop(server);
+    let index = ["--index", "--no-watch"].map(OsStr::new);
+    drop(TestServer::serve_from(dir.path(), &www, &ca, &index));
     run_ok(
         ssb(dir.path()).args(["-t", "www", "verify"]),
         Duration::from_secs(120),

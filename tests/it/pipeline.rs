@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::common::bootable::{busybox_rootfs, have_busybox, pack_root_tar_gz};
+use crate::common::bootable::{busybox_rootfs, can_build_with_distrobuilder, pack_root_tar_gz};
 use crate::common::catalog::read_json;
 use crate::common::command::run_ok;
 use crate::common::daemon::{Daemon, Kind};
 use crate::common::fixtures::{mkdir, write_text};
 use crate::common::server::TestServer;
+use crate::common::ssb;
 use crate::common::tls::TestCa;
-use crate::common::{is_root, ssb};
 
 const PRODUCT: &str = "busybox:1:amd64:default";
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -36,25 +36,7 @@ fn mirror(src: &Path, dst: &Path) {
 
 #[test]
 fn a_mottainai_pipeline_replayed_ends_with_the_daemons_launching_from_the_index() {
-    let tools = ["distrobuilder", "mksquashfs"];
-    let missing: Vec<_> = tools
-        .iter()
-        .filter(|t| {
-            !std::process::Command::new("which")
-                .arg(t)
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .collect();
-    if !missing.is_empty() || !have_busybox() || !is_root() {
-        let msg = format!(
-            "SKIPPED the Mottainai pipeline replay: missing {missing:?}, busybox-static or root"
-        );
-        assert!(
-            std::env::var(crate::common::clients::REQUIRE_ENV).as_deref() != Ok("1"),
-            "{msg}"
-        );
-        eprintln!("{msg}");
+    if !can_build_with_distrobuilder("the Mottainai pipeline replay") {
         return;
     }
     let ca = TestCa::generate();

@@ -25,6 +25,39 @@ pub fn have_busybox() -> bool {
     Path::new(BUSYBOX).is_file()
 }
 
+/// Says loudly that `what` is skipped and why, or panics when the real programs are required
+/// ([`super::clients::REQUIRE_ENV`]).
+pub fn skip(what: &str, why: &str) {
+    let msg = format!("SKIPPED {what}: {why}");
+    assert!(
+        std::env::var(super::clients::REQUIRE_ENV).as_deref() != Ok("1"),
+        "{msg}"
+    );
+    eprintln!("{msg}");
+}
+
+/// Whether a busybox image can be built with the real distrobuilder here (distrobuilder,
+/// mksquashfs, busybox-static, root); says why not through [`skip`].
+pub fn can_build_with_distrobuilder(what: &str) -> bool {
+    let missing: Vec<&str> = ["distrobuilder", "mksquashfs"]
+        .into_iter()
+        .filter(|t| {
+            !std::process::Command::new("which")
+                .arg(t)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if missing.is_empty() && have_busybox() && super::is_root() {
+        return true;
+    }
+    skip(
+        what,
+        &format!("missing {missing:?}, busybox-static or root"),
+    );
+    false
+}
+
 /// Makes `<dir>/rootfs`, a busybox system whose os-release says `PRETTY_NAME="<pretty_name>"`.
 pub fn busybox_rootfs(dir: &Path, pretty_name: &str) -> BootableRootfs {
     let root = dir.join("rootfs");

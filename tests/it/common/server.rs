@@ -1,6 +1,7 @@
 //! A server process under test: spawned, waited for until it says where it listens, drained,
 //! and killed on drop.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -28,11 +29,18 @@ impl TestServer {
     /// `simplestreams-builder serve -t <dir>` over HTTPS on an ephemeral loopback port, with the
     /// certificate of `ca`.
     pub fn serve(dir: &Path, ca: &TestCa) -> TestServer {
-        let mut cmd = super::ssb_command(dir);
+        TestServer::serve_from(dir, dir, ca, &[])
+    }
+
+    /// `simplestreams-builder serve -t <root> EXTRA…` run from `cwd` (which decides whether a
+    /// tree.yml is picked up), over HTTPS with the certificate of `ca`.
+    pub fn serve_from(cwd: &Path, root: &Path, ca: &TestCa, extra: &[&OsStr]) -> TestServer {
+        let mut cmd = super::ssb_command(cwd);
         cmd.arg("serve")
             .arg("-t")
-            .arg(dir)
+            .arg(root)
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .arg("--tls-cert")
             .arg(ca.cert_pem())
             .arg("--tls-key")
