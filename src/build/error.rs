@@ -147,6 +147,19 @@ pub enum BuildError {
         /// Why.
         source: Box<PublishError>,
     },
+    /// The new version was built, but a file of it breaks the image rules: it is left out of
+    /// the catalog and nothing is purged.
+    #[error(
+        "product `{product}`: version {version} was built, but it cannot be published: {reason}; it is left out of the catalog and nothing was purged (check the build's output files)"
+    )]
+    Rejected {
+        /// The product.
+        product: String,
+        /// The new version.
+        version: String,
+        /// Why.
+        reason: Box<ManifestError>,
+    },
     /// Some old versions could not be deleted.
     #[error("product `{product}`: {} old version(s) could not be purged (the catalog no longer lists them):\n{}", failures.len(), failures.join("\n"))]
     Purge {

@@ -24,7 +24,9 @@ use std::sync::atomic::AtomicBool;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-use crate::catalog::manifest::{self, BuildOptions, HttpSettings, MANIFEST_FILE, ManifestError};
+use crate::catalog::manifest::{
+    self, BuildOptions, HttpSettings, MANIFEST_FILE, ManifestError, Rejected,
+};
 use crate::catalog::products::Tree;
 use crate::catalog::publish::{Clock, PublishRequest, publish_tree};
 use crate::config::{ProductSpec, TreeConfig};
@@ -173,7 +175,13 @@ pub fn build_product(
         .map_or_else(|| "(none)".to_owned(), ToString::to_string);
     match after {
         AfterBuild::Nothing => {}
-        AfterBuild::Manifest => write_manifest(req, &product_dir, &doomed, &version_label)?,
+        AfterBuild::Manifest => write_manifest(
+            req,
+            &product_dir,
+            &doomed,
+            report.version.as_ref(),
+            &version_label,
+        )?,
         AfterBuild::Publish { tree, http, clock } => {
             let exclude = BTreeMap::from([(
                 p.name.clone(),
@@ -203,6 +211,7 @@ pub fn build_product(
                 summary.versions,
                 summary.index.display()
             );
+            refuse_if_rejected(p, report.version.as_ref(), summary.rejected)?;
             report.published = true;
         }
     }
@@ -280,6 +289,7 @@ fn write_manifest(
     req: &BuildRequest<'_>,
     product_dir: &Path,
     doomed: &[VersionName],
+    built_version: Option<&VersionName>,
     version_label: &str,
 ) -> Result<(), BuildError> {
     let p = req.product;
@@ -295,7 +305,7 @@ fn write_manifest(
         ..BuildOptions::default()
     };
     let mut warnings = Vec::new();
-    let (m, _) = crate::catalog::products::hash_product(
+    let built = crate::catalog::products::hash_product(
         p,
         req.tree,
         req.target,
@@ -304,7 +314,11 @@ fn write_manifest(
         &mut warnings,
     )
     .map_err(failed)?;
+    for r in &built.rejected {
+        warnings.push(r.to_string());
+    }
     crate::catalog::products::report(&warnings);
+    let m = built.manifest;
     let path = product_dir.join(MANIFEST_FILE);
     manifest::write(&path, &m).map_err(|source| {
         failed(ManifestError::Write {
@@ -314,7 +328,25 @@ fn write_manifest(
         })
     })?;
     tracing::info!("wrote {}", path.display());
-    Ok(())
+    refuse_if_rejected(p, built_version, built.rejected)
+}
+
+/// Fails when the version just built was left out of its product's manifest: it must not
+/// count as built, and nothing may be purged in its favour. Other versions left out were
+/// logged by whoever left them out.
+fn refuse_if_rejected(
+    p: &ProductSpec,
+    built: Option<&VersionName>,
+    rejected: Vec<Rejected>,
+) -> Result<(), BuildError> {
+    match rejected.into_iter().find(|r| Some(&r.version) == built) {
+        Some(r) => Err(BuildError::Rejected {
+            product: p.name.clone(),
+            version: r.version.to_string(),
+            reason: Box::new(r.reason),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Partial folders left by a build that was killed; safe to remove under the product lock.

@@ -10,7 +10,8 @@ use serde::Serialize;
 use crate::catalog::products::Tree;
 pub use crate::catalog::published::{CatalogCache, load_catalog};
 use crate::format::{Family, Ftype, ImageType, ProductsFile};
-use crate::hash::{HashError, Sha256State, sha256_state, sha256_with_prefixes};
+use crate::hash::{HashError, Sha256State, read_meta_prefix, sha256_with_prefixes};
+use crate::image::check::{check_rootfs, check_unified};
 use crate::tree::{TreeError, scan_product};
 
 /// The catalog cannot be read at all.
@@ -84,6 +85,25 @@ pub enum Problem {
         /// Why.
         reason: String,
     },
+    /// A published image file that breaks the image rules (empty, foreign or truncated data, a
+    /// metadata tarball that cannot be read or is for another architecture): clients cannot use
+    /// it.
+    BadImage {
+        /// Item path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A version folder the catalog leaves out because a file of it breaks the image rules
+    /// (`publish` and the server's re-index say so too).
+    Rejected {
+        /// Product id.
+        product: String,
+        /// The version folder, relative to the tree.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// A temp file a crash or a kill left, which no live writer holds (`prune` removes it).
     Leftover {
         /// The file, relative to the tree.
@@ -139,6 +159,15 @@ impl std::fmt::Display for Problem {
             ),
             Problem::Unreadable { path, reason } => write!(f, "unreadable: {path}: {reason}"),
             Problem::Orphan { path } => write!(f, "not in the catalog: {path}"),
+            Problem::BadImage { path, reason } => write!(f, "broken image file: {path}: {reason}"),
+            Problem::Rejected {
+                product,
+                path,
+                reason,
+            } => write!(
+                f,
+                "left out of the catalog: {path} (product {product}): {reason}; fix or remove it"
+            ),
             Problem::Leftover { path, size } => write!(
                 f,
                 "left by an interrupted write: {path} ({size} bytes; `prune --yes` removes it)"
@@ -248,13 +277,24 @@ pub fn verify(
                 .iter()
                 .filter(|(p, it)| present.contains(**p) && it.iter().any(|i| is_meta(i)))
             {
-                match sha256_state(&resolve(target, path), progress) {
-                    Ok((sha, state)) => {
+                match read_meta_prefix(&resolve(target, path)) {
+                    Ok(meta) => {
+                        progress(items[0].size);
                         report.files += 1;
                         report.bytes += items[0].size;
-                        check_sha(&mut report, path, &items[0].sha256, &sha);
-                        states.insert(path, state);
+                        check_sha(&mut report, path, &items[0].sha256, &meta.sha256);
+                        if let Some(problem) = meta.metadata.arch_problem(&product.arch) {
+                            report.problems.push(Problem::BadImage {
+                                path: path.to_owned(),
+                                reason: problem,
+                            });
+                        }
+                        states.insert(path, meta.state);
                     }
+                    Err(HashError::Metadata(e)) => report.problems.push(Problem::BadImage {
+                        path: path.to_owned(),
+                        reason: e.problem,
+                    }),
                     Err(e) => unreadable(&mut report, path, &e),
                 }
             }
@@ -264,6 +304,20 @@ pub fn verify(
             {
                 // Which metadata files claim a fingerprint with this rootfs.
                 let kind = items.iter().find_map(|i| i.ftype.rootfs_kind());
+                let file = resolve(target, path);
+                let checked = match kind {
+                    Some(kind) => check_rootfs(kind, &file),
+                    None if items.iter().any(|i| matches!(i.ftype, Ftype::Unified(_))) => {
+                        check_unified(&file)
+                    }
+                    None => Ok(()),
+                };
+                if let Err(e) = checked {
+                    report.problems.push(Problem::BadImage {
+                        path: path.to_owned(),
+                        reason: e.problem,
+                    });
+                }
                 let mut claims: Vec<(&str, String)> = Vec::new();
                 if let Some(kind) = kind {
                     let mut seen = BTreeSet::new();
@@ -277,7 +331,7 @@ pub fn verify(
                     }
                 }
                 let prefixes = claims.iter().map(|(m, _)| states[m].clone()).collect();
-                match sha256_with_prefixes(&resolve(target, path), prefixes, progress) {
+                match sha256_with_prefixes(&file, prefixes, progress) {
                     Ok((sha, combined)) => {
                         report.files += 1;
                         report.bytes += items[0].size;
@@ -301,13 +355,18 @@ pub fn verify(
     }
     report
         .problems
-        .extend(
-            orphans(target, tree, &products)?
-                .into_iter()
-                .map(|p| Problem::Orphan {
-                    path: p.strip_prefix(target).unwrap_or(&p).display().to_string(),
-                }),
-        );
+        .extend(orphans(target, tree, &products)?.into_iter().map(|u| {
+            let path = u.path.strip_prefix(target).unwrap_or(&u.path);
+            let path = path.display().to_string();
+            match u.rejected {
+                Some(reason) => Problem::Rejected {
+                    product: u.product,
+                    path,
+                    reason,
+                },
+                None => Problem::Orphan { path },
+            }
+        }));
     report.problems.extend(
         crate::tree::atomic::stale_temp_files(target)
             .into_iter()
@@ -341,6 +400,18 @@ fn unreadable(report: &mut VerifyReport, path: &str, e: &HashError) {
     });
 }
 
+/// An image file or version folder that the catalog does not reference.
+#[derive(Clone, Debug)]
+pub struct Unpublished {
+    /// The product it belongs to.
+    pub product: String,
+    /// The file or version folder.
+    pub path: PathBuf,
+    /// For a whole version left out: why it cannot be published, when a file of it breaks the
+    /// image rules (`None`: it could be, it is only not published yet).
+    pub rejected: Option<String>,
+}
+
 /// Image files and version folders in the product folders of `tree` that `products` does not
 /// reference. Hidden products and remote ones (`prefix_path`) are not looked at; other files
 /// (build logs, definitions, LXC's meta.tar.xz) are not image files and never orphans.
@@ -348,7 +419,7 @@ pub fn orphans(
     target: &Path,
     tree: &Tree,
     products: &ProductsFile,
-) -> Result<Vec<PathBuf>, InventoryError> {
+) -> Result<Vec<Unpublished>, InventoryError> {
     let referenced: BTreeSet<PathBuf> = products
         .products
         .values()
@@ -357,6 +428,10 @@ pub fn orphans(
         .filter(|i| !is_url(&i.path))
         .map(|i| resolve(target, &i.path))
         .collect();
+    let real_target = target.canonicalize().map_err(|source| TreeError {
+        path: target.to_owned(),
+        source,
+    })?;
     let mut out = Vec::new();
     for spec in tree
         .config
@@ -370,17 +445,38 @@ pub fn orphans(
         }
         let mut w = Vec::new();
         for v in scan_product(&dir, &mut w)? {
-            let files: Vec<PathBuf> = v.files.iter().map(|f| f.path.clone()).collect();
-            let unreferenced: Vec<&PathBuf> =
-                files.iter().filter(|f| !referenced.contains(*f)).collect();
-            if unreferenced.is_empty() {
+            let unreferenced: Vec<&PathBuf> = v
+                .files
+                .iter()
+                .map(|f| &f.path)
+                .filter(|f| !referenced.contains(*f))
+                .collect();
+            let unpublished = |path: PathBuf, rejected| Unpublished {
+                product: spec.name.clone(),
+                path,
+                rejected,
+            };
+            if unreferenced.is_empty() && v.unreadable.is_none() {
                 continue;
             }
-            if unreferenced.len() == files.len() {
-                // Nothing of this version is published: the whole folder is an orphan.
-                out.push(v.path.clone());
+            if unreferenced.len() == v.files.len() {
+                // Nothing of this version is published: the whole folder is an orphan, or
+                // a version the catalog had to leave out.
+                let rejected = crate::catalog::manifest::check_version(
+                    &spec.name,
+                    &spec.arch,
+                    &real_target,
+                    &v,
+                )
+                .err()
+                .map(|e| e.to_string());
+                out.push(unpublished(v.path.clone(), rejected));
             } else {
-                out.extend(unreferenced.into_iter().cloned());
+                out.extend(
+                    unreferenced
+                        .into_iter()
+                        .map(|p| unpublished(p.clone(), None)),
+                );
             }
         }
     }
@@ -406,7 +502,10 @@ pub fn prune(target: &Path, tree: &Tree, dry_run: bool) -> Result<PruneReport, I
     let stale = crate::tree::atomic::stale_temp_files(target)
         .into_iter()
         .map(|s| s.path);
-    for path in orphans(target, tree, &products)?.into_iter().chain(stale) {
+    let unpublished = orphans(target, tree, &products)?
+        .into_iter()
+        .map(|u| u.path);
+    for path in unpublished.chain(stale) {
         let rel = path
             .strip_prefix(target)
             .unwrap_or(&path)
@@ -447,10 +546,17 @@ pub struct ListRow {
     pub fingerprint: String,
     /// Download size (metadata + rootfs).
     pub size: u64,
+    /// `published`, or `rejected` for a version the catalog leaves out because a file of it
+    /// breaks the image rules (then only `product`, `version` and `problem` are set).
+    pub status: &'static str,
+    /// Why a rejected version is left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
-/// Every image of the catalog, as Incus sees it (LXD sees the same through the twins).
-pub fn list(products: &ProductsFile) -> Vec<ListRow> {
+/// Every image of the catalog, as Incus sees it (LXD sees the same through the twins), then
+/// the versions left out as broken, from `unpublished` (see [`orphans`]).
+pub fn list(products: &ProductsFile, unpublished: &[Unpublished]) -> Vec<ListRow> {
     let mut rows = Vec::new();
     for (pid, product) in &products.products {
         let aliases: Vec<String> = product
@@ -480,6 +586,8 @@ pub fn list(products: &ProductsFile) -> Vec<ListRow> {
                         format: kind.ftype().to_string(),
                         fingerprint: fp.to_owned(),
                         size: meta.size + root.size,
+                        status: "published",
+                        problem: None,
                     });
                 }
             }
@@ -496,9 +604,31 @@ pub fn list(products: &ProductsFile) -> Vec<ListRow> {
                     format: "unified".into(),
                     fingerprint: unified.sha256.clone(),
                     size: unified.size,
+                    status: "published",
+                    problem: None,
                 });
             }
         }
+    }
+    for u in unpublished {
+        let Some(problem) = &u.rejected else {
+            continue;
+        };
+        rows.push(ListRow {
+            product: u.product.clone(),
+            version: u
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            aliases: Vec::new(),
+            image_type: String::new(),
+            format: String::new(),
+            fingerprint: String::new(),
+            size: 0,
+            status: "rejected",
+            problem: Some(problem.clone()),
+        });
     }
     rows
 }

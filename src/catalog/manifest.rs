@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::expiry::{HumanDuration, eol_from_unix, format_eol, normalize_eol};
-use crate::format::{Item, Manifest, Version, VersionName, canonical_arch};
+use crate::format::{Item, Manifest, Version, VersionName};
 use crate::hash::{HashCache, HashError, hash_version};
 use crate::image::metadata::ImageMetadata;
 use crate::tree::{FileRole, TreeError, scan_product};
@@ -44,17 +44,15 @@ pub enum ManifestError {
         /// Why.
         source: HashError,
     },
-    /// metadata.yaml disagrees with the product.
-    #[error("product `{product}`: {} says architecture `{found}` but the product's arch is `{expected}`", file.display())]
+    /// metadata.yaml disagrees with the product, or names an architecture nobody knows.
+    #[error("product `{product}`: {}: {problem}", file.display())]
     ArchMismatch {
         /// The product.
         product: String,
         /// The metadata tarball.
         file: PathBuf,
-        /// Its architecture.
-        found: String,
-        /// The product's.
-        expected: String,
+        /// What it says, against what the product is.
+        problem: String,
     },
     /// A local ssb.json cannot be read.
     #[error("product `{product}`: cannot read {}: {reason}", path.display())]
@@ -160,20 +158,51 @@ pub struct LocalProduct<'a> {
     pub prefix: &'a str,
 }
 
-/// Hashes a product folder into its manifest; also returns the image bytes read.
+/// A version left out of its product's manifest because one of its files breaks the rules (an
+/// unreadable or foreign metadata tarball, a rootfs that is not what its name says, a file
+/// outside the tree). The product keeps its other versions.
+#[derive(Debug)]
+pub struct Rejected {
+    /// The version.
+    pub version: VersionName,
+    /// Why, naming the product and the file.
+    pub reason: ManifestError,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}; version {} is left out of the catalog until it is fixed or removed",
+            self.reason, self.version
+        )
+    }
+}
+
+/// A manifest hashed from a product folder.
+#[derive(Debug)]
+pub struct Built {
+    /// The manifest: every version that passed.
+    pub manifest: Manifest,
+    /// Image bytes read.
+    pub bytes_read: u64,
+    /// Versions left out, with the reason.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Hashes a product folder into its manifest. A version with a bad file is left out and
+/// reported in [`Built::rejected`]; only a product that cannot be read at all is an error.
 pub fn build(
     product: LocalProduct<'_>,
     opts: &BuildOptions,
     progress: &dyn Fn(u64),
     warnings: &mut Vec<String>,
-) -> Result<(Manifest, u64), ManifestError> {
+) -> Result<Built, ManifestError> {
     let LocalProduct {
         root,
         name,
-        arch,
         dir: product_dir,
-        directory,
-        prefix,
+        ..
     } = product;
     if !product_dir.is_dir() {
         return Err(ManifestError::NoFolder {
@@ -181,34 +210,17 @@ pub fn build(
             dir: product_dir.to_owned(),
         });
     }
-    let versions = scan_product(product_dir, warnings).map_err(|source| ManifestError::Tree {
+    let tree_error = |source| ManifestError::Tree {
         product: name.to_owned(),
         source,
-    })?;
-    // The server's rule, applied before anything is published: it refuses a file that resolves
-    // outside the tree or onto a hidden name, so no catalog may list one.
-    let real_root = root.canonicalize().map_err(|source| ManifestError::Tree {
-        product: name.to_owned(),
-        source: crate::tree::TreeError {
+    };
+    let versions = scan_product(product_dir, warnings).map_err(tree_error)?;
+    let real_root = root.canonicalize().map_err(|source| {
+        tree_error(crate::tree::TreeError {
             path: root.to_owned(),
             source,
-        },
+        })
     })?;
-    for f in versions
-        .iter()
-        .filter(|v| !opts.exclude.contains(&v.name))
-        .flat_map(|v| &v.files)
-    {
-        if let Some(resolved) =
-            crate::tree::resolves_outside(&real_root, &f.path, &crate::tree::only_plain)
-        {
-            return Err(ManifestError::OutsideTree {
-                product: name.to_owned(),
-                file: f.path.clone(),
-                resolved,
-            });
-        }
-    }
     let mut cache = match &opts.cache {
         Some(dir) => HashCache::load(dir, product_dir),
         None => HashCache::disabled(),
@@ -217,62 +229,32 @@ pub fn build(
         name: name.to_owned(),
         ..Manifest::default()
     };
+    let mut rejected = Vec::new();
     let mut newest_meta: Option<(VersionName, ImageMetadata)> = None;
-    let expected = canonical_arch(arch);
     for v in versions.iter().filter(|v| !opts.exclude.contains(&v.name)) {
+        if let Some(e) = &v.unreadable {
+            rejected.push(Rejected {
+                version: v.name.clone(),
+                reason: unreadable(name, e),
+            });
+            continue;
+        }
         if v.files.is_empty() {
             warnings.push(format!("{}: skipped: no image files", v.path.display()));
             continue;
         }
-        let hashes = hash_version(v, &mut cache, opts.md5, progress).map_err(|source| {
-            ManifestError::Hash {
-                product: name.to_owned(),
-                source,
-            }
-        })?;
-        for (file, meta) in &hashes.metadata {
-            let found = canonical_arch(&meta.architecture);
-            if expected.is_some() && found != expected {
-                return Err(ManifestError::ArchMismatch {
-                    product: name.to_owned(),
-                    file: v.path.join(file),
-                    found: meta.architecture.clone(),
-                    expected: arch.to_owned(),
-                });
-            }
-        }
-        // Prefer the Incus container metadata as the product's description, then any other.
-        let preferred = FileRole::DESCRIPTION_ORDER
-            .iter()
-            .find_map(|role| hashes.metadata.get(role.file_name()));
-        if let Some(meta) = preferred {
-            newest_meta = Some((v.name.clone(), meta.clone()));
-        }
-        let mut version = Version::default();
-        for f in &v.files {
-            let digest = &hashes.files[&f.name];
-            let rel = format!("{directory}/{}/{}", v.name, f.name);
-            let mut item = Item::new(
-                f.role.ftype(),
-                join_prefix(prefix, &rel),
-                digest.sha256.clone(),
-                f.sig.size,
-            );
-            item.md5.clone_from(&digest.md5);
-            if matches!(f.role, FileRole::Meta { .. }) {
-                for ((m, r), h) in &hashes.combined {
-                    if *m != f.name {
-                        continue;
-                    }
-                    let rootfs = v.files.iter().find(|x| x.name == *r).map(|x| x.role);
-                    if let Some(FileRole::Rootfs(kind)) = rootfs {
-                        item.set_combined(kind, Some(h.clone()));
-                    }
+        match hash_one(&product, &real_root, v, &mut cache, opts, progress) {
+            Ok((version, meta)) => {
+                if let Some(meta) = meta {
+                    newest_meta = Some((v.name.clone(), meta));
                 }
+                manifest.versions.insert(v.name.clone(), version);
             }
-            version.items.insert(f.role.item_key().to_owned(), item);
+            Err(reason) => rejected.push(Rejected {
+                version: v.name.clone(),
+                reason,
+            }),
         }
-        manifest.versions.insert(v.name.clone(), version);
     }
     if opts.cache.is_some()
         && let Err(e) = cache.save()
@@ -294,7 +276,141 @@ pub fn build(
     } else if let (Some(d), Some(v)) = (opts.expiry, manifest.versions.keys().next_back()) {
         manifest.expiry = d.eol_after(v.datetime()).map(format_eol);
     }
-    Ok((manifest, cache.bytes_read))
+    Ok(Built {
+        manifest,
+        bytes_read: cache.bytes_read,
+        rejected,
+    })
+}
+
+/// The server's rule: a file that resolves outside the tree or onto a hidden name is refused,
+/// so no catalog may list one.
+fn check_inside(
+    product: &str,
+    real_root: &Path,
+    v: &crate::tree::VersionDir,
+) -> Result<(), ManifestError> {
+    for f in &v.files {
+        if let Some(resolved) =
+            crate::tree::resolves_outside(real_root, &f.path, &crate::tree::only_plain)
+        {
+            return Err(ManifestError::OutsideTree {
+                product: product.to_owned(),
+                file: f.path.clone(),
+                resolved,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A version folder that could not be scanned, as the reason it is left out.
+fn unreadable(product: &str, e: &TreeError) -> ManifestError {
+    ManifestError::Tree {
+        product: product.to_owned(),
+        source: TreeError {
+            path: e.path.clone(),
+            source: std::io::Error::new(e.source.kind(), e.source.to_string()),
+        },
+    }
+}
+
+/// Applies the rules [`build`] applies to a version folder, without hashing it: what `verify`
+/// and `list` say of a version the catalog leaves out. `real_root` is the canonical tree.
+pub fn check_version(
+    product: &str,
+    arch: &str,
+    real_root: &Path,
+    v: &crate::tree::VersionDir,
+) -> Result<(), ManifestError> {
+    if let Some(e) = &v.unreadable {
+        return Err(unreadable(product, e));
+    }
+    check_inside(product, real_root, v)?;
+    let hash_err = |source: HashError| ManifestError::Hash {
+        product: product.to_owned(),
+        source,
+    };
+    for f in &v.files {
+        if !matches!(f.role, FileRole::Meta { .. }) {
+            crate::hash::check_data(f).map_err(|e| hash_err(e.into()))?;
+            continue;
+        }
+        let file = std::fs::File::open(&f.path).map_err(|source| {
+            hash_err(HashError::Read {
+                path: f.path.clone(),
+                source,
+            })
+        })?;
+        let meta = crate::image::metadata::read_metadata(std::io::BufReader::new(file), &f.path)
+            .map_err(|e| hash_err(e.into()))?;
+        if let Some(problem) = meta.arch_problem(arch) {
+            return Err(ManifestError::ArchMismatch {
+                product: product.to_owned(),
+                file: f.path.clone(),
+                problem,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks and hashes one version folder into its catalog entry; also returns the metadata its
+/// product's description is taken from.
+fn hash_one(
+    product: &LocalProduct<'_>,
+    real_root: &Path,
+    v: &crate::tree::VersionDir,
+    cache: &mut HashCache,
+    opts: &BuildOptions,
+    progress: &dyn Fn(u64),
+) -> Result<(Version, Option<ImageMetadata>), ManifestError> {
+    let name = product.name;
+    check_inside(name, real_root, v)?;
+    let hashes =
+        hash_version(v, cache, opts.md5, progress).map_err(|source| ManifestError::Hash {
+            product: name.to_owned(),
+            source,
+        })?;
+    for (file, meta) in &hashes.metadata {
+        if let Some(problem) = meta.arch_problem(product.arch) {
+            return Err(ManifestError::ArchMismatch {
+                product: name.to_owned(),
+                file: v.path.join(file),
+                problem,
+            });
+        }
+    }
+    // Prefer the Incus container metadata as the product's description, then any other.
+    let preferred = FileRole::DESCRIPTION_ORDER
+        .iter()
+        .find_map(|role| hashes.metadata.get(role.file_name()))
+        .cloned();
+    let mut version = Version::default();
+    for f in &v.files {
+        let digest = &hashes.files[&f.name];
+        let rel = format!("{}/{}/{}", product.directory, v.name, f.name);
+        let mut item = Item::new(
+            f.role.ftype(),
+            join_prefix(product.prefix, &rel),
+            digest.sha256.clone(),
+            f.sig.size,
+        );
+        item.md5.clone_from(&digest.md5);
+        if matches!(f.role, FileRole::Meta { .. }) {
+            for ((m, r), h) in &hashes.combined {
+                if *m != f.name {
+                    continue;
+                }
+                let rootfs = v.files.iter().find(|x| x.name == *r).map(|x| x.role);
+                if let Some(FileRole::Rootfs(kind)) = rootfs {
+                    item.set_combined(kind, Some(h.clone()));
+                }
+            }
+        }
+        version.items.insert(f.role.item_key().to_owned(), item);
+    }
+    Ok((version, preferred))
 }
 
 /// A manifest as found on disk or on the wire: version names are checked one by one so that a

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use indicatif::ProgressBar;
 use tracing::warn;
 
-use crate::catalog::manifest::{self, BuildOptions, HttpSettings, MANIFEST_FILE, ManifestError};
+use crate::catalog::manifest::{
+    self, BuildOptions, Built, HttpSettings, MANIFEST_FILE, ManifestError, Rejected,
+};
 use crate::config::{self, ConfigError, Origin, ProductSpec, TreeConfig};
 use crate::format::{Manifest, canonical_arch};
 use crate::tree::{self, TreeError};
@@ -193,8 +195,7 @@ fn finish_layout_spec(spec: &mut ProductSpec, m: &Manifest) {
     }
 }
 
-/// Hashes a local product's folder under `source` into its manifest; also returns the image
-/// bytes read.
+/// Hashes a local product's folder under `source` into its manifest (see [`manifest::build`]).
 pub fn hash_product(
     spec: &ProductSpec,
     config: &TreeConfig,
@@ -202,7 +203,7 @@ pub fn hash_product(
     opts: &BuildOptions,
     progress: &ProgressBar,
     warnings: &mut Vec<String>,
-) -> Result<(Manifest, u64), ManifestError> {
+) -> Result<Built, ManifestError> {
     manifest::build(
         manifest::LocalProduct {
             root: source,
@@ -266,6 +267,8 @@ pub struct Loaded {
     pub entries: Vec<Entry>,
     /// Image bytes read.
     pub bytes_read: u64,
+    /// Versions left out of their products' manifests, and why (logged already).
+    pub rejected: Vec<Rejected>,
 }
 
 /// Loads every product's manifest: local ones hashed or read, remote ones fetched once each.
@@ -288,6 +291,7 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
     let mut entries = Vec::new();
     let mut failures = Vec::new();
     let mut bytes_read = 0u64;
+    let mut rejected = Vec::new();
     for spec in &tree.config.products {
         if spec.hidden && !hashing {
             continue;
@@ -314,8 +318,13 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
                         opts.progress,
                         &mut warnings,
                     )
-                    .and_then(|(m, n)| {
-                        bytes_read += n;
+                    .and_then(|built| {
+                        bytes_read += built.bytes_read;
+                        for r in &built.rejected {
+                            warnings.push(r.to_string());
+                        }
+                        rejected.extend(built.rejected);
+                        let m = built.manifest;
                         if let Some(target) = write_to {
                             let path = target.join(&spec.directory).join(MANIFEST_FILE);
                             manifest::write(&path, &m).map_err(|source| ManifestError::Write {
@@ -362,5 +371,6 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
     Ok(Loaded {
         entries,
         bytes_read,
+        rejected,
     })
 }

@@ -502,7 +502,7 @@ pub struct PublishRequest<'a> {
 }
 
 /// What was published.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct PublishSummary {
     /// Products in the catalog.
     pub products: usize,
@@ -514,6 +514,8 @@ pub struct PublishSummary {
     pub index: PathBuf,
     /// The products file written.
     pub catalog: ProductsFile,
+    /// Versions left out because a file of theirs breaks the rules (logged already).
+    pub rejected: Vec<crate::catalog::manifest::Rejected>,
 }
 
 /// The catalog settings of a tree, stamped by `clock`.
@@ -565,5 +567,6 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
         bytes_read: loaded.bytes_read,
         index: index_path(req.target),
         catalog: products,
+        rejected: loaded.rejected,
     })
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 use simplestreams_builder::catalog::inventory;
+use simplestreams_builder::catalog::products::Tree;
 
 use crate::cli::args::Format;
 use crate::cli::progress::{self, human_bytes};
@@ -76,13 +77,19 @@ pub fn prune(s: &Inventory, yes: bool) -> Result<()> {
     Ok(())
 }
 
-/// `list`.
-pub fn list(target: &Path, format: Format) -> Result<()> {
+/// `list`: the published images, then the versions left out as broken (when the tree's
+/// products could be loaded).
+pub fn list(target: &Path, tree: Option<&Tree>, format: Format) -> Result<()> {
     let (_, products, _) = inventory::load_catalog(target)?;
-    let rows = inventory::list(&products);
+    let unpublished = match tree {
+        Some(tree) => inventory::orphans(target, tree, &products)?,
+        None => Vec::new(),
+    };
+    let all = inventory::list(&products, &unpublished);
     if format == Format::Json {
-        return write_json(&rows);
+        return write_json(&all);
     }
+    let (rows, rejected): (Vec<_>, Vec<_>) = all.into_iter().partition(|r| r.problem.is_none());
     let header = [
         "PRODUCT",
         "VERSION",
@@ -125,6 +132,14 @@ pub fn list(target: &Path, format: Format) -> Result<()> {
     line(&header.map(String::from));
     for row in &body {
         line(row);
+    }
+    for r in &rejected {
+        out.push_str(&format!(
+            "REJECTED {} {}: {}\n",
+            r.product,
+            r.version,
+            r.problem.as_deref().unwrap_or_default()
+        ));
     }
     write_stdout(out.as_bytes())
 }

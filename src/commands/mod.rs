@@ -24,7 +24,11 @@ pub fn run(settings: Settings) -> Result<()> {
         Settings::Import(s) => import::import(&s),
         Settings::Verify { inventory, format } => inventory::verify(&inventory, format),
         Settings::Prune { inventory, yes } => inventory::prune(&inventory, yes),
-        Settings::List { target, format } => inventory::list(&target, format),
+        Settings::List {
+            target,
+            tree,
+            format,
+        } => inventory::list(&target, tree.as_ref(), format),
         Settings::Serve(s) => serve::serve(*s),
         Settings::Demo(s) => demo::run(&s),
         Settings::MirrorPull(req) => mirror::pull(&req),

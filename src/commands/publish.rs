@@ -62,7 +62,21 @@ pub fn publish_tree(
         summary.index.display(),
         human_bytes(summary.bytes_read)
     );
-    Ok(())
+    fail_on_rejected(&summary.rejected)
+}
+
+/// A run that left broken versions out still published the rest, but ends in failure so a
+/// pipeline notices: the versions stay out until their files are fixed or removed.
+fn fail_on_rejected(rejected: &[manifest::Rejected]) -> Result<()> {
+    if rejected.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = rejected.iter().map(|r| format!("  {}", r.reason)).collect();
+    anyhow::bail!(
+        "{} version(s) were left out of the catalog because a file of theirs is broken (the rest is published; fix or remove them and publish again):\n{}",
+        rejected.len(),
+        lines.join("\n")
+    )
 }
 
 /// Publishes the layout tree at `target` as it is now (after an import or the demo build).
@@ -82,10 +96,11 @@ pub fn manifest(s: &Manifest) -> Result<()> {
     };
     let mut warnings = Vec::new();
     let bar = progress::hashing();
-    let (m, _) =
+    let built =
         products::hash_product(spec, &s.tree.config, &s.source, &opts, &bar, &mut warnings)?;
     bar.finish_and_clear();
     products::report(&warnings);
+    let m = built.manifest;
     match &s.target {
         None => write_stdout(&manifest::to_json(&m))?,
         Some(target) => {
@@ -95,7 +110,7 @@ pub fn manifest(s: &Manifest) -> Result<()> {
             info!("wrote {} ({} version(s))", path.display(), m.versions.len());
         }
     }
-    Ok(())
+    fail_on_rejected(&built.rejected)
 }
 
 /// `build-images-file` and `build-index`.

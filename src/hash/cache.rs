@@ -27,10 +27,15 @@ pub(super) struct CachedFile {
     pub(super) metadata: Option<ImageMetadata>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(super) combined: BTreeMap<String, CachedCombined>,
+    /// The file passed the image check ([`crate::image::check`]). Entries written before the
+    /// check existed lack it: their files are checked (a few KiB read) once more.
+    #[serde(default)]
+    pub(super) checked: bool,
 }
 
 impl CachedFile {
-    /// An entry whose sha256 is known from elsewhere (no md5, no metadata, no pairs yet).
+    /// An entry whose sha256 is known from elsewhere (no md5, no metadata, no pairs yet), for a
+    /// file that passed the image check where it was hashed (an upload, an import).
     fn sha256_only(sig: FileSig, sha256: &str) -> Self {
         Self {
             sig,
@@ -40,6 +45,7 @@ impl CachedFile {
             },
             metadata: None,
             combined: BTreeMap::new(),
+            checked: true,
         }
     }
 }
@@ -176,7 +182,7 @@ impl HashCache {
 
 /// Digests of an image file computed outside [`super::hash_version`] (the server hashes an upload
 /// while it arrives), to be put in the product's cache so the next re-index does not read the
-/// file again.
+/// file again. The file must have passed the image check ([`crate::image::check`]).
 #[derive(Clone, Debug)]
 pub struct KnownDigest {
     /// The version folder name.

@@ -33,8 +33,9 @@ use sha2::{Digest as _, Sha256};
 pub use sha2::Sha256 as Sha256State;
 
 use crate::hash::bulk::Block;
+use crate::image::check::{BadImage, check_rootfs, check_unified};
 use crate::image::metadata::{self, ImageMetadata, InspectError};
-use crate::tree::{FileRole, FileSig, VersionDir};
+use crate::tree::{FileRole, FileSig, ImageFile, VersionDir};
 
 /// Bytes per read; large enough for few syscalls, small enough for flat memory.
 const CHUNK: usize = 1 << 20;
@@ -94,6 +95,9 @@ pub enum HashError {
     /// A metadata tarball is unusable.
     #[error(transparent)]
     Metadata(#[from] InspectError),
+    /// A rootfs, disk or unified tarball is not what its name says (empty, foreign, truncated).
+    #[error(transparent)]
+    Image(#[from] BadImage),
 }
 
 /// Something fed with every byte of a file.
@@ -278,6 +282,15 @@ fn check_unchanged(path: &Path, before: &FileSig) -> Result<(), HashError> {
     Ok(())
 }
 
+/// Applies the image check to a data file (a metadata tarball is checked by reading it).
+pub fn check_data(f: &ImageFile) -> Result<(), BadImage> {
+    match f.role {
+        FileRole::Rootfs(kind) => check_rootfs(kind, &f.path),
+        FileRole::Unified(_) => check_unified(&f.path),
+        FileRole::Meta { .. } => Ok(()),
+    }
+}
+
 /// Hashes one version folder, using and refreshing `cache`. `key_prefix` names the version in
 /// the cache (its folder name). `progress` is told about every byte read.
 pub fn hash_version(
@@ -333,6 +346,13 @@ pub fn hash_version(
     for (fi, f) in version.files.iter().enumerate() {
         if matches!(f.role, FileRole::Meta { .. }) {
             continue;
+        }
+        // The image check, once per file: a cached entry records that it passed.
+        if !cache
+            .get(&key(&f.name), &f.sig, false)
+            .is_some_and(|c| c.checked)
+        {
+            check_data(f)?;
         }
         let mut pending = Vec::new();
         for &(mi, ri) in pairs.iter().filter(|&&(_, ri)| ri == fi) {
@@ -398,6 +418,7 @@ pub fn hash_version(
                 digest: out.files[&f.name].clone(),
                 metadata: out.metadata.get(&f.name).cloned(),
                 combined,
+                checked: true,
             },
         );
     }
@@ -413,6 +434,7 @@ pub fn sha256_hex(data: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::format::VersionName;
+    use crate::image::check::tests::{qcow2_bytes, squashfs_bytes};
     use crate::tree::scan_version;
 
     fn meta_bytes(tag: &str) -> Vec<u8> {
@@ -438,7 +460,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let lxd = meta_bytes("L");
         let incus = meta_bytes("I");
-        let sq: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let pattern: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sq = squashfs_bytes(pattern.len(), &pattern);
         std::fs::write(d.path().join("lxd.tar.xz"), &lxd).unwrap();
         std::fs::write(d.path().join("incus.tar.xz"), &incus).unwrap();
         std::fs::write(d.path().join("rootfs.squashfs"), &sq).unwrap();
@@ -575,7 +598,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let meta = meta_bytes("X");
         std::fs::write(d.path().join("incus.tar.xz"), &meta).unwrap();
-        std::fs::write(d.path().join("disk.qcow2"), b"QFI\xfbdisk one").unwrap();
+        std::fs::write(d.path().join("disk.qcow2"), qcow2_bytes(3)).unwrap();
         let scan = || {
             scan_version(
                 VersionName::parse("20240101_00:00").unwrap(),
@@ -599,7 +622,9 @@ mod tests {
 
         // Replace the disk (new inode, new size): only what depends on it is recomputed.
         std::fs::remove_file(d.path().join("disk.qcow2")).unwrap();
-        let disk2 = b"QFI\xfbdisk number two";
+        let mut disk2 = qcow2_bytes(3);
+        disk2.extend_from_slice(b"disk number two");
+        let disk2 = &disk2[..];
         std::fs::write(d.path().join("disk.qcow2"), disk2).unwrap();
         let mut cache = HashCache::load(&caches, d.path());
         let changed = hash_version(&scan(), &mut cache, false, &|_| {}).unwrap();

@@ -27,6 +27,26 @@ pub struct ImageMetadata {
     pub properties: BTreeMap<String, String>,
 }
 
+impl ImageMetadata {
+    /// Why this metadata cannot describe an image of a product for `arch`: an architecture the
+    /// clients do not know (they drop such images), or another one than the product's.
+    pub fn arch_problem(&self, arch: &str) -> Option<String> {
+        let found = crate::format::canonical_arch(&self.architecture);
+        let expected = crate::format::canonical_arch(arch);
+        match (found, expected) {
+            (None, _) => Some(format!(
+                "metadata.yaml says architecture `{}`, which LXD and Incus do not know (they drop the image)",
+                self.architecture
+            )),
+            (Some(f), Some(e)) if f != e => Some(format!(
+                "metadata.yaml says architecture `{}` but the product's arch is `{arch}`",
+                self.architecture
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// A metadata tarball that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {problem}", path.display())]

@@ -99,7 +99,7 @@ fn hash_error(e: HashError) -> ImportError {
     }
 }
 
-/// What a data file is, by its first bytes.
+/// What an import source file is, by its first bytes (the image check's own table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Data {
     Squashfs,
@@ -109,17 +109,16 @@ enum Data {
 }
 
 fn sniff(path: &Path) -> Result<Data, ImportError> {
-    let mut head = [0u8; 512];
-    let mut f = std::fs::File::open(path).map_err(io(path))?;
-    let n = f.read(&mut head).map_err(io(path))?;
-    let head = &head[..n];
-    Ok(match head {
-        [b'h', b's', b'q', b's', ..] => Data::Squashfs,
-        [b'Q', b'F', b'I', 0xfb, ..] => Data::Qcow2,
-        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Data::XzTarball,
-        [0x1f, 0x8b, ..] | [0x28, 0xb5, 0x2f, 0xfd, ..] => Data::Tarball,
-        _ if head.get(257..262) == Some(b"ustar".as_slice()) => Data::Tarball,
-        _ => {
+    use crate::image::check::{self, Format};
+    let mut head = Vec::with_capacity(512);
+    let f = std::fs::File::open(path).map_err(io(path))?;
+    f.take(512).read_to_end(&mut head).map_err(io(path))?;
+    Ok(match check::sniff(&head) {
+        Some(Format::Squashfs) => Data::Squashfs,
+        Some(Format::Qcow2) => Data::Qcow2,
+        Some(Format::Xz) => Data::XzTarball,
+        Some(Format::Gzip | Format::Zstd | Format::Tar) => Data::Tarball,
+        None => {
             return Err(ImportError::Input(format!(
                 "{}: neither squashfs, qcow2 nor a tarball",
                 path.display()
@@ -367,10 +366,10 @@ fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported,
         meta_path,
     )?;
     let dir = version_dir(req.target, &meta, req.variant, meta_path)?;
-    let rootfs_name = match data {
-        Data::Squashfs => FileRole::Rootfs(RootfsKind::Squashfs).file_name(),
-        Data::Qcow2 => FileRole::Rootfs(RootfsKind::DiskKvm).file_name(),
-        Data::XzTarball => FileRole::Rootfs(RootfsKind::RootTarXz).file_name(),
+    let kind = match data {
+        Data::Squashfs => RootfsKind::Squashfs,
+        Data::Qcow2 => RootfsKind::DiskKvm,
+        Data::XzTarball => RootfsKind::RootTarXz,
         Data::Tarball => {
             return Err(ImportError::Input(format!(
                 "{}: a root tarball must be xz-compressed (the ftype is root.tar.xz); recompress it with xz",
@@ -378,6 +377,9 @@ fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported,
             )));
         }
     };
+    crate::image::check::check_rootfs(kind, data_path)
+        .map_err(|e| ImportError::Input(e.to_string()))?;
+    let rootfs_name = FileRole::Rootfs(kind).file_name();
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(io(p));
     let meta_size = size(meta_path)?;
     req.progress.set_length(meta_size + size(data_path)?);
@@ -524,8 +526,7 @@ mod tests {
         let meta = dir.path().join("meta.tar.xz");
         std::fs::write(&meta, tarball(&[("metadata.yaml", YAML.as_bytes())], false)).unwrap();
         let rootfs = dir.path().join("rootfs.squashfs");
-        let mut squashfs = b"hsqs".to_vec();
-        squashfs.resize(5 << 20, 0x42);
+        let squashfs = crate::image::check::tests::squashfs_bytes(5 << 20, &[0x42; 64]);
         std::fs::write(&rootfs, &squashfs).unwrap();
         let total = std::fs::metadata(&meta).unwrap().len() + squashfs.len() as u64;
         assert_eq!(

@@ -135,6 +135,9 @@ pub(crate) enum RequestError {
     #[error("cannot import: {0}")]
     ImportClash(String),
 
+    #[error("{path} was not stored: {problem}")]
+    BadImage { path: String, problem: String },
+
     #[error("the upload was interrupted: {reason}; nothing was stored")]
     Interrupted { reason: String },
 
@@ -172,7 +175,7 @@ impl RequestError {
             Self::WritesDisabled => S::FORBIDDEN,
             Self::MethodNotAllowed { .. } | Self::DeletesDisabled => S::METHOD_NOT_ALLOWED,
             Self::BadPath { .. } | Self::BadMultipart { .. } | Self::NoFilePart => S::BAD_REQUEST,
-            Self::Interrupted { .. } => S::BAD_REQUEST,
+            Self::Interrupted { .. } | Self::BadImage { .. } => S::BAD_REQUEST,
             Self::ImportFileCount { .. } | Self::BadField { .. } | Self::ImportRefused(_) => {
                 S::BAD_REQUEST
             }

@@ -227,7 +227,7 @@ fn write_scope(root: &Path, index: &IndexOptions) -> Result<write::WriteScope, S
             .products
             .iter()
             .filter(|p| p.prefix_path.is_none())
-            .map(|p| p.directory.trim_matches('/').to_owned())
+            .map(|p| (p.directory.trim_matches('/').to_owned(), p.arch.clone()))
             .collect(),
     ))
 }
@@ -248,6 +248,7 @@ fn log_write_policy(opts: &WriteOptions, scope: &write::WriteScope) {
             "images/<os>/<release>/<arch>/<variant>/<YYYYMMDD_HH:MM>/".to_owned()
         }
         write::WriteScope::Declared(dirs) => {
+            let dirs: Vec<&str> = dirs.iter().map(|(d, _)| d.as_str()).collect();
             format!("the product folders of tree.yml ({})", dirs.join(", "))
         }
     };

@@ -66,6 +66,10 @@ pub struct VersionDir {
     pub path: PathBuf,
     /// Its image files, by name.
     pub files: Vec<ImageFile>,
+    /// Why the folder could not be read (a file that cannot be stat'ed, such as a dangling
+    /// symlink): `files` is then empty, and the version cannot be published, but the rest of its
+    /// product can.
+    pub unreadable: Option<std::sync::Arc<TreeError>>,
 }
 
 impl VersionDir {
@@ -127,7 +131,15 @@ pub fn scan_product(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<Versio
                 continue;
             }
         };
-        versions.push(scan_version(version, &path, warnings)?);
+        // One version that cannot be read costs that version, not its product.
+        versions.push(
+            scan_version(version.clone(), &path, warnings).unwrap_or_else(|e| VersionDir {
+                name: version,
+                path,
+                files: Vec::new(),
+                unreadable: Some(std::sync::Arc::new(e)),
+            }),
+        );
     }
     versions.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(versions)
@@ -170,6 +182,7 @@ pub fn scan_version(
         name,
         path: dir.to_owned(),
         files,
+        unreadable: None,
     })
 }
 

@@ -13,6 +13,8 @@ use assert_cmd::Command;
 use assert_cmd::assert::Assert;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::common::fixtures::{fake_qcow2, fake_root_tar_xz, fake_squashfs};
 use simplestreams_builder::image::metadata::write_metadata_tarball;
 
 /// A fixed publication time, so golden files are byte-stable.
@@ -59,9 +61,15 @@ fn put(root: &Path, rel: &str, bytes: &[u8]) {
 }
 
 /// Writes an image into the version folder `dir`: metadata as `meta_name`, rootfs.squashfs.
+/// A split image: the metadata tarball and a squashfs whose content after its superblock is
+/// `rootfs`.
 fn put_image(root: &Path, dir: &str, meta_name: &str, meta: &[u8], rootfs: &[u8]) {
     put(root, &format!("{dir}/{meta_name}"), meta);
-    put(root, &format!("{dir}/rootfs.squashfs"), rootfs);
+    put(
+        root,
+        &format!("{dir}/rootfs.squashfs"),
+        &fake_squashfs(rootfs),
+    );
 }
 
 fn read_json(p: &Path) -> Value {
@@ -130,15 +138,15 @@ fn tree_fixture() -> Fixture {
     let r = dir.path();
     let mut files = BTreeMap::new();
     files.insert("deb-lxd-1", meta("Debian", "12", "x86_64", "v1"));
-    files.insert("deb-sq-1", b"squashfs one".to_vec());
+    files.insert("deb-sq-1", fake_squashfs(b"squashfs one"));
     files.insert("deb-lxd-2", meta("Debian", "12", "amd64", "v2-lxd"));
     files.insert("deb-incus-2", meta("Debian", "12", "amd64", "v2-incus"));
-    files.insert("deb-sq-2", b"squashfs two".to_vec());
-    files.insert("deb-txz-2", b"root tarball two".to_vec());
+    files.insert("deb-sq-2", fake_squashfs(b"squashfs two"));
+    files.insert("deb-txz-2", fake_root_tar_xz(b"root tarball two"));
     files.insert("alp-incus", meta("Alpine", "3.20", "aarch64", "ct"));
     files.insert("alp-vm", meta("Alpine", "3.20", "aarch64", "vm"));
-    files.insert("alp-sq", b"alpine squashfs".to_vec());
-    files.insert("alp-disk", b"QFI\xfbalpine disk".to_vec());
+    files.insert("alp-sq", fake_squashfs(b"alpine squashfs"));
+    files.insert("alp-disk", fake_qcow2(b"alpine disk"));
     put(r, "tree.yml", TREE_YML.as_bytes());
     for (rel, file) in [
         ("debian-12/20240105_03:00/lxd.tar.xz", "deb-lxd-1"),
@@ -617,7 +625,7 @@ fn metadata_that_contradicts_the_product_arch_is_an_error() {
     let out = publish(&f).failure();
     let stderr = stderr_of(&out);
     assert!(
-        stderr.contains("incus.tar.xz says architecture `amd64` but the product's arch is `arm64`"),
+        stderr.contains("incus.tar.xz: metadata.yaml says architecture `amd64` but the product's arch is `arm64`"),
         "{stderr}"
     );
 }
@@ -667,19 +675,76 @@ fn malformed_tree_yml_is_located() {
     );
 }
 
+/// What a failing `verify` of the fixture prints.
+fn failed_verify(f: &Fixture) -> String {
+    let out = bin()
+        .current_dir(f.root())
+        .args(["verify", "-t", "."])
+        .assert()
+        .failure();
+    String::from_utf8_lossy(&out.get_output().stdout).into_owned()
+}
+
+/// A broken file in one version costs that version only: `publish` names the file, fails, and
+/// still publishes the product with its other versions; `verify` and `list` report the version.
+fn assert_version_left_out(f: &Fixture, needles: &[&str]) {
+    const BROKEN: &str = "20240106_03:00";
+    const PRODUCT: &str = "debian:12:amd64:default";
+    let out = publish(f).failure().code(1);
+    let stderr = stderr_of(&out);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for n in needles.iter().chain(&["left out of the catalog"]) {
+        assert!(stderr.contains(n), "missing {n:?} in:\n{stderr}");
+    }
+    let images = read_json(&f.root().join("streams/v1/images.json"));
+    let versions: Vec<&String> = images["products"][PRODUCT]["versions"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(versions, ["20240105_03:00"], "the good version stays");
+    assert!(
+        images["products"]["alpine:3.20:arm64:default"].is_object(),
+        "other products stay"
+    );
+    let stdout = failed_verify(f);
+    assert!(
+        stdout.contains(&format!(
+            "left out of the catalog: debian-12/{BROKEN} (product {PRODUCT})"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains(needles[0]), "{stdout}");
+    let out = bin()
+        .current_dir(f.root())
+        .args(["list", "-t", ".", "--format", "json"])
+        .assert()
+        .success();
+    let rows: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let rejected: Vec<&Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "rejected")
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rows:#}");
+    assert_eq!(rejected[0]["product"], PRODUCT);
+    assert_eq!(rejected[0]["version"], BROKEN);
+}
+
 #[test]
-fn a_metadata_tarball_that_is_not_a_tarball_is_named() {
+fn a_metadata_tarball_that_is_not_a_tarball_costs_its_version_only() {
     let f = published_fixture();
     put(
         f.root(),
         "debian-12/20240106_03:00/lxd.tar.xz",
         b"<html>404 not found</html> and more text to fill a tar header block..",
     );
-    assert_fails_untouched(&f, &["debian-12/20240106_03:00/lxd.tar.xz", "tarball"]);
+    assert_version_left_out(&f, &["debian-12/20240106_03:00/lxd.tar.xz", "tarball"]);
 }
 
 #[test]
-fn a_truncated_xz_is_named() {
+fn a_truncated_xz_costs_its_version_only() {
     let f = published_fixture();
     let full = &f.files["deb-incus-2"];
     put(
@@ -687,19 +752,77 @@ fn a_truncated_xz_is_named() {
         "debian-12/20240106_03:00/incus.tar.xz",
         &full[..full.len() - 40],
     );
-    assert_fails_untouched(
+    assert_version_left_out(
         &f,
         &["debian-12/20240106_03:00/incus.tar.xz", "truncated xz data"],
     );
 }
 
 #[test]
-fn an_unreadable_file_is_named() {
+fn an_unreadable_file_costs_its_version_only() {
     let f = published_fixture();
     let p = f.root().join("debian-12/20240106_03:00/rootfs.squashfs");
     std::fs::remove_file(&p).unwrap();
     std::os::unix::fs::symlink("/nonexistent/rootfs.squashfs", &p).unwrap();
-    assert_fails_untouched(&f, &["debian-12/20240106_03:00/rootfs.squashfs"]);
+    assert_version_left_out(&f, &["debian-12/20240106_03:00/rootfs.squashfs"]);
+}
+
+/// Issue 13, item 4: an empty or foreign rootfs is refused by `publish` and `verify` alike, with
+/// one rule (the same one uploads and `import` apply).
+#[test]
+fn an_empty_or_foreign_rootfs_costs_its_version_only() {
+    let f = published_fixture();
+    put(f.root(), "debian-12/20240106_03:00/rootfs.squashfs", b"");
+    assert_version_left_out(
+        &f,
+        &[
+            "debian-12/20240106_03:00/rootfs.squashfs",
+            "is empty (0 bytes)",
+        ],
+    );
+    let f = published_fixture();
+    put(
+        f.root(),
+        "debian-12/20240106_03:00/rootfs.tar.xz",
+        b"\x89PNG\r\n\x1a\n a picture, not a root tarball",
+    );
+    assert_version_left_out(
+        &f,
+        &["debian-12/20240106_03:00/rootfs.tar.xz", "a PNG image"],
+    );
+}
+
+/// Issue 13, item 1: a metadata tarball for an architecture nobody knows costs its version.
+#[test]
+fn metadata_of_an_unknown_architecture_costs_its_version_only() {
+    let f = published_fixture();
+    put(
+        f.root(),
+        "debian-12/20240106_03:00/incus.tar.xz",
+        &meta("Debian", "12", "z80", "v2-incus"),
+    );
+    assert_version_left_out(
+        &f,
+        &[
+            "debian-12/20240106_03:00/incus.tar.xz",
+            "architecture `z80`",
+        ],
+    );
+}
+
+/// A catalog published by an older version may list an empty rootfs: `verify` says so.
+#[test]
+fn verify_names_a_published_empty_rootfs() {
+    let f = published_fixture();
+    let p = f.root().join("debian-12/20240106_03:00/rootfs.squashfs");
+    std::fs::write(&p, b"").unwrap();
+    let stdout = failed_verify(&f);
+    assert!(
+        stdout.contains(
+            "broken image file: debian-12/20240106_03:00/rootfs.squashfs: is empty (0 bytes), not a squashfs image"
+        ),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -1259,7 +1382,6 @@ fn an_image_file_resolving_outside_the_tree_is_refused_by_publish_and_verify() {
     let f = published_fixture();
     let outside = tempfile::tempdir().unwrap();
     let rootfs = f.root().join("debian-12/20240106_03:00/rootfs.squashfs");
-    let before = std::fs::read(f.root().join("streams/v1/images.json")).unwrap();
     // The same bytes, outside: the hashes still match what the catalog says.
     let copy = outside.path().join("rootfs.squashfs");
     std::fs::copy(&rootfs, &copy).unwrap();
@@ -1275,16 +1397,7 @@ fn an_image_file_resolving_outside_the_tree_is_refused_by_publish_and_verify() {
         stdout.contains("outside the tree: debian-12/20240106_03:00/rootfs.squashfs"),
         "{stdout}"
     );
-    let out = publish(&f).failure();
-    let stderr = stderr_of(&out);
-    assert!(
-        stderr.contains("rootfs.squashfs resolves to") && stderr.contains("outside the tree"),
-        "{stderr}"
-    );
-    assert_eq!(
-        std::fs::read(f.root().join("streams/v1/images.json")).unwrap(),
-        before
-    );
+    assert_version_left_out(&f, &["rootfs.squashfs resolves to", "outside the tree"]);
 }
 
 /// Hardening item 8: a symlink from images/ to a big system folder was walked (and a server

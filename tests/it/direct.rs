@@ -18,7 +18,7 @@ use tempfile::TempDir;
 use crate::common::catalog::sha256_of;
 use crate::common::clients::{Client as RealClient, Clients, Program};
 use crate::common::fixtures::{
-    Layout, MetaSpec, write_metadata_tarball, write_qcow2, write_rootfs_tar_xz,
+    Layout, MetaSpec, fake_squashfs, write_metadata_tarball, write_qcow2, write_rootfs_tar_xz,
     write_squashfs_rootfs, write_unified_tar_gz,
 };
 use crate::common::server::TestServer;
@@ -873,9 +873,9 @@ fn a_failed_build_is_a_500_with_the_details_in_the_log() {
         &MetaSpec::new("bad", "1", "b1"),
     );
     let broken = scratch.join("broken.squashfs");
-    let mut bytes = b"hsqs".to_vec();
-    bytes.resize(8192, 0x5a);
-    std::fs::write(&broken, &bytes).unwrap();
+    // A valid superblock over garbage: it passes the upload's header check, then fails the
+    // build of the unified tarball.
+    std::fs::write(&broken, fake_squashfs(&[0x5a; 8096])).unwrap();
     let base = format!("bad/1/amd64/default/{V1}");
     assert_eq!(site.post(&meta, &format!("{base}/incus.tar.xz")).0, 201);
     assert_eq!(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::common::fixtures::{Layout, MetaSpec, write_metadata_tarball};
+use crate::common::fixtures::{Layout, MetaSpec, random_squashfs, write_metadata_tarball};
 use crate::common::server::TestServer;
 use crate::common::site::TOKEN;
 use crate::common::tls::TestCa;
@@ -49,10 +49,8 @@ fn delays(seed: u64, n: u64, max_ms: u64) -> Vec<Duration> {
 fn add_version(www: &Path, os: &str, version: &str, size: usize) {
     let dir = Layout::new(www).version_dir(os, "1", "amd64", "default", version);
     write_metadata_tarball(&dir.join("incus.tar.xz"), &MetaSpec::new(os, "1", version));
-    let bytes: Vec<u8> = (0..size)
-        .map(|i| (i as u8) ^ os.len() as u8 ^ version.len() as u8)
-        .collect();
-    std::fs::write(dir.join("rootfs.squashfs"), bytes).unwrap();
+    let seed = os.len() as u64 * 131 + version.len() as u64;
+    std::fs::write(dir.join("rootfs.squashfs"), random_squashfs(size, seed)).unwrap();
 }
 
 /// What a client can rely on: the catalog parses, every file it names is there with its size,

@@ -12,6 +12,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tar::EntryType;
 
+use crate::common::fixtures::{fake_qcow2, fake_squashfs};
+
 const META_YAML: &str = "architecture: x86_64\ncreation_date: 1735725600\nproperties:\n  os: Alpine\n  release: \"3.21\"\n  variant: default\n  description: Alpine 3.21\ntemplates:\n  /etc/hostname:\n    when: [create]\n    template: hostname.tpl\n";
 const VERSION: &str = "images/alpine/3.21/amd64/default/20250101_10:00";
 
@@ -301,7 +303,11 @@ fn split_files(dir: &Path, rootfs: &[u8], name: &str) -> (PathBuf, PathBuf) {
 #[test]
 fn split_images_land_under_standard_names_and_twice_is_a_no_op() {
     let dir = tempfile::tempdir().unwrap();
-    let (m, r) = split_files(dir.path(), b"hsqs squashfs bytes", "abc.squashfs");
+    let (m, r) = split_files(
+        dir.path(),
+        &fake_squashfs(b"squashfs bytes"),
+        "abc.squashfs",
+    );
     // Either order works: the metadata tarball is recognised.
     bin(dir.path())
         .args(["-t", "tree", "import"])
@@ -314,7 +320,7 @@ fn split_images_land_under_standard_names_and_twice_is_a_no_op() {
     let v = dir.path().join("tree").join(VERSION);
     assert_eq!(
         std::fs::read(v.join("rootfs.squashfs")).unwrap(),
-        b"hsqs squashfs bytes"
+        fake_squashfs(b"squashfs bytes")
     );
     assert_eq!(
         std::fs::read(v.join("incus.tar.xz")).unwrap(),
@@ -334,7 +340,7 @@ fn split_images_land_under_standard_names_and_twice_is_a_no_op() {
     );
 
     // The same version with other bytes is a clash, and nothing is replaced.
-    std::fs::write(&r, b"hsqs other bytes").unwrap();
+    std::fs::write(&r, fake_squashfs(b"other bytes")).unwrap();
     let out = import_to_tree(dir.path(), &[&m, &r]).failure();
     let stderr = stderr_of(&out);
     assert!(
@@ -343,7 +349,7 @@ fn split_images_land_under_standard_names_and_twice_is_a_no_op() {
     );
     assert_eq!(
         std::fs::read(v.join("rootfs.squashfs")).unwrap(),
-        b"hsqs squashfs bytes"
+        fake_squashfs(b"squashfs bytes")
     );
     let leftovers: Vec<String> = std::fs::read_dir(&v)
         .unwrap()
@@ -357,7 +363,7 @@ fn split_images_land_under_standard_names_and_twice_is_a_no_op() {
 #[test]
 fn a_vm_disk_with_its_own_metadata_joins_the_container_version() {
     let dir = tempfile::tempdir().unwrap();
-    let (m, r) = split_files(dir.path(), b"hsqs ct", "ct.squashfs");
+    let (m, r) = split_files(dir.path(), &fake_squashfs(b"ct"), "ct.squashfs");
     import_to_tree(dir.path(), &[&m, &r]).success();
     let mut vm_meta = Vec::new();
     simplestreams_builder::image::metadata::write_metadata_tarball(
@@ -368,7 +374,7 @@ fn a_vm_disk_with_its_own_metadata_joins_the_container_version() {
     )
     .unwrap();
     std::fs::write(dir.path().join("meta-vm.tar.xz"), vm_meta).unwrap();
-    std::fs::write(dir.path().join("disk.qcow2"), b"QFI\xfbvm disk").unwrap();
+    std::fs::write(dir.path().join("disk.qcow2"), fake_qcow2(b"vm disk")).unwrap();
     bin(dir.path())
         .args(["-t", "tree", "import"])
         .arg(dir.path().join("meta-vm.tar.xz"))
@@ -399,7 +405,7 @@ fn from_dir_imports_everything_it_finds() {
     let src = dir.path().join("exports");
     std::fs::create_dir_all(src.join("a")).unwrap();
     std::fs::create_dir_all(src.join("b")).unwrap();
-    split_files(&src.join("a"), b"hsqs a", "abc.squashfs");
+    split_files(&src.join("a"), &fake_squashfs(b"a"), "abc.squashfs");
     std::fs::write(src.join("b/alpine.tar.gz"), unified_tarball(true)).unwrap();
     // b's unified image has the same creation_date and names: a different variant keeps them apart.
     bin(dir.path())
@@ -471,11 +477,8 @@ fn combined_hashes(images: &Value) -> std::collections::BTreeSet<String> {
 #[test]
 fn the_publish_after_a_split_import_reads_no_image_byte_again() {
     let dir = tempfile::tempdir().unwrap();
-    let rootfs: Vec<u8> = b"hsqs"
-        .iter()
-        .copied()
-        .chain((0..3_000_000u32).map(|i| (i % 251) as u8))
-        .collect();
+    let pattern: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let rootfs = fake_squashfs(&pattern);
     let (m, r) = split_files(dir.path(), &rootfs, "abc.squashfs");
     let out = import_to_tree(dir.path(), &[&m, &r]).success();
     // The import hashed both files while copying them and left that in the hash cache.

@@ -7,6 +7,8 @@ use assert_cmd::Command;
 use serde_json::Value;
 use simplestreams_builder::image::metadata::write_metadata_tarball;
 
+use crate::common::fixtures::{fake_qcow2, fake_squashfs};
+
 fn bin(dir: &Path) -> Command {
     crate::common::ssb(dir)
 }
@@ -38,12 +40,12 @@ fn published() -> tempfile::TempDir {
         put(
             r,
             &format!("{v}/rootfs.squashfs"),
-            format!("squashfs {tag} {}", "x".repeat(5000)).as_bytes(),
+            &fake_squashfs(format!("squashfs {tag} {}", "x".repeat(5000)).as_bytes()),
         );
         put(
             r,
             &format!("{v}/disk.qcow2"),
-            format!("QFI\u{fb} disk {tag}").as_bytes(),
+            &fake_qcow2(format!(" disk {tag}").as_bytes()),
         );
     }
     put(r, &format!("{V1}/build.log"), b"not an image file");
@@ -185,7 +187,7 @@ fn hidden_products_are_never_orphans() {
         put(
             r,
             &format!("{p}/20240101_00:00/rootfs.squashfs"),
-            p.as_bytes(),
+            &fake_squashfs(p.as_bytes()),
         );
     }
     bin(r).args(["publish", "-t", "."]).assert().success();

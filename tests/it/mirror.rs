@@ -19,7 +19,7 @@ use crate::common::catalog::{Catalog, Family, ImageType, read_json, sha256_of};
 use crate::common::clients::{Clients, Program};
 use crate::common::command::run;
 use crate::common::fixtures::{
-    Layout, MetaSpec, write_metadata_tarball, write_qcow2, write_rootfs_tar_xz,
+    Layout, MetaSpec, random_squashfs, write_metadata_tarball, write_qcow2, write_rootfs_tar_xz,
     write_squashfs_rootfs, write_text,
 };
 use crate::common::server::TestServer;
@@ -213,16 +213,7 @@ fn container(layout: &Layout, os: &str, release: &str, version: &str) -> (PathBu
 fn big_container(layout: &Layout, os: &str, version: &str, size: usize) -> (PathBuf, PathBuf) {
     let v = layout.version_dir(os, "1", "amd64", "default", version);
     let meta = write_metadata_tarball(&v.join("incus.tar.xz"), &MetaSpec::new(os, "1", version));
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ size as u64 ^ os.len() as u64;
-    let mut bytes = Vec::with_capacity(size);
-    bytes.extend_from_slice(b"hsqs");
-    while bytes.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        bytes.extend_from_slice(&x.to_le_bytes());
-    }
-    bytes.truncate(size);
+    let bytes = random_squashfs(size, 0x9e37_79b9_7f4a_7c15 ^ size as u64 ^ os.len() as u64);
     let rootfs = v.join("rootfs.squashfs");
     std::fs::write(&rootfs, bytes).unwrap();
     (meta, rootfs)

@@ -16,7 +16,8 @@ use tempfile::TempDir;
 use crate::common::catalog::sha256_of;
 use crate::common::clients::{Client, Clients, Program};
 use crate::common::fixtures::{
-    MetaSpec, write_metadata_tarball, write_squashfs_rootfs, write_text, write_unified_tar_gz,
+    MetaSpec, fake_squashfs, write_metadata_tarball, write_squashfs_rootfs, write_text,
+    write_unified_tar_gz,
 };
 use crate::common::site::{Site, TOKEN};
 
@@ -134,7 +135,7 @@ fn scratch(site: &Site) -> PathBuf {
     dir
 }
 
-/// A metadata tarball of `os` and a "squashfs" that is only its magic and some bytes: the
+/// A metadata tarball of `os` and a "squashfs" that is only a superblock and some bytes: the
 /// import and the indexer read no further, so no mksquashfs is needed.
 fn quick_split(dir: &Path, os: &str, rootfs: &[u8]) -> (PathBuf, PathBuf) {
     let meta = write_metadata_tarball(
@@ -142,9 +143,7 @@ fn quick_split(dir: &Path, os: &str, rootfs: &[u8]) -> (PathBuf, PathBuf) {
         &MetaSpec::new(os, "1.0", VERSION),
     );
     let root = dir.join(format!("{os}.squashfs"));
-    let mut bytes = b"hsqs".to_vec();
-    bytes.extend_from_slice(rootfs);
-    std::fs::write(&root, bytes).unwrap();
+    std::fs::write(&root, fake_squashfs(rootfs)).unwrap();
     (meta, root)
 }
 
@@ -430,7 +429,7 @@ fn a_different_image_in_the_same_version_is_a_clash() {
     let (code, answer) = import(&site, &[&meta, &root], &[], Some(TOKEN));
     assert_eq!(code, 201, "{answer:#}");
     let before = catalog_bytes(&site);
-    std::fs::write(&root, b"hsqs second").unwrap();
+    std::fs::write(&root, fake_squashfs(b"second")).unwrap();
     let (code, answer) = import(&site, &[&meta, &root], &[], Some(TOKEN));
     assert_eq!(code, 409, "{answer:#}");
     let error = answer["error"].as_str().unwrap();
@@ -445,7 +444,7 @@ fn a_different_image_in_the_same_version_is_a_clash() {
             "images/clash/1.0/amd64/default/{VERSION}/rootfs.squashfs"
         )))
         .unwrap(),
-        b"hsqsfirst"
+        fake_squashfs(b"first")
     );
     assert_eq!(catalog_bytes(&site), before);
     assert_staging_empty(&site);
@@ -467,7 +466,7 @@ fn the_import_path_takes_only_post() {
     assert!(body.contains("allowed: POST"), "{body}");
     // Not an upload into a folder named import, with or without the slash.
     let scratch = scratch(&site);
-    std::fs::write(scratch.join("rootfs.squashfs"), b"hsqs").unwrap();
+    std::fs::write(scratch.join("rootfs.squashfs"), fake_squashfs(b"")).unwrap();
     let (code, body) = site.curl(&[
         "-H",
         &Site::auth(),

@@ -14,8 +14,10 @@ use tempfile::TempDir;
 
 use crate::common::catalog::sha256_of;
 use crate::common::clients::{Client, Clients, Program};
-use crate::common::fixtures::{MetaSpec, write_metadata_tarball, write_squashfs_rootfs};
-use crate::common::site::{Site, TOKEN};
+use crate::common::fixtures::{
+    MetaSpec, fake_squashfs, random_squashfs, write_metadata_tarball, write_squashfs_rootfs,
+};
+use crate::common::site::{INDEX_DEADLINE, Site, TOKEN};
 
 const V1: &str = "20250101_10:00";
 const V2: &str = "20250102_10:00";
@@ -45,23 +47,16 @@ fn image_files(scratch: &Path, os: &str, serial: &str) -> (PathBuf, PathBuf, Str
     (meta, rootfs, fp)
 }
 
-/// A metadata tarball and a rootfs of random bytes, without mksquashfs: the indexer only hashes
-/// the rootfs.
+/// A metadata tarball and a squashfs of random bytes after its superblock, without mksquashfs:
+/// the indexer only checks its header and hashes it.
 fn quick_image(scratch: &Path, os: &str, rootfs_len: usize) -> (PathBuf, PathBuf, String) {
     let meta = write_metadata_tarball(
         &scratch.join(format!("{os}.tar.xz")),
         &MetaSpec::new(os, "1.0", V1),
     );
     let rootfs = scratch.join(format!("{os}.squashfs"));
-    let mut data = Vec::with_capacity(rootfs_len);
-    let mut x: u64 = os.bytes().fold(7, |a, b| a * 31 + u64::from(b));
-    while data.len() < rootfs_len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
-    std::fs::write(&rootfs, &data).unwrap();
+    let seed = os.bytes().fold(7u64, |a, b| a * 31 + u64::from(b));
+    std::fs::write(&rootfs, random_squashfs(rootfs_len.max(96), seed)).unwrap();
     let fp = sha256_of(&[&meta, &rootfs]);
     (meta, rootfs, fp)
 }
@@ -165,8 +160,8 @@ fn overwrite_off_keeps_the_file_and_says_where_the_upload_went() {
     let scratch = site.dir.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     let (one, two) = (scratch.join("one"), scratch.join("two"));
-    std::fs::write(&one, b"first").unwrap();
-    std::fs::write(&two, b"second").unwrap();
+    std::fs::write(&one, fake_squashfs(b"first")).unwrap();
+    std::fs::write(&two, fake_squashfs(b"second")).unwrap();
     let path = format!("ow/1/amd64/default/{V1}/rootfs.squashfs");
     assert_eq!(site.post(&one, &path).0, 201);
     let (code, body) = site.post(&two, &path);
@@ -179,11 +174,11 @@ fn overwrite_off_keeps_the_file_and_says_where_the_upload_went() {
     assert_eq!(body["replaced"], false);
     assert_eq!(
         std::fs::read(site.www.join("images").join(&path)).unwrap(),
-        b"first"
+        fake_squashfs(b"first")
     );
     assert_eq!(
         std::fs::read(site.www.join(body["path"].as_str().unwrap())).unwrap(),
-        b"second"
+        fake_squashfs(b"second")
     );
 }
 
@@ -479,8 +474,7 @@ fn without_a_token_writes_are_refused_unless_anonymous_is_asked_for() {
     assert_eq!(code, 403, "{body}");
     drop(site);
     let site = Site::start(&["--allow-anonymous-writes"], &[]);
-    let f = site.dir.path().join("f");
-    std::fs::write(&f, b"x").unwrap();
+    let f = write_metadata_tarball(&site.dir.path().join("f"), &MetaSpec::new("a", "1", V1));
     let put = format!("{}/images/a/1/amd64/default/{V1}/lxd.tar.xz", site.url());
     let (code, body) = site.curl(&["-T", &f.display().to_string(), &put]);
     assert_eq!(code, 201, "{body}");
@@ -805,4 +799,127 @@ fn multipart_part_headers_and_part_counts_are_bounded() {
         stored.len() <= 16,
         "at most the parts before the limit: {stored:?}"
     );
+}
+
+/// Hardening item 1: an upload that is not what its name says gets 400 naming the problem and is
+/// never renamed into place (a PNG or an empty file as a rootfs, a truncated xz or a metadata
+/// tarball for an architecture nobody knows as `lxd.tar.xz`), and the product keeps its
+/// versions. Before the fix each got 201 and the re-index dropped the whole product.
+#[test]
+fn broken_uploads_are_refused_and_the_product_keeps_its_versions() {
+    const PRODUCT: &str = "keep:1:amd64:default";
+    let site = Site::start(&[], &[]);
+    let scratch = site.dir.path().join("scratch");
+    let (meta, rootfs, fp) = quick_image(&scratch, "keep", 8192);
+    let good = format!("keep/1/amd64/default/{V1}");
+    assert_eq!(site.post(&meta, &format!("{good}/lxd.tar.xz")).0, 201);
+    assert_eq!(
+        site.post(&rootfs, &format!("{good}/rootfs.squashfs")).0,
+        201
+    );
+    site.wait_for(
+        |c| version_fingerprint(c, PRODUCT, V1).as_deref() == Some(&fp),
+        "the good version",
+    );
+
+    let bad = format!("keep/1/amd64/default/{V2}");
+    let png = scratch.join("picture.png");
+    std::fs::write(&png, b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR a picture").unwrap();
+    let empty = scratch.join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let full = std::fs::read(&meta).unwrap();
+    let truncated = scratch.join("truncated.tar.xz");
+    std::fs::write(&truncated, &full[..full.len() / 2]).unwrap();
+    let mut z80 = MetaSpec::new("keep", "1", V2);
+    z80.arch = "z80".into();
+    let z80 = write_metadata_tarball(&scratch.join("z80.tar.xz"), &z80);
+    let mut arm = MetaSpec::new("keep", "1", V2);
+    arm.arch = "aarch64".into();
+    let arm = write_metadata_tarball(&scratch.join("arm.tar.xz"), &arm);
+    for (file, name, needle) in [
+        (&png, "lxd.tar.xz", "not a metadata tarball"),
+        (&truncated, "lxd.tar.xz", "truncated xz data"),
+        (&z80, "lxd.tar.xz", "architecture `z80`"),
+        (&arm, "incus.tar.xz", "but the product's arch is `amd64`"),
+        (
+            &png,
+            "rootfs.squashfs",
+            "is not a squashfs image: it looks like a PNG image",
+        ),
+        (&empty, "rootfs.squashfs", "is empty (0 bytes)"),
+        (&png, "disk.qcow2", "is not a qcow2 disk"),
+        (
+            &rootfs,
+            "rootfs.tar.xz",
+            "is not an xz-compressed root tarball",
+        ),
+    ] {
+        let target = format!("{bad}/{name}");
+        let (code, body) = site.post(file, &target);
+        assert_eq!(code, 400, "{target}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("images/{target} was not stored")) && error.contains(needle),
+            "{target}: {error}"
+        );
+        // PUT gets the same answer.
+        let (code, _) = site.put(file, &format!("images/{target}"));
+        assert_eq!(code, 400, "PUT {target}");
+    }
+    let left: Vec<String> = std::fs::read_dir(site.www.join("images").join(&bad))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "nothing of the refused uploads stays: {left:?}"
+    );
+    let catalog = site.catalog().unwrap();
+    assert_eq!(
+        version_fingerprint(&catalog, PRODUCT, V1).as_deref(),
+        Some(fp.as_str()),
+        "the product keeps its version"
+    );
+}
+
+/// Hardening item 1, on disk: a broken version copied into a served tree by other means is
+/// left out by the server's re-index and named in its log; the product keeps its good version,
+/// and a good version added beside it is still published.
+#[test]
+fn a_broken_version_copied_in_costs_only_that_version_in_the_reindex() {
+    const PRODUCT: &str = "copy:1:amd64:default";
+    let site = Site::start(&[], &[]);
+    let scratch = site.dir.path().join("scratch");
+    let (meta, rootfs, fp) = quick_image(&scratch, "copy", 8192);
+    let product = site.www.join("images/copy/1/amd64/default");
+    for v in [V1, V2] {
+        std::fs::create_dir_all(product.join(v)).unwrap();
+    }
+    // V2 first, broken: an empty rootfs beside a good metadata tarball.
+    std::fs::copy(&meta, product.join(V2).join("lxd.tar.xz")).unwrap();
+    std::fs::write(product.join(V2).join("rootfs.squashfs"), b"").unwrap();
+    std::fs::copy(&meta, product.join(V1).join("lxd.tar.xz")).unwrap();
+    std::fs::copy(&rootfs, product.join(V1).join("rootfs.squashfs")).unwrap();
+    let (catalog, _) = site.wait_for(
+        |c| version_fingerprint(c, PRODUCT, V1).as_deref() == Some(&fp),
+        "the good version beside the broken one",
+    );
+    assert!(
+        catalog["products"][PRODUCT]["versions"][V2].is_null(),
+        "the broken version is left out"
+    );
+    let deadline = Instant::now() + INDEX_DEADLINE;
+    let needle = format!("{V2}/rootfs.squashfs: is empty (0 bytes), not a squashfs image");
+    while !site.server.said().contains(&needle) {
+        assert!(
+            Instant::now() < deadline,
+            "the log never named the broken file:\n{}",
+            site.server.said()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(site.server.said().contains("left out of the catalog"));
 }

@@ -163,6 +163,9 @@ pub enum Settings {
     },
     List {
         target: PathBuf,
+        /// The products, to find the versions left out as broken; `None` when they cannot be
+        /// loaded (the catalog alone is still listed).
+        tree: Option<Tree>,
         format: Format,
     },
     Serve(Box<Serve>),
@@ -212,10 +215,22 @@ impl Settings {
                 inventory: r.inventory()?,
                 yes: args.yes,
             },
-            Command::List(args) => Settings::List {
-                target: r.target_or_cwd(),
-                format: args.format,
-            },
+            Command::List(args) => {
+                let target = r.target_or_cwd();
+                let tree = r
+                    .tree(&target)
+                    .inspect_err(|e| {
+                        tracing::warn!(
+                            "versions left out as broken are not listed: the products cannot be loaded: {e:#}"
+                        );
+                    })
+                    .ok();
+                Settings::List {
+                    target,
+                    tree,
+                    format: args.format,
+                }
+            }
             Command::Serve(args) => Settings::Serve(Box::new(r.serve(args)?)),
             Command::Demo(args) => Settings::Demo(Demo {
                 target: cli.target_dir.clone().unwrap_or_else(|| "ssb-demo".into()),

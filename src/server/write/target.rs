@@ -21,8 +21,8 @@ const MAX_PATH: usize = 1024;
 pub(crate) enum WriteScope {
     /// The lxd-image-server layout under `images/`.
     Layout,
-    /// The local product directories of a tree.yml, relative to the tree.
-    Declared(Vec<String>),
+    /// The local products of a tree.yml: (directory relative to the tree, arch).
+    Declared(Vec<(String, String)>),
 }
 
 /// A vetted write target, relative to the served root.
@@ -30,6 +30,9 @@ pub(crate) enum WriteScope {
 pub(crate) struct WriteTarget {
     /// The product folder, relative to the root, with `/` separators.
     pub product_dir: String,
+    /// The product's architecture (a layout folder name, or tree.yml's `arch`): a metadata
+    /// tarball written into it must say the same.
+    pub arch: String,
     /// What in it.
     pub place: Place,
 }
@@ -154,7 +157,7 @@ pub(crate) fn delete_target(raw: &str, scope: &WriteScope) -> Result<WriteTarget
 
 fn parse(raw: &str, scope: &WriteScope) -> Result<WriteTarget, String> {
     let segs = segments(raw)?;
-    let (product_len, product_dir) = match scope {
+    let (product_len, product_dir, arch) = match scope {
         WriteScope::Layout => {
             if segs.first() != Some(&LAYOUT_ROOT) {
                 return Err(format!("not under {LAYOUT_ROOT}/"));
@@ -179,30 +182,32 @@ fn parse(raw: &str, scope: &WriteScope) -> Result<WriteTarget, String> {
             }
             crate::config::check_alias(&format!("{os}/{release}/{variant}"))
                 .map_err(|why| format!("the alias made from these folder names {why}"))?;
-            (5, segs[..5].join("/"))
+            (5, segs[..5].join("/"), arch.to_owned())
         }
         WriteScope::Declared(dirs) => {
-            let dir = dirs
+            let (dir, arch) = dirs
                 .iter()
-                .filter(|d| {
+                .filter(|(d, _)| {
                     let d: Vec<&str> = d.split('/').collect();
                     segs.len() > d.len() && segs[..d.len()] == d[..]
                 })
-                .max_by_key(|d| d.len())
+                .max_by_key(|(d, _)| d.len())
                 .ok_or("not in a product directory declared in tree.yml")?;
-            (dir.split('/').count(), dir.clone())
+            (dir.split('/').count(), dir.clone(), arch.clone())
         }
     };
     let rest = &segs[product_len..];
     let target = match rest {
         [name] if *name == METADATA_JSON => WriteTarget {
             product_dir,
+            arch,
             place: Place::ProductMetadata,
         },
         [version, tail @ ..] if tail.len() <= 1 => {
             let version = VersionName::parse(version).map_err(|e| e.to_string())?;
             WriteTarget {
                 product_dir,
+                arch,
                 place: match tail.first() {
                     Some(name) => Place::File {
                         version,
@@ -289,7 +294,10 @@ mod tests {
 
     #[test]
     fn declared_products() {
-        let scope = WriteScope::Declared(vec!["debian/bookworm/amd64/default".into()]);
+        let scope = WriteScope::Declared(vec![(
+            "debian/bookworm/amd64/default".into(),
+            "amd64".into(),
+        )]);
         upload_target(
             "debian/bookworm/amd64/default/20251123_12:13/incus.tar.xz",
             &scope,

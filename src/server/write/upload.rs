@@ -394,6 +394,7 @@ fn fill_and_place(
             c.update(data);
         }
     })?;
+    check_image(target, temp.path(), &shown)?;
 
     let existed = path.exists();
     let (final_path, requested_path) = if overwrite || !existed {
@@ -452,6 +453,37 @@ fn fill_and_place(
         },
         known,
     ))
+}
+
+/// The image check, on the complete upload before it is renamed into place: a metadata tarball
+/// must hold a readable metadata.yaml for the product's architecture; a rootfs, disk or unified
+/// tarball must pass [`crate::image::check`]. `shown` names the file in the answer.
+fn check_image(target: &WriteTarget, temp: &Path, shown: &str) -> Result<(), RequestError> {
+    use crate::image::check::{check_rootfs, check_unified};
+    let refuse = |problem: String| RequestError::BadImage {
+        path: shown.to_owned(),
+        problem,
+    };
+    match target.role() {
+        Some(FileRole::Meta { .. }) => {
+            let file = std::fs::File::open(temp).map_err(|source| RequestError::Io {
+                path: shown.to_owned(),
+                source,
+            })?;
+            let meta = crate::image::metadata::read_metadata(
+                std::io::BufReader::new(file),
+                Path::new(shown),
+            )
+            .map_err(|e| refuse(e.problem))?;
+            match meta.arch_problem(&target.arch) {
+                Some(problem) => Err(refuse(problem)),
+                None => Ok(()),
+            }
+        }
+        Some(FileRole::Rootfs(kind)) => check_rootfs(kind, temp).map_err(|e| refuse(e.problem)),
+        Some(FileRole::Unified(_)) => check_unified(temp).map_err(|e| refuse(e.problem)),
+        None => Ok(()),
+    }
 }
 
 /// The metadata tarballs already in the version folder that `role` pairs with, read ahead so

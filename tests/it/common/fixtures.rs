@@ -20,6 +20,58 @@ pub const FIXTURE_EPOCH: u64 = 1_735_725_600;
 /// Fixture tools are quick; anything slower than this is stuck.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Bytes that pass the image check as a squashfs without mksquashfs, for tests that hash, publish
+/// or serve a rootfs but never mount it: a version 4 superblock saying the whole file is used,
+/// then `tag`.
+pub fn fake_squashfs(tag: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8; 96];
+    v[..4].copy_from_slice(b"hsqs");
+    v[28..30].copy_from_slice(&4u16.to_le_bytes());
+    v.extend_from_slice(tag);
+    let len = v.len() as u64;
+    v[40..48].copy_from_slice(&len.to_le_bytes());
+    v
+}
+
+/// [`fake_squashfs`] of exactly `size` bytes (at least 96) of pseudo-random content from `seed`.
+pub fn random_squashfs(size: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut body = Vec::with_capacity(size + 8);
+    while body.len() + 96 < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        body.extend_from_slice(&x.to_le_bytes());
+    }
+    body.truncate(size.saturating_sub(96));
+    fake_squashfs(&body)
+}
+
+/// Bytes that pass the image check as a qcow2 disk without qemu-img: a version 3 header, then
+/// `tag`.
+pub fn fake_qcow2(tag: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8; 104];
+    v[..4].copy_from_slice(b"QFI\xfb");
+    v[4..8].copy_from_slice(&3u32.to_be_bytes());
+    v.extend_from_slice(tag);
+    v
+}
+
+/// A small real `root.tar.xz` holding one file whose content is `tag`.
+pub fn fake_root_tar_xz(tag: &[u8]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(tag.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_cksum();
+    tar.append_data(&mut h, "./etc/tag", tag).unwrap();
+    let raw = tar.into_inner().unwrap();
+    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+    xz.write_all(&raw).unwrap();
+    xz.finish().unwrap()
+}
+
 /// What goes into an image's `metadata.yaml`.
 #[derive(Clone, Debug)]
 pub struct MetaSpec {
