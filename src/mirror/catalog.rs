@@ -64,13 +64,15 @@ pub fn assemble(
             for img in &complete {
                 seen.insert((img.family, img.fingerprint.clone()), at.clone());
             }
+            // Upstream JSON is parsed into a value only for what is mirrored.
+            let version_raw = parse_raw(&version.raw);
             let mut items = Map::new();
             for img in &complete {
                 for key in &img.items {
                     if items.contains_key(key) {
                         continue;
                     }
-                    let mut raw = version.raw["items"][key].clone();
+                    let mut raw = version_raw["items"][key].clone();
                     if let (Some(obj), Some(path)) =
                         (raw.as_object_mut(), local(&product.id, &version.name, key))
                     {
@@ -79,7 +81,7 @@ pub fn assemble(
                     items.insert(key.clone(), raw);
                 }
             }
-            let mut raw = version.raw.clone();
+            let mut raw = version_raw;
             if let Some(obj) = raw.as_object_mut() {
                 obj.insert("items".into(), Value::Object(items));
             }
@@ -89,13 +91,18 @@ pub fn assemble(
             continue;
         }
         out.versions += versions.len();
-        let mut raw = product.raw.clone();
+        let mut raw = parse_raw(&product.raw);
         if let Some(obj) = raw.as_object_mut() {
             obj.insert("versions".into(), Value::Object(versions));
         }
         out.products.insert(product.id.clone(), raw);
     }
     out
+}
+
+/// Upstream JSON text, already validated when it was read, as a value.
+fn parse_raw(raw: &serde_json::value::RawValue) -> Value {
+    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
 }
 
 /// The products file: our envelope (content id, datatype, format, time) around the mirrored
@@ -182,7 +189,13 @@ mod tests {
     fn lists_only_complete_images_with_upstream_fields_and_local_paths() {
         let mut w = Vec::new();
         let planned = plan(
-            parse_products(&upstream(), "x", &mut w),
+            parse_products(
+                &serde_json::to_vec(&upstream()).unwrap(),
+                "x",
+                &Filters::default(),
+                &mut w,
+            )
+            .unwrap(),
             &Filters::default(),
         );
         // Version 3's rootfs failed: version 3 is left out, 2 and 1 are listed (keep 2).

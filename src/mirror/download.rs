@@ -57,14 +57,17 @@ pub fn join_url(base: &str, rel: &str) -> String {
 
 /// GETs a JSON document, with retries on network errors and 5xx answers.
 pub async fn fetch_json(client: &reqwest::Client, url: &str) -> Result<serde_json::Value, String> {
+    let body = fetch_bytes(client, url).await?;
+    serde_json::from_slice(&body).map_err(|e| format!("{url}: not valid JSON: {e}"))
+}
+
+/// Fetches a catalog file's bytes, retrying transient failures (see [`fetch_json`]).
+pub async fn fetch_bytes(client: &reqwest::Client, url: &str) -> Result<bytes::Bytes, String> {
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
         match client.get(url).send().await {
             Ok(resp) if resp.status().is_success() => match resp.bytes().await {
-                Ok(body) => {
-                    return serde_json::from_slice(&body)
-                        .map_err(|e| format!("{url}: not valid JSON: {e}"));
-                }
+                Ok(body) => return Ok(body),
                 Err(e) => last = crate::error_chain(&e),
             },
             Ok(resp) if resp.status().is_server_error() => last = format!("HTTP {}", resp.status()),

@@ -138,6 +138,7 @@ fn fail_remote(url: &str) -> impl Fn(String) -> MirrorError + '_ {
 async fn read_remote(
     client: &reqwest::Client,
     url: &str,
+    filters: &select::Filters,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<select::RemoteProduct>, MirrorError> {
     let index_url = download::join_url(url, &crate::tree::names::index_rel());
@@ -162,10 +163,12 @@ async fn read_remote(
             continue;
         };
         let products_url = download::join_url(url, path);
-        let doc = download::fetch_json(client, &products_url)
+        let doc = download::fetch_bytes(client, &products_url)
             .await
             .map_err(fail_remote(url))?;
-        for p in select::parse_products(&doc, &products_url, warnings) {
+        let parsed = select::parse_products(&doc, &products_url, filters, warnings)
+            .map_err(fail_remote(url))?;
+        for p in parsed {
             if !ids.insert(p.id.clone()) {
                 warnings.push(format!(
                     "{products_url}: product `{}` already read from another index entry (`{key}`); this copy is ignored",
@@ -193,7 +196,12 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
     // 1. Every remote catalog, or nothing changes.
     let mut plans: Vec<(Source, Vec<PlannedProduct>)> = Vec::new();
     for source in &req.sources {
-        let products = runtime.block_on(read_remote(&client, &source.url, &mut report.warnings))?;
+        let products = runtime.block_on(read_remote(
+            &client,
+            &source.url,
+            &source.filters,
+            &mut report.warnings,
+        ))?;
         plans.push((source.clone(), select::plan(products, &source.filters)));
     }
     // 2. The files: one job per local path, shared by every item stored there.

@@ -4,13 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 pub use crate::config::Filters;
 use crate::format::{Ftype, ImageType, Item, canonical_arch};
 
-/// One product of a remote products file, with the raw JSON kept so every upstream field can
-/// be republished as it was.
+/// One product of a remote products file, with its upstream JSON text kept so every upstream
+/// field can be republished as it was.
 #[derive(Clone, Debug)]
 pub struct RemoteProduct {
     /// Product id (the key in `products`).
@@ -27,8 +28,8 @@ pub struct RemoteProduct {
     pub aliases: Vec<String>,
     /// The usable versions, newest first.
     pub versions: Vec<RemoteVersion>,
-    /// The product object as upstream wrote it.
-    pub raw: Value,
+    /// The product object as upstream wrote it (JSON text, parsed again only when mirrored).
+    pub raw: Box<RawValue>,
 }
 
 /// One version of a remote product.
@@ -39,7 +40,7 @@ pub struct RemoteVersion {
     /// The items we could read, by key.
     pub items: BTreeMap<String, Item>,
     /// The version object as upstream wrote it.
-    pub raw: Value,
+    pub raw: Box<RawValue>,
 }
 
 /// An image a client makes from a version: a metadata item with a rootfs, or a unified item.
@@ -72,76 +73,136 @@ fn client_reads_version(name: &str) -> bool {
     day.bytes().all(|b| b.is_ascii_digit()) && jiff::civil::Date::strptime("%Y%m%d", day).is_ok()
 }
 
-fn string_field(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_owned)
+/// The fields of a product the selection reads. Each is taken leniently: a field of another
+/// JSON type counts as absent, as it would for the clients, instead of failing the product.
+#[derive(Deserialize)]
+struct ProductFields<'a> {
+    #[serde(default, borrow)]
+    arch: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    os: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    release: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    variant: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    aliases: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    versions: Option<&'a RawValue>,
 }
 
-/// Reads the products of a products file. Products, versions and items the clients would not
-/// use, or that we could not verify (no `sha256`, `size` or `path`), are left out with a
-/// warning naming them; `source` names the file in those warnings.
-pub fn parse_products(doc: &Value, source: &str, warnings: &mut Vec<String>) -> Vec<RemoteProduct> {
-    let Some(products) = doc.get("products").and_then(Value::as_object) else {
+/// A JSON string's value; `None` for any other JSON value.
+fn string_of(raw: Option<&RawValue>) -> Option<String> {
+    raw.and_then(|r| serde_json::from_str::<String>(r.get()).ok())
+}
+
+/// The entries of a JSON object, as raw text; empty for any other JSON value.
+fn object_of(raw: Option<&RawValue>) -> BTreeMap<String, &RawValue> {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or_default()
+}
+
+/// Reads the products of a products file (its bytes) that pass `filters`. Only those are
+/// parsed beyond their id and the fields the filters read, and each keeps its upstream JSON as
+/// text, so memory follows the products selected, not the size of the remote catalog.
+/// Products, versions and items the clients would not use, or that we could not verify (no
+/// `sha256`, `size` or `path`), are left out with a warning naming them; `source` names the
+/// file in messages.
+pub fn parse_products(
+    doc: &[u8],
+    source: &str,
+    filters: &Filters,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<RemoteProduct>, String> {
+    #[derive(Deserialize)]
+    struct Doc<'a> {
+        #[serde(default, borrow)]
+        products: Option<&'a RawValue>,
+    }
+    let doc: Doc<'_> =
+        serde_json::from_slice(doc).map_err(|e| format!("{source}: not valid JSON: {e}"))?;
+    let Some(products) = doc
+        .products
+        .and_then(|p| serde_json::from_str::<BTreeMap<String, &RawValue>>(p.get()).ok())
+    else {
         warnings.push(format!("{source}: no `products` object; nothing to mirror"));
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for (id, raw) in products {
-        let Some(arch) = string_field(raw, "arch") else {
+        let Ok(fields) = serde_json::from_str::<ProductFields<'_>>(raw.get()) else {
+            warnings.push(format!(
+                "{source}: product `{id}` skipped: not a JSON object"
+            ));
+            continue;
+        };
+        let Some(arch) = string_of(fields.arch) else {
             warnings.push(format!("{source}: product `{id}` skipped: no `arch`"));
             continue;
         };
-        let mut versions = Vec::new();
-        for (name, vraw) in raw
-            .get("versions")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            if !client_reads_version(name) {
-                warnings.push(format!(
-                    "{source}: product `{id}` version `{name}` skipped: clients ignore version names that do not start with YYYYMMDD"
-                ));
-                continue;
-            }
-            let mut items = BTreeMap::new();
-            for (key, iraw) in vraw
-                .get("items")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-            {
-                match serde_json::from_value::<Item>(iraw.clone()) {
-                    Ok(item) => {
-                        items.insert(key.clone(), item);
-                    }
-                    Err(e) => warnings.push(format!(
-                        "{source}: product `{id}` version `{name}` item `{key}` skipped: {e}"
-                    )),
-                }
-            }
-            versions.push(RemoteVersion {
-                name: name.clone(),
-                items,
-                raw: vraw.clone(),
-            });
-        }
-        versions.sort_by_key(|v| std::cmp::Reverse(version_key(&v.name)));
-        out.push(RemoteProduct {
-            id: id.clone(),
-            os: string_field(raw, "os").unwrap_or_default(),
-            release: string_field(raw, "release").unwrap_or_default(),
+        let mut product = RemoteProduct {
+            id,
+            os: string_of(fields.os).unwrap_or_default(),
+            release: string_of(fields.release).unwrap_or_default(),
             arch,
-            variant: string_field(raw, "variant"),
-            aliases: string_field(raw, "aliases")
+            variant: string_of(fields.variant),
+            aliases: string_of(fields.aliases)
                 .unwrap_or_default()
                 .split(',')
                 .filter(|a| !a.is_empty())
                 .map(str::to_owned)
                 .collect(),
-            versions,
-            raw: raw.clone(),
+            versions: Vec::new(),
+            raw: raw.to_owned(),
+        };
+        if !filters.matches(&product) {
+            continue;
+        }
+        product.versions = parse_versions(&product.id, fields.versions, source, warnings);
+        out.push(product);
+    }
+    Ok(out)
+}
+
+/// The versions of a product the clients read, newest first.
+fn parse_versions(
+    id: &str,
+    versions: Option<&RawValue>,
+    source: &str,
+    warnings: &mut Vec<String>,
+) -> Vec<RemoteVersion> {
+    #[derive(Deserialize)]
+    struct VersionFields<'a> {
+        #[serde(default, borrow)]
+        items: Option<&'a RawValue>,
+    }
+    let mut out = Vec::new();
+    for (name, vraw) in object_of(versions) {
+        if !client_reads_version(&name) {
+            warnings.push(format!(
+                "{source}: product `{id}` version `{name}` skipped: clients ignore version names that do not start with YYYYMMDD"
+            ));
+            continue;
+        }
+        let fields = serde_json::from_str::<VersionFields<'_>>(vraw.get()).ok();
+        let mut items = BTreeMap::new();
+        for (key, iraw) in object_of(fields.and_then(|f| f.items)) {
+            match serde_json::from_str::<Item>(iraw.get()) {
+                Ok(item) => {
+                    items.insert(key, item);
+                }
+                Err(e) => warnings.push(format!(
+                    "{source}: product `{id}` version `{name}` item `{key}` skipped: {e}"
+                )),
+            }
+        }
+        out.push(RemoteVersion {
+            name,
+            items,
+            raw: vraw.to_owned(),
         });
     }
+    out.sort_by_key(|v| std::cmp::Reverse(version_key(&v.name)));
     out
 }
 
@@ -265,8 +326,9 @@ impl PlannedProduct {
     }
 }
 
-/// Applies the filters: matching products, and in each its versions with wanted images, the
-/// newest `keep` of them marked as wanted.
+/// Applies the filters: matching products (all of them, when [`parse_products`] applied the
+/// same filters), and in each its versions with wanted images, the newest `keep` of them
+/// marked as wanted.
 pub fn plan(products: Vec<RemoteProduct>, filters: &Filters) -> Vec<PlannedProduct> {
     let mut out = Vec::new();
     for product in products.into_iter().filter(|p| filters.matches(p)) {
@@ -332,7 +394,11 @@ pub fn local_path(path: &str) -> Result<String, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    fn bytes(doc: &Value) -> Vec<u8> {
+        serde_json::to_vec(doc).unwrap()
+    }
 
     fn doc() -> Value {
         let meta = |fp: &str| {
@@ -373,7 +439,8 @@ mod tests {
     #[test]
     fn reads_leniently_and_orders_versions_newest_first() {
         let mut w = Vec::new();
-        let products = parse_products(&doc(), "images.json", &mut w);
+        let products =
+            parse_products(&bytes(&doc()), "images.json", &Filters::default(), &mut w).unwrap();
         assert_eq!(products.len(), 2);
         let debian = products.iter().find(|p| p.os == "Debian").unwrap();
         let names: Vec<_> = debian.versions.iter().map(|v| v.name.as_str()).collect();
@@ -391,9 +458,29 @@ mod tests {
     }
 
     #[test]
+    fn only_selected_products_are_read_beyond_their_filter_fields() {
+        let mut w = Vec::new();
+        let only_alpine = Filters {
+            os: vec!["alpine".into()],
+            ..Filters::default()
+        };
+        let products = parse_products(&bytes(&doc()), "x", &only_alpine, &mut w).unwrap();
+        let ids: Vec<&str> = products.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["alpine:3.20:arm64:cloud"]);
+        // Debian's versions were never read: none of their warnings.
+        assert!(w.iter().all(|w| !w.contains("`staging`")), "{w:?}");
+        // The upstream text is kept as it was, to be republished.
+        let raw: Value = serde_json::from_str(products[0].raw.get()).unwrap();
+        assert_eq!(raw["aliases"], "alpine/3.20/cloud");
+        // A products file that is not JSON is an error naming it.
+        let e = parse_products(b"{\"products\": [", "up/images.json", &only_alpine, &mut w);
+        assert!(e.unwrap_err().starts_with("up/images.json: not valid JSON"));
+    }
+
+    #[test]
     fn pairs_items_as_clients_do_and_filters_by_type() {
         let mut w = Vec::new();
-        let products = parse_products(&doc(), "x", &mut w);
+        let products = parse_products(&bytes(&doc()), "x", &Filters::default(), &mut w).unwrap();
         let debian = products.iter().find(|p| p.os == "Debian").unwrap();
         let oldest = &debian.versions[2];
         let images = images_of(oldest);
@@ -415,7 +502,7 @@ mod tests {
     #[test]
     fn filters_products_and_keeps_the_newest_versions() {
         let mut w = Vec::new();
-        let products = parse_products(&doc(), "x", &mut w);
+        let products = parse_products(&bytes(&doc()), "x", &Filters::default(), &mut w).unwrap();
         let f = |f: Filters| {
             plan(products.clone(), &f)
                 .into_iter()
