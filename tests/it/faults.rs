@@ -13,7 +13,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::common::fixtures::{Layout, MetaSpec, random_squashfs, write_metadata_tarball};
-use crate::common::server::TestServer;
+use crate::common::server::{TestServer, peak_rss_kib};
 use crate::common::site::TOKEN;
 use crate::common::tls::TestCa;
 use crate::common::{command::run_ok, ssb, ssb_command};
@@ -93,6 +93,7 @@ fn publish_killed_anywhere_leaves_a_usable_tree() {
     for p in 0..12 {
         add_version(&www, &format!("os{p}"), "20250101_10:00", 256 << 10);
     }
+    let (mut kills, mut peak_kib) = (0, 0);
     for (n, delay) in delays(0x5eed, scaled(PUBLISH_KILLS), 120)
         .into_iter()
         .enumerate()
@@ -111,10 +112,13 @@ fn publish_killed_anywhere_leaves_a_usable_tree() {
             .spawn()
             .unwrap();
         std::thread::sleep(delay);
+        peak_kib = peak_kib.max(peak_rss_kib(child.id()));
         let _ = child.kill();
         let _ = child.wait();
         assert_usable(&www, &format!("kill {n} after {delay:?}"));
+        kills += 1;
     }
+    eprintln!("publish: {kills} kills, peak RSS {} MiB", peak_kib / 1024);
     run_ok(
         ssb(dir.path()).args(["publish", "-t", "www"]),
         Duration::from_secs(120),
@@ -144,7 +148,8 @@ fn serve_killed_during_uploads_leaves_a_usable_tree() {
     let token = dir.path().join("token");
     std::fs::write(&token, TOKEN).unwrap();
     let upload = dir.path().join("upload.bin");
-    std::fs::write(&upload, vec![7u8; 32 << 20]).unwrap();
+    std::fs::write(&upload, random_squashfs(32 << 20, 7)).unwrap();
+    let (mut kills, mut peak_kib) = (0, 0);
     for (n, delay) in delays(0xfa11, scaled(SERVE_KILLS), 400)
         .into_iter()
         .enumerate()
@@ -172,7 +177,9 @@ fn serve_killed_during_uploads_leaves_a_usable_tree() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(200) + delay);
+        peak_kib = peak_kib.max(server.peak_rss_kib());
         drop(server); // SIGKILL
+        kills += 1;
         let deadline = Instant::now() + Duration::from_secs(10);
         while curl.try_wait().unwrap().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -191,6 +198,10 @@ fn serve_killed_during_uploads_leaves_a_usable_tree() {
             }
         }
     }
+    eprintln!(
+        "serve: {kills} kills during uploads, peak RSS {} MiB",
+        peak_kib / 1024
+    );
     // The next server clears what the kills left, and the tree verifies.
     let index = ["--index", "--no-watch"].map(OsStr::new);
     drop(TestServer::serve_from(dir.path(), &www, &ca, &index));

@@ -2,7 +2,8 @@
 //! builds with a stub and with the real distrobuilder (`build`, `build_e2e`), the server's reads,
 //! uploads, imports and direct-URL import (`server`, `upload`, `server_import`, `direct`), import,
 //! inventory and mirroring (`import`, `import_e2e`, `inventory`, `mirror`), the deployment files
-//! (`deploy`), and the real clients end to end (`e2e`). `common` holds what they share.
+//! (`deploy`), the real clients end to end (`e2e`), and kills and load (`faults`, `load`).
+//! `common` holds what they share.
 
 // The tests read their own switches (SSB_REQUIRE_REAL_CLIENTS, PATH, ...); the rule that only
 // cli::settings reads the environment is the binary's.
@@ -21,6 +22,7 @@ mod faults;
 mod import;
 mod import_e2e;
 mod inventory;
+mod load;
 mod mirror;
 mod pipeline;
 mod server;

@@ -35,7 +35,11 @@ pub fn fake_squashfs(tag: &[u8]) -> Vec<u8> {
 
 /// [`fake_squashfs`] of exactly `size` bytes (at least 96) of pseudo-random content from `seed`.
 pub fn random_squashfs(size: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    // Distinct seeds give distinct contents; xorshift needs a state that is not zero.
+    let mut x = seed
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(0x2545_f491_4f6c_dd1d)
+        .max(1);
     let mut body = Vec::with_capacity(size + 8);
     while body.len() + 96 < size {
         x ^= x << 13;

@@ -19,12 +19,13 @@ pub const TOKEN: &str = "test-token-0123456789abcdef";
 /// short with another test binary compressing beside it on 2 cores.
 pub const INDEX_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A served tree with the server owning its catalog.
+/// A served tree with the server owning its catalog. The server is declared first so that it
+/// stops before its tree is deleted (fields drop in order).
 pub struct Site {
+    pub server: TestServer,
     pub dir: TempDir,
     pub www: PathBuf,
     pub ca: TestCa,
-    pub server: TestServer,
 }
 
 impl Site {
