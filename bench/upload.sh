@@ -14,7 +14,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 bench_scratch upload
 SSB_BIN=$(ssb_binary)
 
-# The image: a real metadata tarball and a rootfs of random bytes (the server only hashes it).
+# The image: a real metadata tarball and a rootfs of random bytes behind a squashfs superblock
+# (the server checks the header and hashes the rest).
 mkdir -p "$work/meta" "$work/src" "$work/www"
 cat >"$work/meta/metadata.yaml" <<YAML
 architecture: x86_64
@@ -28,6 +29,14 @@ YAML
 tar -C "$work/meta" -cJf "$work/src/lxd.tar.xz" metadata.yaml
 echo "making a ${size_mb} MiB rootfs..." >&2
 head -c "$((size_mb * 1024 * 1024))" /dev/urandom >"$work/src/rootfs.squashfs"
+python3 - "$work/src/rootfs.squashfs" <<'PY'
+import os, struct, sys
+with open(sys.argv[1], "r+b") as f:
+    size = os.fstat(f.fileno()).st_size
+    sb = bytearray(96); sb[0:4] = b"hsqs"; sb[28:30] = struct.pack("<H", 4)
+    sb[40:48] = struct.pack("<Q", size)
+    f.write(sb)
+PY
 sync
 
 # cp of the same file on the same disk, with an fsync like the server's.

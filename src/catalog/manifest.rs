@@ -221,6 +221,8 @@ pub fn build(
             source,
         })
     })?;
+    let product_inside =
+        crate::tree::resolves_outside(&real_root, product_dir, &crate::tree::only_plain).is_none();
     let mut cache = match &opts.cache {
         Some(dir) => HashCache::load(dir, product_dir),
         None => HashCache::disabled(),
@@ -243,7 +245,15 @@ pub fn build(
             warnings.push(format!("{}: skipped: no image files", v.path.display()));
             continue;
         }
-        match hash_one(&product, &real_root, v, &mut cache, opts, progress) {
+        match hash_one(
+            &product,
+            &real_root,
+            product_inside,
+            v,
+            &mut cache,
+            opts,
+            progress,
+        ) {
             Ok((version, meta)) => {
                 if let Some(meta) = meta {
                     newest_meta = Some((v.name.clone(), meta));
@@ -284,13 +294,20 @@ pub fn build(
 }
 
 /// The server's rule: a file that resolves outside the tree or onto a hidden name is refused,
-/// so no catalog may list one.
+/// so no catalog may list one. Where the product folder is inside the tree and neither the
+/// version folder nor the file is a symlink, the file is inside too (its two names are plain):
+/// only symlinks cost a path resolution. `product_inside` says the product folder resolves
+/// inside the tree onto plain names.
 fn check_inside(
     product: &str,
     real_root: &Path,
+    product_inside: bool,
     v: &crate::tree::VersionDir,
 ) -> Result<(), ManifestError> {
     for f in &v.files {
+        if product_inside && !v.symlink && !f.symlink {
+            continue;
+        }
         if let Some(resolved) =
             crate::tree::resolves_outside(real_root, &f.path, &crate::tree::only_plain)
         {
@@ -326,7 +343,7 @@ pub fn check_version(
     if let Some(e) = &v.unreadable {
         return Err(unreadable(product, e));
     }
-    check_inside(product, real_root, v)?;
+    check_inside(product, real_root, false, v)?;
     let hash_err = |source: HashError| ManifestError::Hash {
         product: product.to_owned(),
         source,
@@ -360,13 +377,14 @@ pub fn check_version(
 fn hash_one(
     product: &LocalProduct<'_>,
     real_root: &Path,
+    product_inside: bool,
     v: &crate::tree::VersionDir,
     cache: &mut HashCache,
     opts: &BuildOptions,
     progress: &dyn Fn(u64),
 ) -> Result<(Version, Option<ImageMetadata>), ManifestError> {
     let name = product.name;
-    check_inside(name, real_root, v)?;
+    check_inside(name, real_root, product_inside, v)?;
     let hashes =
         hash_version(v, cache, opts.md5, progress).map_err(|source| ManifestError::Hash {
             product: name.to_owned(),
@@ -501,7 +519,7 @@ fn check_name(product: &str, source: &str, m: Manifest) -> Result<Manifest, Mani
 
 /// Writes a manifest as compact JSON, atomically.
 pub fn write(path: &Path, m: &Manifest) -> std::io::Result<()> {
-    crate::tree::atomic::write(path, &to_json(m))
+    crate::tree::atomic::write_if_changed(path, &to_json(m)).map(drop)
 }
 
 /// A manifest as written: compact JSON and one newline.

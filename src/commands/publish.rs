@@ -56,11 +56,16 @@ pub fn publish_tree(
     bar.finish_and_clear();
     let summary = summary?;
     info!(
-        "published {} product(s), {} version(s) to {} (read {} of image data)",
+        "published {} product(s), {} version(s) to {} (read {} of image data{})",
         summary.products,
         summary.versions,
         summary.index.display(),
-        human_bytes(summary.bytes_read)
+        human_bytes(summary.bytes_read),
+        if summary.written {
+            ""
+        } else {
+            "; nothing changed, the catalog was kept as it was"
+        }
     );
     fail_on_rejected(&summary.rejected)
 }

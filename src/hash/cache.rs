@@ -165,7 +165,7 @@ impl HashCache {
             files: self.new.clone(),
         };
         let bytes = serde_json::to_vec(&doc).map_err(std::io::Error::other)?;
-        crate::tree::atomic::write(path, &bytes)?;
+        crate::tree::atomic::write_if_changed(path, &bytes)?;
         if let Some(legacy) = &self.legacy {
             std::fs::remove_file(legacy)?;
         }

@@ -31,6 +31,22 @@ pub fn set_file_mode(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(FILE_MODE))
 }
 
+/// [`write`](fn@write) unless `path` already holds exactly `bytes` (and is world-readable):
+/// an unchanged tree is published without rewriting or syncing anything. Returns whether it
+/// wrote.
+pub fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.is_file()
+        && meta.len() == bytes.len() as u64
+        && meta.permissions().mode() & 0o777 == FILE_MODE
+        && std::fs::read(path).is_ok_and(|old| old == bytes)
+    {
+        return Ok(false);
+    }
+    write(path, bytes)?;
+    Ok(true)
+}
+
 /// Writes `bytes` to `path` atomically with mode 0644, creating the folder if needed.
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_with(path, |w| w.write_all(bytes))

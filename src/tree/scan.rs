@@ -55,6 +55,8 @@ pub struct ImageFile {
     pub path: PathBuf,
     /// Signature at scan time.
     pub sig: FileSig,
+    /// The entry is a symlink (its signature is the target's): where it leads must be checked.
+    pub symlink: bool,
 }
 
 /// A version folder and its image files.
@@ -70,6 +72,8 @@ pub struct VersionDir {
     /// symlink): `files` is then empty, and the version cannot be published, but the rest of its
     /// product can.
     pub unreadable: Option<std::sync::Arc<TreeError>>,
+    /// The folder entry is a symlink: where it leads must be checked.
+    pub symlink: bool,
 }
 
 impl VersionDir {
@@ -121,7 +125,13 @@ pub fn scan_product(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<Versio
             continue;
         }
         let path = entry.path();
-        if !stat(&path)?.is_dir() {
+        // The entry's type comes with the listing; only a symlink needs a stat to say.
+        let symlink = entry.file_type().is_ok_and(|t| t.is_symlink());
+        let is_dir = match entry.file_type() {
+            Ok(t) if !t.is_symlink() => t.is_dir(),
+            _ => stat(&path)?.is_dir(),
+        };
+        if !is_dir {
             continue;
         }
         let version = match VersionName::parse(&name) {
@@ -132,14 +142,16 @@ pub fn scan_product(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<Versio
             }
         };
         // One version that cannot be read costs that version, not its product.
-        versions.push(
+        let mut scanned =
             scan_version(version.clone(), &path, warnings).unwrap_or_else(|e| VersionDir {
                 name: version,
                 path,
                 files: Vec::new(),
                 unreadable: Some(std::sync::Arc::new(e)),
-            }),
-        );
+                symlink: false,
+            });
+        scanned.symlink = symlink;
+        versions.push(scanned);
     }
     versions.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(versions)
@@ -176,6 +188,7 @@ pub fn scan_version(
             role,
             path,
             sig: FileSig::of(&meta),
+            symlink: entry.file_type().is_ok_and(|t| t.is_symlink()),
         });
     }
     Ok(VersionDir {
@@ -183,6 +196,7 @@ pub fn scan_version(
         path: dir.to_owned(),
         files,
         unreadable: None,
+        symlink: false,
     })
 }
 

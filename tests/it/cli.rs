@@ -1559,3 +1559,72 @@ fn a_run_in_the_wrong_mode_does_not_wipe_the_catalog() {
     let images = read_json(&f.root().join("streams/v1/images.json"));
     assert!(images["products"].as_object().unwrap().is_empty());
 }
+
+/// Publishing an unchanged tree rewrites nothing (the catalog keeps its time stamp, no file
+/// gets a new inode), and a change to one product rewrites that product's manifest and the
+/// catalog only.
+#[test]
+fn an_unchanged_tree_is_published_without_writing_anything() {
+    use std::os::unix::fs::MetadataExt;
+    let f = published_fixture();
+    let files = [
+        "streams/v1/images.json",
+        "streams/v1/images.json.gz",
+        "streams/v1/index.json",
+        "streams/v1/index.json.gz",
+        "debian-12/ssb.json",
+        "alpine/3.20/ssb.json",
+    ];
+    let inodes = || -> Vec<u64> {
+        files
+            .iter()
+            .map(|p| std::fs::metadata(f.root().join(p)).unwrap().ino())
+            .collect()
+    };
+    let before = inodes();
+    let stamp = read_json(&f.root().join("streams/v1/index.json"))["updated"].clone();
+    let out = bin()
+        .env("SOURCE_DATE_EPOCH", "1800000000")
+        .current_dir(f.root())
+        .args(["publish", "-t", "."])
+        .assert()
+        .success();
+    assert!(
+        stderr_of(&out).contains("nothing changed, the catalog was kept as it was"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(inodes(), before, "nothing rewritten");
+    assert_eq!(
+        read_json(&f.root().join("streams/v1/index.json"))["updated"],
+        stamp
+    );
+
+    // A new Alpine version: its manifest and the catalog change, Debian's manifest does not.
+    for (name, file) in [("incus.tar.xz", "alp-incus"), ("rootfs.squashfs", "alp-sq")] {
+        let mut bytes = f.files[file].clone();
+        if name == "rootfs.squashfs" {
+            bytes = fake_squashfs(b"alpine squashfs, rebuilt");
+        }
+        put(
+            f.root(),
+            &format!("alpine/3.20/20240301_1200/{name}"),
+            &bytes,
+        );
+    }
+    bin()
+        .env("SOURCE_DATE_EPOCH", "1800000000")
+        .current_dir(f.root())
+        .args(["publish", "-t", "."])
+        .assert()
+        .success();
+    let after = inodes();
+    for (i, file) in files.iter().enumerate() {
+        let same = after[i] == before[i];
+        assert_eq!(same, *file == "debian-12/ssb.json", "{file}");
+    }
+    assert_ne!(
+        read_json(&f.root().join("streams/v1/index.json"))["updated"],
+        stamp
+    );
+}
