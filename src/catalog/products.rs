@@ -271,6 +271,81 @@ pub struct Loaded {
     pub rejected: Vec<Rejected>,
 }
 
+/// Hashes every local product (hidden ones too) into its manifest, writing each ssb.json under
+/// `write_to` when given: on every core, one product at a time per core, results in tree
+/// order with each product's own warnings.
+fn hash_local(
+    tree: &Tree,
+    opts: &LoadOptions<'_>,
+    build: &BuildOptions,
+    write_to: Option<&Path>,
+) -> Vec<(Result<Built, ManifestError>, Vec<String>)> {
+    let local: Vec<&ProductSpec> = tree
+        .config
+        .products
+        .iter()
+        .filter(|p| p.prefix_path.is_none())
+        .collect();
+    let one = |spec: &ProductSpec| {
+        let mut warnings = Vec::new();
+        let mut build = build.clone();
+        build.expiry = build.expiry.or(spec.expiry);
+        if let Some(exclude) = opts.exclude.get(&spec.name) {
+            build.exclude.extend(exclude.iter().cloned());
+        }
+        opts.progress.set_message(spec.name.clone());
+        let built = hash_product(
+            spec,
+            &tree.config,
+            opts.source,
+            &build,
+            opts.progress,
+            &mut warnings,
+        )
+        .and_then(|built| {
+            if let Some(target) = write_to {
+                let path = target.join(&spec.directory).join(MANIFEST_FILE);
+                manifest::write(&path, &built.manifest).map_err(|source| ManifestError::Write {
+                    product: spec.name.clone(),
+                    path,
+                    source,
+                })?;
+            }
+            Ok(built)
+        });
+        (built, warnings)
+    };
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(local.len());
+    if workers <= 1 {
+        return local.into_iter().map(one).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<_>>> =
+        local.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(spec) = local.get(i) else { break };
+                    let result = one(spec);
+                    *slots[i].lock().expect("no worker panics holding a slot") = Some(result);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .expect("no worker panics holding a slot")
+                .expect("every product hashed")
+        })
+        .collect()
+}
+
 /// Loads every product's manifest: local ones hashed or read, remote ones fetched once each.
 /// Hidden products are hashed (their ssb.json is kept current) but not fetched or read.
 pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
@@ -288,6 +363,13 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
         })
         .collect();
     let mut fetched = manifest::fetch_all(&remote, opts.http, &mut warnings).into_iter();
+    let mut hashed = match opts.manifests {
+        Manifests::Hash {
+            opts: build,
+            write_to,
+        } => hash_local(tree, opts, build, write_to).into_iter(),
+        Manifests::Read => Vec::new().into_iter(),
+    };
     let mut entries = Vec::new();
     let mut failures = Vec::new();
     let mut bytes_read = 0u64;
@@ -300,40 +382,17 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
             fetched.next().expect("one fetch result per remote product")
         } else {
             match opts.manifests {
-                Manifests::Hash {
-                    opts: build,
-                    write_to,
-                } => {
-                    opts.progress.set_message(spec.name.clone());
-                    let mut build = build.clone();
-                    build.expiry = build.expiry.or(spec.expiry);
-                    if let Some(exclude) = opts.exclude.get(&spec.name) {
-                        build.exclude.extend(exclude.iter().cloned());
-                    }
-                    hash_product(
-                        spec,
-                        &tree.config,
-                        opts.source,
-                        &build,
-                        opts.progress,
-                        &mut warnings,
-                    )
-                    .and_then(|built| {
+                Manifests::Hash { .. } => {
+                    let (built, product_warnings) =
+                        hashed.next().expect("one hash result per local product");
+                    warnings.extend(product_warnings);
+                    built.map(|built| {
                         bytes_read += built.bytes_read;
                         for r in &built.rejected {
                             warnings.push(r.to_string());
                         }
                         rejected.extend(built.rejected);
-                        let m = built.manifest;
-                        if let Some(target) = write_to {
-                            let path = target.join(&spec.directory).join(MANIFEST_FILE);
-                            manifest::write(&path, &m).map_err(|source| ManifestError::Write {
-                                product: spec.name.clone(),
-                                path,
-                                source,
-                            })?;
-                        }
-                        Ok(m)
+                        built.manifest
                     })
                 }
                 Manifests::Read => {

@@ -141,7 +141,7 @@ pub(crate) fn images_of(
 /// with a warning), no alias shared by two products of the same arch and image type, aliases
 /// clean. Hidden products are left out.
 pub fn build_catalog(
-    entries: &[Entry],
+    entries: Vec<Entry>,
     settings: &CatalogSettings,
     warnings: &mut Vec<String>,
 ) -> Result<(ProductsFile, Index), CatalogError> {
@@ -153,7 +153,8 @@ pub fn build_catalog(
         seen: HashMap::new(),
         alias_owner: HashMap::new(),
     };
-    for entry in entries.iter().filter(|e| !e.spec.hidden) {
+    // Entries are consumed: their versions move into the catalog instead of being copied.
+    for entry in entries.into_iter().filter(|e| !e.spec.hidden) {
         catalog.add(entry);
     }
     catalog.finish(settings)
@@ -173,13 +174,14 @@ struct Catalog<'w> {
 }
 
 impl Catalog<'_> {
-    fn add(&mut self, Entry { spec, manifest }: &Entry) {
+    fn add(&mut self, Entry { spec, manifest }: Entry) {
+        let spec = &spec;
         self.origin_of
             .insert(spec.name.clone(), spec.origin.to_string());
-        let mut product = product_of(spec, manifest);
-        for (vname, version) in &manifest.versions {
-            if let Some(version) = self.version(spec, vname, version) {
-                product.versions.insert(vname.clone(), version);
+        let mut product = product_of(spec, &manifest);
+        for (vname, version) in manifest.versions {
+            if let Some(version) = self.version(spec, &vname, version) {
+                product.versions.insert(vname, version);
             }
         }
         if product.versions.is_empty() {
@@ -206,9 +208,8 @@ impl Catalog<'_> {
         &mut self,
         spec: &ProductSpec,
         vname: &VersionName,
-        version: &Version,
+        mut version: Version,
     ) -> Option<Version> {
-        let mut version = version.clone();
         bridge_families(&mut version);
         let mut dropped = false;
         for family in Family::ALL {
@@ -396,10 +397,9 @@ pub fn write_catalog(
     let twin_exists = |path: &Path| gz_path(path).is_file();
     // The products file may be large: compared as bytes, all but its last field. The index is
     // small, and its entries carry stamps too: compared as a document with the old stamps.
-    let products_stamp = std::fs::read(&ppath)
-        .ok()
-        .filter(|_| twin_exists(&ppath))
-        .and_then(|old| same_but_stamp(&old, &pbytes));
+    let products_stamp = twin_exists(&ppath)
+        .then(|| published_stamp(&ppath, &pbytes))
+        .flatten();
     let old_index = std::fs::read(&ipath)
         .ok()
         .filter(|_| twin_exists(&ipath))
@@ -419,9 +419,35 @@ pub fn write_catalog(
     Ok(true)
 }
 
+/// The time stamp of the catalog file at `path` when it is the document `new` but for its
+/// stamp (see [`same_but_stamp`]), read in chunks: a large products file is compared without
+/// being held in memory a second time.
+fn published_stamp(path: &Path, new: &[u8]) -> Option<String> {
+    use std::io::Read as _;
+    /// Longer than the last field, `,"updated":"<RFC 2822 time>"}` and a newline.
+    const TAIL: usize = 256;
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+    let head = len.saturating_sub(TAIL).min(new.len());
+    let mut chunk = vec![0u8; (1 << 20).min(head.max(1))];
+    let mut at = 0;
+    while at < head {
+        let n = (head - at).min(chunk.len());
+        file.read_exact(&mut chunk[..n]).ok()?;
+        if chunk[..n] != new[at..at + n] {
+            return None;
+        }
+        at += n;
+    }
+    let mut tail = Vec::with_capacity(TAIL);
+    file.read_to_end(&mut tail).ok()?;
+    same_but_stamp(&tail, &new[head..])
+}
+
 /// The time stamp of `old` when it is the catalog document `new` but for its stamp: both end
-/// with `,"updated":"<stamp>"}` (the last field of both documents, as we write them; a stamp
-/// holds no quote), and everything before is the same. Anything else is a change.
+/// with `,"updated":"<stamp>"}` and a newline (the last field of both documents, as we write
+/// them; a stamp holds no quote), and everything before is the same. Anything else is a change.
+/// Either may be the tail of a document whose heads were found equal.
 fn same_but_stamp(old: &[u8], new: &[u8]) -> Option<String> {
     const FIELD: &[u8] = b",\"updated\":\"";
     let split = |doc: &[u8]| -> Option<usize> {
@@ -618,7 +644,7 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
     )?;
     let mut warnings = Vec::new();
     let (mut products, mut index) = build_catalog(
-        &loaded.entries,
+        loaded.entries,
         &catalog_settings(tree, req.clock),
         &mut warnings,
     )?;

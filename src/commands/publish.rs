@@ -134,7 +134,7 @@ pub fn catalog(s: &Catalog) -> Result<()> {
     )?;
     let mut warnings = Vec::new();
     let (products, index) = catalog::build_catalog(
-        &loaded.entries,
+        loaded.entries,
         &catalog::catalog_settings(&s.tree, s.shared.clock),
         &mut warnings,
     )?;
