@@ -13,8 +13,11 @@ fn main() -> ExitCode {
         std::env::args_os().collect(),
     ));
     let env = cli::settings::Environment::capture();
-    cli::init_logging(cli.verbose, &env);
-    match cli::settings::Settings::resolve(cli, &env).and_then(commands::run) {
+    let logging = cli::init_logging(cli.verbose, &env);
+    let outcome = cli::settings::Settings::resolve(cli, &env).and_then(commands::run);
+    // Every access log line is out before the error, if any.
+    drop(logging);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", error_line(&err));

@@ -2,10 +2,12 @@
 //! writes (POST, PUT, DELETE) go to `upload`, `import` (`POST /import`, a reserved path) and
 //! `delete` when the server owns its catalog.
 //!
-//! `ServeDir` does the heavy lifting (Range, ETag/Last-Modified, conditional requests,
-//! precompressed `.json.gz`). Around it we add what a catalog server needs: the path guard,
-//! a symlink check, explicit content types, `no-cache` on the catalog, and one access log line
-//! per request.
+//! The catalog (`index.json` and the products files it names) is answered from memory
+//! (`catalog`). For everything else `ServeDir` does the heavy lifting (Range, ETag/Last-Modified,
+//! conditional requests, precompressed `.json.gz`). Around it we add what a catalog server
+//! needs: the path guard, a symlink check (skipped for the item paths the catalog lists,
+//! checked at publish), explicit content types, `no-cache` on the catalog, and one access log
+//! line per request.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use tower::ServiceExt as _;
 use tower_http::services::ServeDir;
 
+use super::catalog::ServedCatalog;
 use super::direct::{self, Direct};
 use super::error::RequestError;
 use super::request_path::{RequestPath, is_served_segment};
@@ -31,6 +34,8 @@ use super::write::Writes;
 struct Files {
     /// Canonical root; symlink targets must stay inside it.
     root: Arc<PathBuf>,
+    /// The catalog, answered from memory; its item paths need no path check.
+    served: Arc<ServedCatalog>,
     /// For `streams/**.json`: answers `Accept-Encoding: gzip` with the `.json.gz` sibling.
     catalog: ServeDir,
     /// For everything else, images included: never any `Content-Encoding`.
@@ -48,7 +53,12 @@ struct App {
 /// Builds the router for the tree at `root`, which must already be canonical. Without
 /// `writes` the server is read-only (GET and HEAD). `https` says how clients reach us, for the
 /// URLs the direct-URL import hands out.
-pub(crate) fn router(root: PathBuf, writes: Option<Arc<Writes>>, https: bool) -> Router {
+pub(crate) fn router(
+    root: PathBuf,
+    served: Arc<ServedCatalog>,
+    writes: Option<Arc<Writes>>,
+    https: bool,
+) -> Router {
     // No index.html and no listings: a directory is a 404 like anything else not served.
     let serve_dir = ServeDir::new(&root)
         .append_index_html_on_directories(false)
@@ -61,6 +71,7 @@ pub(crate) fn router(root: PathBuf, writes: Option<Arc<Writes>>, https: bool) ->
     ));
     let files = Files {
         root,
+        served,
         catalog: serve_dir.clone().precompressed_gzip(),
         images: serve_dir,
     };
@@ -129,8 +140,15 @@ async fn serve_file(files: Files, req: Request) -> Response {
     if path.is_root() {
         return root_note();
     }
+    let relative = path.to_relative_string();
+    if let Some(file) = files.served.file(&relative) {
+        return file.answer(req.method(), req.headers());
+    }
     let is_catalog = path.is_catalog_json();
-    if !resolves_inside(&files.root, path.to_relative(), is_catalog).await {
+    // A file the catalog lists was checked at publish: no blocking path resolution for it.
+    if !files.served.lists_item(&relative)
+        && !resolves_inside(&files.root, path.to_relative(), is_catalog).await
+    {
         return not_found();
     }
     let dir = if is_catalog {
@@ -209,7 +227,7 @@ async fn access_log(req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     tracing::info!(
-        target: "simplestreams_builder::server::access",
+        target: super::ACCESS_LOG,
         peer = peer.map(tracing::field::display),
         %method,
         %path,

@@ -10,6 +10,7 @@
 //! are enabled.
 
 mod auth;
+mod catalog;
 mod direct;
 mod error;
 mod files;
@@ -27,6 +28,10 @@ use axum_server::tls_rustls::RustlsConfig;
 pub use error::ServerError;
 pub use reindex::IndexOptions;
 pub use write::{DEFAULT_MAX_UPLOAD_SIZE, WriteOptions};
+
+/// The `tracing` target of the access log (one line per request): the binary sends it through
+/// a non-blocking writer.
+pub const ACCESS_LOG: &str = "simplestreams_builder::server::access";
 
 /// How long connections still in flight get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -129,6 +134,8 @@ fn run(
             source,
         })?;
         let serve_error = |source| ServerError::Serve { addr, source };
+        let served = std::sync::Arc::new(catalog::ServedCatalog::load(&root));
+        std::sync::Arc::clone(&served).watch();
         let (writes, _indexing) = match &opts.index {
             Some(index) => {
                 let scope = write_scope(&root, index)?;
@@ -146,7 +153,8 @@ fn run(
                 for why in &failed {
                     tracing::warn!("cannot remove a temp file left by an interrupted write: {why}");
                 }
-                let (reindexer, running) = reindex::start(root.clone(), index.clone());
+                let (reindexer, running) =
+                    reindex::start(root.clone(), index.clone(), std::sync::Arc::clone(&served));
                 log_write_policy(&opts.writes, &scope);
                 let writes = write::Writes::new(
                     std::sync::Arc::new(root.clone()),
@@ -160,7 +168,7 @@ fn run(
             None => (None, None),
         };
         let https = cert.is_some();
-        let app = files::router(root.clone(), writes, https)
+        let app = files::router(root.clone(), served, writes, https)
             .into_make_service_with_connect_info::<SocketAddr>();
 
         if on_signals {

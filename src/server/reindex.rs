@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notify::RecursiveMode;
+
+use super::catalog::ServedCatalog;
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer_opt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -107,7 +109,11 @@ pub(crate) struct Running {
 
 /// Starts the re-index task (with a full scan at once) and, when asked, the watcher. Must be
 /// called inside the tokio runtime.
-pub(crate) fn start(root: PathBuf, opts: IndexOptions) -> (Reindexer, Running) {
+pub(crate) fn start(
+    root: PathBuf,
+    opts: IndexOptions,
+    served: Arc<ServedCatalog>,
+) -> (Reindexer, Running) {
     let (tx, rx) = mpsc::unbounded_channel();
     let reindexer = Reindexer { tx };
     reindexer.request(Trigger::because("start-up scan"));
@@ -126,11 +132,16 @@ pub(crate) fn start(root: PathBuf, opts: IndexOptions) -> (Reindexer, Running) {
     } else {
         None
     };
-    tokio::spawn(run(root, opts, rx));
+    tokio::spawn(run(root, opts, served, rx));
     (reindexer, Running { _watcher: watcher })
 }
 
-async fn run(root: Arc<PathBuf>, opts: IndexOptions, mut rx: mpsc::UnboundedReceiver<Trigger>) {
+async fn run(
+    root: Arc<PathBuf>,
+    opts: IndexOptions,
+    served: Arc<ServedCatalog>,
+    mut rx: mpsc::UnboundedReceiver<Trigger>,
+) {
     let opts = Arc::new(opts);
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut delay = RETRY_FIRST;
@@ -164,7 +175,13 @@ async fn run(root: Arc<PathBuf>, opts: IndexOptions, mut rx: mpsc::UnboundedRece
         let job = {
             let root = Arc::clone(&root);
             let opts = Arc::clone(&opts);
-            tokio::task::spawn_blocking(move || reindex(&root, &opts, &known))
+            let served = Arc::clone(&served);
+            tokio::task::spawn_blocking(move || {
+                let outcome = reindex(&root, &opts, &known);
+                // Readers get the new catalog before anyone waiting is told it is there.
+                served.refresh();
+                outcome
+            })
         };
         let why = summarize(&reasons);
         match job.await {

@@ -613,3 +613,75 @@ fn refuses_a_missing_root() {
         "{error:?}"
     );
 }
+
+/// The catalog comes from memory: a strong ETag per representation, 304 on `If-None-Match`,
+/// HEAD and Range, and a catalog rewritten by another process (as `publish` does: a new file
+/// renamed into place) is served as soon as it is there, without a restart.
+#[test]
+fn the_catalog_is_served_from_memory_and_follows_a_publish() {
+    let (root, _outside) = fixture();
+    let server = TestServer::start(root.path(), TlsMode::SelfSigned { extra_sans: vec![] });
+    let client = client_for(&server, &cert_pem(root.path()), None);
+    let index = server.https("/streams/v1/index.json");
+
+    let first = client.get(&index).send().unwrap();
+    let etag = first.headers()[header::ETAG].clone();
+    assert!(etag.to_str().unwrap().starts_with('"'), "a strong ETag");
+    let gz = client
+        .get(&index)
+        .header(header::ACCEPT_ENCODING, "gzip")
+        .send()
+        .unwrap();
+    assert_ne!(
+        gz.headers()[header::ETAG],
+        etag,
+        "one ETag per representation"
+    );
+    let again = client
+        .get(&index)
+        .header(header::IF_NONE_MATCH, etag.clone())
+        .send()
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers()[header::ETAG], etag);
+    let part = client
+        .get(&index)
+        .header(header::RANGE, "bytes=0-8")
+        .send()
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.text().unwrap(), &INDEX_JSON[..9]);
+    let head = client.head(&index).send().unwrap();
+    assert_eq!(
+        head.headers()[header::CONTENT_LENGTH],
+        INDEX_JSON.len().to_string().as_str()
+    );
+
+    // Another process publishes: a new index renamed into place.
+    let new_index = r#"{"format":"index:1.0","index":{},"updated":"later"}"#;
+    let tmp = root.path().join("streams/v1/.tmp-index");
+    std::fs::write(&tmp, new_index).unwrap();
+    std::fs::rename(&tmp, root.path().join("streams/v1/index.json")).unwrap();
+    // A guard against a hang, not a speed check: a file system event brings it at once, the
+    // poll within a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = client.get(&index).send().unwrap().text().unwrap();
+        if body == new_index {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still serving {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stale = client
+        .get(&index)
+        .header(header::IF_NONE_MATCH, etag)
+        .send()
+        .unwrap();
+    assert_eq!(
+        stale.status(),
+        StatusCode::OK,
+        "the old ETag no longer matches"
+    );
+    server.stop();
+}

@@ -1,0 +1,432 @@
+//! The catalog served from memory: `index.json` and every products file it names, each with
+//! its gzip bytes and strong ETags, answered without touching the disk (200, 206 for a Range,
+//! 304 for a matching `If-None-Match`, HEAD). A snapshot is swapped in whole when the server
+//! publishes and when another process does (a poll of the files' signatures), so a reader gets
+//! one catalog or the next, never a mix. The item paths of the snapshot are the files the
+//! catalog checked at publish; the path guard trusts them without a file system call.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest as _, Sha256};
+
+use crate::format::Index;
+use crate::tree::FileSig;
+
+/// How often the files are checked for a publish by another process when no file system
+/// event said so (a folder created after the start, a file system without inotify).
+pub(crate) const POLL: Duration = Duration::from_secs(1);
+
+/// One catalog file, ready to send.
+pub(crate) struct CatalogFile {
+    body: Bytes,
+    gzip: Bytes,
+    etag: HeaderValue,
+    etag_gzip: HeaderValue,
+    last_modified: Option<HeaderValue>,
+}
+
+/// What one catalog state holds.
+#[derive(Default)]
+struct Snapshot {
+    /// The folders holding the catalog files, watched for a publish by another process.
+    dirs: Vec<PathBuf>,
+    /// Path relative to the root (`streams/v1/index.json`) → file.
+    files: HashMap<String, Arc<CatalogFile>>,
+    /// The signatures the files were read with, to notice a new publish.
+    sigs: Vec<(PathBuf, FileSig)>,
+    /// Every item path the catalog lists, relative to the root.
+    items: HashSet<String>,
+}
+
+/// The catalog of the tree at `root`, as last read.
+pub(crate) struct ServedCatalog {
+    root: PathBuf,
+    current: RwLock<Arc<Snapshot>>,
+}
+
+impl ServedCatalog {
+    /// Reads the catalog under `root` (canonical); an absent or unreadable one is empty until
+    /// a publish makes one.
+    pub(crate) fn load(root: &Path) -> Self {
+        let served = Self {
+            root: root.to_owned(),
+            current: RwLock::new(Arc::new(Snapshot::default())),
+        };
+        served.refresh();
+        served
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The catalog file at `relative`, if it is one.
+    pub(crate) fn file(&self, relative: &str) -> Option<Arc<CatalogFile>> {
+        self.snapshot().files.get(relative).cloned()
+    }
+
+    /// True when the catalog lists a file at `relative`: publish checked it resolves inside the
+    /// tree onto plain names.
+    pub(crate) fn lists_item(&self, relative: &str) -> bool {
+        self.snapshot().items.contains(relative)
+    }
+
+    /// Reads the catalog again when its files changed since the last read (blocking). Keeps
+    /// the current snapshot when the new files cannot be read whole.
+    pub(crate) fn refresh(&self) {
+        let current = self.snapshot();
+        let unchanged = !current.sigs.is_empty()
+            && current
+                .sigs
+                .iter()
+                .all(|(path, sig)| std::fs::metadata(path).is_ok_and(|m| FileSig::of(&m) == *sig));
+        if unchanged {
+            return;
+        }
+        match read_snapshot(&self.root) {
+            Ok(next) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+            }
+            Err(why) => {
+                if !current.files.is_empty() {
+                    tracing::warn!(
+                        "the catalog was not reloaded, the previous one is served: {why}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Picks up publishes by other processes, for the life of the runtime: at once on a file
+    /// system event in a catalog folder (a publish renames its files into place), and by a poll
+    /// of the files' signatures every [`POLL`] otherwise.
+    pub(crate) fn watch(self: Arc<Self>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let events = tx.clone();
+        let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+            // A full channel already asks for a refresh.
+            let _ = events.try_send(());
+        });
+        let mut watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch the catalog ({e}); a publish by another process is picked up within {}s",
+                    POLL.as_secs()
+                );
+                None
+            }
+        };
+        let mut watched: Vec<PathBuf> = Vec::new();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = rx.recv() => {}
+                }
+                let served = Arc::clone(&self);
+                let _ = tokio::task::spawn_blocking(move || served.refresh()).await;
+                if let Some(w) = &mut watcher {
+                    let dirs = self.snapshot().dirs.clone();
+                    for dir in dirs.iter().filter(|d| !watched.contains(d)) {
+                        use notify::Watcher as _;
+                        if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
+                            tracing::debug!("cannot watch {}: {e}", dir.display());
+                        }
+                    }
+                    watched = dirs;
+                }
+            }
+        });
+        drop(tx);
+    }
+}
+
+/// Reads a file and the signature of exactly the bytes read.
+fn read_signed(path: &Path) -> Result<(Vec<u8>, FileSig), String> {
+    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut file = std::fs::File::open(path).map_err(fail)?;
+    let sig = FileSig::of(&file.metadata().map_err(fail)?);
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(fail)?;
+    Ok((bytes, sig))
+}
+
+fn read_snapshot(root: &Path) -> Result<Snapshot, String> {
+    let index_rel = crate::tree::names::index_rel();
+    let index_path = root.join(&index_rel);
+    let (index_bytes, index_sig) = read_signed(&index_path)?;
+    let index: Index = serde_json::from_slice(&index_bytes)
+        .map_err(|e| format!("{}: {e}", index_path.display()))?;
+    let mut snapshot = Snapshot::default();
+    for entry in index.index.values() {
+        let rel = entry.path.trim_start_matches('/').to_owned();
+        if !rel.split('/').all(crate::tree::is_plain_name) || snapshot.files.contains_key(&rel) {
+            continue;
+        }
+        let path = root.join(&rel);
+        let (bytes, sig) = read_signed(&path)?;
+        let products: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        collect_items(&products, &mut snapshot.items);
+        snapshot
+            .files
+            .insert(rel, Arc::new(CatalogFile::new(bytes, &sig)));
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !snapshot.dirs.iter().any(|x| x == d))
+        {
+            snapshot.dirs.push(dir.to_owned());
+        }
+        snapshot.sigs.push((path, sig));
+    }
+    snapshot.files.insert(
+        index_rel,
+        Arc::new(CatalogFile::new(index_bytes, &index_sig)),
+    );
+    if let Some(dir) = index_path
+        .parent()
+        .filter(|d| !snapshot.dirs.iter().any(|x| x == d))
+    {
+        snapshot.dirs.push(dir.to_owned());
+    }
+    snapshot.sigs.push((index_path, index_sig));
+    Ok(snapshot)
+}
+
+/// The relative item paths of a products file (URLs and `../` paths are not ours to serve).
+fn collect_items(products: &serde_json::Value, out: &mut HashSet<String>) {
+    let objects = |v: &serde_json::Value, key: &str| {
+        v.get(key)
+            .and_then(serde_json::Value::as_object)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    for product in objects(products, "products") {
+        for version in objects(&product, "versions") {
+            for item in objects(&version, "items") {
+                if let Some(path) = item.get("path").and_then(serde_json::Value::as_str)
+                    && !path.contains("://")
+                    && path.split('/').all(crate::tree::is_plain_name)
+                {
+                    out.insert(path.to_owned());
+                }
+            }
+        }
+    }
+}
+
+impl CatalogFile {
+    fn new(body: Vec<u8>, sig: &FileSig) -> Self {
+        let digest = hex::encode(Sha256::digest(&body));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        // Writing into memory cannot fail.
+        let _ = std::io::Write::write_all(&mut gz, &body);
+        let gzip = gz.finish().unwrap_or_default();
+        let tag = |suffix: &str| {
+            HeaderValue::from_str(&format!("\"{}{suffix}\"", &digest[..32]))
+                .expect("hex is a valid header value")
+        };
+        let last_modified = jiff::Timestamp::from_second(sig.mtime)
+            .ok()
+            .map(|t| t.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string())
+            .and_then(|s| HeaderValue::from_str(&s).ok());
+        Self {
+            body: Bytes::from(body),
+            gzip: Bytes::from(gzip),
+            etag: tag(""),
+            etag_gzip: tag("-gz"),
+            last_modified,
+        }
+    }
+
+    /// The answer to a GET or HEAD of this file.
+    pub(crate) fn answer(&self, method: &Method, headers: &HeaderMap) -> Response {
+        let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+        let gzip = range.is_none() && accepts_gzip(headers);
+        let (body, etag) = if gzip {
+            (&self.gzip, &self.etag_gzip)
+        } else {
+            (&self.body, &self.etag)
+        };
+        let mut response = if none_match(headers, [&self.etag, &self.etag_gzip]) {
+            StatusCode::NOT_MODIFIED.into_response()
+        } else {
+            match range.map(http_range_header::parse_range_header) {
+                None => full(method, body.clone()),
+                Some(parsed) => {
+                    match parsed.ok().and_then(|p| p.validate(body.len() as u64).ok()) {
+                        Some(ranges) if ranges.len() == 1 => {
+                            let (start, end) = (*ranges[0].start(), *ranges[0].end());
+                            let part = body.slice(start as usize..=end as usize);
+                            let mut r = full(method, part);
+                            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                            r.headers_mut().insert(
+                                header::CONTENT_RANGE,
+                                HeaderValue::from_str(&format!(
+                                    "bytes {start}-{end}/{}",
+                                    body.len()
+                                ))
+                                .expect("digits"),
+                            );
+                            r
+                        }
+                        // Several ranges: the whole file is a valid answer.
+                        Some(_) => full(method, body.clone()),
+                        None => {
+                            let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+                            r.headers_mut().insert(
+                                header::CONTENT_RANGE,
+                                HeaderValue::from_str(&format!("bytes */{}", body.len()))
+                                    .expect("digits"),
+                            );
+                            r
+                        }
+                    }
+                }
+            }
+        };
+        let modified = response.status() != StatusCode::NOT_MODIFIED;
+        let h = response.headers_mut();
+        h.insert(header::ETAG, etag.clone());
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if let Some(lm) = &self.last_modified {
+            h.insert(header::LAST_MODIFIED, lm.clone());
+        }
+        if modified {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if gzip {
+                h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+        }
+        response
+    }
+}
+
+/// 200 with `body` (its length only, for HEAD).
+fn full(method: &Method, body: Bytes) -> Response {
+    let len = body.len();
+    let mut r = if method == Method::HEAD {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from(body))
+    };
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    r
+}
+
+/// `Accept-Encoding` names gzip (or `*`) with a non-zero q.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let q_zero = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !q_zero
+        })
+}
+
+/// `If-None-Match` names one of `tags` (weakly compared, as RFC 9110 asks) or is `*`.
+fn none_match(headers: &HeaderMap, tags: [&HeaderValue; 2]) -> bool {
+    let Some(value) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    value.split(',').map(str::trim).any(|t| {
+        let t = t.strip_prefix("W/").unwrap_or(t);
+        t == "*" || tags.iter().any(|tag| tag.as_bytes() == t.as_bytes())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> CatalogFile {
+        let sig = FileSig {
+            size: 34,
+            mtime: 1_700_000_000,
+            mtime_ns: 0,
+            ino: 1,
+            dev: 1,
+            ctime: 1_700_000_000,
+            ctime_ns: 0,
+        };
+        CatalogFile::new(br#"{"format":"index:1.0","index":{}}"#.to_vec(), &sig)
+    }
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(k.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn gzip_range_and_revalidation() {
+        let f = file();
+        let plain = f.answer(&Method::GET, &HeaderMap::new());
+        assert_eq!(plain.status(), StatusCode::OK);
+        assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+        let etag = plain.headers()[header::ETAG].clone();
+
+        let gz = f.answer(
+            &Method::GET,
+            &headers(&[(header::ACCEPT_ENCODING, "br, gzip;q=0.8")]),
+        );
+        assert_eq!(gz.headers()[header::CONTENT_ENCODING], "gzip");
+        assert_ne!(
+            gz.headers()[header::ETAG],
+            etag,
+            "one tag per representation"
+        );
+        let refused = f.answer(
+            &Method::GET,
+            &headers(&[(header::ACCEPT_ENCODING, "gzip;q=0")]),
+        );
+        assert!(refused.headers().get(header::CONTENT_ENCODING).is_none());
+
+        let not_modified = f.answer(
+            &Method::GET,
+            &headers(&[(header::IF_NONE_MATCH, etag.to_str().unwrap())]),
+        );
+        assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+
+        let part = f.answer(&Method::GET, &headers(&[(header::RANGE, "bytes=1-8")]));
+        assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(part.headers()[header::CONTENT_LENGTH], "8");
+        assert_eq!(part.headers()[header::CONTENT_RANGE], "bytes 1-8/33");
+        let bad = f.answer(&Method::GET, &headers(&[(header::RANGE, "bytes=100-")]));
+        assert_eq!(bad.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+
+        let head = f.answer(&Method::HEAD, &HeaderMap::new());
+        assert_eq!(head.headers()[header::CONTENT_LENGTH], "33");
+    }
+}
