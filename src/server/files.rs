@@ -29,6 +29,9 @@ use super::error::RequestError;
 use super::request_path::{RequestPath, is_served_segment};
 use super::write::Writes;
 
+/// Bytes per read of an image file being sent: fewer, larger reads than `ServeDir`'s 64 KiB.
+const IMAGE_CHUNK: usize = 128 << 10;
+
 /// What every request handler shares.
 #[derive(Clone)]
 struct Files {
@@ -73,7 +76,7 @@ pub(crate) fn router(
         root,
         served,
         catalog: serve_dir.clone().precompressed_gzip(),
-        images: serve_dir,
+        images: serve_dir.with_buf_chunk_size(IMAGE_CHUNK),
     };
     Router::new()
         .fallback(dispatch)

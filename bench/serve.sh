@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Our `serve` against nginx (Debian nginx-light, sendfile on, gzip_static for the catalog's
+# .gz twins) on the same tree, in one run, plain HTTP and TLS 1.3 with the same certificate:
+#   - one 1 GiB download with curl (median of 3);
+#   - 100 parallel downloads of a 100 MiB file (aggregate throughput, our peak RSS);
+#   - wrk -t2 -c32 on a 30-product images.json, with and without gzip;
+#   - wrk -t2 -c32 of 304 revalidations (If-None-Match with each server's own ETag).
+# Prints each figure for both and the ratio ours / nginx (targets: downloads >= 0.95x,
+# catalog >= 1.0x). Client and servers share this machine's cores.
+#
+# Usage: bench/serve.sh [SECONDS]   (wrk duration, default 10)
+#   SSB_BIN=path   measure this binary instead of a release build of this checkout
+#   TMPDIR=dir     where the tree goes (default /var/tmp; needs about 1.2 GiB)
+set -euo pipefail
+cd "$(dirname "$0")"
+. ./lib.sh
+secs=${1:-10}
+ssb=$(ssb_binary)
+bench_scratch serve
+nginx_pid=
+ssb_pids=()
+stop_servers() {
+    [ -z "$nginx_pid" ] || kill "$nginx_pid" 2>/dev/null || true
+    for p in "${ssb_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap 'stop_servers; bench_cleanup' EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# The tree: 30 products of 3 versions (tiny images) for the catalog, then the big files.
+www="$work/www"
+python3 - "$www" <<'PY'
+import io, lzma, os, struct, sys, tarfile
+root = sys.argv[1]
+meta_yaml = b"architecture: x86_64\ncreation_date: 1704067200\nproperties:\n  os: bench\n  release: \"1\"\n  variant: default\n"
+raw = io.BytesIO()
+with tarfile.open(fileobj=raw, mode="w") as t:
+    info = tarfile.TarInfo("metadata.yaml"); info.size = len(meta_yaml); info.mtime = 1
+    t.addfile(info, io.BytesIO(meta_yaml))
+meta = lzma.compress(raw.getvalue())
+for p in range(30):
+    for v in range(3):
+        d = os.path.join(root, f"images/os{p}/1/amd64/default/2024010{v + 1}_00:00")
+        os.makedirs(d, exist_ok=True)
+        open(os.path.join(d, "incus.tar.xz"), "wb").write(meta)
+        b = bytearray(96); b[0:4] = b"hsqs"; b[28:30] = struct.pack("<H", 4)
+        b += f"{p}-{v}".encode().ljust(4096, b"."); b[40:48] = struct.pack("<Q", len(b))
+        open(os.path.join(d, "rootfs.squashfs"), "wb").write(b)
+PY
+big="images/os0/1/amd64/default/20240101_00:00"
+head -c $((1024 << 20)) /dev/urandom >"$www/$big/big.img"
+head -c $((100 << 20)) /dev/urandom >"$www/$big/medium.img"
+SSB_CACHE_DIR="$work/cache" "$ssb" publish -t "$www" 2>/dev/null
+# nginx's workers run as www-data.
+chmod -R a+rX "$work"
+
+# One certificate for both.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+chmod a+r "$work/key.pem"
+
+n_http=$(free_port); n_tls=$(free_port); o_http=$(free_port); o_tls=$(free_port)
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<CONF
+worker_processes auto;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 1024; }
+http {
+    access_log $work/nginx/access.log;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    types { application/json json; application/octet-stream img squashfs; application/x-xz xz; }
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    gzip_static on;
+    server {
+        listen 127.0.0.1:$n_http;
+        listen 127.0.0.1:$n_tls ssl;
+        ssl_certificate $work/cert.pem;
+        ssl_certificate_key $work/key.pem;
+        ssl_protocols TLSv1.3;
+        root $www;
+    }
+}
+CONF
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
+nginx_pid=$!
+"$ssb" serve -t "$www" --listen "127.0.0.1:$o_http" --http >"$work/ssb-http.log" 2>&1 &
+ssb_pids+=($!)
+http_pid=$!
+"$ssb" serve -t "$www" --listen "127.0.0.1:$o_tls" --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" \
+    >"$work/ssb-tls.log" 2>&1 &
+ssb_pids+=($!)
+tls_pid=$!
+for port in $n_http $o_http; do
+    for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/streams/v1/index.json" >/dev/null && break; sleep 0.05; done
+done
+
+curl_opts=(-s --noproxy '*' --cacert "$work/cert.pem" -o /dev/null)
+url() { # url SERVER(n|o) SCHEME(http|https) PATH
+    local port
+    case "$1$2" in nhttp) port=$n_http ;; nhttps) port=$n_tls ;; ohttp) port=$o_http ;; ohttps) port=$o_tls ;; esac
+    echo "$2://localhost:$port/$3"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+line() { printf '%-44s %12s %12s %8s\n' "$@"; }
+
+median_speed() { # MiB/s of the median of 3 downloads
+    for _ in 1 2 3; do curl "${curl_opts[@]}" -w '%{speed_download}\n' "$1"; done |
+        sort -n | sed -n 2p | awk '{ printf "%.0f", $1 / 1048576 }'
+}
+
+parallel_speed() { # aggregate MiB/s of 100 parallel downloads of the 100 MiB file
+    local t0 pids=()
+    t0=$(now)
+    for _ in $(seq 100); do curl "${curl_opts[@]}" "$1" & pids+=($!); done
+    wait "${pids[@]}"
+    awk -v ms="$(ms "$t0" "$(now)")" 'BEGIN { printf "%.0f", 100 * 100 / (ms / 1000) }'
+}
+
+wrk_rps() { # requests/s of wrk -t2 -c32 on URL with extra header args
+    local u=$1; shift
+    wrk -t2 -c32 -d"${secs}s" "$@" "$u" | awk '/Requests\/sec/ { printf "%.0f", $2 }'
+}
+
+etag_of() { curl -s --noproxy '*' --cacert "$work/cert.pem" -D - -o /dev/null "$1" | awk 'tolower($1) == "etag:" { sub(/\r$/, "", $2); print $2 }'; }
+
+echo "tree: $www; wrk ${secs}s per figure; $(nproc) cores shared by clients and servers"
+line "" "nginx" "ours" "ours/nginx"
+for scheme in http https; do
+    label=$([ "$scheme" = http ] && echo "plain HTTP" || echo "TLS 1.3")
+    n=$(median_speed "$(url n $scheme "$big/big.img")"); o=$(median_speed "$(url o $scheme "$big/big.img")")
+    line "1 GiB download, $label (MiB/s)" "$n" "$o" "$(ratio "$o" "$n")"
+    n=$(parallel_speed "$(url n $scheme "$big/medium.img")")
+    # Our peak RSS during this part alone: writing 5 to clear_refs resets VmHWM.
+    pid=$([ "$scheme" = http ] && echo "$http_pid" || echo "$tls_pid")
+    echo 5 >"/proc/$pid/clear_refs"
+    o=$(parallel_speed "$(url o $scheme "$big/medium.img")")
+    line "100 x 100 MiB in parallel, $label (MiB/s)" "$n" "$o" "$(ratio "$o" "$n")"
+    line "  our peak RSS during it (MiB; target < 64)" "" "$(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status")" ""
+    cat="streams/v1/images.json"
+    n=$(wrk_rps "$(url n $scheme "$cat")" -H 'Accept-Encoding: gzip'); o=$(wrk_rps "$(url o $scheme "$cat")" -H 'Accept-Encoding: gzip')
+    line "images.json gzip, $label (req/s)" "$n" "$o" "$(ratio "$o" "$n")"
+    n=$(wrk_rps "$(url n $scheme "$cat")"); o=$(wrk_rps "$(url o $scheme "$cat")")
+    line "images.json identity, $label (req/s)" "$n" "$o" "$(ratio "$o" "$n")"
+    ne=$(etag_of "$(url n $scheme "$cat")"); oe=$(etag_of "$(url o $scheme "$cat")")
+    n=$(wrk_rps "$(url n $scheme "$cat")" -H "If-None-Match: $ne"); o=$(wrk_rps "$(url o $scheme "$cat")" -H "If-None-Match: $oe")
+    line "images.json 304 revalidation, $label (req/s)" "$n" "$o" "$(ratio "$o" "$n")"
+done
+printf 'our peak RSS: plain HTTP server %s MiB, TLS server %s MiB (VmHWM, whole run)\n' \
+    "$(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$http_pid/status")" \
+    "$(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$tls_pid/status")"
