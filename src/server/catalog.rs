@@ -174,9 +174,8 @@ fn read_snapshot(root: &Path) -> Result<Snapshot, String> {
         }
         let path = root.join(&rel);
         let (bytes, sig) = read_signed(&path)?;
-        let products: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        collect_items(&products, &mut snapshot.items);
+        collect_items(&bytes, &mut snapshot.items)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         snapshot
             .files
             .insert(rel, Arc::new(CatalogFile::new(bytes, &sig)));
@@ -202,28 +201,45 @@ fn read_snapshot(root: &Path) -> Result<Snapshot, String> {
     Ok(snapshot)
 }
 
-/// The relative item paths of a products file (URLs and `../` paths are not ours to serve).
-fn collect_items(products: &serde_json::Value, out: &mut HashSet<String>) {
-    let objects = |v: &serde_json::Value, key: &str| {
-        v.get(key)
-            .and_then(serde_json::Value::as_object)
-            .into_iter()
-            .flat_map(|m| m.values())
-            .cloned()
-            .collect::<Vec<_>>()
-    };
-    for product in objects(products, "products") {
-        for version in objects(&product, "versions") {
-            for item in objects(&version, "items") {
-                if let Some(path) = item.get("path").and_then(serde_json::Value::as_str)
-                    && !path.contains("://")
-                    && path.split('/').all(crate::tree::is_plain_name)
-                {
-                    out.insert(path.to_owned());
-                }
-            }
+/// The relative item paths of a products file (URLs and `../` paths are not ours to serve),
+/// read without building a document: only the paths are decoded.
+fn collect_items(products: &[u8], out: &mut HashSet<String>) -> Result<(), serde_json::Error> {
+    use std::borrow::Cow;
+    #[derive(serde::Deserialize)]
+    struct File<'a> {
+        #[serde(default, borrow)]
+        products: HashMap<Cow<'a, str>, Product<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Product<'a> {
+        #[serde(default, borrow)]
+        versions: HashMap<Cow<'a, str>, Version<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Version<'a> {
+        #[serde(default, borrow)]
+        items: HashMap<Cow<'a, str>, Item<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item<'a> {
+        #[serde(default, borrow)]
+        path: Option<Cow<'a, str>>,
+    }
+    let file: File<'_> = serde_json::from_slice(products)?;
+    for item in file
+        .products
+        .into_values()
+        .flat_map(|p| p.versions.into_values())
+        .flat_map(|v| v.items.into_values())
+    {
+        if let Some(path) = item.path
+            && !path.contains("://")
+            && path.split('/').all(crate::tree::is_plain_name)
+        {
+            out.insert(path.into_owned());
         }
     }
+    Ok(())
 }
 
 impl CatalogFile {
