@@ -104,7 +104,7 @@ while [ -z "$seen" ]; do
 done
 delay_ms=$(ms "$end" "$seen")
 hwm_kb=$(awk '/VmHWM/ { print $2 }' "/proc/$server_pid/status")
-reindex=$( (grep 're-indexed (uploaded images/bench/1/amd64/default/20240101_00:00/rootfs.squashfs' "$work/server.log" || true) | tail -1 | sed 's/.*): //')
+reindex=$( (grep 're-indexed' "$work/server.log" || true) | tail -1 | sed 's/.*re-indexed //')
 
 mb=$size_mb
 echo "size:                 ${mb} MiB"
