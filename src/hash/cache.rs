@@ -83,11 +83,18 @@ impl CacheDir {
 
     /// The cache file of `product_dir`, if caches are kept.
     pub fn file_for(&self, product_dir: &Path) -> Option<PathBuf> {
-        let root = self.root.as_ref()?;
+        self.root.as_ref()?;
         let absolute = product_dir
             .canonicalize()
             .or_else(|_| std::path::absolute(product_dir))
             .unwrap_or_else(|_| product_dir.to_owned());
+        self.file_for_canonical(&absolute)
+    }
+
+    /// [`Self::file_for`] a product folder already made canonical (one path resolution fewer
+    /// per product).
+    pub fn file_for_canonical(&self, absolute: &Path) -> Option<PathBuf> {
+        let root = self.root.as_ref()?;
         let digest = crate::hash::sha256_hex(absolute.as_os_str().as_encoded_bytes());
         let name: String = absolute
             .file_name()
@@ -123,6 +130,15 @@ impl HashCache {
     /// Loads the cache of `product_dir` from `dir`; a missing or unreadable cache is an empty
     /// one. A cache an older version kept in the product folder is taken over.
     pub fn load(dir: &CacheDir, product_dir: &Path) -> Self {
+        Self::load_from(dir.file_for(product_dir), product_dir)
+    }
+
+    /// [`Self::load`] for a product folder whose canonical path is known already.
+    pub fn load_canonical(dir: &CacheDir, product_dir: &Path, canonical: &Path) -> Self {
+        Self::load_from(dir.file_for_canonical(canonical), product_dir)
+    }
+
+    fn load_from(path: Option<PathBuf>, product_dir: &Path) -> Self {
         let read = |path: &Path| {
             std::fs::read(path)
                 .ok()
@@ -130,14 +146,22 @@ impl HashCache {
                 .filter(|d| d.version == CACHE_VERSION)
                 .map(|d| d.files)
         };
-        let Some(path) = dir.file_for(product_dir) else {
+        let Some(path) = path else {
             return Self::disabled();
         };
-        let legacy = product_dir.join(crate::tree::names::HASH_CACHE);
-        let old = read(&path).or_else(|| read(&legacy)).unwrap_or_default();
+        // A legacy cache is looked for only when ours is missing: the save that wrote ours
+        // removed it.
+        let (old, legacy) = match read(&path) {
+            Some(files) => (files, None),
+            None => {
+                let legacy = product_dir.join(crate::tree::names::HASH_CACHE);
+                let old = read(&legacy).unwrap_or_default();
+                (old, legacy.exists().then_some(legacy))
+            }
+        };
         Self {
             path: Some(path),
-            legacy: legacy.exists().then_some(legacy),
+            legacy,
             old,
             new: BTreeMap::new(),
             bytes_read: 0,
