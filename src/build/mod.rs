@@ -199,6 +199,7 @@ pub fn build_product(
                 force: false,
                 progress: &indicatif::ProgressBar::hidden(),
                 exclude: &exclude,
+                only: None,
             })
             .map_err(|source| BuildError::Publish {
                 product: p.name.clone(),

@@ -247,6 +247,9 @@ pub struct LoadOptions<'a> {
     pub progress: &'a ProgressBar,
     /// Versions to leave out of hashed manifests, by product name.
     pub exclude: &'a Exclusions,
+    /// When hashing: hash only these products and read the others' ssb.json (hashing them
+    /// when it cannot be read). `None`: hash all.
+    pub only: Option<&'a std::collections::BTreeSet<String>>,
 }
 
 /// Versions to leave out of manifests, by product name (versions about to be purged).
@@ -269,17 +272,20 @@ pub struct Loaded {
     pub bytes_read: u64,
     /// Versions left out of their products' manifests, and why (logged already).
     pub rejected: Vec<Rejected>,
+    /// Local products whose folders were hashed (the others' manifests were read).
+    pub hashed: usize,
 }
 
 /// Hashes every local product (hidden ones too) into its manifest, writing each ssb.json under
 /// `write_to` when given: on every core, one product at a time per core, results in tree
-/// order with each product's own warnings.
+/// order with each product's own warnings, and whether its manifest was read instead (see
+/// [`LoadOptions::only`]).
 fn hash_local(
     tree: &Tree,
     opts: &LoadOptions<'_>,
     build: &BuildOptions,
     write_to: Option<&Path>,
-) -> Vec<(Result<Built, ManifestError>, Vec<String>)> {
+) -> Vec<(Result<Built, ManifestError>, Vec<String>, bool)> {
     let local: Vec<&ProductSpec> = tree
         .config
         .products
@@ -288,6 +294,19 @@ fn hash_local(
         .collect();
     let one = |spec: &ProductSpec| {
         let mut warnings = Vec::new();
+        // Unchanged since an earlier run wrote its manifest: read it instead of hashing.
+        if opts.only.is_some_and(|only| !only.contains(&spec.name)) {
+            let path = opts.source.join(&spec.directory).join(MANIFEST_FILE);
+            if let Ok(manifest) = manifest::read(&spec.name, &path, &mut warnings) {
+                let built = Built {
+                    manifest,
+                    bytes_read: 0,
+                    rejected: Vec::new(),
+                };
+                return (Ok(built), warnings, true);
+            }
+            warnings.clear();
+        }
         let mut build = build.clone();
         build.expiry = build.expiry.or(spec.expiry);
         if let Some(exclude) = opts.exclude.get(&spec.name) {
@@ -313,7 +332,7 @@ fn hash_local(
             }
             Ok(built)
         });
-        (built, warnings)
+        (built, warnings, false)
     };
     let workers = std::thread::available_parallelism()
         .map_or(1, std::num::NonZero::get)
@@ -363,12 +382,16 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
         })
         .collect();
     let mut fetched = manifest::fetch_all(&remote, opts.http, &mut warnings).into_iter();
-    let mut hashed = match opts.manifests {
+    let (mut results, hashed) = match opts.manifests {
         Manifests::Hash {
             opts: build,
             write_to,
-        } => hash_local(tree, opts, build, write_to).into_iter(),
-        Manifests::Read => Vec::new().into_iter(),
+        } => {
+            let all = hash_local(tree, opts, build, write_to);
+            let hashed = all.iter().filter(|(_, _, read)| !read).count();
+            (all.into_iter(), hashed)
+        }
+        Manifests::Read => (Vec::new().into_iter(), 0),
     };
     let mut entries = Vec::new();
     let mut failures = Vec::new();
@@ -383,8 +406,8 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
         } else {
             match opts.manifests {
                 Manifests::Hash { .. } => {
-                    let (built, product_warnings) =
-                        hashed.next().expect("one hash result per local product");
+                    let (built, product_warnings, _) =
+                        results.next().expect("one hash result per local product");
                     warnings.extend(product_warnings);
                     built.map(|built| {
                         bytes_read += built.bytes_read;
@@ -431,5 +454,6 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
         entries,
         bytes_read,
         rejected,
+        hashed,
     })
 }

@@ -367,7 +367,9 @@ pub fn write_with_gz(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     let gz_path = gz_path(path);
     crate::tree::atomic::write_with(&gz_path, |w| {
         // No name or mtime in the header: same catalog, same bytes. The default level: `best`
-        // took several times as long for a few percent on a large products file.
+        // took several times as long for a few percent on a large products file; the fast
+        // level saved 70 ms per re-index of 10,000 versions but made the file 70 % larger
+        // (1.66 MB against 0.98 MB), which every client pays.
         let mut enc = flate2::GzBuilder::new().write(w, flate2::Compression::default());
         enc.write_all(bytes)?;
         enc.finish()?;
@@ -589,6 +591,10 @@ pub struct PublishRequest<'a> {
     pub progress: &'a indicatif::ProgressBar,
     /// Versions to leave out, by product (about to be purged).
     pub exclude: &'a crate::catalog::products::Exclusions,
+    /// Hash only these products (by name) and take the others from their ssb.json, written by
+    /// an earlier run: the server's re-index after a change it knows the extent of. `None`
+    /// hashes every product.
+    pub only: Option<&'a std::collections::BTreeSet<String>>,
 }
 
 /// What was published.
@@ -608,6 +614,8 @@ pub struct PublishSummary {
     pub rejected: Vec<crate::catalog::manifest::Rejected>,
     /// False when the published catalog already said the same and nothing was written.
     pub written: bool,
+    /// Local products whose folders were hashed (the others' manifests were read).
+    pub hashed: usize,
 }
 
 /// The catalog settings of a tree, stamped by `clock`.
@@ -640,9 +648,11 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
             http: req.http,
             progress: req.progress,
             exclude: req.exclude,
+            only: req.only,
         },
     )?;
     let mut warnings = Vec::new();
+    let hashed = loaded.hashed;
     let (mut products, mut index) = build_catalog(
         loaded.entries,
         &catalog_settings(tree, req.clock),
@@ -666,6 +676,7 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
         catalog: products,
         rejected: loaded.rejected,
         written,
+        hashed,
     })
 }
 

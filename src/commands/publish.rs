@@ -52,6 +52,7 @@ pub fn publish_tree(
         force,
         progress: &bar,
         exclude: &products::Exclusions::new(),
+        only: None,
     });
     bar.finish_and_clear();
     let summary = summary?;
@@ -130,6 +131,7 @@ pub fn catalog(s: &Catalog) -> Result<()> {
             http: &s.shared.http,
             progress: &bar,
             exclude: &products::Exclusions::new(),
+            only: None,
         },
     )?;
     let mut warnings = Vec::new();

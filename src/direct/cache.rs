@@ -127,10 +127,20 @@ pub fn unified(root: &Path, choice: &Choice) -> Result<Unified, DirectError> {
 /// files the catalog no longer has, because a metadata or rootfs file was replaced or deleted
 /// since. They hold the old content, and a published one would keep an image in the catalog
 /// that the version's files no longer make. Returns the version folders (relative to `root`)
-/// whose published [`PUBLISHED_NAME`] went: the catalog needs another re-index.
-pub fn forget_stale(root: &Path, products: &ProductsFile) -> Result<Vec<String>, DirectError> {
+/// whose published [`PUBLISHED_NAME`] went: the catalog needs another re-index. With `only`,
+/// the versions of those products alone are looked at (the others' files did not change).
+pub fn forget_stale(
+    root: &Path,
+    products: &ProductsFile,
+    only: Option<&BTreeSet<String>>,
+) -> Result<Vec<String>, DirectError> {
     let mut republish = Vec::new();
-    for version in products.products.values().flat_map(|p| p.versions.values()) {
+    for version in products
+        .products
+        .iter()
+        .filter(|(id, _)| only.is_none_or(|o| o.contains(*id)))
+        .flat_map(|(_, p)| p.versions.values())
+    {
         let Some(dir) = version
             .items
             .values()

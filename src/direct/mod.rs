@@ -396,7 +396,7 @@ mod tests {
                 .is_empty()
         );
         let (_, catalog, _) = load_catalog(dir.path()).unwrap();
-        assert!(forget_stale(dir.path(), &catalog).unwrap().is_empty());
+        assert!(forget_stale(dir.path(), &catalog, None).unwrap().is_empty());
         // The split files changed: a new fingerprint, the build from the old ones goes.
         let mut removed = forget_built(&vdir, &BTreeSet::from(["d".repeat(64).as_str()])).unwrap();
         removed.sort();
@@ -445,7 +445,7 @@ mod tests {
         publish(dir.path(), &choice, &stale).unwrap().unwrap();
         let (_, catalog, _) = load_catalog(dir.path()).unwrap();
         assert_eq!(
-            forget_stale(dir.path(), &catalog).unwrap(),
+            forget_stale(dir.path(), &catalog, None).unwrap(),
             [parent_of(&stale.path)]
         );
         assert!(!vdir.join(PUBLISHED_NAME).exists() && !built.exists());

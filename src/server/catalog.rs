@@ -176,9 +176,10 @@ fn read_snapshot(root: &Path) -> Result<Snapshot, String> {
         let (bytes, sig) = read_signed(&path)?;
         collect_items(&bytes, &mut snapshot.items)
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        let twin = gzip_twin(&path, &bytes);
         snapshot
             .files
-            .insert(rel, Arc::new(CatalogFile::new(bytes, &sig)));
+            .insert(rel, Arc::new(CatalogFile::new(bytes, &sig, twin)));
         if let Some(dir) = path
             .parent()
             .filter(|d| !snapshot.dirs.iter().any(|x| x == d))
@@ -187,9 +188,10 @@ fn read_snapshot(root: &Path) -> Result<Snapshot, String> {
         }
         snapshot.sigs.push((path, sig));
     }
+    let twin = gzip_twin(&index_path, &index_bytes);
     snapshot.files.insert(
         index_rel,
-        Arc::new(CatalogFile::new(index_bytes, &index_sig)),
+        Arc::new(CatalogFile::new(index_bytes, &index_sig, twin)),
     );
     if let Some(dir) = index_path
         .parent()
@@ -242,13 +244,26 @@ fn collect_items(products: &[u8], out: &mut HashSet<String>) -> Result<(), serde
     Ok(())
 }
 
+/// The gzip twin publish wrote beside `path`, when it holds exactly `body`: decompressing it
+/// to check costs a fraction of compressing again.
+fn gzip_twin(path: &Path, body: &[u8]) -> Option<Vec<u8>> {
+    let mut twin = path.as_os_str().to_owned();
+    twin.push(crate::tree::names::GZ_SUFFIX);
+    let gz = std::fs::read(PathBuf::from(twin)).ok()?;
+    let mut plain = Vec::with_capacity(body.len());
+    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&gz[..]), &mut plain).ok()?;
+    (plain == body).then_some(gz)
+}
+
 impl CatalogFile {
-    fn new(body: Vec<u8>, sig: &FileSig) -> Self {
+    fn new(body: Vec<u8>, sig: &FileSig, twin: Option<Vec<u8>>) -> Self {
         let digest = hex::encode(Sha256::digest(&body));
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        // Writing into memory cannot fail.
-        let _ = std::io::Write::write_all(&mut gz, &body);
-        let gzip = gz.finish().unwrap_or_default();
+        let gzip = twin.unwrap_or_else(|| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            // Writing into memory cannot fail.
+            let _ = std::io::Write::write_all(&mut gz, &body);
+            gz.finish().unwrap_or_default()
+        });
         let tag = |suffix: &str| {
             HeaderValue::from_str(&format!("\"{}{suffix}\"", &digest[..32]))
                 .expect("hex is a valid header value")
@@ -394,7 +409,7 @@ mod tests {
             ctime: 1_700_000_000,
             ctime_ns: 0,
         };
-        CatalogFile::new(br#"{"format":"index:1.0","index":{}}"#.to_vec(), &sig)
+        CatalogFile::new(br#"{"format":"index:1.0","index":{}}"#.to_vec(), &sig, None)
     }
 
     fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {

@@ -57,6 +57,10 @@ pub struct IndexOptions {
 pub(crate) struct Trigger {
     /// For the log.
     pub reason: String,
+    /// The paths (relative to the root) whose change this is: a run whose triggers all name
+    /// paths inside product folders hashes those products only and reads the others' ssb.json.
+    /// Empty: anything may have changed, every product is hashed.
+    pub paths: Vec<PathBuf>,
     /// Digests computed while uploading, per product folder (relative to the root).
     pub known: Vec<(String, KnownDigest)>,
     /// Told how the run that includes this trigger ended: `Err` carries why it failed.
@@ -67,8 +71,17 @@ impl Trigger {
     pub(crate) fn because(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
+            paths: Vec::new(),
             known: Vec::new(),
             done: None,
+        }
+    }
+
+    /// A trigger for changes at these paths (relative to the root) only.
+    pub(crate) fn touching(reason: impl Into<String>, paths: Vec<PathBuf>) -> Self {
+        Self {
+            paths,
+            ..Self::because(reason)
         }
     }
 }
@@ -160,16 +173,27 @@ async fn run(
         };
         let mut known = Vec::new();
         let mut waiting = Vec::new();
-        if let Some(t) = first {
+        // The paths of the batch; `None` once one trigger (or a retry) needs a full run.
+        let mut paths: Option<Vec<PathBuf>> = Some(Vec::new());
+        let mut take = |t: Trigger, paths: &mut Option<Vec<PathBuf>>| {
             reasons.push(t.reason);
             known.extend(t.known);
             waiting.extend(t.done);
+            match (paths.as_mut(), t.paths.is_empty()) {
+                (Some(p), false) => p.extend(t.paths),
+                _ => *paths = None,
+            }
+        };
+        if let Some(t) = first {
+            take(t, &mut paths);
             tokio::time::sleep(COALESCE).await;
         }
         while let Ok(t) = rx.try_recv() {
-            reasons.push(t.reason);
-            known.extend(t.known);
-            waiting.extend(t.done);
+            take(t, &mut paths);
+        }
+        // A failed run is retried in full.
+        if retry_at.is_some() {
+            paths = None;
         }
         let started = Instant::now();
         let job = {
@@ -177,7 +201,7 @@ async fn run(
             let opts = Arc::clone(&opts);
             let served = Arc::clone(&served);
             tokio::task::spawn_blocking(move || {
-                let outcome = reindex(&root, &opts, &known);
+                let outcome = reindex(&root, &opts, &known, paths.as_deref());
                 // Readers get the new catalog before anyone waiting is told it is there.
                 served.refresh();
                 outcome
@@ -187,9 +211,10 @@ async fn run(
         match job.await {
             Ok(Ok(s)) => {
                 tracing::info!(
-                    "re-indexed ({why}): {} product(s), {} version(s), {} image bytes read, in {:.0} ms",
+                    "re-indexed ({why}): {} product(s), {} version(s), {} product folder(s) hashed, {} image bytes read, in {:.0} ms",
                     s.products,
                     s.versions,
+                    s.hashed,
                     s.bytes_read,
                     started.elapsed().as_secs_f64() * 1000.0
                 );
@@ -235,6 +260,7 @@ fn reindex(
     root: &Path,
     opts: &IndexOptions,
     known: &[(String, KnownDigest)],
+    paths: Option<&[PathBuf]>,
 ) -> Result<PublishSummary, String> {
     let mut by_product: std::collections::BTreeMap<&str, Vec<KnownDigest>> = Default::default();
     for (dir, k) in known {
@@ -245,9 +271,10 @@ fn reindex(
             tracing::warn!("cannot record upload digests for {dir} (they will be recomputed): {e}");
         }
     }
+    let tree = Tree::load(opts.config.as_deref(), root, &opts.overrides)
+        .map_err(|e| crate::error_chain(&e))?;
+    let only = paths.and_then(|p| products_at(&tree, p));
     let publish = || {
-        let tree = Tree::load(opts.config.as_deref(), root, &opts.overrides)
-            .map_err(|e| crate::error_chain(&e))?;
         crate::catalog::publish::publish_tree(&PublishRequest {
             tree: &tree,
             source: root,
@@ -260,13 +287,15 @@ fn reindex(
             force: opts.force,
             progress: &indicatif::ProgressBar::hidden(),
             exclude: &crate::catalog::products::Exclusions::new(),
+            only: only.as_ref(),
         })
         .map_err(|e| crate::error_chain(&e))
     };
     let summary = publish()?;
     // A unified tarball the server built from split files that have changed since holds the
-    // old image: it goes, and if it was published the catalog is made again without it.
-    match crate::direct::forget_stale(root, &summary.catalog) {
+    // old image: it goes, and if it was published the catalog is made again without it. Only
+    // the products hashed in this run can have changed files.
+    match crate::direct::forget_stale(root, &summary.catalog, only.as_ref()) {
         Ok(dirs) if dirs.is_empty() => Ok(summary),
         Ok(_) => publish(),
         Err(e) => {
@@ -274,6 +303,27 @@ fn reindex(
             Ok(summary)
         }
     }
+}
+
+/// The local products whose folders hold `paths` (relative to the root); `None` when a path is
+/// in no product folder (tree.yml, a new layout folder...) or there are none: then every
+/// product is hashed.
+fn products_at(tree: &Tree, paths: &[PathBuf]) -> Option<std::collections::BTreeSet<String>> {
+    if paths.is_empty() {
+        return None;
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for path in paths {
+        let owner = tree
+            .config
+            .products
+            .iter()
+            .filter(|p| p.prefix_path.is_none())
+            .filter(|p| path.starts_with(p.directory.trim_matches('/')))
+            .max_by_key(|p| p.directory.len())?;
+        names.insert(owner.name.clone());
+    }
+    Some(names)
 }
 
 fn watch(
@@ -298,14 +348,21 @@ fn watch(
                 return;
             }
         };
-        let changed = events
+        let changed: Vec<PathBuf> = events
             .iter()
             .filter(|e| !matches!(e.kind, notify::EventKind::Access(a) if !matches!(a, notify::event::AccessKind::Close(notify::event::AccessMode::Write))))
             .flat_map(|e| e.paths.iter())
-            .find(|p| is_relevant(&filter_root, config.as_deref(), p));
-        if let Some(path) = changed {
-            let rel = path.strip_prefix(filter_root.as_path()).unwrap_or(path);
-            reindexer.request(Trigger::because(format!("changed: {}", rel.display())));
+            .filter(|p| is_relevant(&filter_root, config.as_deref(), p))
+            .map(|p| p.strip_prefix(filter_root.as_path()).unwrap_or(p).to_owned())
+            .collect();
+        if let Some(first) = changed.first() {
+            let reason = match changed.len() {
+                1 => format!("changed: {}", first.display()),
+                n => format!("changed: {} and {} more", first.display(), n - 1),
+            };
+            // A path outside the root (the tree.yml elsewhere) stays absolute: no product
+            // holds it, and the run is a full one.
+            reindexer.request(Trigger::touching(reason, changed));
         }
     };
     let mut debouncer = new_debouncer_opt::<_, notify::RecommendedWatcher, _>(

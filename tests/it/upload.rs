@@ -833,3 +833,57 @@ fn a_broken_version_copied_in_costs_only_that_version_in_the_reindex() {
     }
     assert!(site.server.said().contains("left out of the catalog"));
 }
+
+/// The re-index after an upload hashes the product folder the upload went into and takes the
+/// other products from their ssb.json (written by earlier runs), so its cost does not grow with
+/// the tree; the catalog still lists everything. A full scan (start-up) hashes them all.
+#[test]
+fn an_upload_re_indexes_its_own_product_only() {
+    let dir = TempDir::with_prefix("ssb-upload-").unwrap();
+    let www = dir.path().join("www");
+    let scratch = dir.path().join("scratch");
+    let mut fingerprints = Vec::new();
+    for os in ["inca", "incb", "incc"] {
+        let (meta, rootfs, fp) = quick_image(&scratch.join(os), os, 4096);
+        let v = www.join(format!("images/{os}/1/amd64/default/{V1}"));
+        std::fs::create_dir_all(&v).unwrap();
+        std::fs::copy(&meta, v.join("lxd.tar.xz")).unwrap();
+        std::fs::copy(&rootfs, v.join("rootfs.squashfs")).unwrap();
+        fingerprints.push((format!("{os}:1:amd64:default"), V1, fp));
+    }
+    let site = Site::start_in(dir, www, &[], &[]);
+    let all_there = |c: &Value, fps: &[(String, &str, String)]| {
+        fps.iter()
+            .all(|(id, v, fp)| version_fingerprint(c, id, v).as_deref() == Some(fp.as_str()))
+    };
+    site.wait_for(|c| all_there(c, &fingerprints), "three products");
+    let (meta, rootfs, fp) = quick_image(&scratch.join("inca2"), "inca", 8192);
+    let base = format!("inca/1/amd64/default/{V2}");
+    assert_eq!(site.post(&meta, &format!("{base}/lxd.tar.xz")).0, 201);
+    assert_eq!(
+        site.post(&rootfs, &format!("{base}/rootfs.squashfs")).0,
+        201
+    );
+    fingerprints.push(("inca:1:amd64:default".into(), V2, fp));
+    site.wait_for(
+        |c| all_there(c, &fingerprints),
+        "the new version beside the others",
+    );
+    let log = site.server.said();
+    assert!(
+        log.lines().any(|l| l.contains("re-indexed (start-up scan)")
+            && l.contains("3 product(s), 3 version(s), 3 product folder(s) hashed")),
+        "{log}"
+    );
+    let after: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("re-indexed (") && l.contains("4 version(s)"))
+        .collect();
+    assert!(
+        !after.is_empty(),
+        "no re-index of the four versions in:\n{log}"
+    );
+    for line in after {
+        assert!(line.contains("1 product folder(s) hashed"), "{line}");
+    }
+}

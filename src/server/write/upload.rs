@@ -310,6 +310,7 @@ where
     );
     writes.reindexer.request(Trigger {
         reason: format!("uploaded {}", stored.path),
+        paths: vec![PathBuf::from(&stored.path)],
         known: known
             .map(|k| (target.product_dir.clone(), k))
             .into_iter()
