@@ -224,12 +224,7 @@ pub fn build(
     // One path resolution per product: for the guard and for the hash cache's name.
     let real_product = product_dir.canonicalize().ok();
     let product_inside = real_product.as_ref().is_some_and(|real| {
-        real.strip_prefix(&real_root).is_ok_and(|rel| {
-            rel.components().all(|c| {
-                matches!(c, std::path::Component::Normal(n)
-                    if n.to_str().is_some_and(crate::tree::is_plain_name))
-            })
-        })
+        crate::tree::outside_root(&real_root, real.clone(), &crate::tree::only_plain).is_none()
     });
     let mut cache = match (&opts.cache, &real_product) {
         (Some(dir), Some(real)) => HashCache::load_canonical(dir, product_dir, real),

@@ -356,6 +356,7 @@ pub fn to_json<T: serde::Serialize>(doc: &T) -> Vec<u8> {
     v
 }
 
+use crate::tree::names::gz_path;
 pub use crate::tree::names::{index_path, products_path};
 
 /// Writes `bytes` and a gzip twin `<path>.gz` (written first), each atomically.
@@ -474,13 +475,6 @@ fn restamp(index: &mut Index, stamp: &str) {
     for entry in index.index.values_mut() {
         entry.updated = Some(stamp.to_owned());
     }
-}
-
-/// The gzip twin of a catalog file: `<path>.gz`.
-fn gz_path(path: &Path) -> PathBuf {
-    let mut gz = path.as_os_str().to_owned();
-    gz.push(crate::tree::names::GZ_SUFFIX);
-    PathBuf::from(gz)
 }
 
 /// Publishing a tree failed; nothing of the catalog was written.

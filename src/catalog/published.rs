@@ -33,18 +33,11 @@ struct SignedCatalog {
 }
 
 fn load_signed(target: &Path) -> Result<SignedCatalog, UnreadableCatalog> {
-    // Each file's signature is taken from the descriptor its bytes are read from, so it is the
-    // signature of exactly those bytes even if the file is replaced meanwhile.
     let read = |path: &Path| -> Result<(Vec<u8>, FileSig), UnreadableCatalog> {
-        let failed = |e: std::io::Error| UnreadableCatalog {
+        crate::tree::read_signed(path).map_err(|e| UnreadableCatalog {
             path: path.to_owned(),
             reason: e.kind().to_string(),
-        };
-        let mut file = std::fs::File::open(path).map_err(failed)?;
-        let sig = FileSig::of(&file.metadata().map_err(failed)?);
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(failed)?;
-        Ok((bytes, sig))
+        })
     };
     let ipath = index_path(target);
     let (bytes, index_sig) = read(&ipath)?;

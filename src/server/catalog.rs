@@ -150,14 +150,9 @@ impl ServedCatalog {
     }
 }
 
-/// Reads a file and the signature of exactly the bytes read.
+/// [`crate::tree::read_signed`], its error as a message naming the file.
 fn read_signed(path: &Path) -> Result<(Vec<u8>, FileSig), String> {
-    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
-    let mut file = std::fs::File::open(path).map_err(fail)?;
-    let sig = FileSig::of(&file.metadata().map_err(fail)?);
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(fail)?;
-    Ok((bytes, sig))
+    crate::tree::read_signed(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn read_snapshot(root: &Path) -> Result<Snapshot, String> {
@@ -247,9 +242,7 @@ fn collect_items(products: &[u8], out: &mut HashSet<String>) -> Result<(), serde
 /// The gzip twin publish wrote beside `path`, when it holds exactly `body`: decompressing it
 /// to check costs a fraction of compressing again.
 fn gzip_twin(path: &Path, body: &[u8]) -> Option<Vec<u8>> {
-    let mut twin = path.as_os_str().to_owned();
-    twin.push(crate::tree::names::GZ_SUFFIX);
-    let gz = std::fs::read(PathBuf::from(twin)).ok()?;
+    let gz = std::fs::read(crate::tree::names::gz_path(path)).ok()?;
     let mut plain = Vec::with_capacity(body.len());
     std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&gz[..]), &mut plain).ok()?;
     (plain == body).then_some(gz)

@@ -174,6 +174,13 @@ pub const PRODUCTS_FILE: &str = "images.json";
 /// The suffix of a catalog file's gzip twin.
 pub const GZ_SUFFIX: &str = ".gz";
 
+/// The gzip twin of a catalog file: `<path>.gz`.
+pub fn gz_path(path: &Path) -> PathBuf {
+    let mut gz = path.as_os_str().to_owned();
+    gz.push(GZ_SUFFIX);
+    PathBuf::from(gz)
+}
+
 /// Where the index lives: clients hard-code `streams/v1/index.json`.
 pub fn index_path(target: &Path) -> PathBuf {
     target.join(STREAMS_DIR).join(INDEX_FILE)

@@ -44,6 +44,16 @@ impl FileSig {
     }
 }
 
+/// Reads a whole file and the signature of exactly the bytes read: taken from the descriptor
+/// they are read from, so it holds even if the file is replaced meanwhile.
+pub fn read_signed(path: &Path) -> std::io::Result<(Vec<u8>, FileSig)> {
+    let mut file = std::fs::File::open(path)?;
+    let sig = FileSig::of(&file.metadata()?);
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes)?;
+    Ok((bytes, sig))
+}
+
 /// One image file of a version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageFile {
@@ -227,11 +237,20 @@ pub fn resolves_outside(
     path: &Path,
     allowed: &dyn Fn(&str, bool) -> bool,
 ) -> Option<PathBuf> {
-    let real = match std::fs::canonicalize(path) {
-        Ok(real) => real,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(_) => return Some(path.to_owned()),
-    };
+    match std::fs::canonicalize(path) {
+        Ok(real) => outside_root(root, real, allowed),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) => Some(path.to_owned()),
+    }
+}
+
+/// [`resolves_outside`] for a path already made canonical: `real` itself when it is outside
+/// `root` or holds a name `allowed` refuses, else `None`.
+pub fn outside_root(
+    root: &Path,
+    real: PathBuf,
+    allowed: &dyn Fn(&str, bool) -> bool,
+) -> Option<PathBuf> {
     let Ok(relative) = real.strip_prefix(root) else {
         return Some(real);
     };
