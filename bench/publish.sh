@@ -13,6 +13,7 @@
 #   TMPDIR=dir     where the trees go (default /var/tmp)
 set -euo pipefail
 cd "$(dirname "$0")"
+here=$(pwd)
 . ./lib.sh
 ssb=$(ssb_binary)
 bench_scratch publish
@@ -21,36 +22,7 @@ read -r -a cases <<<"${cases[*]}"
 
 # make_tree DIR PRODUCTS VERSIONS [yml]: the layout (or a tree.yml) of tiny images.
 make_tree() {
-    python3 - "$@" <<'PY'
-import io, lzma, os, struct, sys, tarfile
-root, products, versions = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-yml = len(sys.argv) > 4
-meta_yaml = b"architecture: x86_64\ncreation_date: 1704067200\nproperties:\n  os: bench\n  release: \"1\"\n  variant: default\n"
-raw = io.BytesIO()
-with tarfile.open(fileobj=raw, mode="w") as t:
-    info = tarfile.TarInfo("metadata.yaml"); info.size = len(meta_yaml); info.mtime = 1
-    t.addfile(info, io.BytesIO(meta_yaml))
-meta = lzma.compress(raw.getvalue())
-def squashfs(tag):
-    body = bytearray(96)
-    body[0:4] = b"hsqs"; body[28:30] = struct.pack("<H", 4)
-    body += tag.encode().ljust(32, b".")
-    body[40:48] = struct.pack("<Q", len(body))
-    return bytes(body)
-lines = ["products:"]
-for p in range(products):
-    rel = f"p{p}" if yml else f"images/os{p}/1/amd64/default"
-    if yml:
-        lines += [f"  - name: p{p}:1:amd64:default", "    arch: amd64", f"    directory: {rel}",
-                  f"    aliases: [p{p}/1]"]
-    for v in range(versions):
-        d = os.path.join(root, rel, f"2024{1 + v // 28 % 12:02d}{1 + v % 28:02d}_{v // 336 % 24:02d}:00")
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, "incus.tar.xz"), "wb") as f: f.write(meta)
-        with open(os.path.join(d, "rootfs.squashfs"), "wb") as f: f.write(squashfs(f"{p}-{v}"))
-if yml:
-    with open(os.path.join(root, "tree.yml"), "w") as f: f.write("\n".join(lines) + "\n")
-PY
+    python3 "$here/tiny_tree.py" tree "$1" "$2" "$3" ${4:+--yml}
 }
 
 # timed LABEL CMD...: runs CMD in the tree's folder; sets $took_ms and $rss_mib.
@@ -100,7 +72,7 @@ run_layout() {
     local v="$tree/images/os0/1/amd64/default/20250101_00:00"
     mkdir -p "$v"
     cp "$tree/images/os0/1/amd64/default/20240101_00:00/incus.tar.xz" "$v/"
-    python3 -c 'import struct,sys; b=bytearray(96); b[0:4]=b"hsqs"; b[28:30]=struct.pack("<H",4); b+=b"new".ljust(32,b"."); b[40:48]=struct.pack("<Q",len(b)); open(sys.argv[1],"wb").write(b)' "$v/rootfs.squashfs"
+    python3 "$here/tiny_tree.py" squashfs "$v/rootfs.squashfs" new
     printf '  %-34s %s\n' "one product changed:" "$(syscalls "$ssb" publish -t .)"
     timed "re-publish after that (warm)" "$ssb" publish -t .
     cd - >/dev/null

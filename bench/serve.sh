@@ -30,24 +30,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # The tree: 30 products of 3 versions (tiny images) for the catalog, then the big files.
 www="$work/www"
-python3 - "$www" <<'PY'
-import io, lzma, os, struct, sys, tarfile
-root = sys.argv[1]
-meta_yaml = b"architecture: x86_64\ncreation_date: 1704067200\nproperties:\n  os: bench\n  release: \"1\"\n  variant: default\n"
-raw = io.BytesIO()
-with tarfile.open(fileobj=raw, mode="w") as t:
-    info = tarfile.TarInfo("metadata.yaml"); info.size = len(meta_yaml); info.mtime = 1
-    t.addfile(info, io.BytesIO(meta_yaml))
-meta = lzma.compress(raw.getvalue())
-for p in range(30):
-    for v in range(3):
-        d = os.path.join(root, f"images/os{p}/1/amd64/default/2024010{v + 1}_00:00")
-        os.makedirs(d, exist_ok=True)
-        open(os.path.join(d, "incus.tar.xz"), "wb").write(meta)
-        b = bytearray(96); b[0:4] = b"hsqs"; b[28:30] = struct.pack("<H", 4)
-        b += f"{p}-{v}".encode().ljust(4096, b"."); b[40:48] = struct.pack("<Q", len(b))
-        open(os.path.join(d, "rootfs.squashfs"), "wb").write(b)
-PY
+python3 ./tiny_tree.py tree "$www" 30 3 --pad 4096
 big="images/os0/1/amd64/default/20240101_00:00"
 head -c $((1024 << 20)) /dev/urandom >"$www/$big/big.img"
 head -c $((100 << 20)) /dev/urandom >"$www/$big/medium.img"

@@ -32,14 +32,7 @@ YAML
 tar -C "$work/meta" -cJf "$work/src/lxd.tar.xz" metadata.yaml
 echo "making a ${size_mb} MiB rootfs..." >&2
 head -c "$((size_mb * 1024 * 1024))" /dev/urandom >"$work/src/rootfs.squashfs"
-python3 - "$work/src/rootfs.squashfs" <<'PY'
-import os, struct, sys
-with open(sys.argv[1], "r+b") as f:
-    size = os.fstat(f.fileno()).st_size
-    sb = bytearray(96); sb[0:4] = b"hsqs"; sb[28:30] = struct.pack("<H", 4)
-    sb[40:48] = struct.pack("<Q", size)
-    f.write(sb)
-PY
+python3 "$here/bench/tiny_tree.py" superblock "$work/src/rootfs.squashfs"
 sync
 
 # cp of the same file on the same disk, with an fsync like the server's.
@@ -51,24 +44,7 @@ rm -f "$work/cp-copy"
 sync
 
 if [ -n "${TREE_VERSIONS:-}" ]; then
-    python3 - "$work/www" "$TREE_VERSIONS" <<'PY'
-import io, lzma, os, struct, sys, tarfile
-root, n = sys.argv[1], int(sys.argv[2])
-meta_yaml = b"architecture: x86_64\ncreation_date: 1704067200\nproperties:\n  os: seed\n  release: \"1\"\n  variant: default\n"
-raw = io.BytesIO()
-with tarfile.open(fileobj=raw, mode="w") as t:
-    info = tarfile.TarInfo("metadata.yaml"); info.size = len(meta_yaml); info.mtime = 1
-    t.addfile(info, io.BytesIO(meta_yaml))
-meta = lzma.compress(raw.getvalue())
-for i in range(n):
-    p, v = divmod(i, 100)
-    d = os.path.join(root, f"images/seed{p}/1/amd64/default/2024{1 + v // 28 % 12:02d}{1 + v % 28:02d}_00:00")
-    os.makedirs(d, exist_ok=True)
-    open(os.path.join(d, "incus.tar.xz"), "wb").write(meta)
-    b = bytearray(96); b[0:4] = b"hsqs"; b[28:30] = struct.pack("<H", 4)
-    b += f"{p}-{v}".encode().ljust(32, b"."); b[40:48] = struct.pack("<Q", len(b))
-    open(os.path.join(d, "rootfs.squashfs"), "wb").write(b)
-PY
+    python3 "$here/bench/tiny_tree.py" tree "$work/www" $((TREE_VERSIONS / 100)) 100 --os seed
     SSB_CACHE_DIR="$work/cache" "$SSB_BIN" publish -t "$work/www" 2>/dev/null
 fi
 export SSB_CACHE_DIR="$work/cache"
