@@ -20,6 +20,7 @@ pub mod import;
 pub mod mirror;
 pub mod net;
 pub mod server;
+pub mod sign;
 pub mod tree;
 
 /// An error and its sources on one line (`a: b: c`), for messages that must name the root cause

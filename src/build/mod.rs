@@ -53,6 +53,8 @@ pub enum AfterBuild<'a> {
         http: &'a HttpSettings,
         /// The time stamped on the catalog.
         clock: Clock,
+        /// Signs the catalog and LXC's files (`--sign-key`).
+        signer: Option<&'a crate::sign::Signer>,
     },
 }
 
@@ -182,7 +184,12 @@ pub fn build_product(
             report.version.as_ref(),
             &version_label,
         )?,
-        AfterBuild::Publish { tree, http, clock } => {
+        AfterBuild::Publish {
+            tree,
+            http,
+            clock,
+            signer,
+        } => {
             let exclude = BTreeMap::from([(
                 p.name.clone(),
                 doomed.iter().cloned().collect::<BTreeSet<_>>(),
@@ -200,6 +207,7 @@ pub fn build_product(
                 progress: &indicatif::ProgressBar::hidden(),
                 exclude: &exclude,
                 only: None,
+                signer: *signer,
             })
             .map_err(|source| BuildError::Publish {
                 product: p.name.clone(),

@@ -310,6 +310,9 @@ pub fn verify(
                     None if items.iter().any(|i| matches!(i.ftype, Ftype::Unified(_))) => {
                         check_unified(&file)
                     }
+                    None if items.iter().any(|i| i.ftype == Ftype::LxcMeta) => {
+                        crate::image::check::check_lxc_meta(&file)
+                    }
                     None => Ok(()),
                 };
                 if let Err(e) = checked {
@@ -414,7 +417,7 @@ pub struct Unpublished {
 
 /// Image files and version folders in the product folders of `tree` that `products` does not
 /// reference. Hidden products and remote ones (`prefix_path`) are not looked at; other files
-/// (build logs, definitions, LXC's meta.tar.xz) are not image files and never orphans.
+/// (build logs, definitions, signatures) are not image files and never orphans.
 pub fn orphans(
     target: &Path,
     tree: &Tree,
@@ -448,9 +451,24 @@ pub fn orphans(
             let unreferenced: Vec<&PathBuf> = v
                 .files
                 .iter()
+                .filter(|f| !referenced.contains(&f.path))
                 .map(|f| &f.path)
-                .filter(|f| !referenced.contains(*f))
                 .collect();
+            // LXC's metadata tarball left out of a published version (one classic LXC cannot
+            // use, which publish warned about) is the version's business, not an orphan.
+            let lxc_meta_only = |u: &&PathBuf| {
+                v.files
+                    .iter()
+                    .any(|f| f.path == **u && f.role == crate::tree::FileRole::LxcMeta)
+            };
+            let unreferenced: Vec<&PathBuf> = if unreferenced.len() == v.files.len() {
+                unreferenced
+            } else {
+                unreferenced
+                    .into_iter()
+                    .filter(|u| !lxc_meta_only(u))
+                    .collect()
+            };
             let unpublished = |path: PathBuf, rejected| Unpublished {
                 product: spec.name.clone(),
                 path,
@@ -518,7 +536,12 @@ pub fn prune(target: &Path, tree: &Tree, dry_run: bool) -> Result<PruneReport, I
         let result = if path.is_dir() {
             std::fs::remove_dir_all(&path)
         } else {
-            std::fs::remove_file(&path)
+            // A file's detached signature goes with it.
+            let asc = crate::tree::names::signature_path(&path);
+            std::fs::remove_file(&path).and_then(|()| match std::fs::remove_file(&asc) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            })
         };
         match result {
             Ok(()) => report.removed.push(rel),
@@ -527,6 +550,9 @@ pub fn prune(target: &Path, tree: &Tree, dry_run: bool) -> Result<PruneReport, I
     }
     Ok(report)
 }
+
+/// The type and format `list` gives classic LXC's pair of a version.
+pub const LXC_TYPE: &str = "lxc";
 
 /// One published image, as `list` shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -537,7 +563,7 @@ pub struct ListRow {
     pub version: String,
     /// Aliases of the product.
     pub aliases: Vec<String>,
-    /// container or virtual-machine.
+    /// container, virtual-machine, or `lxc` for classic LXC's pair (which has no fingerprint).
     #[serde(rename = "type")]
     pub image_type: String,
     /// The rootfs kind (squashfs, root.tar.xz, disk-kvm.img) or `unified`.
@@ -590,6 +616,21 @@ pub fn list(products: &ProductsFile, unpublished: &[Unpublished]) -> Vec<ListRow
                         problem: None,
                     });
                 }
+            }
+            // Classic LXC's pair: no simplestreams image, what `lxc-create -t download` takes.
+            let of = |f: Ftype| version.items.values().find(|i| i.ftype == f);
+            if let (Some(meta), Some(root)) = (of(Ftype::LxcMeta), of(Ftype::RootTarXz)) {
+                rows.push(ListRow {
+                    product: pid.clone(),
+                    version: vname.to_string(),
+                    aliases: aliases.clone(),
+                    image_type: LXC_TYPE.into(),
+                    format: LXC_TYPE.into(),
+                    fingerprint: String::new(),
+                    size: meta.size + root.size,
+                    status: "published",
+                    problem: None,
+                });
             }
             for unified in version
                 .items

@@ -249,15 +249,14 @@ pub fn build(
             warnings.push(format!("{}: skipped: no image files", v.path.display()));
             continue;
         }
-        match hash_one(
-            &product,
-            &real_root,
+        let hashing = Hashing {
+            product: &product,
+            real_root: &real_root,
             product_inside,
-            v,
-            &mut cache,
             opts,
             progress,
-        ) {
+        };
+        match hash_one(&hashing, v, &mut cache, warnings) {
             Ok((version, meta)) => {
                 if let Some(meta) = meta {
                     newest_meta = Some((v.name.clone(), meta));
@@ -376,17 +375,35 @@ pub fn check_version(
     Ok(())
 }
 
-/// Checks and hashes one version folder into its catalog entry; also returns the metadata its
-/// product's description is taken from.
-fn hash_one(
-    product: &LocalProduct<'_>,
-    real_root: &Path,
+/// What every version of a product is hashed with.
+#[derive(Clone, Copy)]
+struct Hashing<'a> {
+    product: &'a LocalProduct<'a>,
+    /// The canonical tree.
+    real_root: &'a Path,
+    /// The product folder resolves inside the tree onto plain names.
     product_inside: bool,
+    opts: &'a BuildOptions,
+    progress: &'a dyn Fn(u64),
+}
+
+/// Checks and hashes one version folder into its catalog entry; also returns the metadata its
+/// product's description is taken from. An LXC metadata tarball that classic LXC cannot use
+/// (no `config`, or not LXC's at all) is left out with a warning: the version's LXD and Incus
+/// images do not depend on it.
+fn hash_one(
+    hashing: &Hashing<'_>,
     v: &crate::tree::VersionDir,
     cache: &mut HashCache,
-    opts: &BuildOptions,
-    progress: &dyn Fn(u64),
+    warnings: &mut Vec<String>,
 ) -> Result<(Version, Option<ImageMetadata>), ManifestError> {
+    let Hashing {
+        product,
+        real_root,
+        product_inside,
+        opts,
+        progress,
+    } = *hashing;
     let name = product.name;
     check_inside(name, real_root, product_inside, v)?;
     let hashes =
@@ -410,6 +427,14 @@ fn hash_one(
         .cloned();
     let mut version = Version::default();
     for f in &v.files {
+        if f.role == FileRole::LxcMeta
+            && let Err(e) = crate::image::check::check_lxc_meta(&f.path)
+        {
+            warnings.push(format!(
+                "product `{name}`: {e}; the version is published without it for LXC (`lxc-create -t download` will not list it)"
+            ));
+            continue;
+        }
         let digest = &hashes.files[&f.name];
         let rel = format!("{}/{}/{}", product.directory, v.name, f.name);
         let mut item = Item::new(

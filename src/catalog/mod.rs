@@ -3,7 +3,9 @@
 //! [`metadata_json`], [`requirements_file`]), the catalog built, checked and written
 //! ([`publish`]), read back ([`published`]) and checked against the tree ([`inventory`]).
 
+pub mod companions;
 pub mod inventory;
+pub mod lxc_index;
 pub mod manifest;
 pub mod metadata_json;
 pub mod products;

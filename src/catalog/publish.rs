@@ -391,10 +391,24 @@ pub fn write_catalog(
     products: &mut ProductsFile,
     index: &mut Index,
 ) -> Result<bool, WriteError> {
-    let _lock = lock::lock_tree(target).map_err(|e| WriteError {
+    let _lock = lock_tree(target)?;
+    write_catalog_locked(target, images_path, products, index)
+}
+
+fn lock_tree(target: &Path) -> Result<lock::Lock, WriteError> {
+    lock::lock_tree(target).map_err(|e| WriteError {
         path: e.path,
         source: e.source,
-    })?;
+    })
+}
+
+/// [`write_catalog`], for a caller that holds the tree lock.
+fn write_catalog_locked(
+    target: &Path,
+    images_path: &str,
+    products: &mut ProductsFile,
+    index: &mut Index,
+) -> Result<bool, WriteError> {
     let (ppath, ipath) = (products_path(target, images_path), index_path(target));
     let pbytes = to_json(products);
     let twin_exists = |path: &Path| gz_path(path).is_file();
@@ -589,6 +603,8 @@ pub struct PublishRequest<'a> {
     /// an earlier run: the server's re-index after a change it knows the extent of. `None`
     /// hashes every product.
     pub only: Option<&'a std::collections::BTreeSet<String>>,
+    /// Sign the catalog, LXC's index and LXC files with this key (`--sign-key`).
+    pub signer: Option<&'a crate::sign::Signer>,
 }
 
 /// What was published.
@@ -610,6 +626,8 @@ pub struct PublishSummary {
     pub written: bool,
     /// Local products whose folders were hashed (the others' manifests were read).
     pub hashed: usize,
+    /// LXC's index and the signatures written beside the catalog.
+    pub companions: crate::catalog::companions::Companions,
 }
 
 /// The catalog settings of a tree, stamped by `clock`.
@@ -656,12 +674,28 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
     if !req.force {
         check_replacement(req.target, tree, &products)?;
     }
-    let written = write_catalog(
+    // One hold of the lock for the catalog and what is published beside it, so another
+    // publisher's catalog never gets this run's companions.
+    let _lock = lock_tree(req.target)?;
+    let written = write_catalog_locked(
         req.target,
         &tree.config.images_path,
         &mut products,
         &mut index,
     )?;
+    let mut warnings = Vec::new();
+    let companions = {
+        crate::catalog::companions::write(
+            req.target,
+            req.source,
+            &tree.config.images_path,
+            &products,
+            &index,
+            req.signer,
+            &mut warnings,
+        )?
+    };
+    crate::catalog::products::report(&warnings);
     Ok(PublishSummary {
         products: products.products.len(),
         versions: products.products.values().map(|p| p.versions.len()).sum(),
@@ -671,6 +705,7 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
         rejected: loaded.rejected,
         written,
         hashed,
+        companions,
     })
 }
 

@@ -40,6 +40,11 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub apikey: Option<String>,
+    /// Sign what is published with this OpenPGP secret key (ASCII-armoured; a passphrase comes
+    /// from SSB_SIGN_KEY_PASSPHRASE): index.sjson and images.sjson for python-simplestreams,
+    /// .asc signatures of LXC's index and files. See `keygen`
+    #[arg(long, env = "SSB_SIGN_KEY_FILE", global = true, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
     /// Debug output (also: DEBUG=1)
     #[arg(short = 'v', long = "verbose", global = true)]
     pub verbose: bool,
@@ -79,6 +84,20 @@ pub enum Command {
     /// Pull images from a simplestreams server into a local mirror (-t), or push a tree out
     #[command(subcommand)]
     Mirror(MirrorCommand),
+    /// Make an OpenPGP signing key for --sign-key, and its public key for clients
+    Keygen(KeygenArgs),
+}
+
+/// `keygen`.
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// Folder to write signing-key.asc (secret), signing-key.pub.asc and signing-key.pub.gpg
+    /// (the public key, armoured and as a keyring for gpgv and sstream-query --keyring)
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub out: PathBuf,
+    /// The key's user id
+    #[arg(long, default_value = "simplestreams-builder signing key")]
+    pub user_id: String,
 }
 
 /// `mirror pull` and `mirror push`.

@@ -45,6 +45,7 @@ pub fn build_product(s: &Build) -> Result<()> {
             tree: &s.tree,
             http: &s.shared.http,
             clock: s.shared.clock,
+            signer: s.shared.signer.as_deref(),
         },
     };
     let report = build::build_product(

@@ -107,7 +107,11 @@ pub fn list(target: &Path, tree: Option<&Tree>, format: Format) -> Result<()> {
                 r.version.clone(),
                 r.image_type.clone(),
                 r.format.clone(),
-                r.fingerprint.chars().take(12).collect(),
+                if r.fingerprint.is_empty() {
+                    "-".to_owned()
+                } else {
+                    r.fingerprint.chars().take(12).collect()
+                },
                 human_bytes(r.size),
                 r.aliases.join(","),
             ]

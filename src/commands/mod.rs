@@ -5,6 +5,7 @@ mod build;
 mod demo;
 mod import;
 mod inventory;
+mod keygen;
 mod mirror;
 mod publish;
 mod serve;
@@ -33,5 +34,10 @@ pub fn run(settings: Settings) -> Result<()> {
         Settings::Demo(s) => demo::run(&s),
         Settings::MirrorPull(req) => mirror::pull(&req),
         Settings::MirrorPush { source, dest } => mirror::push(&source, &dest),
+        Settings::Keygen {
+            out,
+            user_id,
+            passphrase,
+        } => keygen::keygen(&out, &user_id, passphrase.as_deref()),
     }
 }

@@ -53,11 +53,12 @@ pub fn publish_tree(
         progress: &bar,
         exclude: &products::Exclusions::new(),
         only: None,
+        signer: shared.signer.as_deref(),
     });
     bar.finish_and_clear();
     let summary = summary?;
     info!(
-        "published {} product(s), {} version(s) to {} (read {} of image data{})",
+        "published {} product(s), {} version(s) to {} (read {} of image data{}{}{})",
         summary.products,
         summary.versions,
         summary.index.display(),
@@ -66,6 +67,14 @@ pub fn publish_tree(
             ""
         } else {
             "; nothing changed, the catalog was kept as it was"
+        },
+        match summary.companions.lxc_versions {
+            0 => String::new(),
+            n => format!("; {n} version(s) in LXC's index"),
+        },
+        match summary.companions.signed {
+            0 => String::new(),
+            n => format!("; {n} file(s) signed"),
         }
     );
     fail_on_rejected(&summary.rejected)

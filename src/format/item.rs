@@ -131,6 +131,9 @@ impl fmt::Display for ImageType {
     }
 }
 
+/// The ftype of classic LXC's metadata tarball.
+pub const LXC_META_FTYPE: &str = "lxc.tar.xz";
+
 /// An item's `ftype`. Unknown values are kept so catalogs read from elsewhere round-trip.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Ftype {
@@ -144,6 +147,10 @@ pub enum Ftype {
     RootTarXz,
     /// `disk-kvm.img`.
     DiskKvmImg,
+    /// `lxc.tar.xz`: classic LXC's `meta.tar.xz` (what `lxc-create -t download` fetches beside
+    /// the root tarball). Ours: no client of the simplestreams catalog acts on it (LXD and Incus
+    /// skip ftypes they do not know), but mirrors carry it with its hash.
+    LxcMeta,
     /// Anything else (deltas, legacy disks, …), passed through untouched.
     Other(String),
 }
@@ -157,6 +164,7 @@ impl Ftype {
             Ftype::Squashfs => RootfsKind::Squashfs.ftype_str(),
             Ftype::RootTarXz => RootfsKind::RootTarXz.ftype_str(),
             Ftype::DiskKvmImg => RootfsKind::DiskKvm.ftype_str(),
+            Ftype::LxcMeta => LXC_META_FTYPE,
             Ftype::Other(s) => s,
         }
     }
@@ -170,6 +178,9 @@ impl Ftype {
         }
         if let Some(f) = family(Family::unified_ftype) {
             return Ftype::Unified(f);
+        }
+        if s == LXC_META_FTYPE {
+            return Ftype::LxcMeta;
         }
         match RootfsKind::ALL.into_iter().find(|k| k.ftype_str() == s) {
             Some(kind) => kind.ftype(),
@@ -308,6 +319,7 @@ mod tests {
             "root.tar.xz",
             "disk-kvm.img",
             "squashfs.vcdiff",
+            "lxc.tar.xz",
         ] {
             assert_eq!(Ftype::parse(s).as_str(), s);
         }

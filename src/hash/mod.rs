@@ -282,12 +282,14 @@ fn check_unchanged(path: &Path, before: &FileSig) -> Result<(), HashError> {
     Ok(())
 }
 
-/// Applies the image check to a data file (a metadata tarball is checked by reading it).
+/// Applies the image check to a data file (a metadata tarball is checked by reading it; LXC's
+/// metadata tarball, an extra that never makes a version unpublishable, where the catalog is
+/// built: see [`crate::catalog::manifest`]).
 pub fn check_data(f: &ImageFile) -> Result<(), BadImage> {
     match f.role {
         FileRole::Rootfs(kind) => check_rootfs(kind, &f.path),
         FileRole::Unified(_) => check_unified(&f.path),
-        FileRole::Meta { .. } => Ok(()),
+        FileRole::Meta { .. } | FileRole::LxcMeta => Ok(()),
     }
 }
 

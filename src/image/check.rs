@@ -9,7 +9,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::format::RootfsKind;
+use crate::format::{Family, RootfsKind};
 use crate::image::metadata::open_tarball;
 
 /// Bytes read from the start of a file to recognise it.
@@ -146,16 +146,31 @@ pub fn check_rootfs(kind: RootfsKind, path: &Path) -> Result<(), BadImage> {
 
 /// Applies the rule to a unified tarball at `path`.
 pub fn check_unified(path: &Path) -> Result<(), BadImage> {
+    check_tarball(
+        path,
+        "a unified image tarball",
+        Format::is_tarball,
+        tar_problem,
+    )
+}
+
+/// A tarball of `what`: not empty, of a format `accepted`, then whatever `inside` finds.
+fn check_tarball(
+    path: &Path,
+    what: &str,
+    accepted: impl Fn(Format) -> bool,
+    inside: impl FnOnce(&Path) -> Option<String>,
+) -> Result<(), BadImage> {
     let (head, size) = head_of(path)?;
     let problem = if size == 0 {
-        Some("is empty (0 bytes), not a unified image tarball".to_owned())
-    } else if !sniff(&head).is_some_and(Format::is_tarball) {
+        Some(format!("is empty (0 bytes), not {what}"))
+    } else if !sniff(&head).is_some_and(&accepted) {
         Some(format!(
-            "is not a unified image tarball: it looks like {}",
+            "is not {what}: it looks like {}",
             looks_like(&head)
         ))
     } else {
-        tar_problem(path)
+        inside(path)
     };
     problem.map_or(Ok(()), |problem| {
         Err(BadImage {
@@ -163,6 +178,61 @@ pub fn check_unified(path: &Path) -> Result<(), BadImage> {
             problem,
         })
     })
+}
+
+/// Applies the rule to classic LXC's metadata tarball at `path`: xz data holding `config` (the
+/// download template refuses a tarball without it) and no `metadata.yaml` (that is an LXD or
+/// Incus metadata tarball, which LXC cannot use). Told by content, never by the name alone.
+pub fn check_lxc_meta(path: &Path) -> Result<(), BadImage> {
+    check_tarball(
+        path,
+        "an LXC metadata tarball (xz data, as `distrobuilder pack-lxc` writes it)",
+        |f| f == Format::Xz,
+        lxc_meta_problem,
+    )
+}
+
+/// What an xz tarball that should be LXC's metadata holds instead.
+fn lxc_meta_problem(path: &Path) -> Option<String> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return Some(format!("cannot read: {e}")),
+    };
+    let (mut archive, what) = match open_tarball(file, path) {
+        Ok(a) => a,
+        Err(e) => return Some(e.problem),
+    };
+    let entries = match archive.entries() {
+        Ok(e) => e,
+        Err(e) => return Some(format!("is not a tarball ({what}): {e}")),
+    };
+    let (mut config, mut lxd, mut count) = (false, false, 0usize);
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => return Some(format!("is not a readable tarball ({what} data): {e}")),
+        };
+        count += 1;
+        let name = entry.path().map(|p| p.to_string_lossy().into_owned());
+        match name.as_deref().map(|n| n.trim_start_matches("./")) {
+            Ok("config") => config = true,
+            Ok("metadata.yaml") => lxd = true,
+            _ => {}
+        }
+    }
+    if lxd {
+        Some(format!(
+            "is an LXD or Incus metadata tarball (it holds metadata.yaml), not classic LXC's: publish it under its own name ({} or {})",
+            Family::Incus.meta_ftype(),
+            Family::Lxd.meta_ftype()
+        ))
+    } else if count == 0 {
+        Some(format!("is an empty tarball ({what}): it holds no files"))
+    } else if !config {
+        Some("holds no `config` file: it is not classic LXC's metadata tarball (`distrobuilder pack-lxc` writes one with config, create-message and templates), and `lxc-create -t download` refuses it".to_owned())
+    } else {
+        None
+    }
 }
 
 fn rootfs_problem(kind: RootfsKind, path: &Path, head: &[u8], size: u64) -> Option<String> {
@@ -363,5 +433,29 @@ pub(crate) mod tests {
         std::fs::write(&path, squashfs_bytes(100, b"")).unwrap();
         let e = check_unified(&path).unwrap_err().to_string();
         assert!(e.contains("a squashfs image") && e.contains("/u: "), "{e}");
+    }
+
+    /// LXC's metadata tarball is told by what it holds: `config`, and no metadata.yaml.
+    #[test]
+    fn lxc_metadata_is_told_by_its_content() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("m");
+        let check = |bytes: Vec<u8>| {
+            std::fs::write(&path, bytes).unwrap();
+            check_lxc_meta(&path).map_err(|e| e.problem)
+        };
+        check(tar_xz(&[
+            ("config", b"lxc.arch = x86_64"),
+            ("create-message", b"hi"),
+        ]))
+        .unwrap();
+        check(tar_xz(&[("./config", b"lxc.arch = x86_64")])).unwrap();
+        let e = check(tar_xz(&[("metadata.yaml", b"a: b"), ("config", b"")])).unwrap_err();
+        assert!(e.contains("LXD or Incus metadata tarball"), "{e}");
+        let e = check(tar_xz(&[("create-message", b"hi")])).unwrap_err();
+        assert!(e.contains("holds no `config`"), "{e}");
+        let e = check(squashfs_bytes(100, b"")).unwrap_err();
+        assert!(e.contains("a squashfs image"), "{e}");
+        assert!(check(Vec::new()).unwrap_err().contains("empty"));
     }
 }

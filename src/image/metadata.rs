@@ -145,6 +145,7 @@ pub fn read_metadata(reader: impl Read, path: &Path) -> Result<ImageMetadata, In
         .map_err(|e| fail(format!("not a metadata tarball ({what}): {e}")))?;
     let mut yaml: Option<String> = None;
     let mut count = 0usize;
+    let mut lxc_config = false;
     for entry in entries {
         let mut entry = entry
             .map_err(|e| describe_archive_error(what, &e))
@@ -154,6 +155,7 @@ pub fn read_metadata(reader: impl Read, path: &Path) -> Result<ImageMetadata, In
             .path()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
+        lxc_config |= name == "config" || name == "./config";
         if name == "metadata.yaml" || name == "./metadata.yaml" {
             if entry.size() > MAX_METADATA_YAML {
                 return Err(fail(format!(
@@ -181,7 +183,14 @@ pub fn read_metadata(reader: impl Read, path: &Path) -> Result<ImageMetadata, In
         )));
     }
     let yaml = yaml.ok_or_else(|| {
-        fail("holds no metadata.yaml: is this the rootfs instead of the metadata tarball?".into())
+        fail(if lxc_config {
+            format!(
+                "holds no metadata.yaml but an LXC `config`: this is classic LXC's metadata tarball; publish it as {} beside the root tarball, and give LXD and Incus their own metadata tarball",
+                crate::tree::names::LXC_META
+            )
+        } else {
+            "holds no metadata.yaml: is this the rootfs instead of the metadata tarball?".into()
+        })
     })?;
     parse_metadata_yaml(&yaml, path)
 }

@@ -147,6 +147,24 @@ async fn serve_file(files: Files, req: Request) -> Response {
     if let Some(file) = files.served.file(&relative) {
         return file.answer(req.method(), req.headers());
     }
+    // `ServeDir` must see the path the guard vetted (slashes collapsed), not the raw one.
+    let mut req = req;
+    if req.uri().path().contains("//") {
+        let mut parts = req.uri().clone().into_parts();
+        let collapsed = super::request_path::collapse_slashes(req.uri().path());
+        let path_and_query = match req.uri().query() {
+            Some(q) => format!("{collapsed}?{q}"),
+            None => collapsed,
+        };
+        match path_and_query.parse() {
+            Ok(pq) => parts.path_and_query = Some(pq),
+            Err(_) => return not_found(),
+        }
+        match axum::http::Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return not_found(),
+        }
+    }
     let is_catalog = path.is_catalog_json();
     // A file the catalog lists was checked at publish: no blocking path resolution for it.
     if !files.served.lists_item(&relative)
@@ -170,7 +188,9 @@ async fn serve_file(files: Files, req: Request) -> Response {
     {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     }
-    if is_catalog && status != StatusCode::NOT_FOUND {
+    if (is_catalog || path.file_name().is_some_and(changes_with_catalog))
+        && status != StatusCode::NOT_FOUND
+    {
         // The catalog is rewritten in place on every publish; caches must revalidate (cheap
         // thanks to ETag). Image paths are not immutable either, so they get nothing special.
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -199,13 +219,29 @@ async fn resolves_inside(root: &Arc<PathBuf>, relative: PathBuf, with_gz: bool) 
     tokio::task::spawn_blocking(check).await.unwrap_or(false)
 }
 
+/// Files rewritten by every publish besides the catalog JSON: the signed catalog, LXC's index
+/// and its signature. Caches must revalidate them.
+fn changes_with_catalog(file_name: &str) -> bool {
+    file_name.ends_with(".sjson")
+        || file_name
+            .strip_suffix(crate::tree::names::SIGNATURE_SUFFIX)
+            .unwrap_or(file_name)
+            == crate::tree::names::LXC_INDEX_FILE
+}
+
 /// `ServeDir` guesses from a generic table; these are the types simplestreams files should
 /// carry. `.json.gz` served as a precompressed `.json` keeps `application/json` because the
 /// type is chosen from the requested name.
 fn content_type(file_name: &str) -> Option<&'static str> {
+    if file_name == crate::tree::names::LXC_INDEX_FILE {
+        return Some("text/plain; charset=utf-8");
+    }
     let (_, extension) = file_name.rsplit_once('.')?;
     Some(match extension {
         "json" => "application/json",
+        // Clear-signed JSON is text that only python-simplestreams reads, as JSON.
+        "sjson" => "application/json",
+        "asc" => "application/pgp-signature",
         "xz" => "application/x-xz",
         "gz" => "application/gzip",
         "squashfs" | "qcow2" | "img" | "vcdiff" => "application/octet-stream",
@@ -270,6 +306,17 @@ mod tests {
         );
         assert_eq!(content_type("disk.qcow2"), Some("application/octet-stream"));
         assert_eq!(content_type("README"), None);
+        assert_eq!(
+            content_type("index-system"),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(
+            content_type("rootfs.tar.xz.asc"),
+            Some("application/pgp-signature")
+        );
+        assert!(changes_with_catalog("index-system.asc"));
+        assert!(changes_with_catalog("images.sjson"));
+        assert!(!changes_with_catalog("meta.tar.xz.asc"));
         assert_eq!(content_type("notes.txt"), None);
     }
 

@@ -50,6 +50,8 @@ pub struct IndexOptions {
     pub watch: bool,
     /// For products fetched from other servers (`prefix_path`).
     pub http: HttpSettings,
+    /// Signs the catalog and LXC's files at every re-index (`--sign-key`).
+    pub signer: Option<std::sync::Arc<crate::sign::Signer>>,
 }
 
 /// Why a re-index is wanted.
@@ -288,6 +290,7 @@ fn reindex(
             progress: &indicatif::ProgressBar::hidden(),
             exclude: &crate::catalog::products::Exclusions::new(),
             only: only.as_ref(),
+            signer: opts.signer.as_deref(),
         })
         .map_err(|e| crate::error_chain(&e))
     };

@@ -17,6 +17,17 @@ pub(crate) struct RequestPath {
 impl RequestPath {
     /// Parses the path part of a request URI (no query). `None` means "answer 404".
     pub(crate) fn parse(raw: &str) -> Option<Self> {
+        // Classic LXC's download template asks for `https://HOST/` + a path that already starts
+        // with `/`, and joins `<folder>/` + `/rootfs.tar.xz`: runs of slashes are collapsed, as
+        // every web server does. Nothing else changes: an empty last segment (a folder) is
+        // still refused, and `%2F` is still not a separator.
+        let collapsed;
+        let raw = if raw.contains("//") {
+            collapsed = collapse_slashes(raw);
+            collapsed.as_str()
+        } else {
+            raw
+        };
         let rest = raw.strip_prefix('/')?;
         if rest.is_empty() {
             return Some(Self { segments: vec![] });
@@ -64,6 +75,18 @@ impl RequestPath {
                 .file_name()
                 .is_some_and(|n| n.ends_with(".json") || n.ends_with(".json.gz"))
     }
+}
+
+/// `raw` with every run of `/` made one.
+pub(crate) fn collapse_slashes(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if c == '/' && out.ends_with('/') {
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A path segment we serve: a plain name, or, as the last segment, a cached unified tarball
@@ -119,6 +142,14 @@ mod tests {
                 "/under_score-dash+plus~tilde",
                 "under_score-dash+plus~tilde",
             ),
+            // What classic LXC's download template asks for.
+            ("//meta/1.0/index-system", "meta/1.0/index-system"),
+            (
+                "//images/alpine/3.20/amd64/default/20240101_00:00//rootfs.tar.xz",
+                "images/alpine/3.20/amd64/default/20240101_00:00/rootfs.tar.xz",
+            ),
+            ("//etc/passwd", "etc/passwd"),
+            ("/images///debian", "images/debian"),
         ];
         for (raw, expected) in cases {
             let parsed = RequestPath::parse(raw).unwrap_or_else(|| panic!("{raw} refused"));
@@ -158,9 +189,11 @@ mod tests {
             "/images/a%00b",
             "/images/a%0ab",
             "/images/a%7fb",
-            "//etc/passwd",
-            "/images//debian",
             "/images/",
+            "//images//",
+            "//.ssb/tls/key.pem",
+            "//images/..//x",
+            "/images/%2F/debian",
             "/streams/v1/",
             "/images/%",
             "/images/%2",

@@ -25,11 +25,14 @@ pub enum FileRole {
     Rootfs(RootfsKind),
     /// A unified tarball.
     Unified(Family),
+    /// Classic LXC's metadata tarball ([`LXC_META`]), which pairs with the root tarball for
+    /// `lxc-create -t download`; never part of an LXD or Incus image.
+    LxcMeta,
 }
 
 impl FileRole {
     /// Every role, each once.
-    pub const ALL: [FileRole; 9] = [
+    pub const ALL: [FileRole; 10] = [
         FileRole::meta(Family::Lxd),
         FileRole::meta(Family::Incus),
         FileRole::vm_meta(Family::Lxd),
@@ -39,6 +42,7 @@ impl FileRole {
         FileRole::Rootfs(RootfsKind::DiskKvm),
         FileRole::Unified(Family::Lxd),
         FileRole::Unified(Family::Incus),
+        FileRole::LxcMeta,
     ];
 
     /// A family's container (and shared) metadata.
@@ -67,6 +71,7 @@ impl FileRole {
             FileRole::Rootfs(RootfsKind::RootTarXz) => "rootfs.tar.xz",
             FileRole::Rootfs(RootfsKind::DiskKvm) => "disk.qcow2",
             FileRole::Unified(family) => family.unified_ftype(),
+            FileRole::LxcMeta => LXC_META,
         }
     }
 
@@ -93,6 +98,7 @@ impl FileRole {
         match self {
             FileRole::Rootfs(RootfsKind::Squashfs) => "root.squashfs",
             FileRole::Rootfs(RootfsKind::RootTarXz) => RootfsKind::RootTarXz.ftype_str(),
+            FileRole::LxcMeta => crate::format::LXC_META_FTYPE,
             other => other.file_name(),
         }
     }
@@ -103,6 +109,7 @@ impl FileRole {
             FileRole::Meta { family, .. } => Ftype::Meta(family),
             FileRole::Rootfs(kind) => kind.ftype(),
             FileRole::Unified(family) => Ftype::Unified(family),
+            FileRole::LxcMeta => Ftype::LxcMeta,
         }
     }
 
@@ -154,6 +161,56 @@ pub fn pairs(roles: &[FileRole]) -> Vec<(usize, usize)> {
 /// The pair classic LXC's `download` template fetches (`lxc-create -t download`), as
 /// `distrobuilder pack-lxc` writes it: this and the [`FileRole::Rootfs`] root tarball.
 pub const LXC_META: &str = "meta.tar.xz";
+
+/// True when the version's files make the pair classic LXC downloads: [`LXC_META`] and the root
+/// tarball.
+pub fn has_lxc_pair(roles: &[FileRole]) -> bool {
+    roles.contains(&FileRole::LxcMeta) && roles.contains(&FileRole::Rootfs(RootfsKind::RootTarXz))
+}
+
+/// The folder of classic LXC's image index, which its download template hard-codes.
+const LXC_INDEX_DIR: &str = "meta/1.0";
+
+/// Classic LXC's image index (`lxc-create -t download` reads it), in [`LXC_INDEX_DIR`].
+pub const LXC_INDEX_FILE: &str = "index-system";
+
+/// Where classic LXC's image index lives.
+pub fn lxc_index_path(target: &Path) -> PathBuf {
+    target.join(LXC_INDEX_DIR).join(LXC_INDEX_FILE)
+}
+
+/// Classic LXC's image index relative to the tree, with `/` separators.
+pub fn lxc_index_rel() -> String {
+    format!("{LXC_INDEX_DIR}/{LXC_INDEX_FILE}")
+}
+
+/// The suffix of a detached ASCII-armoured OpenPGP signature: `<file>.asc`.
+pub const SIGNATURE_SUFFIX: &str = ".asc";
+
+/// The detached signature of a file: `<path>.asc`.
+pub fn signature_path(path: &Path) -> PathBuf {
+    let mut asc = path.as_os_str().to_owned();
+    asc.push(SIGNATURE_SUFFIX);
+    PathBuf::from(asc)
+}
+
+/// The clear-signed twin of a catalog file: `images.json` → `images.sjson` (python-simplestreams'
+/// convention).
+pub fn signed_name(json_name: &str) -> String {
+    match json_name.strip_suffix(".json") {
+        Some(stem) => format!("{stem}.sjson"),
+        None => format!("{json_name}.sjson"),
+    }
+}
+
+/// The clear-signed twin of the catalog file at `path` (see [`signed_name`]).
+pub fn signed_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(signed_name(&name))
+}
 
 /// The folder of the layout under the tree root: `images/<os>/<release>/<arch>/<variant>/`.
 pub const LAYOUT_ROOT: &str = "images";
@@ -316,7 +373,7 @@ mod tests {
         let names: std::collections::BTreeSet<_> =
             FileRole::ALL.iter().map(|r| r.file_name()).collect();
         assert_eq!(names.len(), FileRole::ALL.len(), "two roles share a name");
-        for not in [LXC_META, MANIFEST_FILE, METADATA_JSON, "root.squashfs", "x"] {
+        for not in [MANIFEST_FILE, METADATA_JSON, "root.squashfs", "x"] {
             assert_eq!(FileRole::classify(not), None, "{not}");
         }
     }
@@ -335,7 +392,8 @@ mod tests {
                 "root.tar.xz",
                 "disk.qcow2",
                 "lxd_combined.tar.gz",
-                "incus_combined.tar.gz"
+                "incus_combined.tar.gz",
+                "lxc.tar.xz"
             ]
         );
     }
@@ -363,7 +421,6 @@ mod tests {
             .collect();
         names.extend(
             [
-                LXC_META,
                 MANIFEST_FILE,
                 METADATA_JSON,
                 REQUIREMENTS_FILE,
@@ -376,6 +433,7 @@ mod tests {
                 STREAMS_DIR,
                 INDEX_FILE,
                 PRODUCTS_FILE,
+                LXC_INDEX_FILE,
             ]
             .map(str::to_owned),
         );

@@ -328,7 +328,8 @@ mod tests {
         let names: Vec<_> = v.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["20240105_03:00", "20240106_0300"]);
         let files: Vec<_> = v[0].files.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(files, ["lxd.tar.xz", "rootfs.squashfs"]);
+        assert_eq!(files, ["lxd.tar.xz", "meta.tar.xz", "rootfs.squashfs"]);
+        assert_eq!(v[0].files[1].role, FileRole::LxcMeta);
         let files: Vec<_> = v[1].files.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(files, ["incus.tar.xz", "root.tar.xz"]);
         assert_eq!(w.len(), 2, "{w:?}");

@@ -41,6 +41,8 @@ pub struct Shared {
     pub clock: Clock,
     /// Where the hash caches of product folders are kept.
     pub hash_cache: CacheDir,
+    /// The key that signs what is published (`--sign-key`), loaded and proven once.
+    pub signer: Option<std::sync::Arc<simplestreams_builder::sign::Signer>>,
 }
 
 /// `publish`.
@@ -175,6 +177,12 @@ pub enum Settings {
         source: PathBuf,
         dest: String,
     },
+    Keygen {
+        out: PathBuf,
+        user_id: String,
+        /// `SSB_SIGN_KEY_PASSPHRASE`: protects the new secret key.
+        passphrase: Option<String>,
+    },
 }
 
 impl Settings {
@@ -196,7 +204,7 @@ impl Settings {
                     md5: args.md5,
                     skip_unavailable: args.skip_unavailable,
                     force: args.force,
-                    shared: r.shared(),
+                    shared: r.shared()?,
                 })
             }
             Command::BuildVersionsManifest(args) => Settings::Manifest(r.manifest(args)?),
@@ -236,8 +244,16 @@ impl Settings {
                 target: cli.target_dir.clone().unwrap_or_else(|| "ssb-demo".into()),
                 listen: args.listen,
                 serve: !args.no_serve,
-                shared: r.shared(),
+                shared: r.shared()?,
             }),
+            Command::Keygen(args) => Settings::Keygen {
+                out: args.out.clone(),
+                user_id: args.user_id.clone(),
+                passphrase: env
+                    .get("SSB_SIGN_KEY_PASSPHRASE")
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_owned),
+            },
             Command::Mirror(cmd) => {
                 let target = cli
                     .target_dir

@@ -70,13 +70,29 @@ impl Resolver<'_> {
         http
     }
 
-    pub(super) fn shared(&self) -> Shared {
-        Shared {
+    pub(super) fn shared(&self) -> Result<Shared> {
+        Ok(Shared {
             overrides: self.env.overrides(),
             http: self.http(),
             clock: self.env.clock(),
             hash_cache: self.env.hash_cache(),
-        }
+            signer: self.signer()?,
+        })
+    }
+
+    /// `--sign-key` / `SSB_SIGN_KEY_FILE`, unlocked with `SSB_SIGN_KEY_PASSPHRASE`: a key that
+    /// cannot sign stops the command before it writes anything.
+    pub(super) fn signer(
+        &self,
+    ) -> Result<Option<std::sync::Arc<simplestreams_builder::sign::Signer>>> {
+        let Some(path) = self.cli.sign_key.as_deref() else {
+            return Ok(None);
+        };
+        let passphrase = self.env.get("SSB_SIGN_KEY_PASSPHRASE");
+        let signer = simplestreams_builder::sign::Signer::load(path, passphrase)
+            .context("--sign-key / SSB_SIGN_KEY_FILE")?;
+        tracing::debug!("signing with key {}", signer.fingerprint());
+        Ok(Some(std::sync::Arc::new(signer)))
     }
 
     pub(super) fn manifest(&self, args: &ManifestArgs) -> Result<Manifest> {
@@ -154,7 +170,7 @@ impl Resolver<'_> {
             target: (!args.stdout).then(|| self.target_or_cwd()),
             skip_unavailable: args.skip_unavailable,
             force: args.force,
-            shared: self.shared(),
+            shared: self.shared()?,
         })
     }
 
@@ -185,7 +201,7 @@ impl Resolver<'_> {
             after,
             cache_root: self.env.cache_root(),
             tmpdir: self.env.tmpdir(),
-            shared: self.shared(),
+            shared: self.shared()?,
             tree,
         })
     }
@@ -207,7 +223,7 @@ impl Resolver<'_> {
             images,
             aliases: args.aliases.clone(),
             variant: args.variant.clone(),
-            shared: self.shared(),
+            shared: self.shared()?,
         })
     }
 
@@ -243,7 +259,7 @@ impl Resolver<'_> {
         };
         let token = write_token(args)?;
         let index = args.index || token.is_some() || args.allow_anonymous_writes;
-        let shared = self.shared();
+        let shared = self.shared()?;
         Ok(Serve {
             options: ServeOptions {
                 listen: args.listen,
@@ -256,6 +272,7 @@ impl Resolver<'_> {
                     force: args.force,
                     watch: !args.no_watch,
                     http: shared.http,
+                    signer: shared.signer,
                 }),
                 writes: WriteOptions {
                     token,

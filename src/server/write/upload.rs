@@ -429,19 +429,21 @@ fn fill_and_place(
     // Digests worth caching: an image file under its own name whose hash does not need a
     // metadata.yaml (metadata tarballs are small and read again).
     let known = match (target.role(), &target.place, &requested_path) {
-        (Some(FileRole::Rootfs(_) | FileRole::Unified(_)), Place::File { version, name }, None) => {
-            Some(KnownDigest {
-                version: version.as_str().to_owned(),
-                file: name.clone(),
-                sig,
-                sha256: sha256.clone(),
-                combined: metas
-                    .into_iter()
-                    .zip(combined)
-                    .map(|(m, h)| (m, hex::encode(h.finalize())))
-                    .collect(),
-            })
-        }
+        (
+            Some(FileRole::Rootfs(_) | FileRole::Unified(_) | FileRole::LxcMeta),
+            Place::File { version, name },
+            None,
+        ) => Some(KnownDigest {
+            version: version.as_str().to_owned(),
+            file: name.clone(),
+            sig,
+            sha256: sha256.clone(),
+            combined: metas
+                .into_iter()
+                .zip(combined)
+                .map(|(m, h)| (m, hex::encode(h.finalize())))
+                .collect(),
+        }),
         _ => None,
     };
     Ok((
@@ -457,10 +459,10 @@ fn fill_and_place(
 }
 
 /// The image check, on the complete upload before it is renamed into place: a metadata tarball
-/// must hold a readable metadata.yaml for the product's architecture; a rootfs, disk or unified
-/// tarball must pass [`crate::image::check`]. `shown` names the file in the answer.
+/// must hold a readable metadata.yaml for the product's architecture; a rootfs, disk, unified
+/// tarball or LXC metadata tarball must pass [`crate::image::check`]. `shown` names the file in the answer.
 fn check_image(target: &WriteTarget, temp: &Path, shown: &str) -> Result<(), RequestError> {
-    use crate::image::check::{check_rootfs, check_unified};
+    use crate::image::check::{check_lxc_meta, check_rootfs, check_unified};
     let refuse = |problem: String| RequestError::BadImage {
         path: shown.to_owned(),
         problem,
@@ -483,6 +485,7 @@ fn check_image(target: &WriteTarget, temp: &Path, shown: &str) -> Result<(), Req
         }
         Some(FileRole::Rootfs(kind)) => check_rootfs(kind, temp).map_err(|e| refuse(e.problem)),
         Some(FileRole::Unified(_)) => check_unified(temp).map_err(|e| refuse(e.problem)),
+        Some(FileRole::LxcMeta) => check_lxc_meta(temp).map_err(|e| refuse(e.problem)),
         None => Ok(()),
     }
 }

@@ -1,0 +1,238 @@
+//! What is published beside the catalog, from the same products file: classic LXC's index
+//! (`meta/1.0/index-system`), and with a signing key the signed catalog (`index.sjson` and the
+//! products file's `.sjson`, clear-signed, the index pointing at the `.sjson` names as
+//! python-simplestreams expects) and detached `.asc` signatures of LXC's index and of every LXC
+//! file it names.
+//!
+//! Order, as for the catalog itself: the files a document names are in place before it. LXC
+//! files get their signatures first; then the signed products file, the signed index, LXC's
+//! index and its signature. Each is written atomically, and only when its content changed, so
+//! an unchanged tree is published without a write. A document is signed as the exact bytes it
+//! is published with; a signature whose document is rewritten without a key is removed, never
+//! left to vouch for other content.
+
+use std::path::Path;
+
+use crate::format::{Ftype, Index, ProductsFile};
+use crate::sign::Signer;
+use crate::tree::names::{self, signature_path, signed_name, signed_path};
+
+use super::publish::WriteError;
+
+/// What was written beside the catalog.
+#[derive(Debug, Default)]
+pub struct Companions {
+    /// Lines (versions) in LXC's index.
+    pub lxc_versions: usize,
+    /// Files signed in this run (documents and LXC files).
+    pub signed: usize,
+}
+
+/// Writes LXC's index and, with `signer`, the signed catalog and signatures for the published
+/// `products` and `index` (as they are on disk: after [`super::publish::write_catalog`]).
+/// `source` is where image files are when they are not under `target`.
+pub fn write(
+    target: &Path,
+    source: &Path,
+    images_path: &str,
+    products: &ProductsFile,
+    index: &Index,
+    signer: Option<&Signer>,
+    warnings: &mut Vec<String>,
+) -> Result<Companions, WriteError> {
+    let mut done = Companions::default();
+    let lxc = super::lxc_index::build(products, warnings);
+    done.lxc_versions = lxc.iter().filter(|&&b| b == b'\n').count();
+    if let Some(signer) = signer {
+        done.signed += sign_lxc_files(target, source, products, signer, warnings)?;
+        done.signed += write_signed_catalog(target, images_path, products, index, signer)?;
+    } else {
+        remove_stale_signed_catalog(target, images_path)?;
+    }
+    let lxc_path = names::lxc_index_path(target);
+    if lxc.is_empty() && !lxc_path.exists() {
+        // A tree without LXC files gets no `meta/` folder; one that had some gets an empty index.
+        return Ok(done);
+    }
+    let changed = write_if_changed(&lxc_path, &lxc)?;
+    let asc = signature_path(&lxc_path);
+    match signer {
+        Some(signer) if changed || !signed_by(signer, &asc) => {
+            let sig = signer
+                .detached(lxc.as_slice(), &lxc_path.display().to_string())
+                .map_err(|e| sign_failed(&lxc_path, e))?;
+            crate::tree::atomic::write(&asc, sig.as_bytes()).map_err(fail(&asc))?;
+            done.signed += 1;
+        }
+        None if changed => remove(&asc)?,
+        _ => {}
+    }
+    Ok(done)
+}
+
+/// `images.sjson` and `index.sjson`: pretty-printed (GnuPG refuses clear-signed lines of 20,000
+/// bytes or more, and a compact products file is one line), clear-signed, the index naming the
+/// signed products file. Rewritten when the content or the key changed.
+fn write_signed_catalog(
+    target: &Path,
+    images_path: &str,
+    products: &ProductsFile,
+    index: &Index,
+    signer: &Signer,
+) -> Result<usize, WriteError> {
+    let products_json = names::products_path(target, images_path);
+    let products_signed = signed_path(&products_json);
+    let index_json = names::index_path(target);
+    let index_signed = signed_path(&index_json);
+    let mut signed_index = index.clone();
+    for entry in signed_index.index.values_mut() {
+        if let Some((dir, name)) = entry.path.rsplit_once('/') {
+            entry.path = format!("{dir}/{}", signed_name(name));
+        } else {
+            entry.path = signed_name(&entry.path);
+        }
+    }
+    let mut count = 0;
+    for (path, text) in [
+        (&products_signed, pretty(products)),
+        (&index_signed, pretty(&signed_index)),
+    ] {
+        if is_clearsigned(path, &text, signer) {
+            continue;
+        }
+        let signed = signer.clearsign(&text).map_err(|e| sign_failed(path, e))?;
+        crate::tree::atomic::write(path, signed.as_bytes()).map_err(fail(path))?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// True when `path` holds `text` clear-signed by `signer`'s key.
+fn is_clearsigned(path: &Path, text: &str, signer: &Signer) -> bool {
+    let Ok(old) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    signer.clearsigned_by_me(&old) && crate::sign::signs_text(&old, text)
+}
+
+/// Without a key, a signed catalog left by an earlier signed publish would vouch for a catalog
+/// that is no longer published: it goes.
+fn remove_stale_signed_catalog(target: &Path, images_path: &str) -> Result<(), WriteError> {
+    let products_json = names::products_path(target, images_path);
+    let index_json = names::index_path(target);
+    // The index first: a reader that finds it finds what it names.
+    for path in [signed_path(&index_json), signed_path(&products_json)] {
+        if path.exists() {
+            tracing::warn!(
+                "removed {}: this publish has no signing key (--sign-key), and the signed catalog would no longer match the catalog",
+                path.display()
+            );
+            remove(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// A detached signature beside every LXC file (`meta.tar.xz`, `rootfs.tar.xz`) that LXC's index
+/// names, unless one made by this key after the file last changed is there already: each file
+/// is read once, when it is new.
+fn sign_lxc_files(
+    target: &Path,
+    source: &Path,
+    products: &ProductsFile,
+    signer: &Signer,
+    warnings: &mut Vec<String>,
+) -> Result<usize, WriteError> {
+    let mut count = 0;
+    for product in products.products.values() {
+        for version in product.versions.values() {
+            let has = |f: &Ftype| version.items.values().any(|i| i.ftype == *f);
+            if !(has(&Ftype::LxcMeta) && has(&Ftype::RootTarXz)) {
+                continue;
+            }
+            for item in version
+                .items
+                .values()
+                .filter(|i| matches!(i.ftype, Ftype::LxcMeta | Ftype::RootTarXz))
+            {
+                if item.path.contains("://") {
+                    continue;
+                }
+                let rel = item.path.trim_start_matches('/');
+                let Some(file) = [target.join(rel), source.join(rel)]
+                    .into_iter()
+                    .find(|p| p.is_file())
+                else {
+                    warnings.push(format!(
+                        "{}: not found under {}: not signed",
+                        item.path,
+                        target.display()
+                    ));
+                    continue;
+                };
+                let asc = signature_path(&file);
+                if is_fresh(&file, &asc, signer) {
+                    continue;
+                }
+                let sig = signer
+                    .detached_file(&file)
+                    .map_err(|e| sign_failed(&file, e))?;
+                crate::tree::atomic::write(&asc, sig.as_bytes()).map_err(fail(&asc))?;
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// True when `asc` is this key's signature, made after `file` last changed (its mtime or
+/// ctime, whichever is later; a signature made in the same second is not trusted to be later).
+fn is_fresh(file: &Path, asc: &Path, signer: &Signer) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(file) else {
+        return false;
+    };
+    let changed = meta.mtime().max(meta.ctime());
+    std::fs::read_to_string(asc).is_ok_and(|text| signer.made_by_me_since(&text, changed))
+}
+
+/// True when `asc` holds a signature by this key.
+fn signed_by(signer: &Signer, asc: &Path) -> bool {
+    std::fs::read_to_string(asc).is_ok_and(|text| signer.made_by_me_since(&text, 0))
+}
+
+fn pretty<T: serde::Serialize>(doc: &T) -> String {
+    let mut text = serde_json::to_string_pretty(doc).expect("catalog documents always serialize");
+    text.push('\n');
+    text
+}
+
+/// Writes `bytes` atomically unless the file already holds them; true when it wrote.
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, WriteError> {
+    if let Some(dir) = path.parent() {
+        crate::tree::atomic::create_dir_all(dir).map_err(fail(dir))?;
+    }
+    crate::tree::atomic::write_if_changed(path, bytes).map_err(fail(path))
+}
+
+fn remove(path: &Path) -> Result<(), WriteError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(WriteError {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn fail(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + use<> {
+    let path = path.to_owned();
+    move |source| WriteError { path, source }
+}
+
+fn sign_failed(path: &Path, e: crate::sign::SignError) -> WriteError {
+    WriteError {
+        path: path.to_owned(),
+        source: std::io::Error::other(e),
+    }
+}
