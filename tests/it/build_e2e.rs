@@ -1,6 +1,7 @@
 //! build-product with the real distrobuilder, offline: a rootfs tarball made here, an image.yaml
 //! with `downloader: rootfs-http` and a `file://` url, two builds with `days: 1`, and the result
-//! served by our `serve` to the real `incus` and `lxc`.
+//! served by our `serve` to the real `incus` and `lxc`, and to classic LXC's `lxc-create -t
+//! download` (pack-lxc's pair, signed with `--sign-key`, its signatures checked with `gpgv`).
 
 use std::io::Write;
 use std::path::Path;
@@ -66,6 +67,8 @@ fn e2e_build_product_with_real_distrobuilder() {
             Program::Lxc,
             Program::Distrobuilder,
             Program::Mksquashfs,
+            Program::LxcCreate,
+            Program::Gpgv,
         ],
     ) else {
         return;
@@ -90,7 +93,7 @@ fn e2e_build_product_with_real_distrobuilder() {
         format!(
             "image:\n  distribution: tiny\n  release: \"1\"\n  architecture: {kernel_arch}\n  description: Tiny 1\n  expiry: 30d\n\
              source:\n  downloader: rootfs-http\n  url: file://{}\n\
-             targets:\n  lxc:\n    create_message: hello\n\
+             targets:\n  lxc:\n    create_message: hello\n    config:\n      - type: all\n        content: lxc.include = LXC_TEMPLATE_CONFIG/common.conf\n\
              packages:\n  custom_manager:\n    install: {{cmd: \"true\"}}\n    remove: {{cmd: \"true\"}}\n    update: {{cmd: \"true\"}}\n    clean: {{cmd: \"true\"}}\n    refresh: {{cmd: \"true\"}}\n  update: false\n  cleanup: false\n",
             root.join("rootfs.tar.gz").display()
         ),
@@ -104,10 +107,15 @@ fn e2e_build_product_with_real_distrobuilder() {
     )
     .unwrap();
     let www = root.join("www");
+    run_ok(
+        ssb(root).args(["keygen", "--out", "keys"]),
+        std::time::Duration::from_secs(60),
+    );
     let build = |epoch: &str| {
         run_ok(
             ssb(root)
                 .env("SOURCE_DATE_EPOCH", epoch)
+                .env("SSB_SIGN_KEY_FILE", root.join("keys/signing-key.asc"))
                 .env("CACHEDIR", root.join("cache"))
                 .args([
                     "-c",
@@ -178,7 +186,16 @@ fn e2e_build_product_with_real_distrobuilder() {
     let v2 = www.join("tiny/20251124_12:13");
     let fp2 = sha256_of(&[&v2.join("incus.tar.xz"), &v2.join("rootfs.squashfs")]);
     // A fresh client (the Incus CLI caches catalogs for five minutes per HOME).
-    let again = Clients::detect(&ca, &[Program::Incus, Program::Lxc]).unwrap();
+    let again = Clients::detect(
+        &ca,
+        &[
+            Program::Incus,
+            Program::Lxc,
+            Program::LxcCreate,
+            Program::Gpgv,
+        ],
+    )
+    .unwrap();
     for client in Client::BOTH {
         again.remote_add(client, "built", server.url());
         let listed = again.image_list(client, "built");
@@ -189,4 +206,25 @@ fn e2e_build_product_with_real_distrobuilder() {
             .collect();
         assert_eq!(containers, [fp2.as_str()], "{client:?}: {listed:#?}");
     }
+
+    // Classic LXC finds pack-lxc's pair of the new version and creates a container from it;
+    // the pair and LXC's index carry signatures from the build's key.
+    let keyring = root.join("keys/signing-key.pub.gpg");
+    for file in [
+        v2.join("meta.tar.xz"),
+        v2.join("rootfs.tar.xz"),
+        www.join("meta/1.0/index-system"),
+    ] {
+        again.gpgv(&keyring, &file);
+    }
+    let lxcpath = root.join("lxc");
+    std::fs::create_dir_all(&lxcpath).unwrap();
+    again.lxc_download(server.url(), &lxcpath, "tiny", ["tiny", "1", arch]);
+    let os_release = std::fs::read_to_string(lxcpath.join("tiny/rootfs/etc/os-release")).unwrap();
+    assert!(os_release.contains("ID=tiny"), "{os_release}");
+    let _ = std::process::Command::new("lxc-destroy")
+        .arg("-P")
+        .arg(&lxcpath)
+        .args(["-n", "tiny"])
+        .output();
 }

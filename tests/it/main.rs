@@ -1,7 +1,8 @@
 //! The integration tests, as one binary: the command line and its golden catalogs (`cli`),
 //! builds with a stub and with the real distrobuilder (`build`, `build_e2e`), the server's reads,
 //! uploads, imports and direct-URL import (`server`, `upload`, `server_import`, `direct`), import,
-//! inventory and mirroring (`import`, `import_e2e`, `inventory`, `mirror`), the deployment files
+//! inventory and mirroring (`import`, `import_e2e`, `inventory`, `mirror`), classic LXC and
+//! signed catalogs (`lxc`), the deployment files
 //! (`deploy`), the real clients end to end (`e2e`), and kills and load (`faults`, `load`).
 //! `common` holds what they share.
 
@@ -23,6 +24,7 @@ mod import;
 mod import_e2e;
 mod inventory;
 mod load;
+mod lxc;
 mod mirror;
 mod pipeline;
 mod server;

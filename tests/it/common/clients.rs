@@ -58,6 +58,10 @@ pub enum Program {
     QemuIo,
     Python3,
     Distrobuilder,
+    /// Classic LXC (`lxc-create`, and `lxc-start`, `lxc-attach`, `lxc-stop`, `lxc-destroy` from
+    /// the same package).
+    LxcCreate,
+    Gpgv,
 }
 
 impl Program {
@@ -84,6 +88,8 @@ impl Program {
             Program::QemuIo => "qemu-io",
             Program::Python3 => "python3",
             Program::Distrobuilder => "distrobuilder",
+            Program::LxcCreate => "lxc-create",
+            Program::Gpgv => "gpgv",
         }
     }
 
@@ -313,6 +319,50 @@ impl Clients {
                 (e.file_name().to_string_lossy().into_owned(), e.path())
             })
             .collect()
+    }
+
+    /// `lxc-create -t download` of `dist`/`release`/`arch` from our server at `url`
+    /// (`https://HOST:PORT`) into `lxcpath`, without network devices (no bridge here). wget, which
+    /// the template downloads with, trusts the test CA through a `WGETRC` of this environment
+    /// (GnuTLS ignores SSL_CERT_FILE), so the system store is left alone; the template's cache is
+    /// in the HOME too.
+    pub fn lxc_download(&self, url: &str, lxcpath: &Path, name: &str, image: [&str; 3]) -> Output {
+        let home = self.home.path();
+        let wgetrc = home.join(".wgetrc-ssb");
+        std::fs::write(
+            &wgetrc,
+            format!("ca_certificate = {}\n", self.ca_pem.display()),
+        )
+        .unwrap();
+        let no_net = home.join("lxc-no-network.conf");
+        std::fs::write(&no_net, "lxc.net.0.type = empty\n").unwrap();
+        let server = url.trim_start_matches("https://");
+        let [dist, release, arch] = image;
+        let mut cmd = self.command(Program::LxcCreate);
+        cmd.env("WGETRC", &wgetrc)
+            .env("LXC_CACHE_PATH", home.join(".cache/lxc"))
+            .arg("-P")
+            .arg(lxcpath)
+            .arg("-f")
+            .arg(&no_net)
+            .args(["-n", name, "-t", "download", "--"])
+            .args(["--server", server, "-d", dist, "-r", release, "-a", arch]);
+        run_ok(&mut cmd, CLIENT_TIMEOUT)
+    }
+
+    /// `gpgv --keyring KEYRING SIG FILE`, which must succeed.
+    pub fn gpgv(&self, keyring: &Path, file: &Path) {
+        let mut sig = file.as_os_str().to_owned();
+        sig.push(".asc");
+        self.run(
+            Program::Gpgv,
+            [
+                OsStr::new("--keyring"),
+                keyring.as_os_str(),
+                sig.as_os_str(),
+                file.as_os_str(),
+            ],
+        );
     }
 
     /// `sstream-query --json INDEX_URL`: every item, flattened with its product and version keys.
