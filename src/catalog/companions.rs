@@ -185,20 +185,21 @@ fn sign_lxc_files(
     Ok(count)
 }
 
-/// True when `asc` is this key's signature, made after `file` last changed (its mtime or
-/// ctime, whichever is later; a signature made in the same second is not trusted to be later).
+/// True when `asc` is this key's signature, written after `file` last changed: its own time
+/// (to the nanosecond) is later than the file's change time. A copy that keeps times (rsync
+/// -t, cp -p) changes the files' change times, so the files are signed again: harmless.
 fn is_fresh(file: &Path, asc: &Path, signer: &Signer) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(file) else {
+    let (Ok(f), Ok(a)) = (std::fs::metadata(file), std::fs::metadata(asc)) else {
         return false;
     };
-    let changed = meta.mtime().max(meta.ctime());
-    std::fs::read_to_string(asc).is_ok_and(|text| signer.made_by_me_since(&text, changed))
+    let changed = (f.mtime(), f.mtime_nsec()).max((f.ctime(), f.ctime_nsec()));
+    (a.mtime(), a.mtime_nsec()) > changed && signed_by(signer, asc)
 }
 
 /// True when `asc` holds a signature by this key.
 fn signed_by(signer: &Signer, asc: &Path) -> bool {
-    std::fs::read_to_string(asc).is_ok_and(|text| signer.made_by_me_since(&text, 0))
+    std::fs::read_to_string(asc).is_ok_and(|text| signer.made_detached(&text))
 }
 
 fn pretty<T: serde::Serialize>(doc: &T) -> String {

@@ -249,8 +249,9 @@ pub struct CatalogArgs {
 /// `import`.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// One unified tarball, or a metadata tarball and its rootfs (squashfs, root.tar.xz, qcow2)
-    #[arg(value_name = "FILE", num_args = 0..=2, required_unless_present = "from_dir")]
+    /// One unified tarball, or a metadata tarball and its rootfs (squashfs, root.tar.xz, qcow2);
+    /// with a root tarball, classic LXC's meta.tar.xz may come too (told by what it holds)
+    #[arg(value_name = "FILE", num_args = 0..=3, required_unless_present = "from_dir")]
     pub files: Vec<PathBuf>,
     /// Import every image found under this folder instead
     #[arg(long, value_name = "SRC", conflicts_with = "files")]

@@ -184,6 +184,20 @@ fn check_tarball(
 /// download template refuses a tarball without it) and no `metadata.yaml` (that is an LXD or
 /// Incus metadata tarball, which LXC cannot use). Told by content, never by the name alone.
 pub fn check_lxc_meta(path: &Path) -> Result<(), BadImage> {
+    // LXC's metadata is a few KiB: a large file is a rootfs under the wrong name, refused
+    // without decompressing it.
+    const MAX_LXC_META: u64 = 64 << 20;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.len() > MAX_LXC_META
+    {
+        return Err(BadImage {
+            path: path.to_owned(),
+            problem: format!(
+                "is {} bytes, far more than classic LXC's metadata tarball (config, templates): is this the root tarball?",
+                m.len()
+            ),
+        });
+    }
     check_tarball(
         path,
         "an LXC metadata tarball (xz data, as `distrobuilder pack-lxc` writes it)",
@@ -192,46 +206,66 @@ pub fn check_lxc_meta(path: &Path) -> Result<(), BadImage> {
     )
 }
 
-/// What an xz tarball that should be LXC's metadata holds instead.
-fn lxc_meta_problem(path: &Path) -> Option<String> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) => return Some(format!("cannot read: {e}")),
-    };
-    let (mut archive, what) = match open_tarball(file, path) {
-        Ok(a) => a,
-        Err(e) => return Some(e.problem),
-    };
-    let entries = match archive.entries() {
-        Ok(e) => e,
-        Err(e) => return Some(format!("is not a tarball ({what}): {e}")),
-    };
-    let (mut config, mut lxd, mut count) = (false, false, 0usize);
+/// Which metadata a tarball holds, by its entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetadataKind {
+    /// LXD's or Incus's: a `metadata.yaml`.
+    LxdOrIncus,
+    /// Classic LXC's: `config` (what the download template needs), no `metadata.yaml`.
+    Lxc,
+    /// LXC's files (`create-message`, `excludes-user`, `templates`, `expiry`) but no `config`:
+    /// what `distrobuilder pack-lxc` writes for an image without `targets.lxc.config`.
+    LxcWithoutConfig,
+    /// Neither.
+    Other,
+}
+
+/// What the tarball at `path` holds, or why it cannot be read as one.
+pub fn metadata_kind(path: &Path) -> Result<MetadataKind, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let (mut archive, what) = open_tarball(file, path).map_err(|e| e.problem)?;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("is not a tarball ({what}): {e}"))?;
+    let (mut config, mut lxd, mut lxc_files, mut count) = (false, false, false, 0usize);
     for entry in entries {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => return Some(format!("is not a readable tarball ({what} data): {e}")),
-        };
+        let entry = entry.map_err(|e| format!("is not a readable tarball ({what} data): {e}"))?;
         count += 1;
         let name = entry.path().map(|p| p.to_string_lossy().into_owned());
         match name.as_deref().map(|n| n.trim_start_matches("./")) {
             Ok("config") => config = true,
             Ok("metadata.yaml") => lxd = true,
+            Ok("create-message" | "excludes-user" | "expiry") => lxc_files = true,
+            Ok(n) if n.starts_with("templates/") || n.starts_with("config-user") => {
+                lxc_files = true;
+            }
             _ => {}
         }
     }
-    if lxd {
-        Some(format!(
+    if count == 0 {
+        return Err(format!("is an empty tarball ({what}): it holds no files"));
+    }
+    Ok(match (lxd, config, lxc_files) {
+        (true, _, _) => MetadataKind::LxdOrIncus,
+        (false, true, _) => MetadataKind::Lxc,
+        (false, false, true) => MetadataKind::LxcWithoutConfig,
+        (false, false, false) => MetadataKind::Other,
+    })
+}
+
+/// What an xz tarball that should be LXC's metadata holds instead.
+fn lxc_meta_problem(path: &Path) -> Option<String> {
+    match metadata_kind(path) {
+        Err(problem) => Some(problem),
+        Ok(MetadataKind::Lxc) => None,
+        Ok(MetadataKind::LxdOrIncus) => Some(format!(
             "is an LXD or Incus metadata tarball (it holds metadata.yaml), not classic LXC's: publish it under its own name ({} or {})",
             Family::Incus.meta_ftype(),
             Family::Lxd.meta_ftype()
-        ))
-    } else if count == 0 {
-        Some(format!("is an empty tarball ({what}): it holds no files"))
-    } else if !config {
-        Some("holds no `config` file: it is not classic LXC's metadata tarball (`distrobuilder pack-lxc` writes one with config, create-message and templates), and `lxc-create -t download` refuses it".to_owned())
-    } else {
-        None
+        )),
+        Ok(MetadataKind::LxcWithoutConfig | MetadataKind::Other) => Some(
+            "holds no `config` file: `lxc-create -t download` refuses it (distrobuilder writes one from the image's `targets.lxc.config`)".to_owned(),
+        ),
     }
 }
 

@@ -72,7 +72,9 @@ pub enum Imported {
 pub struct ImportRequest<'a> {
     /// The tree (its `images/` is written).
     pub target: &'a Path,
-    /// One unified tarball, or a metadata tarball and a rootfs/disk.
+    /// One unified tarball, or a metadata tarball and a rootfs/disk; either may come with
+    /// classic LXC's metadata tarball (placed as `meta.tar.xz`, the LXC pair with the root
+    /// tarball).
     pub files: &'a [PathBuf],
     /// Variant instead of metadata.yaml's (default `default`).
     pub variant: Option<&'a str>,
@@ -320,15 +322,108 @@ fn place(
     Ok(true)
 }
 
-/// Imports one image (see the module docs).
+/// Imports one image (see the module docs), and classic LXC's metadata tarball when one of the
+/// files is that (told by content).
 pub fn import(req: &ImportRequest<'_>) -> Result<Imported, ImportError> {
-    match req.files {
-        [one] => import_unified(req, one),
-        [a, b] => import_split(req, a, b),
-        _ => Err(ImportError::Input(
-            "import takes one unified tarball, or a metadata tarball and a rootfs".into(),
-        )),
+    let mut lxc = Vec::new();
+    let mut image = Vec::new();
+    for f in req.files {
+        if is_lxc_meta(f) {
+            lxc.push(f.clone());
+        } else {
+            image.push(f.clone());
+        }
     }
+    // LXC's metadata is checked, and its root tarball is there, before anything is placed.
+    if let [meta] = lxc.as_slice() {
+        crate::image::check::check_lxc_meta(meta).map_err(|e| ImportError::Input(e.to_string()))?;
+        let with_root_tarball = match image.as_slice() {
+            [_] => true,
+            [a, b] => [a, b]
+                .iter()
+                .any(|p| sniff(p).is_ok_and(|k| k == Data::XzTarball) && !is_metadata(p)),
+            _ => false,
+        };
+        if !image.is_empty() && !with_root_tarball {
+            return Err(ImportError::Input(format!(
+                "{}: classic LXC takes its root filesystem from the root tarball (rootfs.tar.xz), which this import does not have: import the image with its root tarball, or a unified tarball",
+                meta.display()
+            )));
+        }
+    }
+    let imported = match (image.as_slice(), lxc.as_slice()) {
+        ([one], [] | [_]) => import_unified(req, one)?,
+        ([a, b], [] | [_]) => import_split(req, a, b)?,
+        ([], [_]) => {
+            return Err(ImportError::Input(format!(
+                "{}: classic LXC's metadata tarball names no product or version; import it with the LXD or Incus image of the same build (its metadata tarball and root tarball)",
+                lxc[0].display()
+            )));
+        }
+        _ => {
+            return Err(ImportError::Input(
+                "import takes one unified tarball, or a metadata tarball and a rootfs, and optionally classic LXC's meta.tar.xz".into(),
+            ));
+        }
+    };
+    match lxc.as_slice() {
+        [meta] => place_lxc_meta(meta, imported),
+        _ => Ok(imported),
+    }
+}
+
+/// Larger than any metadata tarball (they hold metadata.yaml, a few templates, LXC's config):
+/// a larger file is a rootfs or a unified tarball, and is never listed to tell which metadata
+/// it holds.
+const MAX_METADATA_TARBALL: u64 = 64 << 20;
+
+/// Which metadata the small tarball at `path` holds (`None` for a large file or none).
+fn small_metadata_kind(path: &Path) -> Option<crate::image::check::MetadataKind> {
+    let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= MAX_METADATA_TARBALL);
+    small
+        .then(|| crate::image::check::metadata_kind(path).ok())
+        .flatten()
+}
+
+/// True when `path` is an LXD or Incus metadata tarball (it holds metadata.yaml).
+fn is_metadata(path: &Path) -> bool {
+    small_metadata_kind(path) == Some(crate::image::check::MetadataKind::LxdOrIncus)
+}
+
+/// True when `path` is classic LXC's metadata tarball (by what it holds, with or without the
+/// `config` the download template needs).
+fn is_lxc_meta(path: &Path) -> bool {
+    use crate::image::check::MetadataKind;
+    matches!(
+        small_metadata_kind(path),
+        Some(MetadataKind::Lxc | MetadataKind::LxcWithoutConfig)
+    )
+}
+
+/// Places LXC's metadata tarball beside the root tarball of the version just imported.
+fn place_lxc_meta(meta: &Path, imported: Imported) -> Result<Imported, ImportError> {
+    let dir = match &imported {
+        Imported::New(d) | Imported::AlreadyThere(d) => d.as_path(),
+    };
+    let root = FileRole::Rootfs(RootfsKind::RootTarXz);
+    if ![Some(root.file_name()), root.other_name()]
+        .into_iter()
+        .flatten()
+        .any(|n| dir.join(n).is_file())
+    {
+        return Err(ImportError::Input(format!(
+            "{}: classic LXC needs the root tarball beside its metadata, and {} holds none (import the image with its root tarball, not a squashfs)",
+            meta.display(),
+            dir.display()
+        )));
+    }
+    let (tmp, sha, _) = land_copy(meta, dir)?;
+    let name = FileRole::LxcMeta.file_name();
+    let new = place(tmp, &sha, &dir.join(name), name)?;
+    Ok(match imported {
+        Imported::AlreadyThere(d) if new => Imported::New(d),
+        other => other,
+    })
 }
 
 fn import_split(req: &ImportRequest<'_>, a: &Path, b: &Path) -> Result<Imported, ImportError> {
@@ -436,12 +531,25 @@ pub fn find_images(src: &Path) -> Result<Vec<Vec<PathBuf>>, ImportError> {
         entries.sort();
         let mut metas = Vec::new();
         let mut datas = Vec::new();
+        let mut lxc = None;
         for p in entries {
             if p.is_dir() {
                 dirs.push(p);
                 continue;
             }
             let Ok(kind) = sniff(&p) else { continue };
+            if kind == Data::XzTarball && is_lxc_meta(&p) {
+                // distrobuilder's output folder: pack-lxc's pair beside the LXD/Incus image.
+                if crate::image::check::check_lxc_meta(&p).is_ok() {
+                    lxc = Some(p);
+                } else {
+                    tracing::warn!(
+                        "{}: classic LXC's metadata without `config` is not imported (lxc-create -t download refuses it)",
+                        p.display()
+                    );
+                }
+                continue;
+            }
             match kind {
                 Data::Squashfs | Data::Qcow2 => datas.push(p),
                 Data::XzTarball | Data::Tarball => {
@@ -462,9 +570,16 @@ pub fn find_images(src: &Path) -> Result<Vec<Vec<PathBuf>>, ImportError> {
                 }
             }
         }
+        let is_root_tarball = |d: &PathBuf| sniff(d).is_ok_and(|k| k == Data::XzTarball);
         match (metas.len(), datas.len()) {
             (0, _) => {}
-            (1, _) => out.extend(datas.into_iter().map(|d| vec![metas[0].clone(), d])),
+            (1, _) => out.extend(datas.into_iter().map(|d| {
+                let mut group = vec![metas[0].clone(), d];
+                if let Some(l) = lxc.as_ref().filter(|_| is_root_tarball(&group[1])) {
+                    group.push(l.clone());
+                }
+                group
+            })),
             _ => {
                 return Err(ImportError::Input(format!(
                     "{}: {} metadata tarballs in one folder; import them one by one",
@@ -572,5 +687,74 @@ mod tests {
             .read_to_end(&mut back)
             .unwrap();
         assert!(back == data);
+    }
+
+    /// distrobuilder's output folder (an Incus image in two rootfs forms, and pack-lxc's pair):
+    /// both images are found, LXC's metadata goes with the root tarball, and lands as
+    /// `meta.tar.xz` beside it; alone it names no version.
+    #[test]
+    fn lxc_metadata_comes_with_the_root_tarball() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let w = |name: &str, bytes: Vec<u8>| {
+            std::fs::write(out.join(name), bytes).unwrap();
+            out.join(name)
+        };
+        let incus = w(
+            "incus.tar.xz",
+            tarball(&[("metadata.yaml", YAML.as_bytes())], false),
+        );
+        let squashfs = w(
+            "rootfs.squashfs",
+            crate::image::check::tests::squashfs_bytes(4096, b"s"),
+        );
+        let root = w("rootfs.tar.xz", tarball(&[("etc/hostname", b"x\n")], false));
+        let lxc = w(
+            "meta.tar.xz",
+            tarball(
+                &[
+                    ("config", b"lxc.arch = x86_64\n"),
+                    ("create-message", b"hi"),
+                ],
+                false,
+            ),
+        );
+        let mut found = find_images(&out).unwrap();
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                vec![incus.clone(), squashfs.clone()],
+                vec![incus.clone(), root.clone(), lxc.clone()]
+            ]
+        );
+        let tree = dir.path().join("tree");
+        let run = |files: &[PathBuf]| {
+            import(&ImportRequest {
+                target: &tree,
+                files,
+                variant: None,
+                hash_cache: &crate::hash::CacheDir::new(dir.path().join("caches")),
+                progress: &indicatif::ProgressBar::hidden(),
+            })
+        };
+        let Imported::New(v) = run(&[lxc.clone(), incus.clone(), root.clone()]).unwrap() else {
+            panic!("nothing imported");
+        };
+        assert_eq!(
+            std::fs::read(v.join("meta.tar.xz")).unwrap(),
+            std::fs::read(&lxc).unwrap()
+        );
+        assert_eq!(
+            run(&[incus.clone(), root.clone(), lxc.clone()]).unwrap(),
+            Imported::AlreadyThere(v.clone())
+        );
+        let e = run(std::slice::from_ref(&lxc)).unwrap_err().to_string();
+        assert!(e.contains("names no product or version"), "{e}");
+        let e = run(&[incus.clone(), squashfs, lxc])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("from the root tarball"), "{e}");
     }
 }

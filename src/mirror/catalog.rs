@@ -27,7 +27,7 @@ pub fn assemble(
     planned: &[PlannedProduct],
     keep: Option<usize>,
     local: &dyn Fn(&str, &str, &str) -> Option<String>,
-    seen: &mut HashMap<(Family, String), String>,
+    seen: &mut HashMap<(Option<Family>, String), String>,
     warnings: &mut Vec<String>,
 ) -> Assembled {
     let mut out = Assembled::default();

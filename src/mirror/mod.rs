@@ -63,6 +63,8 @@ pub struct PullRequest {
     pub progress: bool,
     /// The time stamped on the catalog.
     pub clock: crate::catalog::publish::Clock,
+    /// Signs the catalog, LXC's index and LXC's files (`--sign-key`).
+    pub signer: Option<std::sync::Arc<crate::sign::Signer>>,
 }
 
 /// What a pull did.
@@ -236,6 +238,23 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
             &crate::catalog::publish::index_path(target),
             &crate::catalog::publish::to_json(&index),
         )?;
+        // LXC's index and the signatures, from the same products file.
+        match serde_json::from_value::<crate::format::ProductsFile>(products_doc) {
+            Ok(typed) => {
+                crate::catalog::companions::write(
+                    target,
+                    target,
+                    images_path,
+                    &typed,
+                    &index,
+                    req.signer.as_deref(),
+                    &mut report.warnings,
+                )?;
+            }
+            Err(e) => report.warnings.push(format!(
+                "LXC's index and signatures were not written: the mirrored products file is not one we can read back ({e})"
+            )),
+        }
     }
     // 5. Only now: remove what the new catalog no longer lists.
     remove_unlisted(target, &old_state, &state, &mut report);

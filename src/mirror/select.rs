@@ -50,8 +50,9 @@ pub struct Image {
     pub image_type: ImageType,
     /// The fingerprint clients look it up by.
     pub fingerprint: String,
-    /// Which client family reads it (`lxd` or `incus`).
-    pub family: crate::format::Family,
+    /// Which client family reads it (`lxd` or `incus`); `None` for classic LXC's pair, which
+    /// `lxc-create -t download` reads through LXC's index.
+    pub family: Option<crate::format::Family>,
     /// The item keys it needs: all of them or the image is unusable.
     pub items: Vec<String>,
 }
@@ -222,7 +223,7 @@ pub fn images_of(version: &RemoteVersion) -> Vec<Image> {
                         out.push(Image {
                             image_type: kind.image_type(),
                             fingerprint: fp.to_owned(),
-                            family: *family,
+                            family: Some(*family),
                             items: vec![key.clone(), root_key.clone()],
                         });
                     }
@@ -231,9 +232,25 @@ pub fn images_of(version: &RemoteVersion) -> Vec<Image> {
             Ftype::Unified(family) => out.push(Image {
                 image_type: ImageType::Container,
                 fingerprint: item.sha256.clone(),
-                family: *family,
+                family: Some(*family),
                 items: vec![key.clone()],
             }),
+            Ftype::LxcMeta => {
+                // LXC fetches `<folder>/meta.tar.xz` and `<folder>/rootfs.tar.xz`: a pair only
+                // when both are in one folder. It has no fingerprint; the two hashes name it.
+                let folder = |path: &str| path.rsplit_once('/').map(|(d, _)| d.to_owned());
+                let root = version.items.iter().find(|(_, r)| {
+                    r.ftype == Ftype::RootTarXz && folder(&r.path) == folder(&item.path)
+                });
+                if let Some((root_key, root)) = root {
+                    out.push(Image {
+                        image_type: ImageType::Container,
+                        fingerprint: format!("lxc:{}:{}", item.sha256, root.sha256),
+                        family: None,
+                        items: vec![key.clone(), root_key.clone()],
+                    });
+                }
+            }
             _ => {}
         }
     }

@@ -394,6 +394,7 @@ fn is_relevant(root: &Path, config: Option<&Path>, path: &Path) -> bool {
     if parts
         .peek()
         .is_some_and(|c| c.as_os_str() == crate::tree::names::STREAMS_TOP)
+        || crate::tree::names::is_lxc_index_path(rel)
     {
         return false;
     }
@@ -406,10 +407,12 @@ fn is_relevant(root: &Path, config: Option<&Path>, path: &Path) -> bool {
             return false;
         }
     }
-    // What re-indexing writes itself: ssb.json in product folders, and the catalog wherever
-    // images_path puts it.
+    // What re-indexing writes itself: ssb.json in product folders, the catalog wherever
+    // images_path puts it, and what goes beside it (signatures, LXC's index).
     let own_output = |name: &str| {
-        name == crate::tree::names::MANIFEST_FILE || crate::tree::names::is_catalog_file_name(name)
+        name == crate::tree::names::MANIFEST_FILE
+            || crate::tree::names::is_catalog_file_name(name)
+            || crate::tree::names::is_companion_file_name(name)
     };
     !rel.as_os_str().is_empty()
         && !rel
@@ -436,6 +439,12 @@ mod tests {
             "/srv/www/streams/v1/images.json",
             "/srv/www/streams/v1/.tmp-images.json.x",
             "/srv/www/.ssb/publish.lock",
+            "/srv/www/images/debian/12/amd64/default/20240101_00:00/rootfs.tar.xz.asc",
+            "/srv/www/meta",
+            "/srv/www/meta/1.0",
+            "/srv/www/meta/1.0/index-system",
+            "/srv/www/meta/1.0/.tmp-index-system.x",
+            "/srv/www/images/images.sjson",
             "/srv/www",
             "/elsewhere/x",
         ];

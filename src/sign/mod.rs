@@ -201,22 +201,14 @@ impl Signer {
         self.detached(reader, &path.display().to_string())
     }
 
-    /// True when the armoured detached signature `asc` was made by this key no earlier than
-    /// `not_before` (Unix seconds): a file that has not changed since keeps its signature.
-    pub fn made_by_me_since(&self, asc: &str, not_before: i64) -> bool {
-        let Ok((sig, _)) = DetachedSignature::from_string(asc) else {
-            return false;
-        };
-        let mine = sig
-            .signature
-            .issuer_fingerprint()
-            .iter()
-            .any(|f| format!("{f:X}") == self.fingerprint || self.is_subkey(f));
-        let fresh = sig
-            .signature
-            .created()
-            .is_some_and(|t| i64::from(t.as_secs()) > not_before);
-        mine && fresh
+    /// True when the armoured detached signature `asc` was made by this key.
+    pub fn made_detached(&self, asc: &str) -> bool {
+        DetachedSignature::from_string(asc).is_ok_and(|(sig, _)| {
+            sig.signature
+                .issuer_fingerprint()
+                .iter()
+                .any(|f| self.is_mine(f))
+        })
     }
 
     /// True when the clear-signed document `signed` was signed by this key.
@@ -224,16 +216,15 @@ impl Signer {
         let Ok((msg, _)) = CleartextSignedMessage::from_string(signed) else {
             return false;
         };
-        msg.signatures().iter().any(|s| {
-            s.issuer_fingerprint()
-                .iter()
-                .any(|f| format!("{f:X}") == self.fingerprint || self.is_subkey(f))
-        })
+        msg.signatures()
+            .iter()
+            .any(|s| s.issuer_fingerprint().iter().any(|f| self.is_mine(f)))
     }
 
-    fn is_subkey(&self, f: &pgp::types::Fingerprint) -> bool {
+    /// The fingerprint of this key, or of the subkey that signs.
+    fn is_mine(&self, f: &pgp::types::Fingerprint) -> bool {
         match self.which {
-            Which::Primary => false,
+            Which::Primary => format!("{f:X}") == self.fingerprint,
             Which::Subkey(i) => self.key.secret_subkeys[i].key.fingerprint() == *f,
         }
     }
@@ -329,8 +320,7 @@ mod tests {
             let (sig, _) = DetachedSignature::from_string(&asc).unwrap();
             sig.verify(&public, b"data").unwrap();
             assert!(sig.verify(&public, b"date").is_err());
-            assert!(signer.made_by_me_since(&asc, 0));
-            assert!(!signer.made_by_me_since(&asc, i64::from(u32::MAX)));
+            assert!(signer.made_detached(&asc));
         }
     }
 
@@ -363,6 +353,6 @@ mod tests {
             .unwrap()
             .detached(&b"x"[..], "x")
             .unwrap();
-        assert!(!signer.made_by_me_since(&theirs, 0));
+        assert!(!signer.made_detached(&theirs));
     }
 }

@@ -194,13 +194,26 @@ pub fn signature_path(path: &Path) -> PathBuf {
     PathBuf::from(asc)
 }
 
+/// The suffix of a clear-signed catalog file.
+const SIGNED_SUFFIX: &str = ".sjson";
+
 /// The clear-signed twin of a catalog file: `images.json` → `images.sjson` (python-simplestreams'
 /// convention).
 pub fn signed_name(json_name: &str) -> String {
-    match json_name.strip_suffix(".json") {
-        Some(stem) => format!("{stem}.sjson"),
-        None => format!("{json_name}.sjson"),
-    }
+    let stem = json_name.strip_suffix(".json").unwrap_or(json_name);
+    format!("{stem}{SIGNED_SUFFIX}")
+}
+
+/// True for the names publish writes beside the catalog: detached signatures, the signed
+/// catalog and LXC's index.
+pub fn is_companion_file_name(name: &str) -> bool {
+    name.ends_with(SIGNATURE_SUFFIX) || name.ends_with(SIGNED_SUFFIX) || name == LXC_INDEX_FILE
+}
+
+/// True for LXC's index folder (relative to the tree) and what is in it.
+pub fn is_lxc_index_path(rel: &Path) -> bool {
+    let dir = Path::new(LXC_INDEX_DIR);
+    rel.starts_with(dir) || dir.starts_with(rel) && !rel.as_os_str().is_empty()
 }
 
 /// The clear-signed twin of the catalog file at `path` (see [`signed_name`]).

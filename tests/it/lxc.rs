@@ -350,6 +350,40 @@ fn a_signed_tree_verifies_with_python_simplestreams_and_gpgv() {
         5,
         "incus.tar.xz, its lxd twin, the squashfs, LXC's two: {signed:#?}"
     );
+
+    // A mirror carries the LXC pair, writes its own LXC index and signs with its own key.
+    let mirror = dir.path().join("mirror");
+    let mirror_keys = dir.path().join("mirror-keys");
+    ssb(dir.path())
+        .args(["keygen", "--out"])
+        .arg(&mirror_keys)
+        .assert()
+        .success();
+    ssb(dir.path())
+        .env("SSL_CERT_FILE", ca.ca_pem())
+        .env_remove("SSB_SIGN_KEY_PASSPHRASE")
+        .args(["mirror", "pull", server.url(), "--sign-key"])
+        .arg(mirror_keys.join("signing-key.asc"))
+        .arg("-t")
+        .arg(&mirror)
+        .assert()
+        .success();
+    let mirrored = mirror.join(format!("images/beta/2/amd64/default/{V1}"));
+    for name in ["meta.tar.xz", "rootfs.tar.xz"] {
+        assert_eq!(
+            std::fs::read(mirrored.join(name)).unwrap(),
+            std::fs::read(lxc_dir.join(name)).unwrap(),
+            "{name}"
+        );
+        clients.gpgv(
+            &mirror_keys.join("signing-key.pub.gpg"),
+            &mirrored.join(name),
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(mirror.join("meta/1.0/index-system")).unwrap(),
+        std::fs::read_to_string(&signed_files[0]).unwrap()
+    );
     drop(server);
 
     // Publishing again changes nothing: no file is signed again.

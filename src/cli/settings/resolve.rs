@@ -382,6 +382,7 @@ impl Resolver<'_> {
             },
             progress: true,
             clock: self.env.clock(),
+            signer: self.signer()?,
         })
     }
 }
