@@ -5,8 +5,9 @@
 //! file it names.
 //!
 //! Order, as for the catalog itself: the files a document names are in place before it. LXC
-//! files get their signatures first; then the signed products file, the signed index, LXC's
-//! index and its signature. Each is written atomically, and only when its content changed, so
+//! files get their signatures before the catalog is written ([`before_catalog`]); after it
+//! ([`after_catalog`]), the signed products file, the signed index, LXC's index and its
+//! signature. Each is written atomically, and only when its content changed, so
 //! an unchanged tree is published without a write. A document is signed as the exact bytes it
 //! is published with; a signature whose document is rewritten without a key is removed, never
 //! left to vouch for other content.
@@ -28,12 +29,26 @@ pub struct Companions {
     pub signed: usize,
 }
 
-/// Writes LXC's index and, with `signer`, the signed catalog and signatures for the published
-/// `products` and `index` (as they are on disk: after [`super::publish::write_catalog`]).
-/// `source` is where image files are when they are not under `target`.
-pub fn write(
+/// Before the catalog is written: with `signer`, the signatures of the LXC files `products`
+/// names (`source` is where image files are when they are not under `target`). Returns how
+/// many files were signed.
+pub fn before_catalog(
     target: &Path,
     source: &Path,
+    products: &ProductsFile,
+    signer: Option<&Signer>,
+    warnings: &mut Vec<String>,
+) -> Result<usize, WriteError> {
+    match signer {
+        Some(signer) => sign_lxc_files(target, source, products, signer, warnings),
+        None => Ok(0),
+    }
+}
+
+/// After the catalog is written: LXC's index and, with `signer`, the signed catalog, for the
+/// published `products` and `index` (as they are on disk, stamps included).
+pub fn after_catalog(
+    target: &Path,
     images_path: &str,
     products: &ProductsFile,
     index: &Index,
@@ -44,7 +59,6 @@ pub fn write(
     let lxc = super::lxc_index::build(products, warnings);
     done.lxc_versions = lxc.iter().filter(|&&b| b == b'\n').count();
     if let Some(signer) = signer {
-        done.signed += sign_lxc_files(target, source, products, signer, warnings)?;
         done.signed += write_signed_catalog(target, images_path, products, index, signer)?;
     } else {
         remove_stale_signed_catalog(target, images_path)?;
@@ -93,26 +107,23 @@ fn write_signed_catalog(
         }
     }
     let mut count = 0;
-    for (path, text) in [
-        (&products_signed, pretty(products)),
-        (&index_signed, pretty(&signed_index)),
-    ] {
-        if is_clearsigned(path, &text, signer) {
+    let products_text = || pretty(products);
+    let index_text = || pretty(&signed_index);
+    let documents: [(&Path, &Path, &dyn Fn() -> String); 2] = [
+        (&products_signed, &products_json, &products_text),
+        (&index_signed, &index_json, &index_text),
+    ];
+    for (path, json, text) in documents {
+        if is_fresh(json, path, signer) {
             continue;
         }
-        let signed = signer.clearsign(&text).map_err(|e| sign_failed(path, e))?;
+        let signed = signer
+            .clearsign(&text())
+            .map_err(|e| sign_failed(path, e))?;
         crate::tree::atomic::write(path, signed.as_bytes()).map_err(fail(path))?;
         count += 1;
     }
     Ok(count)
-}
-
-/// True when `path` holds `text` clear-signed by `signer`'s key.
-fn is_clearsigned(path: &Path, text: &str, signer: &Signer) -> bool {
-    let Ok(old) = std::fs::read_to_string(path) else {
-        return false;
-    };
-    signer.clearsigned_by_me(&old) && crate::sign::signs_text(&old, text)
 }
 
 /// Without a key, a signed catalog left by an earlier signed publish would vouch for a catalog
@@ -185,21 +196,25 @@ fn sign_lxc_files(
     Ok(count)
 }
 
-/// True when `asc` is this key's signature, written after `file` last changed: its own time
-/// (to the nanosecond) is later than the file's change time. A copy that keeps times (rsync
-/// -t, cp -p) changes the files' change times, so the files are signed again: harmless.
-fn is_fresh(file: &Path, asc: &Path, signer: &Signer) -> bool {
+/// True when `signed` (a detached signature, or a clear-signed document) is this key's and was
+/// written after `file` (what it signs, or the document it clear-signs) last changed: its own
+/// time, to the nanosecond, is later than the file's change time. Every signed file is
+/// written only after what it signs, so an older one is stale; a copy that keeps times (rsync
+/// -t, cp -p) changes the files' change times, so they are signed again: harmless. Only the
+/// signature block at the end is read, whatever the size of the document.
+fn is_fresh(file: &Path, signed: &Path, signer: &Signer) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let (Ok(f), Ok(a)) = (std::fs::metadata(file), std::fs::metadata(asc)) else {
+    let (Ok(f), Ok(a)) = (std::fs::metadata(file), std::fs::metadata(signed)) else {
         return false;
     };
     let changed = (f.mtime(), f.mtime_nsec()).max((f.ctime(), f.ctime_nsec()));
-    (a.mtime(), a.mtime_nsec()) > changed && signed_by(signer, asc)
+    (a.mtime(), a.mtime_nsec()) > changed
+        && crate::sign::signature_block(signed).is_some_and(|block| signer.made_detached(&block))
 }
 
 /// True when `asc` holds a signature by this key.
 fn signed_by(signer: &Signer, asc: &Path) -> bool {
-    std::fs::read_to_string(asc).is_ok_and(|text| signer.made_detached(&text))
+    crate::sign::signature_block(asc).is_some_and(|block| signer.made_detached(&block))
 }
 
 fn pretty<T: serde::Serialize>(doc: &T) -> String {

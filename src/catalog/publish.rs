@@ -677,24 +677,25 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
     // One hold of the lock for the catalog and what is published beside it, so another
     // publisher's catalog never gets this run's companions.
     let _lock = lock_tree(req.target)?;
-    let written = write_catalog_locked(
+    let mut warnings = Vec::new();
+    let signed_files = crate::catalog::companions::before_catalog(
+        req.target,
+        req.source,
+        &products,
+        req.signer,
+        &mut warnings,
+    )?;
+    let written =
+        write_catalog_locked(req.target, &tree.config.images_path, &mut products, &mut index)?;
+    let mut companions = crate::catalog::companions::after_catalog(
         req.target,
         &tree.config.images_path,
-        &mut products,
-        &mut index,
+        &products,
+        &index,
+        req.signer,
+        &mut warnings,
     )?;
-    let mut warnings = Vec::new();
-    let companions = {
-        crate::catalog::companions::write(
-            req.target,
-            req.source,
-            &tree.config.images_path,
-            &products,
-            &index,
-            req.signer,
-            &mut warnings,
-        )?
-    };
+    companions.signed += signed_files;
     crate::catalog::products::report(&warnings);
     Ok(PublishSummary {
         products: products.products.len(),

@@ -230,6 +230,23 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
     interim.save(target)?;
     {
         let _lock = crate::tree::lock::lock_tree(target)?;
+        // LXC's index and the signatures, from the same products file.
+        let typed = <crate::format::ProductsFile as serde::Deserialize>::deserialize(&products_doc)
+            .inspect_err(|e| {
+                report.warnings.push(format!(
+                    "LXC's index and signatures were not written: the mirrored products file is not one we can read back ({e})"
+                ));
+            })
+            .ok();
+        if let Some(typed) = &typed {
+            crate::catalog::companions::before_catalog(
+                target,
+                target,
+                typed,
+                req.signer.as_deref(),
+                &mut report.warnings,
+            )?;
+        }
         crate::catalog::publish::write_with_gz(
             &crate::catalog::publish::products_path(target, images_path),
             &crate::catalog::publish::to_json(&products_doc),
@@ -238,22 +255,15 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
             &crate::catalog::publish::index_path(target),
             &crate::catalog::publish::to_json(&index),
         )?;
-        // LXC's index and the signatures, from the same products file.
-        match serde_json::from_value::<crate::format::ProductsFile>(products_doc) {
-            Ok(typed) => {
-                crate::catalog::companions::write(
-                    target,
-                    target,
-                    images_path,
-                    &typed,
-                    &index,
-                    req.signer.as_deref(),
-                    &mut report.warnings,
-                )?;
-            }
-            Err(e) => report.warnings.push(format!(
-                "LXC's index and signatures were not written: the mirrored products file is not one we can read back ({e})"
-            )),
+        if let Some(typed) = &typed {
+            crate::catalog::companions::after_catalog(
+                target,
+                images_path,
+                typed,
+                &index,
+                req.signer.as_deref(),
+                &mut report.warnings,
+            )?;
         }
     }
     // 5. Only now: remove what the new catalog no longer lists.

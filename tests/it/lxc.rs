@@ -85,7 +85,12 @@ impl Drop for Containers<'_> {
 
 #[test]
 fn lxc_create_downloads_and_starts_an_uploaded_lxc_pair() {
-    let needed = [Program::LxcCreate, Program::Incus, Program::Lxc];
+    let needed = [
+        Program::LxcCreate,
+        Program::Incus,
+        Program::Lxc,
+        Program::Gpgv,
+    ];
     if Clients::detect(&TestCa::generate(), &needed).is_none() {
         return;
     }
@@ -98,7 +103,14 @@ fn lxc_create_downloads_and_starts_an_uploaded_lxc_pair() {
         eprintln!("{msg}");
         return;
     }
-    let site = Site::start(&[], &[]);
+    // The server signs at every re-index with the key it was started with.
+    let keys = TempDir::with_prefix("ssb-lxc-keys-").unwrap();
+    ssb(keys.path())
+        .args(["keygen", "--out", "."])
+        .assert()
+        .success();
+    let key = keys.path().join("signing-key.asc");
+    let site = Site::start(&["--sign-key", key.to_str().unwrap()], &[]);
     let clients = Clients::detect(&site.ca, &needed).unwrap();
     let scratch = site.dir.path().join("scratch");
     let rootfs = busybox_rootfs(&scratch, "LXC from simplestreams-builder");
@@ -134,6 +146,22 @@ fn lxc_create_downloads_and_starts_an_uploaded_lxc_pair() {
     let items = &catalog["products"]["ssbboot:1:amd64:default"]["versions"][V1]["items"];
     assert_eq!(items["lxc.tar.xz"]["path"], format!("{base}/meta.tar.xz"));
     assert_eq!(items["lxc.tar.xz"]["sha256"], sha256_of(&[&lxc_meta]));
+    let keyring = keys.path().join("signing-key.pub.gpg");
+    let version = site.www.join(&base);
+    // LXC's index and its signature are written just after the catalog.
+    let index_asc = site.www.join("meta/1.0/index-system.asc");
+    let start = std::time::Instant::now();
+    while !index_asc.is_file() && start.elapsed() < INDEX_DEADLINE {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for file in [
+        version.join("meta.tar.xz"),
+        version.join("rootfs.tar.xz"),
+        site.www.join("meta/1.0/index-system"),
+    ] {
+        clients.gpgv(&keyring, &file);
+    }
+    assert!(site.www.join("streams/v1/index.sjson").is_file());
 
     // The index, as the template asks for it: `https://HOST/` + `/meta/1.0/index-system`.
     let (code, index) = site.curl(&[
