@@ -685,8 +685,12 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
         req.signer,
         &mut warnings,
     )?;
-    let written =
-        write_catalog_locked(req.target, &tree.config.images_path, &mut products, &mut index)?;
+    let written = write_catalog_locked(
+        req.target,
+        &tree.config.images_path,
+        &mut products,
+        &mut index,
+    )?;
     let mut companions = crate::catalog::companions::after_catalog(
         req.target,
         &tree.config.images_path,
