@@ -8,6 +8,7 @@
       p<p>/<version>/ and a tree.yml declaring them.
   tiny_tree.py squashfs FILE TAG   one such squashfs
   tiny_tree.py superblock FILE     turns FILE (any bytes) into a squashfs of its size
+  tiny_tree.py meta FILE           the metadata tarball (x86_64, os bench, release 1)
 """
 import argparse
 import io
@@ -85,9 +86,14 @@ def main():
     s.add_argument("tag")
     b = sub.add_parser("superblock")
     b.add_argument("file")
+    m = sub.add_parser("meta")
+    m.add_argument("file")
     args = parser.parse_args()
     if args.what == "tree":
         tree(args)
+    elif args.what == "meta":
+        with open(args.file, "wb") as f:
+            f.write(metadata_tarball())
     elif args.what == "squashfs":
         with open(args.file, "wb") as f:
             f.write(squashfs(args.tag))

@@ -12,6 +12,7 @@
 pub mod build;
 pub mod catalog;
 pub mod config;
+pub mod delta;
 pub mod direct;
 pub mod format;
 pub mod hash;

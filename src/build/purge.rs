@@ -56,6 +56,23 @@ pub struct Outcome {
     pub failed: Vec<String>,
 }
 
+/// Deletes the deltas from `base` in the other version folders of `product_dir`: nobody can
+/// apply them once it is gone (the catalog stopped naming them in the publish before).
+fn remove_deltas_from(product_dir: &Path, base: &VersionName) {
+    let name = crate::tree::names::delta_name(base);
+    let Ok(entries) = std::fs::read_dir(product_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let delta = entry.path().join(&name);
+        match std::fs::remove_file(&delta) {
+            Ok(()) => tracing::info!("purged {}", delta.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot remove {}: {e}", delta.display()),
+        }
+    }
+}
+
 /// Deletes the doomed version folders of `product_dir` with `remove` (normally
 /// `std::fs::remove_dir_all`), reporting each one.
 pub fn execute(
@@ -70,6 +87,7 @@ pub fn execute(
             Ok(()) => {
                 tracing::info!("purged {}", dir.display());
                 out.removed.push(dir);
+                remove_deltas_from(product_dir, v);
             }
             Err(e) => {
                 tracing::error!("cannot purge {}: {e}", dir.display());
@@ -188,5 +206,25 @@ mod tests {
             "{:?}",
             out.failed
         );
+    }
+
+    /// A purged version takes its own folder and every delta from it in the versions kept.
+    #[test]
+    fn purging_a_base_removes_the_deltas_from_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (old, new) = (v("20240101_0000"), v("20240102_0000"));
+        std::fs::create_dir_all(d.path().join(old.as_str())).unwrap();
+        std::fs::create_dir_all(d.path().join(new.as_str())).unwrap();
+        let delta = d
+            .path()
+            .join(new.as_str())
+            .join(crate::tree::names::delta_name(&old));
+        std::fs::write(&delta, b"x").unwrap();
+        let out = execute(d.path(), std::slice::from_ref(&old), &|p| {
+            std::fs::remove_dir_all(p)
+        });
+        assert_eq!(out.removed.len(), 1);
+        assert!(!delta.exists());
+        assert!(d.path().join(new.as_str()).is_dir());
     }
 }

@@ -111,6 +111,13 @@ pub enum Problem {
         /// Its size.
         size: u64,
     },
+    /// A delta that does not turn its base version's squashfs into this version's.
+    Delta {
+        /// Delta item path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An image file in a product folder that the catalog does not reference.
     Orphan {
         /// The file or folder, relative to the tree.
@@ -159,6 +166,7 @@ impl std::fmt::Display for Problem {
             ),
             Problem::Unreadable { path, reason } => write!(f, "unreadable: {path}: {reason}"),
             Problem::Orphan { path } => write!(f, "not in the catalog: {path}"),
+            Problem::Delta { path, reason } => write!(f, "broken delta: {path}: {reason}"),
             Problem::BadImage { path, reason } => write!(f, "broken image file: {path}: {reason}"),
             Problem::Rejected {
                 product,
@@ -356,6 +364,7 @@ pub fn verify(
             }
         }
     }
+    check_deltas(target, &products, &mut report, progress);
     report
         .problems
         .extend(orphans(target, tree, &products)?.into_iter().map(|u| {
@@ -384,6 +393,70 @@ pub fn verify(
             }),
     );
     Ok(report)
+}
+
+/// Applies every published delta to its base version's squashfs (`xdelta3 -d`, as the daemons
+/// do) and compares the result with this version's squashfs.
+fn check_deltas(
+    target: &Path,
+    products: &ProductsFile,
+    report: &mut VerifyReport,
+    progress: &dyn Fn(u64),
+) {
+    let policy = crate::delta::DeltaPolicy::default();
+    let squashfs = |v: &crate::format::Version| {
+        v.items
+            .values()
+            .find(|i| i.ftype == Ftype::Squashfs)
+            .cloned()
+    };
+    for product in products.products.values() {
+        for version in product.versions.values() {
+            for delta in version
+                .items
+                .values()
+                .filter(|i| i.ftype == Ftype::SquashfsDelta && !is_url(&i.path))
+            {
+                let problem = |reason: String| Problem::Delta {
+                    path: delta.path.clone(),
+                    reason,
+                };
+                let base = delta.delta_base.as_ref().and_then(|b| {
+                    product
+                        .versions
+                        .iter()
+                        .find(|(name, _)| name.as_str() == b)
+                        .and_then(|(_, v)| squashfs(v))
+                });
+                let (Some(base), Some(new)) = (base, squashfs(version)) else {
+                    report.problems.push(problem(format!(
+                        "its base version {} or this version has no squashfs in the catalog",
+                        delta.delta_base.as_deref().unwrap_or("(none)")
+                    )));
+                    continue;
+                };
+                if is_url(&base.path) {
+                    continue;
+                }
+                let delta_file = resolve(target, &delta.path);
+                if !delta_file.is_file() {
+                    continue; // reported as missing already
+                }
+                match crate::delta::decoded_sha256(
+                    &policy,
+                    &resolve(target, &base.path),
+                    &delta_file,
+                ) {
+                    Ok(sha) if sha == new.sha256 => progress(new.size),
+                    Ok(sha) => report.problems.push(problem(format!(
+                        "applied to {} it gives sha256 {sha}, not this version's squashfs ({})",
+                        base.path, new.sha256
+                    ))),
+                    Err(e) => report.problems.push(problem(e.to_string())),
+                }
+            }
+        }
+    }
 }
 
 fn check_sha(report: &mut VerifyReport, path: &str, expected: &str, actual: &str) {
@@ -454,6 +527,14 @@ pub fn orphans(
                 .filter(|f| !referenced.contains(&f.path))
                 .map(|f| &f.path)
                 .collect();
+            // A delta the catalog does not name (its base is gone, or beyond `deltas:`) goes
+            // with `prune`, unless its whole version does.
+            let stale_deltas: Vec<&PathBuf> = v
+                .deltas
+                .iter()
+                .map(|d| &d.path)
+                .filter(|p| !referenced.contains(*p))
+                .collect();
             // LXC's metadata tarball left out of a published version (one classic LXC cannot
             // use, which publish warned about) is the version's business, not an orphan.
             let lxc_meta_only = |u: &&PathBuf| {
@@ -474,6 +555,13 @@ pub fn orphans(
                 path,
                 rejected,
             };
+            if unreferenced.len() < v.files.len() || v.files.is_empty() {
+                out.extend(
+                    stale_deltas
+                        .into_iter()
+                        .map(|p| unpublished(p.clone(), None)),
+                );
+            }
             if unreferenced.is_empty() && v.unreadable.is_none() {
                 continue;
             }
@@ -550,6 +638,9 @@ pub fn prune(target: &Path, tree: &Tree, dry_run: bool) -> Result<PruneReport, I
     }
     Ok(report)
 }
+
+/// The type `list` gives a delta (its format says which version it starts from).
+pub const DELTA_TYPE: &str = "delta";
 
 /// The type and format `list` gives classic LXC's pair of a version.
 pub const LXC_TYPE: &str = "lxc";
@@ -628,6 +719,23 @@ pub fn list(products: &ProductsFile, unpublished: &[Unpublished]) -> Vec<ListRow
                     format: LXC_TYPE.into(),
                     fingerprint: String::new(),
                     size: meta.size + root.size,
+                    status: "published",
+                    problem: None,
+                });
+            }
+            for delta in version
+                .items
+                .values()
+                .filter(|i| i.ftype == Ftype::SquashfsDelta)
+            {
+                rows.push(ListRow {
+                    product: pid.clone(),
+                    version: vname.to_string(),
+                    aliases: aliases.clone(),
+                    image_type: DELTA_TYPE.into(),
+                    format: format!("from {}", delta.delta_base.as_deref().unwrap_or("?")),
+                    fingerprint: String::new(),
+                    size: delta.size,
                     status: "published",
                     problem: None,
                 });

@@ -128,6 +128,8 @@ pub struct BuildOptions {
     pub expiry: Option<HumanDuration>,
     /// Versions left out (about to be purged), so no catalog points at them.
     pub exclude: BTreeSet<VersionName>,
+    /// How deltas are made, for products that ask for them ([`LocalProduct::deltas`]).
+    pub delta: crate::delta::DeltaPolicy,
 }
 
 /// Joins the tree `prefix` and a tree-relative path: by URL rules when the prefix is a URL
@@ -156,6 +158,8 @@ pub struct LocalProduct<'a> {
     pub directory: &'a str,
     /// The tree `prefix` of item paths.
     pub prefix: &'a str,
+    /// Deltas per version (`deltas:`); 0 for none.
+    pub deltas: u32,
 }
 
 /// A version left out of its product's manifest because one of its files breaks the rules (an
@@ -269,6 +273,17 @@ pub fn build(
             }),
         }
     }
+    if product.deltas > 0 {
+        add_deltas(
+            &product,
+            &versions,
+            &mut manifest,
+            &mut cache,
+            opts,
+            progress,
+            warnings,
+        );
+    }
     if opts.cache.is_some()
         && let Err(e) = cache.save()
     {
@@ -294,6 +309,46 @@ pub fn build(
         bytes_read: cache.bytes_read,
         rejected,
     })
+}
+
+/// The deltas of the published versions (see [`crate::delta::publish`]), as items.
+fn add_deltas(
+    product: &LocalProduct<'_>,
+    versions: &[crate::tree::VersionDir],
+    manifest: &mut Manifest,
+    cache: &mut HashCache,
+    opts: &BuildOptions,
+    progress: &dyn Fn(u64),
+    warnings: &mut Vec<String>,
+) {
+    let published: Vec<&crate::tree::VersionDir> = versions
+        .iter()
+        .filter(|v| manifest.versions.contains_key(&v.name))
+        .collect();
+    let deltas = crate::delta::publish(
+        &opts.delta,
+        product.deltas,
+        &published,
+        cache,
+        progress,
+        warnings,
+    );
+    for (vname, list) in deltas {
+        let Some(version) = manifest.versions.get_mut(&vname) else {
+            continue;
+        };
+        for d in list {
+            let rel = format!("{}/{}/{}", product.directory, vname, d.name);
+            let mut item = Item::new(
+                crate::format::Ftype::SquashfsDelta,
+                join_prefix(product.prefix, &rel),
+                d.sha256,
+                d.size,
+            );
+            item.delta_base = Some(d.base.to_string());
+            version.items.insert(d.name, item);
+        }
+    }
 }
 
 /// The server's rule: a file that resolves outside the tree or onto a hidden name is refused,

@@ -277,6 +277,7 @@ mod tests {
             build_script_hook: None,
             hidden: false,
             days: 1,
+            deltas: None,
             aliases: vec!["ubuntu/xenial/default".into(), "ubuntu/xenial".into()],
             variant: Some("default".into()),
             release_codename: None,

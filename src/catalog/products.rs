@@ -122,6 +122,7 @@ impl Tree {
                 build_script_hook: None,
                 hidden: false,
                 days: 1,
+                deltas: None,
                 aliases,
                 variant: Some(p.variant),
                 release_codename: None,
@@ -152,6 +153,8 @@ impl Tree {
             products,
             distrobuilder: None,
             mirrors: Vec::new(),
+            deltas: 0,
+            delta_max_percent: crate::delta::DEFAULT_MAX_PERCENT,
             warnings: Vec::new(),
         };
         config.apply(overrides);
@@ -212,6 +215,7 @@ pub fn hash_product(
             dir: &source.join(&spec.directory),
             directory: &spec.directory,
             prefix: &config.prefix,
+            deltas: config.deltas_of(spec),
         },
         opts,
         &|n| progress.inc(n),

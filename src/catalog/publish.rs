@@ -184,6 +184,7 @@ impl Catalog<'_> {
                 product.versions.insert(vname, version);
             }
         }
+        drop_baseless_deltas(&mut product);
         if product.versions.is_empty() {
             // Clients have nothing to take from it; listing it only hides that its folders
             // hold no usable version (a misnamed version folder, say).
@@ -323,6 +324,30 @@ impl Catalog<'_> {
             updated: Some(settings.updated.clone()),
         };
         Ok((products_file, index))
+    }
+}
+
+/// Deltas whose base version is not published, or publishes no squashfs image a daemon could
+/// hold (the clients find the base's fingerprint in its metadata item's
+/// `combined_squashfs_sha256`), are left out: the catalog never names a delta nobody can apply.
+fn drop_baseless_deltas(product: &mut Product) {
+    let bases: BTreeSet<String> = product
+        .versions
+        .iter()
+        .filter(|(_, v)| {
+            v.items.values().any(|i| {
+                matches!(i.ftype, Ftype::Meta(_))
+                    && i.combined_for(crate::format::RootfsKind::Squashfs)
+                        .is_some()
+            })
+        })
+        .map(|(name, _)| name.to_string())
+        .collect();
+    for version in product.versions.values_mut() {
+        version.items.retain(|_, i| {
+            i.ftype != Ftype::SquashfsDelta
+                || i.delta_base.as_ref().is_some_and(|b| bases.contains(b))
+        });
     }
 }
 
@@ -646,6 +671,10 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
     let build = BuildOptions {
         md5: req.md5,
         cache: Some(req.hash_cache.clone()),
+        delta: crate::delta::DeltaPolicy {
+            max_percent: tree.config.delta_max_percent,
+            ..crate::delta::DeltaPolicy::default()
+        },
         ..BuildOptions::default()
     };
     let loaded = crate::catalog::products::load_entries(

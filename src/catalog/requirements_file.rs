@@ -87,6 +87,7 @@ mod tests {
             build_script_hook: None,
             hidden: false,
             days: 1,
+            deltas: None,
             aliases: Vec::new(),
             variant: None,
             release_codename: None,

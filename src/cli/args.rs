@@ -45,6 +45,15 @@ pub struct Cli {
     /// .asc signatures of LXC's index and files. See `keygen`
     #[arg(long, env = "SSB_SIGN_KEY_FILE", global = true, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// Give each new version xdelta3 deltas from this many earlier versions, for products that
+    /// do not set `deltas:` (tree.yml's top-level `deltas:` otherwise; 0: none)
+    #[arg(long, env = "SSBUILDER_DELTAS", global = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub deltas: Option<u32>,
+    /// Publish a delta only when it is at most this share of the full squashfs (default 60)
+    #[arg(long, env = "SSBUILDER_DELTA_MAX_PERCENT", global = true, value_name = "PERCENT",
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub delta_max_percent: Option<u8>,
     /// Debug output (also: DEBUG=1)
     #[arg(short = 'v', long = "verbose", global = true)]
     pub verbose: bool,
@@ -138,6 +147,9 @@ pub struct MirrorPullArgs {
     /// Keep the newest N versions of each product (default: every version upstream lists)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep: Option<u32>,
+    /// Do not fetch the deltas (squashfs.vcdiff) between the versions kept
+    #[arg(long)]
+    pub no_deltas: bool,
     /// Downloads at once
     #[arg(short = 'j', long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: u32,

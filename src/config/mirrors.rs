@@ -27,6 +27,8 @@ pub struct Filters {
     pub image_type: Option<ImageType>,
     /// `--keep N`: the newest N versions of each product (`None`: all).
     pub keep: Option<usize>,
+    /// `--no-deltas`: leave out the deltas between the versions kept.
+    pub no_deltas: bool,
 }
 
 /// One entry of `mirrors:`. A new section, so unknown keys are errors rather than warnings.
@@ -47,6 +49,8 @@ pub(super) struct RawMirror {
     #[serde(rename = "type")]
     image_type: Option<Spanned<String>>,
     keep: Option<Spanned<i64>>,
+    #[serde(default)]
+    no_deltas: bool,
     ca_cert: Option<PathBuf>,
 }
 
@@ -106,6 +110,7 @@ pub(super) fn parse(
                 alias: m.alias,
                 image_type,
                 keep,
+                no_deltas: m.no_deltas,
             },
             ca_cert: m.ca_cert,
         });

@@ -77,6 +77,9 @@ pub struct ProductSpec {
     pub hidden: bool,
     /// How many versions build-product keeps (the original's name).
     pub days: u32,
+    /// Deltas per version (`deltas:`): from each of this many earlier versions. `None`: the
+    /// tree's default ([`TreeConfig::deltas`]).
+    pub deltas: Option<u32>,
     /// Aliases, validated.
     pub aliases: Vec<String>,
     /// Variant.
@@ -127,6 +130,10 @@ pub struct Overrides {
     pub format: Option<String>,
     /// `distrobuilder`.
     pub distrobuilder: Option<String>,
+    /// `deltas`.
+    pub deltas: Option<u32>,
+    /// `delta_max_percent`.
+    pub delta_max_percent: Option<u8>,
 }
 
 /// A validated tree.yml, or the configuration of a layout-mode tree.
@@ -148,6 +155,12 @@ pub struct TreeConfig {
     pub distrobuilder: Option<String>,
     /// Remotes to mirror (`mirrors:`), in file order.
     pub mirrors: Vec<MirrorSpec>,
+    /// Deltas per version for products that do not say (`deltas:`; env `SSBUILDER_DELTAS`,
+    /// `--deltas`); 0: none.
+    pub deltas: u32,
+    /// The largest delta published, as a percentage of the full squashfs
+    /// (`delta_max_percent:`, default 60).
+    pub delta_max_percent: u8,
     /// Non-fatal findings (unknown keys), already located.
     pub warnings: Vec<String>,
 }
@@ -225,6 +238,17 @@ impl TreeConfig {
         if let Some(v) = nonempty(&o.distrobuilder) {
             self.distrobuilder = Some(v);
         }
+        if let Some(n) = o.deltas {
+            self.deltas = n;
+        }
+        if let Some(p) = o.delta_max_percent {
+            self.delta_max_percent = p;
+        }
+    }
+
+    /// How many deltas a new version of `product` gets.
+    pub fn deltas_of(&self, product: &ProductSpec) -> u32 {
+        product.deltas.unwrap_or(self.deltas)
     }
 
     /// The product with this name.
@@ -456,6 +480,39 @@ products:
             .unwrap_err()
             .to_string();
         assert!(err.contains("oss"), "{err}");
+    }
+
+    #[test]
+    fn deltas_default_per_tree_and_are_bounded() {
+        let t = parse(
+            "deltas: 2\ndelta_max_percent: 40\nproducts:\n  - name: a\n    arch: amd64\n    directory: a\n  - name: b\n    arch: amd64\n    directory: b\n    deltas: 0\n",
+        )
+        .unwrap();
+        assert_eq!((t.deltas, t.delta_max_percent), (2, 40));
+        assert_eq!(t.deltas_of(&t.products[0]), 2);
+        assert_eq!(
+            t.deltas_of(&t.products[1]),
+            0,
+            "a product's own setting wins"
+        );
+        let mut t = t;
+        t.apply(&Overrides {
+            deltas: Some(1),
+            ..Overrides::default()
+        });
+        assert_eq!(t.deltas_of(&t.products[0]), 1);
+        let e = parse("deltas: 17\ndelta_max_percent: 0\nproducts:\n  - name: a\n    arch: amd64\n    directory: a\n    deltas: -1\n")
+            .unwrap_err()
+            .to_string();
+        for wanted in [
+            "`deltas: 17` must be between 0 and 16",
+            "`delta_max_percent: 0` must be between 1 and 100",
+            "`deltas: -1` must be between 0 and 16",
+        ] {
+            assert!(e.contains(wanted), "{wanted}: {e}");
+        }
+        let layout_default = parse("products: []\n").unwrap();
+        assert_eq!(layout_default.deltas, 0, "off unless asked");
     }
 
     #[test]

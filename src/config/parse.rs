@@ -34,6 +34,24 @@ impl TreeConfig {
         let format = nonempty(raw.format).unwrap_or_else(|| DEFAULT_FORMAT.into());
         let products = products(path, raw.products.unwrap_or_default(), &at, &mut problems);
         let mirrors = mirrors::parse(raw.mirrors.unwrap_or_default(), &at, &mut problems);
+        let deltas = bounded(
+            &at,
+            &mut problems,
+            "deltas",
+            raw.deltas,
+            0,
+            crate::delta::MAX_DELTAS,
+        )
+        .unwrap_or(0);
+        let delta_max_percent = bounded(
+            &at,
+            &mut problems,
+            "delta_max_percent",
+            raw.delta_max_percent,
+            1,
+            100,
+        )
+        .map_or(crate::delta::DEFAULT_MAX_PERCENT, |p| p as u8);
         if let Err(why) = check_relative_dir(&images_path) {
             problems.push(format!(
                 "{}: `images_path: {images_path}` {why}",
@@ -55,8 +73,33 @@ impl TreeConfig {
             products,
             distrobuilder: nonempty(raw.distrobuilder),
             mirrors,
+            deltas,
+            delta_max_percent,
             warnings,
         })
+    }
+}
+
+/// An integer key within `min..=max`; out of range is a located problem.
+fn bounded(
+    at: At<'_>,
+    problems: &mut Vec<String>,
+    key: &str,
+    value: Option<Spanned<i64>>,
+    min: u32,
+    max: u32,
+) -> Option<u32> {
+    let v = value?;
+    match u32::try_from(v.value) {
+        Ok(n) if (min..=max).contains(&n) => Some(n),
+        _ => {
+            problems.push(format!(
+                "{}: `{key}: {}` must be between {min} and {max}",
+                at(&v.referenced),
+                v.value
+            ));
+            None
+        }
     }
 }
 
@@ -123,6 +166,14 @@ impl Fields<'_> {
         let arch = self.arch(p.arch);
         let directory = self.directory(p.directory);
         let days = self.days(p.days);
+        let deltas = bounded(
+            self.at,
+            self.problems,
+            "deltas",
+            p.deltas,
+            0,
+            crate::delta::MAX_DELTAS,
+        );
         let aliases = self.aliases(p.aliases);
         let requirements = self.requirements(p.requirements);
         let expiry = self.duration("expiry", p.expiry);
@@ -143,6 +194,7 @@ impl Fields<'_> {
             build_script_hook: nonempty(p.build_script_hook),
             hidden: p.hidden.unwrap_or(false),
             days,
+            deltas,
             aliases,
             variant: nonempty(p.variant),
             release_codename: nonempty(p.release_codename),

@@ -20,6 +20,8 @@ pub(super) struct RawTree {
     pub(super) datatype: Option<String>,
     pub(super) format: Option<String>,
     pub(super) distrobuilder: Option<String>,
+    pub(super) deltas: Option<Spanned<i64>>,
+    pub(super) delta_max_percent: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) products: Option<Vec<Spanned<RawProduct>>>,
     #[serde(default)]
@@ -71,6 +73,7 @@ pub(super) struct RawProduct {
     pub(super) build_script_hook: Option<String>,
     pub(super) hidden: Option<bool>,
     pub(super) days: Option<Spanned<i64>>,
+    pub(super) deltas: Option<Spanned<i64>>,
     pub(super) aliases: Option<Spanned<AliasList>>,
     pub(super) variant: Option<String>,
     pub(super) release_codename: Option<String>,
@@ -241,6 +244,8 @@ mod tests {
                 "datatype",
                 "format",
                 "distrobuilder",
+                "deltas",
+                "delta_max_percent",
                 "products",
                 "mirrors"
             ]
@@ -253,9 +258,10 @@ mod tests {
             "requirements",
             "max_age",
             "distrobuilder",
+            "deltas",
         ] {
             assert!(product.contains(&key), "{key}: {product:?}");
         }
-        assert_eq!(product.len(), 23, "{product:?}");
+        assert_eq!(product.len(), 24, "{product:?}");
     }
 }

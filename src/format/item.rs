@@ -134,6 +134,9 @@ impl fmt::Display for ImageType {
 /// The ftype of classic LXC's metadata tarball.
 pub const LXC_META_FTYPE: &str = "lxc.tar.xz";
 
+/// The ftype of an xdelta3 delta between two squashfs files.
+pub const SQUASHFS_DELTA_FTYPE: &str = "squashfs.vcdiff";
+
 /// An item's `ftype`. Unknown values are kept so catalogs read from elsewhere round-trip.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Ftype {
@@ -151,6 +154,8 @@ pub enum Ftype {
     /// the root tarball). Ours: no client of the simplestreams catalog acts on it (LXD and Incus
     /// skip ftypes they do not know), but mirrors carry it with its hash.
     LxcMeta,
+    /// `squashfs.vcdiff`: an xdelta3 delta from the squashfs of the version `delta_base` names.
+    SquashfsDelta,
     /// Anything else (deltas, legacy disks, …), passed through untouched.
     Other(String),
 }
@@ -165,6 +170,7 @@ impl Ftype {
             Ftype::RootTarXz => RootfsKind::RootTarXz.ftype_str(),
             Ftype::DiskKvmImg => RootfsKind::DiskKvm.ftype_str(),
             Ftype::LxcMeta => LXC_META_FTYPE,
+            Ftype::SquashfsDelta => SQUASHFS_DELTA_FTYPE,
             Ftype::Other(s) => s,
         }
     }
@@ -181,6 +187,9 @@ impl Ftype {
         }
         if s == LXC_META_FTYPE {
             return Ftype::LxcMeta;
+        }
+        if s == SQUASHFS_DELTA_FTYPE {
+            return Ftype::SquashfsDelta;
         }
         match RootfsKind::ALL.into_iter().find(|k| k.ftype_str() == s) {
             Some(kind) => kind.ftype(),

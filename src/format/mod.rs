@@ -8,5 +8,5 @@ pub mod version;
 
 pub use arch::canonical_arch;
 pub use catalog::{Index, IndexEntry, Manifest, Product, ProductsFile, Requirements, Version};
-pub use item::{Family, Ftype, ImageType, Item, LXC_META_FTYPE, RootfsKind};
+pub use item::{Family, Ftype, ImageType, Item, LXC_META_FTYPE, RootfsKind, SQUASHFS_DELTA_FTYPE};
 pub use version::{VersionName, VersionNameError};

@@ -50,10 +50,43 @@ impl CachedFile {
     }
 }
 
+/// What became of the delta between two squashfs files (both named by their signature), so a
+/// re-publish never encodes it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedDelta {
+    /// The base version's squashfs.
+    pub base: FileSig,
+    /// This version's squashfs.
+    pub new: FileSig,
+    /// Published, or left out.
+    pub outcome: DeltaOutcome,
+}
+
+/// Whether a delta was published.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeltaOutcome {
+    /// In the version folder, with this signature and sha256.
+    Published {
+        /// The delta file.
+        file: FileSig,
+        /// Its sha256.
+        sha256: String,
+    },
+    /// Larger than the share of the full file that is worth publishing.
+    TooLarge {
+        /// Its size.
+        size: u64,
+    },
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct CacheDoc {
     version: u32,
     files: BTreeMap<String, CachedFile>,
+    /// `<version>/<base version>` → the delta between their squashfs files.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    deltas: BTreeMap<String, CachedDelta>,
 }
 
 const CACHE_VERSION: u32 = 1;
@@ -122,6 +155,8 @@ pub struct HashCache {
     legacy: Option<PathBuf>,
     old: BTreeMap<String, CachedFile>,
     pub(super) new: BTreeMap<String, CachedFile>,
+    old_deltas: BTreeMap<String, CachedDelta>,
+    new_deltas: BTreeMap<String, CachedDelta>,
     /// Image bytes read in this run.
     pub bytes_read: u64,
 }
@@ -144,15 +179,15 @@ impl HashCache {
                 .ok()
                 .and_then(|b| serde_json::from_slice::<CacheDoc>(&b).ok())
                 .filter(|d| d.version == CACHE_VERSION)
-                .map(|d| d.files)
+                .map(|d| (d.files, d.deltas))
         };
         let Some(path) = path else {
             return Self::disabled();
         };
         // A legacy cache is looked for only when ours is missing: the save that wrote ours
         // removed it.
-        let (old, legacy) = match read(&path) {
-            Some(files) => (files, None),
+        let ((old, old_deltas), legacy) = match read(&path) {
+            Some(doc) => (doc, None),
             None => {
                 let legacy = product_dir.join(crate::tree::names::HASH_CACHE);
                 let old = read(&legacy).unwrap_or_default();
@@ -164,6 +199,8 @@ impl HashCache {
             legacy,
             old,
             new: BTreeMap::new(),
+            old_deltas,
+            new_deltas: BTreeMap::new(),
             bytes_read: 0,
         }
     }
@@ -175,6 +212,8 @@ impl HashCache {
             legacy: None,
             old: BTreeMap::new(),
             new: BTreeMap::new(),
+            old_deltas: BTreeMap::new(),
+            new_deltas: BTreeMap::new(),
             bytes_read: 0,
         }
     }
@@ -187,6 +226,7 @@ impl HashCache {
         let doc = CacheDoc {
             version: CACHE_VERSION,
             files: self.new.clone(),
+            deltas: self.new_deltas.clone(),
         };
         let bytes = serde_json::to_vec(&doc).map_err(std::io::Error::other)?;
         crate::tree::atomic::write_if_changed(path, &bytes)?;
@@ -194,6 +234,20 @@ impl HashCache {
             std::fs::remove_file(legacy)?;
         }
         Ok(())
+    }
+
+    /// What became of the delta from `base` to `version`, as recorded (by an earlier run, or
+    /// this one).
+    pub fn delta(&self, version: &str, base: &str) -> Option<&CachedDelta> {
+        let key = format!("{version}/{base}");
+        self.new_deltas
+            .get(&key)
+            .or_else(|| self.old_deltas.get(&key))
+    }
+
+    /// Records what became of the delta from `base` to `version` (kept by [`Self::save`]).
+    pub fn record_delta(&mut self, version: &str, base: &str, delta: CachedDelta) {
+        self.new_deltas.insert(format!("{version}/{base}"), delta);
     }
 
     pub(super) fn get(&self, key: &str, sig: &FileSig, want_md5: bool) -> Option<&CachedFile> {

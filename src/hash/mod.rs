@@ -14,7 +14,7 @@ mod cache;
 
 mod combined;
 
-pub use cache::{CacheDir, HashCache, KnownDigest};
+pub use cache::{CacheDir, CachedDelta, DeltaOutcome, HashCache, KnownDigest};
 use cache::{CachedCombined, CachedFile};
 pub use combined::{
     MetaPrefix, copy_with_prefixes, read_meta_prefix, sha256_state, sha256_with_prefixes,

@@ -67,19 +67,25 @@ pub fn assemble(
             // Upstream JSON is parsed into a value only for what is mirrored.
             let version_raw = parse_raw(&version.raw);
             let mut items = Map::new();
-            for img in &complete {
-                for key in &img.items {
-                    if items.contains_key(key) {
-                        continue;
-                    }
-                    let mut raw = version_raw["items"][key].clone();
-                    if let (Some(obj), Some(path)) =
-                        (raw.as_object_mut(), local(&product.id, &version.name, key))
-                    {
-                        obj.insert("path".into(), Value::String(path));
-                    }
-                    items.insert(key.clone(), raw);
+            let deltas = pv
+                .deltas
+                .iter()
+                .filter(|k| local(&product.id, &version.name, k).is_some());
+            let keys = complete
+                .iter()
+                .flat_map(|img| img.items.iter())
+                .chain(deltas);
+            for key in keys {
+                if items.contains_key(key) {
+                    continue;
                 }
+                let mut raw = version_raw["items"][key].clone();
+                if let (Some(obj), Some(path)) =
+                    (raw.as_object_mut(), local(&product.id, &version.name, key))
+                {
+                    obj.insert("path".into(), Value::String(path));
+                }
+                items.insert(key.clone(), raw);
             }
             let mut raw = version_raw;
             if let Some(obj) = raw.as_object_mut() {
@@ -90,6 +96,7 @@ pub fn assemble(
         if versions.is_empty() {
             continue;
         }
+        drop_baseless_deltas(&mut versions);
         out.versions += versions.len();
         let mut raw = parse_raw(&product.raw);
         if let Some(obj) = raw.as_object_mut() {
@@ -98,6 +105,21 @@ pub fn assemble(
         out.products.insert(product.id.clone(), raw);
     }
     out
+}
+
+/// Deltas whose base version is not in the mirror's catalog: nobody here can apply them.
+fn drop_baseless_deltas(versions: &mut Map<String, Value>) {
+    let names: Vec<String> = versions.keys().cloned().collect();
+    for version in versions.values_mut() {
+        if let Some(items) = version.get_mut("items").and_then(Value::as_object_mut) {
+            items.retain(|_, item| {
+                item["ftype"] != crate::format::SQUASHFS_DELTA_FTYPE
+                    || item["delta_base"]
+                        .as_str()
+                        .is_some_and(|b| names.iter().any(|n| n == b))
+            });
+        }
+    }
 }
 
 /// Upstream JSON text, already validated when it was read, as a value.

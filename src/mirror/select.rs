@@ -319,6 +319,9 @@ pub struct PlannedVersion {
     pub index: usize,
     /// The images to mirror (each complete or not at all).
     pub images: Vec<Image>,
+    /// The item keys of its deltas from other planned versions of the product (none with
+    /// `--no-deltas`); the catalog keeps those whose base is mirrored too.
+    pub deltas: Vec<String>,
     /// Within `--keep`: downloaded if missing. Older versions are candidates only when already
     /// present locally, so a failed download of a new version does not empty the product.
     pub wanted: bool,
@@ -339,6 +342,7 @@ impl PlannedProduct {
         v.images
             .iter()
             .flat_map(|i| i.items.iter().cloned())
+            .chain(v.deltas.iter().cloned())
             .collect()
     }
 }
@@ -359,14 +363,39 @@ pub fn plan(products: Vec<RemoteProduct>, filters: &Filters) -> Vec<PlannedProdu
             versions.push(PlannedVersion {
                 index,
                 images,
+                deltas: Vec::new(),
                 wanted,
             });
+        }
+        if !filters.no_deltas {
+            plan_deltas(&product, &mut versions);
         }
         if !versions.is_empty() {
             out.push(PlannedProduct { product, versions });
         }
     }
     out
+}
+
+/// The deltas of each planned version whose base is a planned version too: a delta from a
+/// version the mirror does not hold is of no use to its clients.
+fn plan_deltas(product: &RemoteProduct, versions: &mut [PlannedVersion]) {
+    let planned: BTreeSet<&str> = versions
+        .iter()
+        .filter(|pv| pv.wanted)
+        .map(|pv| product.versions[pv.index].name.as_str())
+        .collect();
+    for pv in versions.iter_mut().filter(|pv| pv.wanted) {
+        pv.deltas = product.versions[pv.index]
+            .items
+            .iter()
+            .filter(|(_, i)| {
+                i.ftype == Ftype::SquashfsDelta
+                    && i.delta_base.as_deref().is_some_and(|b| planned.contains(b))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+    }
 }
 
 /// Where an upstream item path is stored under the mirror: the same relative path, if it is a

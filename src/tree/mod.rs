@@ -11,6 +11,6 @@ pub mod scan;
 pub use layout::{LayoutProduct, discover_layout};
 pub use names::{FileRole, classify};
 pub use scan::{
-    FileSig, ImageFile, TreeError, VersionDir, is_plain_name, only_plain, outside_root,
+    DeltaFile, FileSig, ImageFile, TreeError, VersionDir, is_plain_name, only_plain, outside_root,
     read_signed, resolves_outside, scan_product, scan_version,
 };

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::format::{Family, Ftype, RootfsKind};
+use crate::format::{Family, Ftype, RootfsKind, VersionName};
 
 /// What a file of a version folder is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -225,6 +225,23 @@ pub fn signed_path(path: &Path) -> PathBuf {
     path.with_file_name(signed_name(&name))
 }
 
+/// A delta's file name in the version folder it leads to: `delta-<base version>.vcdiff` (the
+/// name images.linuxcontainers.org uses). Also its item key.
+pub fn delta_name(base: &VersionName) -> String {
+    format!("{DELTA_PREFIX}{base}{DELTA_SUFFIX}")
+}
+
+/// The base version a delta's file name names, when it is one.
+pub fn delta_base(name: &str) -> Option<VersionName> {
+    let base = name
+        .strip_prefix(DELTA_PREFIX)?
+        .strip_suffix(DELTA_SUFFIX)?;
+    VersionName::parse(base).ok()
+}
+
+const DELTA_PREFIX: &str = "delta-";
+const DELTA_SUFFIX: &str = ".vcdiff";
+
 /// The folder of the layout under the tree root: `images/<os>/<release>/<arch>/<variant>/`.
 pub const LAYOUT_ROOT: &str = "images";
 
@@ -409,6 +426,15 @@ mod tests {
                 "lxc.tar.xz"
             ]
         );
+    }
+
+    #[test]
+    fn delta_names_round_trip() {
+        let v = VersionName::parse("20240101_00:00").unwrap();
+        assert_eq!(delta_name(&v), "delta-20240101_00:00.vcdiff");
+        assert_eq!(delta_base(&delta_name(&v)), Some(v));
+        assert_eq!(delta_base("delta-x.vcdiff"), None);
+        assert_eq!(delta_base("rootfs.squashfs"), None);
     }
 
     #[test]

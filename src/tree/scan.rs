@@ -84,9 +84,30 @@ pub struct VersionDir {
     pub unreadable: Option<std::sync::Arc<TreeError>>,
     /// The folder entry is a symlink: where it leads must be checked.
     pub symlink: bool,
+    /// Its deltas (`delta-<base>.vcdiff`), by base version.
+    pub deltas: Vec<DeltaFile>,
+}
+
+/// A delta in a version folder: the xdelta3 VCDIFF from the squashfs of `base` to this
+/// version's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeltaFile {
+    /// The version it starts from.
+    pub base: VersionName,
+    /// File name in the version folder.
+    pub name: String,
+    /// Full path.
+    pub path: PathBuf,
+    /// Signature at scan time.
+    pub sig: FileSig,
 }
 
 impl VersionDir {
+    /// The file of a role, when the version has one.
+    pub fn file(&self, role: FileRole) -> Option<&ImageFile> {
+        self.files.iter().find(|f| f.role == role)
+    }
+
     /// The (metadata, rootfs) pairs that make split images, as indexes into `files` (see
     /// [`names::pairs`]).
     pub fn pairs(&self) -> Vec<(usize, usize)> {
@@ -159,6 +180,7 @@ pub fn scan_product(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<Versio
                 files: Vec::new(),
                 unreadable: Some(std::sync::Arc::new(e)),
                 symlink: false,
+                deltas: Vec::new(),
             });
         scanned.symlink = symlink;
         versions.push(scanned);
@@ -174,8 +196,22 @@ pub fn scan_version(
     warnings: &mut Vec<String>,
 ) -> Result<VersionDir, TreeError> {
     let mut files: Vec<ImageFile> = Vec::new();
+    let mut deltas = Vec::new();
     for entry in read_dir_sorted(dir)? {
         let file_name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(base) = names::delta_base(&file_name) {
+            let path = entry.path();
+            let meta = stat(&path)?;
+            if meta.is_file() {
+                deltas.push(DeltaFile {
+                    base,
+                    name: file_name,
+                    path,
+                    sig: FileSig::of(&meta),
+                });
+            }
+            continue;
+        }
         let Some(role) = classify(&file_name) else {
             continue;
         };
@@ -207,6 +243,7 @@ pub fn scan_version(
         files,
         unreadable: None,
         symlink: false,
+        deltas,
     })
 }
 

@@ -16,6 +16,7 @@ mod build;
 mod build_e2e;
 mod cli;
 mod daemons;
+mod deltas;
 mod deploy;
 mod direct;
 mod e2e;

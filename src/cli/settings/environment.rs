@@ -73,6 +73,10 @@ impl Environment {
             datatype: var("SSBUILDER_DATATYPE"),
             format: var("SSBUILDER_FORMAT"),
             distrobuilder: var("SSBUILDER_DISTROBUILDER"),
+            // `--deltas` and `--delta-max-percent` (which read these variables) are merged in
+            // by the resolver.
+            deltas: None,
+            delta_max_percent: None,
         }
     }
 

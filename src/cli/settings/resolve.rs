@@ -46,8 +46,17 @@ impl Resolver<'_> {
         Ok(Tree::load(
             self.config_path().as_deref(),
             root,
-            &self.env.overrides(),
+            &self.overrides(),
         )?)
+    }
+
+    /// tree.yml's top-level keys as the environment and the command line replace them.
+    pub(super) fn overrides(&self) -> simplestreams_builder::config::Overrides {
+        simplestreams_builder::config::Overrides {
+            deltas: self.cli.deltas,
+            delta_max_percent: self.cli.delta_max_percent,
+            ..self.env.overrides()
+        }
     }
 
     pub(super) fn http(&self) -> HttpSettings {
@@ -72,7 +81,7 @@ impl Resolver<'_> {
 
     pub(super) fn shared(&self) -> Result<Shared> {
         Ok(Shared {
-            overrides: self.env.overrides(),
+            overrides: self.overrides(),
             http: self.http(),
             clock: self.env.clock(),
             hash_cache: self.env.hash_cache(),
@@ -297,6 +306,7 @@ impl Resolver<'_> {
             alias: args.alias.clone(),
             image_type: args.image_type,
             keep: args.keep.map(|k| k as usize),
+            no_deltas: args.no_deltas,
         };
         let mut req = match &args.url {
             Some(url) => {

@@ -286,6 +286,19 @@ impl Daemon {
         }
     }
 
+    /// Empties the daemon's cache of remote catalogs (`var/cache/<sha256 of the remote>/`, with
+    /// its index.json and images.json, kept an hour), so its next look at a remote reads the
+    /// catalog as published now.
+    pub fn forget_remote_catalogs(&self) {
+        let cache = self.path().join("var/cache");
+        for e in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
     /// The daemon's log and output, for failure messages.
     pub fn logs(&self) -> String {
         let read = |name: &str| std::fs::read_to_string(self.path().join(name)).unwrap_or_default();
