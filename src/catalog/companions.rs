@@ -64,8 +64,12 @@ pub fn after_catalog(
         remove_stale_signed_catalog(target, images_path)?;
     }
     let lxc_path = names::lxc_index_path(target);
+    // The page last, from the same products file: it names what is published already.
+    let page = super::page::render(products, None, !lxc.is_empty());
+    let page_path = names::page_path(target);
     if lxc.is_empty() && !lxc_path.exists() {
         // A tree without LXC files gets no `meta/` folder; one that had some gets an empty index.
+        write_if_changed(&page_path, page.as_bytes())?;
         return Ok(done);
     }
     let changed = write_if_changed(&lxc_path, &lxc)?;
@@ -81,6 +85,7 @@ pub fn after_catalog(
         None if changed => remove(&asc)?,
         _ => {}
     }
+    write_if_changed(&page_path, page.as_bytes())?;
     Ok(done)
 }
 

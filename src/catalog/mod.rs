@@ -8,6 +8,7 @@ pub mod inventory;
 pub mod lxc_index;
 pub mod manifest;
 pub mod metadata_json;
+pub mod page;
 pub mod products;
 pub mod publish;
 pub mod published;

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
 
-use crate::format::Index;
+use crate::format::{Index, ProductsFile};
 use crate::tree::FileSig;
 
 /// How often the files are checked for a publish by another process when no file system
@@ -42,6 +42,8 @@ struct Snapshot {
     sigs: Vec<(PathBuf, FileSig)>,
     /// Every item path the catalog lists, relative to the root.
     items: HashSet<String>,
+    /// The products files as one document, parsed on first use (the web page).
+    products: std::sync::OnceLock<Option<Arc<ProductsFile>>>,
 }
 
 /// The catalog of the tree at `root`, as last read.
@@ -69,6 +71,29 @@ impl ServedCatalog {
     /// The catalog file at `relative`, if it is one.
     pub(crate) fn file(&self, relative: &str) -> Option<Arc<CatalogFile>> {
         self.snapshot().files.get(relative).cloned()
+    }
+
+    /// The products of the catalog as one document (every products file the index names),
+    /// parsed once per snapshot; `None` when there is no catalog.
+    pub(crate) fn products(&self) -> Option<Arc<ProductsFile>> {
+        let snapshot = self.snapshot();
+        snapshot
+            .products
+            .get_or_init(|| {
+                let index = snapshot.files.get(&crate::tree::names::index_rel())?;
+                let index: Index = serde_json::from_slice(&index.body).ok()?;
+                let mut all: Option<ProductsFile> = None;
+                for entry in index.index.values() {
+                    let file = snapshot.files.get(entry.path.trim_start_matches('/'))?;
+                    let doc: ProductsFile = serde_json::from_slice(&file.body).ok()?;
+                    match &mut all {
+                        None => all = Some(doc),
+                        Some(all) => all.products.extend(doc.products),
+                    }
+                }
+                all.map(Arc::new)
+            })
+            .clone()
     }
 
     /// True when the catalog lists a file at `relative`: publish checked it resolves inside the

@@ -39,6 +39,8 @@ struct Files {
     root: Arc<PathBuf>,
     /// The catalog, answered from memory; its item paths need no path check.
     served: Arc<ServedCatalog>,
+    /// Served over TLS, with this certificate fingerprint (`AB:CD:…`); `None`: plain HTTP.
+    tls_fingerprint: Option<Arc<str>>,
     /// For `streams/**.json`: answers `Accept-Encoding: gzip` with the `.json.gz` sibling.
     catalog: ServeDir,
     /// For everything else, images included: never any `Content-Encoding`.
@@ -60,8 +62,9 @@ pub(crate) fn router(
     root: PathBuf,
     served: Arc<ServedCatalog>,
     writes: Option<Arc<Writes>>,
-    https: bool,
+    tls_fingerprint: Option<String>,
 ) -> Router {
+    let https = tls_fingerprint.is_some();
     // No index.html and no listings: a directory is a 404 like anything else not served.
     let serve_dir = ServeDir::new(&root)
         .append_index_html_on_directories(false)
@@ -75,6 +78,7 @@ pub(crate) fn router(
     let files = Files {
         root,
         served,
+        tls_fingerprint: tls_fingerprint.map(Arc::from),
         catalog: serve_dir.clone().precompressed_gzip(),
         images: serve_dir.with_buf_chunk_size(IMAGE_CHUNK),
     };
@@ -141,7 +145,12 @@ async fn serve_file(files: Files, req: Request) -> Response {
         return not_found();
     };
     if path.is_root() {
-        return root_note();
+        return if wants_html(req.headers()) {
+            let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+            page(&files, req.headers(), authority.as_deref()).await
+        } else {
+            root_note()
+        };
     }
     let relative = path.to_relative_string();
     if let Some(file) = files.served.file(&relative) {
@@ -278,9 +287,100 @@ async fn access_log(req: Request, next: Next) -> Response {
     response
 }
 
+/// True for a browser: it asks for HTML by name. `curl` and the clients send `*/*` or nothing.
+fn wants_html(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
+}
+
+/// The catalog as a web page, with this server's address as the browser reached it.
+async fn page(files: &Files, headers: &axum::http::HeaderMap, authority: Option<&str>) -> Response {
+    let served = Arc::clone(&files.served);
+    let root = Arc::clone(&files.root);
+    // HTTP/1.1 sends Host; HTTP/2 the `:authority` of the URI.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| authority.map(str::to_owned))
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+        });
+    let forwarded_https = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    let fingerprint = files.tls_fingerprint.clone();
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    let render = move || {
+        let products = served.products().unwrap_or_else(|| {
+            Arc::new(crate::format::ProductsFile {
+                content_id: String::new(),
+                datatype: String::new(),
+                format: String::new(),
+                products: Default::default(),
+                updated: None,
+            })
+        });
+        let scheme = if fingerprint.is_some() || forwarded_https {
+            "https"
+        } else {
+            "http"
+        };
+        let server = host.map(|h| crate::catalog::page::ServerInfo {
+            origin: format!("{scheme}://{h}"),
+            fingerprint: fingerprint.as_deref().map(str::to_owned),
+        });
+        let lxc =
+            std::fs::metadata(crate::tree::names::lxc_index_path(&root)).is_ok_and(|m| m.len() > 0);
+        let html = crate::catalog::page::render(&products, server.as_ref(), lxc);
+        if !gzip {
+            return (html.into_bytes(), false);
+        }
+        // A page of 1,000 products is 0.8 MB of HTML and 0.09 MB gzipped.
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let _ = std::io::Write::write_all(&mut enc, html.as_bytes());
+        match enc.finish() {
+            Ok(gz) => (gz, true),
+            Err(_) => (html.into_bytes(), false),
+        }
+    };
+    // Parsing the catalog (once per publish), rendering and compressing are blocking work.
+    match tokio::task::spawn_blocking(render).await {
+        Ok((body, gzipped)) => {
+            let mut response = (
+                [
+                    (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                    (header::CACHE_CONTROL, "no-cache"),
+                    (header::VARY, "Accept, Accept-Encoding"),
+                ],
+                body,
+            )
+                .into_response();
+            if gzipped {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            response
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
 fn root_note() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::VARY, "Accept"),
+        ],
         "This is a simplestreams image server for LXD and Incus.\n\
          Catalog index: /streams/v1/index.json\n",
     )

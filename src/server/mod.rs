@@ -167,8 +167,8 @@ fn run(
             }
             None => (None, None),
         };
-        let https = cert.is_some();
-        let app = files::router(root.clone(), served, writes, https)
+        let fingerprint = cert.as_ref().map(|c| c.fingerprint.colon_hex());
+        let app = files::router(root.clone(), served, writes, fingerprint)
             .into_make_service_with_connect_info::<SocketAddr>();
 
         if on_signals {

@@ -205,9 +205,20 @@ pub fn signed_name(json_name: &str) -> String {
 }
 
 /// True for the names publish writes beside the catalog: detached signatures, the signed
-/// catalog and LXC's index.
+/// catalog, LXC's index and the catalog's web page.
 pub fn is_companion_file_name(name: &str) -> bool {
-    name.ends_with(SIGNATURE_SUFFIX) || name.ends_with(SIGNED_SUFFIX) || name == LXC_INDEX_FILE
+    name.ends_with(SIGNATURE_SUFFIX)
+        || name.ends_with(SIGNED_SUFFIX)
+        || name == LXC_INDEX_FILE
+        || name == PAGE_FILE
+}
+
+/// The catalog as a web page, at the tree's top (any web server or bucket shows it).
+pub const PAGE_FILE: &str = "index.html";
+
+/// Where the catalog's web page is written.
+pub fn page_path(target: &Path) -> PathBuf {
+    target.join(PAGE_FILE)
 }
 
 /// True for LXC's index folder (relative to the tree) and what is in it.

@@ -27,6 +27,7 @@ mod inventory;
 mod load;
 mod lxc;
 mod mirror;
+mod page;
 mod pipeline;
 mod server;
 mod server_import;

@@ -654,11 +654,13 @@ fn mirror_pull_keep_one_leaves_exactly_the_newest_version() {
     );
     assert_catalog_files_verified(&mirror);
     let rel = |p: &Path| relative(&www, p);
+    // The catalog, and its web page beside it.
     let images: BTreeSet<String> = files_under(&mirror)
         .into_iter()
-        .filter(|f| !f.starts_with("streams/"))
+        .filter(|f| !f.starts_with("streams/") && f != "index.html")
         .collect();
     assert_eq!(images, BTreeSet::from([rel(&new_meta), rel(&new_root)]));
+    assert!(mirror.join("index.html").is_file(), "the mirror's page");
     assert!(!mirror.join(rel(&old_meta)).exists() && !mirror.join(rel(&old_root)).exists());
     assert!(
         !mirror.join(rel(&old_root)).parent().unwrap().exists(),

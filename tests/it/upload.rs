@@ -869,7 +869,13 @@ fn an_upload_re_indexes_its_own_product_only() {
         |c| all_there(c, &fingerprints),
         "the new version beside the others",
     );
-    let log = site.server.said();
+    // The run logs once what is published beside the catalog is written too: wait for it.
+    let start = std::time::Instant::now();
+    let mut log = site.server.said();
+    while !log.contains("4 version(s)") && start.elapsed() < INDEX_DEADLINE {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        log = site.server.said();
+    }
     assert!(
         log.lines().any(|l| l.contains("re-indexed (start-up scan)")
             && l.contains("3 product(s), 3 version(s), 3 product folder(s) hashed")),
