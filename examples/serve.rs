@@ -34,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tls,
         index: None,
         writes: Default::default(),
+        read_users: None,
     })?;
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! [`server`] serves. [`build`], [`import`], [`mirror`] and [`direct`] are the features that put
 //! images into a tree or hand them out.
 
+pub mod access;
 pub mod build;
 pub mod catalog;
 pub mod config;

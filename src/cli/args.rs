@@ -95,6 +95,39 @@ pub enum Command {
     Mirror(MirrorCommand),
     /// Make an OpenPGP signing key for --sign-key, and its public key for clients
     Keygen(KeygenArgs),
+    /// Manage the readers of a private server (serve --read-users FILE)
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+/// `users add`, `users list`, `users remove`.
+#[derive(Clone, Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Add a reader and print its fresh token (only once: the file keeps its hash)
+    Add {
+        /// The user's name (the USER of https://USER:TOKEN@HOST)
+        name: String,
+        /// The users file (created when missing)
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// Products the user may see: ids or globs such as `debian:*` (repeatable; default `*`)
+        #[arg(long = "products", value_name = "GLOB")]
+        products: Vec<String>,
+    },
+    /// List the readers and what they may see
+    List {
+        /// The users file
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Remove a reader
+    Remove {
+        /// The user's name
+        name: String,
+        /// The users file
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 /// `keygen`.
@@ -360,6 +393,11 @@ pub struct ServeArgs {
     /// Largest accepted upload: bytes, or with a K, M, G or T suffix (powers of 1024)
     #[arg(long, env = "SSB_MAX_UPLOAD_SIZE", default_value = "10G", value_parser = parse_size, value_name = "SIZE")]
     pub max_upload_size: u64,
+    /// A private server: every read needs a login from this users file (`users add`), and each
+    /// user sees only its products (basic auth, as https://USER:TOKEN@HOST sends it, or a bearer
+    /// token). Write tokens stay separate
+    #[arg(long, env = "SSB_READ_USERS", value_name = "FILE")]
+    pub read_users: Option<PathBuf>,
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {

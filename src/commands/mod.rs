@@ -9,6 +9,7 @@ mod keygen;
 mod mirror;
 mod publish;
 mod serve;
+mod users;
 
 use anyhow::Result;
 
@@ -34,6 +35,7 @@ pub fn run(settings: Settings) -> Result<()> {
         Settings::Demo(s) => demo::run(&s),
         Settings::MirrorPull(req) => mirror::pull(&req),
         Settings::MirrorPush { source, dest } => mirror::push(&source, &dest),
+        Settings::Users(cmd) => users::run(cmd),
         Settings::Keygen {
             out,
             user_id,

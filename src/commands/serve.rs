@@ -38,6 +38,7 @@ pub fn serve_static(root: PathBuf, listen: SocketAddr) -> Result<()> {
         },
         index: None,
         writes: WriteOptions::default(),
+        read_users: None,
     })?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! one catalog or the next, never a mix. The item paths of the snapshot are the files the
 //! catalog checked at publish; the path guard trusts them without a file system call.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -40,10 +40,29 @@ struct Snapshot {
     files: HashMap<String, Arc<CatalogFile>>,
     /// The signatures the files were read with, to notice a new publish.
     sigs: Vec<(PathBuf, FileSig)>,
-    /// Every item path the catalog lists, relative to the root.
-    items: HashSet<String>,
+    /// Every item path the catalog lists, relative to the root, and its product.
+    items: HashMap<String, String>,
     /// The products files as one document, parsed on first use (the web page).
     products: std::sync::OnceLock<Option<Arc<ProductsFile>>>,
+    /// The catalog as each set of read users sees it (private catalogs), made on first use.
+    filtered: std::sync::Mutex<HashMap<crate::access::Visibility, Arc<Filtered>>>,
+}
+
+/// The catalog of a snapshot as one visibility sees it: its index, products files and LXC
+/// index, never written to disk.
+pub(crate) struct Filtered {
+    files: HashMap<String, Arc<CatalogFile>>,
+    /// Products it holds.
+    pub(crate) products: Arc<ProductsFile>,
+    /// LXC's index of those products.
+    pub(crate) lxc_index: Bytes,
+}
+
+impl Filtered {
+    /// Its catalog file at `relative`.
+    pub(crate) fn file(&self, relative: &str) -> Option<Arc<CatalogFile>> {
+        self.files.get(relative).cloned()
+    }
 }
 
 /// The catalog of the tree at `root`, as last read.
@@ -99,7 +118,75 @@ impl ServedCatalog {
     /// True when the catalog lists a file at `relative`: publish checked it resolves inside the
     /// tree onto plain names.
     pub(crate) fn lists_item(&self, relative: &str) -> bool {
-        self.snapshot().items.contains(relative)
+        self.snapshot().items.contains_key(relative)
+    }
+
+    /// The product whose item is at `relative`.
+    pub(crate) fn item_product(&self, relative: &str) -> Option<String> {
+        self.snapshot().items.get(relative).cloned()
+    }
+
+    /// The catalog as `visible` sees it, made once per catalog and visibility.
+    pub(crate) fn filtered(&self, visible: &crate::access::Visibility) -> Arc<Filtered> {
+        let snapshot = self.snapshot();
+        let mut cache = snapshot.filtered.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = cache.get(visible) {
+            return Arc::clone(f);
+        }
+        let mut files = HashMap::new();
+        let mut products = ProductsFile {
+            content_id: String::new(),
+            datatype: String::new(),
+            format: String::new(),
+            products: Default::default(),
+            updated: None,
+        };
+        let index_rel = crate::tree::names::index_rel();
+        if let Some(index) = snapshot
+            .files
+            .get(&index_rel)
+            .and_then(|f| serde_json::from_slice::<Index>(&f.body).ok())
+        {
+            let mut index = index;
+            for entry in index.index.values_mut() {
+                let rel = entry.path.trim_start_matches('/').to_owned();
+                let Some(doc) = snapshot
+                    .files
+                    .get(&rel)
+                    .and_then(|f| serde_json::from_slice::<ProductsFile>(&f.body).ok())
+                else {
+                    continue;
+                };
+                let mut doc = doc;
+                doc.products.retain(|id, _| visible.sees(id));
+                entry.products.retain(|id| visible.sees(id));
+                files.insert(
+                    rel,
+                    Arc::new(CatalogFile::generated(crate::catalog::publish::to_json(
+                        &doc,
+                    ))),
+                );
+                products.content_id.clone_from(&doc.content_id);
+                products.datatype.clone_from(&doc.datatype);
+                products.format.clone_from(&doc.format);
+                products.updated.clone_from(&doc.updated);
+                products.products.extend(doc.products);
+            }
+            files.insert(
+                index_rel,
+                Arc::new(CatalogFile::generated(crate::catalog::publish::to_json(
+                    &index,
+                ))),
+            );
+        }
+        let lxc_index = Bytes::from(crate::catalog::lxc_index::build(&products, &mut Vec::new()));
+        let filtered = Arc::new(Filtered {
+            files,
+            products: Arc::new(products),
+            lxc_index,
+        });
+        cache.insert(visible.clone(), Arc::clone(&filtered));
+        filtered
     }
 
     /// Reads the catalog again when its files changed since the last read (blocking). Keeps
@@ -225,7 +312,10 @@ fn read_snapshot(root: &Path) -> Result<Snapshot, String> {
 
 /// The relative item paths of a products file (URLs and `../` paths are not ours to serve),
 /// read without building a document: only the paths are decoded.
-fn collect_items(products: &[u8], out: &mut HashSet<String>) -> Result<(), serde_json::Error> {
+fn collect_items(
+    products: &[u8],
+    out: &mut HashMap<String, String>,
+) -> Result<(), serde_json::Error> {
     use std::borrow::Cow;
     #[derive(serde::Deserialize)]
     struct File<'a> {
@@ -248,17 +338,18 @@ fn collect_items(products: &[u8], out: &mut HashSet<String>) -> Result<(), serde
         path: Option<Cow<'a, str>>,
     }
     let file: File<'_> = serde_json::from_slice(products)?;
-    for item in file
-        .products
-        .into_values()
-        .flat_map(|p| p.versions.into_values())
-        .flat_map(|v| v.items.into_values())
-    {
-        if let Some(path) = item.path
-            && !path.contains("://")
-            && path.split('/').all(crate::tree::is_plain_name)
+    for (id, product) in file.products {
+        for item in product
+            .versions
+            .into_values()
+            .flat_map(|v| v.items.into_values())
         {
-            out.insert(path.into_owned());
+            if let Some(path) = item.path
+                && !path.contains("://")
+                && path.split('/').all(crate::tree::is_plain_name)
+            {
+                out.insert(path.into_owned(), id.to_string());
+            }
         }
     }
     Ok(())
@@ -274,6 +365,23 @@ fn gzip_twin(path: &Path, body: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl CatalogFile {
+    /// A document made in memory (a filtered catalog), gzipped here.
+    fn generated(body: Vec<u8>) -> Self {
+        Self::new(
+            body,
+            &FileSig {
+                size: 0,
+                mtime: jiff::Timestamp::now().as_second(),
+                mtime_ns: 0,
+                ino: 0,
+                dev: 0,
+                ctime: 0,
+                ctime_ns: 0,
+            },
+            None,
+        )
+    }
+
     fn new(body: Vec<u8>, sig: &FileSig, twin: Option<Vec<u8>>) -> Self {
         let digest = hex::encode(Sha256::digest(&body));
         let gzip = twin.unwrap_or_else(|| {

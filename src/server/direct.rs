@@ -47,7 +47,11 @@ impl Direct {
     }
 
     /// Answers a `GET` or `HEAD` under [`PREFIX`].
-    pub(crate) async fn answer(self: Arc<Self>, req: Request) -> Response {
+    pub(crate) async fn answer(
+        self: Arc<Self>,
+        req: Request,
+        visible: Option<crate::access::Visibility>,
+    ) -> Response {
         let Some(alias) = RequestPath::parse(req.uri().path())
             .map(|p| p.to_relative_string())
             .and_then(|p| p.strip_prefix("direct/").map(str::to_owned))
@@ -87,7 +91,7 @@ impl Direct {
                 );
             }
         };
-        let result = self.resolve(alias.clone(), archs).await;
+        let result = self.resolve(alias.clone(), archs, visible).await;
         let (choice, unified) = match result {
             Ok(found) => found,
             Err(e) => {
@@ -136,11 +140,16 @@ impl Direct {
         &self,
         alias: String,
         archs: Vec<String>,
+        visible: Option<crate::access::Visibility>,
     ) -> Result<(direct::Choice, direct::Unified), DirectError> {
         let root = Arc::clone(&self.root);
         let catalog = Arc::clone(&self.catalog);
         let (choice, hit) = blocking(move || {
             let choice = direct::choose(&*catalog.products(&root)?, &alias, &archs)?;
+            // A product this reader may not see is an alias that does not exist.
+            if visible.is_some_and(|v| !v.sees(&choice.product)) {
+                return Err(DirectError::UnknownAlias { alias });
+            }
             let hit = match &choice.source {
                 direct::Source::Split {
                     meta, fingerprint, ..

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error("--read-users: {0}")]
+    ReadUsers(#[from] crate::access::UsersError),
+
     #[error("cannot serve {path}: not a readable directory")]
     Root {
         path: PathBuf,

@@ -53,6 +53,8 @@ struct App {
     files: Files,
     writes: Option<Arc<Writes>>,
     direct: Arc<Direct>,
+    /// A private server's readers.
+    read: Option<Arc<super::read::ReadAccess>>,
 }
 
 /// Builds the router for the tree at `root`, which must already be canonical. Without
@@ -63,6 +65,7 @@ pub(crate) fn router(
     served: Arc<ServedCatalog>,
     writes: Option<Arc<Writes>>,
     tls_fingerprint: Option<String>,
+    read: Option<Arc<super::read::ReadAccess>>,
 ) -> Router {
     let https = tls_fingerprint.is_some();
     // No index.html and no listings: a directory is a 404 like anything else not served.
@@ -88,6 +91,7 @@ pub(crate) fn router(
             files,
             writes,
             direct,
+            read,
         })
         // Uploads stream to disk and are capped by --max-upload-size, not axum's 2 MB default
         // (which would apply to multipart bodies).
@@ -98,10 +102,27 @@ pub(crate) fn router(
 async fn dispatch(State(app): State<App>, req: Request) -> Response {
     let method = req.method().clone();
     if method == Method::GET || method == Method::HEAD {
+        let visible = match &app.read {
+            None => None,
+            Some(read) => {
+                let peer = req
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|ConnectInfo(addr)| addr.ip());
+                match read.check(req.headers(), peer) {
+                    super::read::Decision::Deny(response) => return response,
+                    super::read::Decision::Allow(v) if v.is_all() => None,
+                    super::read::Decision::Allow(v) => Some(v),
+                }
+            }
+        };
         if req.uri().path().starts_with(direct::PREFIX) {
-            return app.direct.answer(req).await;
+            return app.direct.answer(req, visible).await;
         }
-        return serve_file(app.files, req).await;
+        return match visible {
+            None => serve_file(app.files, req).await,
+            Some(v) => serve_visible(app.files, req, v).await,
+        };
     }
     let Some(writes) = app.writes else {
         return (
@@ -287,6 +308,56 @@ async fn access_log(req: Request, next: Next) -> Response {
     response
 }
 
+/// A read of a private catalog by someone who sees only some products: the catalog, LXC's
+/// index and the page as filtered for them (from memory, never from disk), the files of the
+/// products they see (and those files' signatures); anything else is a 404 that does not say
+/// whether it exists.
+async fn serve_visible(files: Files, req: Request, visible: crate::access::Visibility) -> Response {
+    let Some(path) = RequestPath::parse(req.uri().path()) else {
+        return not_found();
+    };
+    let filtered = {
+        let served = Arc::clone(&files.served);
+        let v = visible.clone();
+        match tokio::task::spawn_blocking(move || served.filtered(&v)).await {
+            Ok(f) => f,
+            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        }
+    };
+    if path.is_root() {
+        return if wants_html(req.headers()) {
+            let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+            page_of(
+                &files,
+                req.headers(),
+                authority.as_deref(),
+                Some(Arc::clone(&filtered.products)),
+            )
+            .await
+        } else {
+            root_note()
+        };
+    }
+    let relative = path.to_relative_string();
+    if let Some(file) = filtered.file(&relative) {
+        return file.answer(req.method(), req.headers());
+    }
+    if relative == crate::tree::names::lxc_index_rel() {
+        return (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            filtered.lxc_index.clone(),
+        )
+            .into_response();
+    }
+    let item = relative
+        .strip_suffix(crate::tree::names::SIGNATURE_SUFFIX)
+        .unwrap_or(&relative);
+    match files.served.item_product(item) {
+        Some(product) if visible.sees(&product) => serve_file(files, req).await,
+        _ => not_found(),
+    }
+}
+
 /// True for a browser: it asks for HTML by name. `curl` and the clients send `*/*` or nothing.
 fn wants_html(headers: &axum::http::HeaderMap) -> bool {
     headers
@@ -297,6 +368,16 @@ fn wants_html(headers: &axum::http::HeaderMap) -> bool {
 
 /// The catalog as a web page, with this server's address as the browser reached it.
 async fn page(files: &Files, headers: &axum::http::HeaderMap, authority: Option<&str>) -> Response {
+    page_of(files, headers, authority, None).await
+}
+
+/// The page of `products` (the whole catalog when `None`).
+async fn page_of(
+    files: &Files,
+    headers: &axum::http::HeaderMap,
+    authority: Option<&str>,
+    products: Option<Arc<crate::format::ProductsFile>>,
+) -> Response {
     let served = Arc::clone(&files.served);
     let root = Arc::clone(&files.root);
     // HTTP/1.1 sends Host; HTTP/2 the `:authority` of the URI.
@@ -320,7 +401,7 @@ async fn page(files: &Files, headers: &axum::http::HeaderMap, authority: Option<
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("gzip"));
     let render = move || {
-        let products = served.products().unwrap_or_else(|| {
+        let products = products.or_else(|| served.products()).unwrap_or_else(|| {
             Arc::new(crate::format::ProductsFile {
                 content_id: String::new(),
                 datatype: String::new(),

@@ -14,6 +14,7 @@ mod catalog;
 mod direct;
 mod error;
 mod files;
+mod read;
 mod reindex;
 mod request_path;
 mod tls;
@@ -52,6 +53,9 @@ pub struct ServeOptions {
     pub index: Option<IndexOptions>,
     /// Who may write and what writes may do (used only with `index`).
     pub writes: WriteOptions,
+    /// The users file of a private server (`--read-users`): every read is authenticated, and
+    /// each user sees the products it may.
+    pub read_users: Option<PathBuf>,
 }
 
 /// Where the server's certificate comes from, if any.
@@ -112,6 +116,17 @@ fn run(
     on_signals: bool,
 ) -> Result<(), ServerError> {
     let root = canonical_root(&opts.root)?;
+    let read = match &opts.read_users {
+        Some(path) => {
+            let access = read::ReadAccess::load(path.clone())?;
+            tracing::info!(
+                "private catalog: reads need a login from {}",
+                path.display()
+            );
+            Some(std::sync::Arc::new(access))
+        }
+        None => None,
+    };
     let cert = match &opts.tls {
         TlsMode::Http => None,
         TlsMode::Files { cert, key } => Some(tls::load_files(cert, key)?),
@@ -168,7 +183,7 @@ fn run(
             None => (None, None),
         };
         let fingerprint = cert.as_ref().map(|c| c.fingerprint.colon_hex());
-        let app = files::router(root.clone(), served, writes, fingerprint)
+        let app = files::router(root.clone(), served, writes, fingerprint, read)
             .into_make_service_with_connect_info::<SocketAddr>();
 
         if on_signals {

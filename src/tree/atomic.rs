@@ -57,6 +57,19 @@ pub fn write_with(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    write_with_mode_of(path, FILE_MODE, fill)
+}
+
+/// Like [`write`](fn@write), with another file mode (0600 for a file of secrets).
+pub fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_with_mode_of(path, mode, |w| w.write_all(bytes))
+}
+
+fn write_with_mode_of(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -78,7 +91,7 @@ pub fn write_with(
         w.flush()?;
     }
     let file = tmp.as_file();
-    file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
     file.sync_all()?;
     tmp.persist(path).map_err(|e| {
         std::io::Error::new(

@@ -29,6 +29,7 @@ mod lxc;
 mod mirror;
 mod page;
 mod pipeline;
+mod private;
 mod server;
 mod server_import;
 mod upload;

@@ -43,6 +43,7 @@ impl TestServer {
             tls,
             index: None,
             writes: Default::default(),
+            read_users: None,
         };
         let thread_handle = handle.clone();
         let thread = std::thread::spawn(move || {
@@ -593,6 +594,7 @@ fn reports_the_address_it_cannot_bind() {
         tls: TlsMode::Http,
         index: None,
         writes: Default::default(),
+        read_users: None,
     };
     let error = serve_with_handle(opts, handle, |_| panic!("ready despite bind failure"))
         .expect_err("bound a taken port");

@@ -177,6 +177,7 @@ pub enum Settings {
         source: PathBuf,
         dest: String,
     },
+    Users(super::args::UsersCommand),
     Keygen {
         out: PathBuf,
         user_id: String,
@@ -246,6 +247,7 @@ impl Settings {
                 serve: !args.no_serve,
                 shared: r.shared()?,
             }),
+            Command::Users(cmd) => Settings::Users(cmd.clone()),
             Command::Keygen(args) => Settings::Keygen {
                 out: args.out.clone(),
                 user_id: args.user_id.clone(),

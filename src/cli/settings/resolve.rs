@@ -291,6 +291,7 @@ impl Resolver<'_> {
                     max_upload_size: args.max_upload_size,
                 },
                 root,
+                read_users: args.read_users.clone(),
             },
             mirror,
         })

@@ -128,7 +128,12 @@ pub enum Client {
 impl Client {
     pub const BOTH: [Client; 2] = [Client::Incus, Client::Lxc];
 
-    fn program(self) -> Program {
+    /// The client's program name.
+    pub fn name(self) -> &'static str {
+        self.program().name()
+    }
+
+    pub fn program(self) -> Program {
         match self {
             Client::Incus => Program::Incus,
             Client::Lxc => Program::Lxc,
