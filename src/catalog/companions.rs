@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use crate::format::{Ftype, Index, ProductsFile};
+use crate::format::{Index, ProductsFile};
 use crate::sign::Signer;
 use crate::tree::names::{self, signature_path, signed_name, signed_path};
 
@@ -75,7 +75,7 @@ pub fn after_catalog(
     let changed = write_if_changed(&lxc_path, &lxc)?;
     let asc = signature_path(&lxc_path);
     match signer {
-        Some(signer) if changed || !signed_by(signer, &asc) => {
+        Some(signer) if changed || !is_fresh(&lxc_path, &asc, signer) => {
             let sig = signer
                 .detached(lxc.as_slice(), &lxc_path.display().to_string())
                 .map_err(|e| sign_failed(&lxc_path, e))?;
@@ -162,15 +162,10 @@ fn sign_lxc_files(
     let mut count = 0;
     for product in products.products.values() {
         for version in product.versions.values() {
-            let has = |f: &Ftype| version.items.values().any(|i| i.ftype == *f);
-            if !(has(&Ftype::LxcMeta) && has(&Ftype::RootTarXz)) {
+            let Some((meta, root)) = super::lxc_index::lxc_pair(version) else {
                 continue;
-            }
-            for item in version
-                .items
-                .values()
-                .filter(|i| matches!(i.ftype, Ftype::LxcMeta | Ftype::RootTarXz))
-            {
+            };
+            for item in [meta, root] {
                 if item.path.contains("://") {
                     continue;
                 }
@@ -215,11 +210,6 @@ fn is_fresh(file: &Path, signed: &Path, signer: &Signer) -> bool {
     let changed = (f.mtime(), f.mtime_nsec()).max((f.ctime(), f.ctime_nsec()));
     (a.mtime(), a.mtime_nsec()) > changed
         && crate::sign::signature_block(signed).is_some_and(|block| signer.made_detached(&block))
-}
-
-/// True when `asc` holds a signature by this key.
-fn signed_by(signer: &Signer, asc: &Path) -> bool {
-    crate::sign::signature_block(asc).is_some_and(|block| signer.made_detached(&block))
 }
 
 fn pretty<T: serde::Serialize>(doc: &T) -> String {

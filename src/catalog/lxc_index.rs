@@ -9,7 +9,8 @@
 //! the catalog names, and nothing that is not complete.
 
 use crate::format::arch::debian_arch;
-use crate::format::{Ftype, Product, ProductsFile, Version};
+use crate::format::{Ftype, Item, Product, ProductsFile, RootfsKind, Version};
+use crate::tree::FileRole;
 
 /// The index's text for a products file; `warnings` gets one line per LXC pair left out.
 pub fn build(products: &ProductsFile, warnings: &mut Vec<String>) -> Vec<u8> {
@@ -33,17 +34,35 @@ pub fn build(products: &ProductsFile, warnings: &mut Vec<String>) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// The folder (tree-relative, as item paths give it) of a version's LXC pair, when it has one:
-/// both files side by side, as the template fetches `<path>/rootfs.tar.xz` and
-/// `<path>/meta.tar.xz`.
+/// The folder (tree-relative, as item paths give it) of a version's LXC pair, when it has one.
 fn lxc_folder(version: &Version) -> Option<String> {
-    let folder_of = |ftype: &Ftype| -> Option<&str> {
-        let item = version.items.values().find(|i| i.ftype == *ftype)?;
-        Some(item.path.rsplit_once('/').map_or("", |(dir, _)| dir))
+    let (meta, _) = lxc_pair(version)?;
+    Some(
+        meta.path
+            .rsplit_once('/')
+            .map_or("", |(dir, _)| dir)
+            .to_owned(),
+    )
+}
+
+/// A version's LXC pair (metadata, root tarball), when it has one: both files side by side
+/// under the names the template fetches, `<path>/meta.tar.xz` and `<path>/rootfs.tar.xz` (a
+/// root tarball named `root.tar.xz` serves LXD and Incus only).
+pub fn lxc_pair(version: &Version) -> Option<(&Item, &Item)> {
+    let split = |i: &Item| -> (String, String) {
+        match i.path.rsplit_once('/') {
+            Some((dir, name)) => (dir.to_owned(), name.to_owned()),
+            None => (String::new(), i.path.clone()),
+        }
     };
-    let meta = folder_of(&Ftype::LxcMeta)?;
-    let root = folder_of(&Ftype::RootTarXz)?;
-    (meta == root).then(|| meta.to_owned())
+    let meta = version.items.values().find(|i| i.ftype == Ftype::LxcMeta)?;
+    let (dir, _) = split(meta);
+    let root_name = FileRole::Rootfs(RootfsKind::RootTarXz).file_name();
+    let root = version
+        .items
+        .values()
+        .find(|i| i.ftype == Ftype::RootTarXz && split(i) == (dir.clone(), root_name.to_owned()))?;
+    Some((meta, root))
 }
 
 fn line(product: &Product, build: &str, folder: &str) -> Result<String, String> {
@@ -140,6 +159,11 @@ mod tests {
             (Ftype::LxcMeta, "a/20240104_0000/meta.tar.xz"),
             (Ftype::RootTarXz, "b/20240104_0000/rootfs.tar.xz"),
         ]);
+        // The template fetches `rootfs.tar.xz`, never `root.tar.xz`.
+        let named = version(&[
+            (Ftype::LxcMeta, "c/20240105_0000/meta.tar.xz"),
+            (Ftype::RootTarXz, "c/20240105_0000/root.tar.xz"),
+        ]);
         let mut arm = product(
             "Alpine",
             "aarch64",
@@ -161,6 +185,7 @@ mod tests {
                             ("20240102_00:00", pair("20240102_00:00")),
                             ("20240103_0000", lxd_only),
                             ("20240104_0000", apart),
+                            ("20240105_0000", named),
                         ],
                     ),
                 ),

@@ -226,7 +226,7 @@ fn row(html: &mut String, id: &str, p: &Product) {
             .map(|f| format!(
                 "<code class=\"fp\" title=\"{}\">{}</code>",
                 esc(f),
-                esc(&f[..f.len().min(12)])
+                esc(&short(f))
             ))
             .unwrap_or_else(|| "—".into()),
         requirements(p)
@@ -251,12 +251,17 @@ fn older(p: &Product) -> String {
                 esc(name.as_str()),
                 s.fingerprint
                     .as_deref()
-                    .map(|f| format!(" <code class=\"fp\">{}</code>", esc(&f[..f.len().min(12)])))
+                    .map(|f| format!(" <code class=\"fp\">{}</code>", esc(&short(f))))
                     .unwrap_or_default()
             )
         })
         .collect();
     format!("<details><summary>{n} older</summary><ul>{items}</ul></details>")
+}
+
+/// The first 12 characters of a fingerprint (a mirrored one may be any text).
+fn short(fingerprint: &str) -> String {
+    fingerprint.chars().take(12).collect()
 }
 
 fn requirements(p: &Product) -> String {
@@ -504,6 +509,18 @@ mod tests {
         assert!(page.contains("a/&lt;i&gt;"));
         // One script: ours.
         assert_eq!(page.matches("<script>").count(), 1);
+    }
+
+    /// A mirrored catalog's fingerprints are upstream text: any of it renders.
+    #[test]
+    fn odd_fingerprints_do_not_break_the_page() {
+        let mut p = product("Odd", "1", "odd");
+        for v in p.versions.values_mut() {
+            let meta = v.items.get_mut("incus.tar.xz").unwrap();
+            meta.set_combined(crate::format::RootfsKind::Squashfs, Some("aé€".repeat(9)));
+        }
+        let page = render(&file(vec![("odd:1:amd64:default", p)]), None, false);
+        assert!(page.contains("aé€aé€aé€aé€"));
     }
 
     #[test]

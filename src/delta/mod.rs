@@ -289,9 +289,15 @@ fn one(
     };
     match (on_disk, recorded.map(|c| c.outcome)) {
         (Some(d), Some(DeltaOutcome::Published { file, sha256 })) if file == d.sig => {
-            return Ok(Some(keep(cache, file, sha256)));
+            if worth_it(policy, file.size, new.sig.size) {
+                return Ok(Some(keep(cache, file, sha256)));
+            }
+            // The share allowed was lowered since it was made.
+            let _ = std::fs::remove_file(&path);
+            record(cache, DeltaOutcome::TooLarge { size: file.size });
+            return Ok(None);
         }
-        (None, Some(DeltaOutcome::TooLarge { size })) => {
+        (None, Some(DeltaOutcome::TooLarge { size })) if !worth_it(policy, size, new.sig.size) => {
             record(cache, DeltaOutcome::TooLarge { size });
             return Ok(None);
         }
@@ -304,7 +310,23 @@ fn one(
                     source: std::io::Error::other(e.to_string()),
                 })?;
             cache.bytes_read += d.sig.size;
-            return Ok(Some(keep(cache, d.sig, sha256)));
+            // It must give this version's squashfs from the base's: a delta left by files
+            // that have changed since is made again below.
+            let gives = decoded_sha256(policy, &base.path, &d.path)?;
+            let (new_sha, _) =
+                crate::hash::sha256_state(&new.path, progress).map_err(|e| DeltaError::Io {
+                    path: new.path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            cache.bytes_read += base.sig.size + 2 * new.sig.size;
+            if gives == new_sha {
+                return Ok(Some(keep(cache, d.sig, sha256)));
+            }
+            tracing::warn!(
+                "{}: does not give this version's squashfs from version {}: made again",
+                d.path.display(),
+                b.name
+            );
         }
         _ => {}
     }

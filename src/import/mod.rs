@@ -405,11 +405,10 @@ fn place_lxc_meta(meta: &Path, imported: Imported) -> Result<Imported, ImportErr
     let dir = match &imported {
         Imported::New(d) | Imported::AlreadyThere(d) => d.as_path(),
     };
-    let root = FileRole::Rootfs(RootfsKind::RootTarXz);
-    if ![Some(root.file_name()), root.other_name()]
-        .into_iter()
-        .flatten()
-        .any(|n| dir.join(n).is_file())
+    // The template fetches `<folder>/rootfs.tar.xz`, under that name only.
+    if !dir
+        .join(FileRole::Rootfs(RootfsKind::RootTarXz).file_name())
+        .is_file()
     {
         return Err(ImportError::Input(format!(
             "{}: classic LXC needs the root tarball beside its metadata, and {} holds none (import the image with its root tarball, not a squashfs)",

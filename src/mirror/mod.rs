@@ -449,6 +449,8 @@ fn remove_unlisted(target: &Path, old: &State, new: &State, report: &mut PullRep
         match std::fs::remove_file(&path) {
             Ok(()) => {
                 report.removed += 1;
+                // Its signature, if this mirror signed it, goes with it.
+                let _ = std::fs::remove_file(crate::tree::names::signature_path(&path));
                 remove_empty_parents(target, &path);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -126,6 +126,20 @@ impl ServedCatalog {
         self.snapshot().items.get(relative).cloned()
     }
 
+    /// The product of the version folder `folder` (relative), from the items the catalog lists
+    /// in it.
+    pub(crate) fn folder_product(&self, folder: &str) -> Option<String> {
+        let prefix = format!("{folder}/");
+        self.snapshot()
+            .items
+            .iter()
+            .find(|(path, _)| {
+                path.strip_prefix(&prefix)
+                    .is_some_and(|rest| !rest.contains('/'))
+            })
+            .map(|(_, product)| product.clone())
+    }
+
     /// The catalog as `visible` sees it, made once per catalog and visibility.
     pub(crate) fn filtered(&self, visible: &crate::access::Visibility) -> Arc<Filtered> {
         let snapshot = self.snapshot();
@@ -155,6 +169,8 @@ impl ServedCatalog {
                     .get(&rel)
                     .and_then(|f| serde_json::from_slice::<ProductsFile>(&f.body).ok())
                 else {
+                    // A products file we cannot filter is shown to nobody, nor are its ids.
+                    entry.products.clear();
                     continue;
                 };
                 let mut doc = doc;

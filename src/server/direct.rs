@@ -145,11 +145,17 @@ impl Direct {
         let root = Arc::clone(&self.root);
         let catalog = Arc::clone(&self.catalog);
         let (choice, hit) = blocking(move || {
-            let choice = direct::choose(&*catalog.products(&root)?, &alias, &archs)?;
-            // A product this reader may not see is an alias that does not exist.
-            if visible.is_some_and(|v| !v.sees(&choice.product)) {
-                return Err(DirectError::UnknownAlias { alias });
-            }
+            let all = catalog.products(&root)?;
+            // A reader of a private catalog chooses among its own products only: the others'
+            // aliases and architectures do not exist for it.
+            let choice = match &visible {
+                None => direct::choose(&all, &alias, &archs)?,
+                Some(v) => {
+                    let mut mine = (*all).clone();
+                    mine.products.retain(|id, _| v.sees(id));
+                    direct::choose(&mine, &alias, &archs)?
+                }
+            };
             let hit = match &choice.source {
                 direct::Source::Split {
                     meta, fingerprint, ..

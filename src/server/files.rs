@@ -352,7 +352,14 @@ async fn serve_visible(files: Files, req: Request, visible: crate::access::Visib
     let item = relative
         .strip_suffix(crate::tree::names::SIGNATURE_SUFFIX)
         .unwrap_or(&relative);
-    match files.served.item_product(item) {
+    // The unified tarball the direct-URL import built sits in its version's folder.
+    let product = match path.file_name().filter(|n| crate::direct::is_cache_name(n)) {
+        Some(_) => relative
+            .rsplit_once('/')
+            .and_then(|(folder, _)| files.served.folder_product(folder)),
+        None => files.served.item_product(item),
+    };
+    match product {
         Some(product) if visible.sees(&product) => serve_file(files, req).await,
         _ => not_found(),
     }

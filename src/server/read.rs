@@ -18,6 +18,21 @@ use crate::tree::FileSig;
 /// Failed attempts an address may make within [`WINDOW`] before it is refused for [`WINDOW`].
 const MAX_FAILURES: u32 = 10;
 const WINDOW: Duration = Duration::from_secs(60);
+/// Addresses (IPv4, IPv6 /64 networks) whose failures are counted at once.
+const MAX_TRACKED: usize = 4096;
+
+/// Where failures are counted: an IPv4 address, or the /64 network of an IPv6 one (one host
+/// has a whole /64 to pick addresses from).
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
+}
+
 /// How often the users file is looked at for changes.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
@@ -134,6 +149,7 @@ impl ReadAccess {
     }
 
     fn blocked(&self, ip: IpAddr) -> bool {
+        let ip = bucket(ip);
         let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         failures
             .get(&ip)
@@ -141,9 +157,19 @@ impl ReadAccess {
     }
 
     fn failed(&self, ip: IpAddr) {
+        let ip = bucket(ip);
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        // Forget addresses whose window is over, so the table stays small.
-        failures.retain(|_, (_, since)| since.elapsed() < WINDOW);
+        // Forget addresses whose window is over, when the table grows, so it stays small.
+        if failures.len() >= MAX_TRACKED / 2 {
+            failures.retain(|_, (_, since)| since.elapsed() < WINDOW);
+        }
+        if failures.len() >= MAX_TRACKED {
+            // Under a spray from more addresses than that, keep the worst offenders.
+            let mut worst: Vec<(IpAddr, (u32, Instant))> = failures.drain().collect();
+            worst.sort_by_key(|(_, (n, _))| std::cmp::Reverse(*n));
+            worst.truncate(MAX_TRACKED / 2);
+            failures.extend(worst);
+        }
         let entry = failures.entry(ip).or_insert((0, Instant::now()));
         entry.0 += 1;
         if entry.0 == MAX_FAILURES {

@@ -148,6 +148,21 @@ fn deltas_are_made_once_applied_exactly_and_follow_their_base() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!log.contains("making the delta"), "{log}");
     assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), mtime);
+    // The share follows the setting: raised, the large delta is published; lowered again, it
+    // goes.
+    let large = www.join(format!("images/ssbboot/2/amd64/default/{V2}/{name}"));
+    publish(
+        dir.path(),
+        &www,
+        &["--deltas", "2", "--delta-max-percent", "100"],
+    );
+    let items = &products(&www)["products"]["ssbboot:2:amd64:default"]["versions"][V2]["items"];
+    assert_eq!(items[&name]["delta_base"], V1, "{items:#}");
+    assert!(large.is_file());
+    publish(dir.path(), &www, &["--deltas", "2"]);
+    let items = &products(&www)["products"]["ssbboot:2:amd64:default"]["versions"][V2]["items"];
+    assert!(items.get(&name).is_none(), "{items:#}");
+    assert!(!large.exists());
 
     // A third version gets deltas from both earlier ones; `list` and `verify` know them.
     let v3 = version(dir.path(), &www, "1", V3, "one", b"third");
