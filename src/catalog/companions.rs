@@ -63,27 +63,30 @@ pub fn after_catalog(
     } else {
         remove_stale_signed_catalog(target, images_path)?;
     }
-    let lxc_path = names::lxc_index_path(target);
     // The page last, from the same products file: it names what is published already.
     let page = super::page::render(products, None, !lxc.is_empty());
     let page_path = names::page_path(target);
-    if lxc.is_empty() && !lxc_path.exists() {
-        // A tree without LXC files gets no `meta/` folder; one that had some gets an empty index.
-        write_if_changed(&page_path, page.as_bytes())?;
-        return Ok(done);
-    }
-    let changed = write_if_changed(&lxc_path, &lxc)?;
-    let asc = signature_path(&lxc_path);
-    match signer {
-        Some(signer) if changed || !is_fresh(&lxc_path, &asc, signer) => {
-            let sig = signer
-                .detached(lxc.as_slice(), &lxc_path.display().to_string())
-                .map_err(|e| sign_failed(&lxc_path, e))?;
-            crate::tree::atomic::write(&asc, sig.as_bytes()).map_err(fail(&asc))?;
-            done.signed += 1;
+    // One index for privileged containers, one for unprivileged ones (the template asks for
+    // `index-user` in a user namespace); every image serves both.
+    for lxc_path in names::lxc_index_paths(target) {
+        if lxc.is_empty() && !lxc_path.exists() {
+            // A tree without LXC files gets no `meta/` folder; one that had some gets an empty
+            // index.
+            continue;
         }
-        None if changed => remove(&asc)?,
-        _ => {}
+        let changed = write_if_changed(&lxc_path, &lxc)?;
+        let asc = signature_path(&lxc_path);
+        match signer {
+            Some(signer) if changed || !is_fresh(&lxc_path, &asc, signer) => {
+                let sig = signer
+                    .detached(lxc.as_slice(), &lxc_path.display().to_string())
+                    .map_err(|e| sign_failed(&lxc_path, e))?;
+                crate::tree::atomic::write(&asc, sig.as_bytes()).map_err(fail(&asc))?;
+                done.signed += 1;
+            }
+            None if changed => remove(&asc)?,
+            _ => {}
+        }
     }
     write_if_changed(&page_path, page.as_bytes())?;
     Ok(done)

@@ -253,17 +253,18 @@ async fn resolves_inside(root: &Arc<PathBuf>, relative: PathBuf, with_gz: bool) 
 /// and its signature. Caches must revalidate them.
 fn changes_with_catalog(file_name: &str) -> bool {
     file_name.ends_with(".sjson")
-        || file_name
-            .strip_suffix(crate::tree::names::SIGNATURE_SUFFIX)
-            .unwrap_or(file_name)
-            == crate::tree::names::LXC_INDEX_FILE
+        || crate::tree::names::is_lxc_index_name(
+            file_name
+                .strip_suffix(crate::tree::names::SIGNATURE_SUFFIX)
+                .unwrap_or(file_name),
+        )
 }
 
 /// `ServeDir` guesses from a generic table; these are the types simplestreams files should
 /// carry. `.json.gz` served as a precompressed `.json` keeps `application/json` because the
 /// type is chosen from the requested name.
 fn content_type(file_name: &str) -> Option<&'static str> {
-    if file_name == crate::tree::names::LXC_INDEX_FILE {
+    if crate::tree::names::is_lxc_index_name(file_name) {
         return Some("text/plain; charset=utf-8");
     }
     let (_, extension) = file_name.rsplit_once('.')?;
@@ -342,7 +343,7 @@ async fn serve_visible(files: Files, req: Request, visible: crate::access::Visib
     if let Some(file) = filtered.file(&relative) {
         return file.answer(req.method(), req.headers());
     }
-    if relative == crate::tree::names::lxc_index_rel() {
+    if crate::tree::names::lxc_index_rels().contains(&relative) {
         return (
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             filtered.lxc_index.clone(),

@@ -174,14 +174,27 @@ const LXC_INDEX_DIR: &str = "meta/1.0";
 /// Classic LXC's image index (`lxc-create -t download` reads it), in [`LXC_INDEX_DIR`].
 pub const LXC_INDEX_FILE: &str = "index-system";
 
+/// The index the download template reads for unprivileged containers (in a user namespace).
+pub const LXC_USER_INDEX_FILE: &str = "index-user";
+
+/// True for the file name of either of LXC's indexes.
+pub fn is_lxc_index_name(name: &str) -> bool {
+    name == LXC_INDEX_FILE || name == LXC_USER_INDEX_FILE
+}
+
+/// Both of LXC's indexes.
+pub fn lxc_index_paths(target: &Path) -> [PathBuf; 2] {
+    [LXC_INDEX_FILE, LXC_USER_INDEX_FILE].map(|f| target.join(LXC_INDEX_DIR).join(f))
+}
+
+/// Both of LXC's indexes, relative to the tree with `/` separators.
+pub fn lxc_index_rels() -> [String; 2] {
+    [LXC_INDEX_FILE, LXC_USER_INDEX_FILE].map(|f| format!("{LXC_INDEX_DIR}/{f}"))
+}
+
 /// Where classic LXC's image index lives.
 pub fn lxc_index_path(target: &Path) -> PathBuf {
     target.join(LXC_INDEX_DIR).join(LXC_INDEX_FILE)
-}
-
-/// Classic LXC's image index relative to the tree, with `/` separators.
-pub fn lxc_index_rel() -> String {
-    format!("{LXC_INDEX_DIR}/{LXC_INDEX_FILE}")
 }
 
 /// The suffix of a detached ASCII-armoured OpenPGP signature: `<file>.asc`.
@@ -209,7 +222,7 @@ pub fn signed_name(json_name: &str) -> String {
 pub fn is_companion_file_name(name: &str) -> bool {
     name.ends_with(SIGNATURE_SUFFIX)
         || name.ends_with(SIGNED_SUFFIX)
-        || name == LXC_INDEX_FILE
+        || is_lxc_index_name(name)
         || name == PAGE_FILE
 }
 
@@ -484,6 +497,7 @@ mod tests {
                 INDEX_FILE,
                 PRODUCTS_FILE,
                 LXC_INDEX_FILE,
+                LXC_USER_INDEX_FILE,
             ]
             .map(str::to_owned),
         );

@@ -170,6 +170,12 @@ fn lxc_create_downloads_and_starts_an_uploaded_lxc_pair() {
     ]);
     assert_eq!(code, 200, "{index}");
     assert_eq!(index, format!("ssbboot;1;amd64;default;{V1};/{base}/\n"));
+    // Unprivileged containers (in a user namespace) read `index-user`: the same images.
+    let (code, user_index) = site.curl(&[
+        "--path-as-is",
+        &format!("{}//meta/1.0/index-user", site.url()),
+    ]);
+    assert_eq!((code, user_index), (200, index.clone()));
     let (code, _) = site.curl(&["--path-as-is", &format!("{}//.ssb/tls/../x", site.url())]);
     assert_eq!(code, 404, "collapsing slashes must not open hidden paths");
 
