@@ -401,6 +401,7 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
     let mut failures = Vec::new();
     let mut bytes_read = 0u64;
     let mut rejected = Vec::new();
+    let mut requirement_folders = crate::catalog::requirements_file::Folders::default();
     for spec in &tree.config.products {
         if spec.hidden && !hashing {
             continue;
@@ -435,7 +436,12 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
                     finish_layout_spec(&mut spec, &m);
                 }
                 if spec.prefix_path.is_none() {
-                    crate::catalog::requirements_file::apply(&mut spec, opts.source, &mut warnings);
+                    crate::catalog::requirements_file::apply(
+                        &mut spec,
+                        opts.source,
+                        &mut requirement_folders,
+                        &mut warnings,
+                    );
                     let dir = opts.source.join(&spec.directory);
                     crate::catalog::metadata_json::apply(&mut spec, &mut m, &dir, &mut warnings);
                 }

@@ -45,19 +45,35 @@ fn read(path: &Path, warnings: &mut Vec<String>) -> Option<Requirements> {
     Some(out)
 }
 
+/// The `.requirements` files read in one run, by folder: the folders above the products are
+/// shared by many of them (the tree's top by all), and each is read once.
+#[derive(Debug, Default)]
+pub struct Folders {
+    read: std::collections::HashMap<std::path::PathBuf, Option<Requirements>>,
+}
+
 /// Merges the `.requirements` files from `root` down to the product's folder into its
-/// requirements.
-pub fn apply(spec: &mut ProductSpec, root: &Path, warnings: &mut Vec<String>) {
+/// requirements (each folder's file read once per `folders`).
+pub fn apply(
+    spec: &mut ProductSpec,
+    root: &Path,
+    folders: &mut Folders,
+    warnings: &mut Vec<String>,
+) {
     let mut merged = Requirements::new();
     let mut dir = root.to_path_buf();
-    let mut folders = vec![dir.clone()];
+    let mut chain = vec![dir.clone()];
     for part in spec.directory.split('/').filter(|p| !p.is_empty()) {
         dir.push(part);
-        folders.push(dir.clone());
+        chain.push(dir.clone());
     }
-    for folder in folders {
-        if let Some(found) = read(&folder.join(FILE), warnings) {
-            merged.extend(found);
+    for folder in chain {
+        let found = folders
+            .read
+            .entry(folder)
+            .or_insert_with_key(|folder| read(&folder.join(FILE), warnings));
+        if let Some(found) = found {
+            merged.extend(found.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
     }
     if merged.is_empty() {
@@ -111,7 +127,7 @@ mod tests {
         .unwrap();
         let mut w = Vec::new();
         let mut s = spec("images/debian/12/amd64/default", None);
-        apply(&mut s, r, &mut w);
+        apply(&mut s, r, &mut Folders::default(), &mut w);
         let got: Vec<(String, String)> = s.requirements.unwrap().into_iter().collect();
         assert_eq!(
             got,
@@ -122,7 +138,7 @@ mod tests {
             ]
         );
         let mut s = spec("images/debian/12/amd64/default", Some(&[("cgroup", "v1")]));
-        apply(&mut s, r, &mut w);
+        apply(&mut s, r, &mut Folders::default(), &mut w);
         assert_eq!(s.requirements.unwrap()["cgroup"], "v1");
         assert!(w.is_empty(), "{w:?}");
     }
@@ -136,7 +152,7 @@ mod tests {
         std::fs::write(r.join("a").join(FILE), r#"{"ok": "yes", "bad": {"x": 1}}"#).unwrap();
         let mut w = Vec::new();
         let mut s = spec("a", None);
-        apply(&mut s, r, &mut w);
+        apply(&mut s, r, &mut Folders::default(), &mut w);
         assert_eq!(s.requirements.unwrap().len(), 1);
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(
@@ -145,7 +161,23 @@ mod tests {
         );
         let mut s = spec("a", None);
         std::fs::remove_file(r.join("a").join(FILE)).unwrap();
-        apply(&mut s, r, &mut Vec::new());
+        apply(&mut s, r, &mut Folders::default(), &mut Vec::new());
         assert_eq!(s.requirements, None);
+    }
+
+    /// A folder above many products is read once per run; a bad file is reported once.
+    #[test]
+    fn shared_folders_are_read_once() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::write(r.join(FILE), "[1]").unwrap();
+        let mut folders = Folders::default();
+        let mut w = Vec::new();
+        for dir in ["a", "b", "c"] {
+            let mut s = spec(dir, None);
+            apply(&mut s, r, &mut folders, &mut w);
+            assert_eq!(s.requirements, None);
+        }
+        assert_eq!(w.len(), 1, "{w:?}");
     }
 }
