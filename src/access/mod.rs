@@ -5,7 +5,6 @@
 //! user's position in the file shows through timing.
 
 use std::collections::BTreeSet;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -138,7 +137,7 @@ impl UsersFile {
                 "the user `{name}` exists already; remove it first to give it a new token"
             ));
         }
-        let token = new_token().map_err(|e| format!("no random token: {e}"))?;
+        let token = new_token();
         self.users.push(User {
             name: name.to_owned(),
             token_sha256: token_hash(&token),
@@ -154,7 +153,7 @@ impl UsersFile {
     /// The reader a name and token identify, or `None`; `name` `None` is a bearer token, which
     /// names no user.
     pub fn authenticate(&self, name: Option<&str>, token: &str) -> Option<&User> {
-        let hash = Sha256::digest(token.as_bytes());
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
         // Every hash is compared, in constant time each.
         for u in &self.users {
@@ -162,7 +161,7 @@ impl UsersFile {
             if hex::decode_to_slice(&u.token_sha256, &mut stored).is_err() {
                 continue;
             }
-            let same = constant_time_eq(&stored, &hash);
+            let same = same_digest(&stored, &hash);
             if same && name.is_none_or(|n| n == u.name) && found.is_none() {
                 found = Some(u);
             }
@@ -215,11 +214,9 @@ fn is_user_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-/// 32 random bytes from the kernel, as hex.
-fn new_token() -> std::io::Result<String> {
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(hex::encode(bytes))
+/// 32 random bytes (rand's thread generator: ChaCha seeded from the OS), as hex.
+fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
 }
 
 /// The hash a token is stored as.
@@ -227,8 +224,11 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// True when two sha256 digests are equal, compared byte by byte without an early exit: the
+/// time taken says nothing about where they differ. Tokens are compared as their digests, so
+/// their lengths do not show either.
+pub fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -328,19 +328,9 @@ fn type_name(t: ImageType) -> &'static str {
     }
 }
 
+/// `1.50 GiB`, as `list` shows sizes.
 fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    indicatif::HumanBytes(n).to_string()
 }
 
 /// Escapes text for HTML content and attribute values.
@@ -550,7 +540,7 @@ mod tests {
             "<code class=\"alias\">alpine</code>",
             "debian/12",
             "1 older",
-            "2.1 KiB",
+            "2.10 KiB",
             "2024-01-02 00:00 UTC",
         ] {
             assert!(page.contains(needle), "{needle}");

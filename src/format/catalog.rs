@@ -58,7 +58,7 @@ pub struct Product {
 }
 
 /// `streams/v1/images.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductsFile {
     /// Required by python-simplestreams.
     pub content_id: String,

@@ -148,13 +148,7 @@ impl ServedCatalog {
             return Arc::clone(f);
         }
         let mut files = HashMap::new();
-        let mut products = ProductsFile {
-            content_id: String::new(),
-            datatype: String::new(),
-            format: String::new(),
-            products: Default::default(),
-            updated: None,
-        };
+        let mut products = ProductsFile::default();
         let index_rel = crate::tree::names::index_rel();
         if let Some(index) = snapshot
             .files

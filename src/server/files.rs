@@ -409,15 +409,7 @@ async fn page_of(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("gzip"));
     let render = move || {
-        let products = products.or_else(|| served.products()).unwrap_or_else(|| {
-            Arc::new(crate::format::ProductsFile {
-                content_id: String::new(),
-                datatype: String::new(),
-                format: String::new(),
-                products: Default::default(),
-                updated: None,
-            })
-        });
+        let products = products.or_else(|| served.products()).unwrap_or_default();
         let scheme = if fingerprint.is_some() || forwarded_https {
             "https"
         } else {
