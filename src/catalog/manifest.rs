@@ -482,11 +482,9 @@ fn hash_one(
         .cloned();
     let mut version = Version::default();
     for f in &v.files {
-        if f.role == FileRole::LxcMeta
-            && let Err(e) = crate::image::check::check_lxc_meta(&f.path)
-        {
+        if let Some(problem) = hashes.unusable_lxc.get(&f.name) {
             warnings.push(format!(
-                "product `{name}`: {e}; the version is published without it for LXC (`lxc-create -t download` will not list it)"
+                "product `{name}`: {problem}; the version is published without it for LXC (`lxc-create -t download` will not list it)"
             ));
             continue;
         }

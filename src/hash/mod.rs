@@ -65,6 +65,9 @@ pub struct VersionHashes {
     pub combined: BTreeMap<(String, String), String>,
     /// Metadata file name → its metadata.yaml.
     pub metadata: BTreeMap<String, ImageMetadata>,
+    /// File name → why classic LXC cannot use this metadata tarball (it is no reason to reject
+    /// the version: see [`check_data`]).
+    pub unusable_lxc: BTreeMap<String, String>,
 }
 
 /// Hashing failed.
@@ -283,8 +286,8 @@ fn check_unchanged(path: &Path, before: &FileSig) -> Result<(), HashError> {
 }
 
 /// Applies the image check to a data file (a metadata tarball is checked by reading it; LXC's
-/// metadata tarball, an extra that never makes a version unpublishable, where the catalog is
-/// built: see [`crate::catalog::manifest`]).
+/// metadata tarball, an extra that never makes a version unpublishable, is checked beside it in
+/// [`hash_version`], which reports it in [`VersionHashes::unusable_lxc`]).
 pub fn check_data(f: &ImageFile) -> Result<(), BadImage> {
     match f.role {
         FileRole::Rootfs(kind) => check_rootfs(kind, &f.path),
@@ -355,6 +358,11 @@ pub fn hash_version(
             .is_some_and(|c| c.checked)
         {
             check_data(f)?;
+            if f.role == FileRole::LxcMeta
+                && let Err(e) = crate::image::check::check_lxc_meta(&f.path)
+            {
+                out.unusable_lxc.insert(f.name.clone(), e.to_string());
+            }
         }
         let mut pending = Vec::new();
         for &(mi, ri) in pairs.iter().filter(|&&(_, ri)| ri == fi) {
@@ -420,7 +428,7 @@ pub fn hash_version(
                 digest: out.files[&f.name].clone(),
                 metadata: out.metadata.get(&f.name).cloned(),
                 combined,
-                checked: true,
+                checked: !out.unusable_lxc.contains_key(&f.name),
             },
         );
     }

@@ -537,17 +537,24 @@ pub fn find_images(src: &Path) -> Result<Vec<Vec<PathBuf>>, ImportError> {
                 continue;
             }
             let Ok(kind) = sniff(&p) else { continue };
-            if kind == Data::XzTarball && is_lxc_meta(&p) {
-                // distrobuilder's output folder: pack-lxc's pair beside the LXD/Incus image.
-                if crate::image::check::check_lxc_meta(&p).is_ok() {
+            // distrobuilder's output folder: pack-lxc's pair beside the LXD/Incus image.
+            use crate::image::check::MetadataKind;
+            let lxc_kind = (kind == Data::XzTarball)
+                .then(|| small_metadata_kind(&p))
+                .flatten();
+            match lxc_kind {
+                Some(MetadataKind::Lxc) => {
                     lxc = Some(p);
-                } else {
+                    continue;
+                }
+                Some(MetadataKind::LxcWithoutConfig) => {
                     tracing::warn!(
                         "{}: classic LXC's metadata without `config` is not imported (lxc-create -t download refuses it)",
                         p.display()
                     );
+                    continue;
                 }
-                continue;
+                _ => {}
             }
             match kind {
                 Data::Squashfs | Data::Qcow2 => datas.push(p),
