@@ -10,6 +10,7 @@
 //! images into a tree or hand them out.
 
 pub mod access;
+pub mod bucket;
 pub mod build;
 pub mod catalog;
 pub mod config;

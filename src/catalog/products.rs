@@ -89,6 +89,16 @@ impl Tree {
         let mut warnings = Vec::new();
         let found = tree::discover_layout(root, &mut warnings)?;
         report(&warnings);
+        Self::from_layout(root, found, overrides)
+    }
+
+    /// The products of the layout folders `found` under `root` (a folder, or a bucket's URL
+    /// as a path), named and aliased after their folders.
+    pub fn from_layout(
+        root: &Path,
+        found: Vec<tree::LayoutProduct>,
+        overrides: &config::Overrides,
+    ) -> Result<Self, LoadError> {
         let mut problems = Vec::new();
         let mut products = Vec::new();
         for p in found {
@@ -186,7 +196,7 @@ impl Tree {
 
 /// Fills what a layout product leaves to its images: the OS name from metadata.yaml, else the
 /// folder name.
-fn finish_layout_spec(spec: &mut ProductSpec, m: &Manifest) {
+pub(crate) fn finish_layout_spec(spec: &mut ProductSpec, m: &Manifest) {
     if spec.os.is_none() {
         let folder = spec
             .directory

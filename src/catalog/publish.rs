@@ -490,7 +490,7 @@ fn published_stamp(path: &Path, new: &[u8]) -> Option<String> {
 /// with `,"updated":"<stamp>"}` and a newline (the last field of both documents, as we write
 /// them; a stamp holds no quote), and everything before is the same. Anything else is a change.
 /// Either may be the tail of a document whose heads were found equal.
-fn same_but_stamp(old: &[u8], new: &[u8]) -> Option<String> {
+pub(crate) fn same_but_stamp(old: &[u8], new: &[u8]) -> Option<String> {
     const FIELD: &[u8] = b",\"updated\":\"";
     let split = |doc: &[u8]| -> Option<usize> {
         doc.windows(FIELD.len())
@@ -572,6 +572,17 @@ pub fn check_replacement(
     else {
         return Ok(());
     };
+    check_replacement_of(&published, target, tree, new)
+}
+
+/// [`check_replacement`] against the published index `published` of the tree at `target` (a
+/// folder, or a bucket's URL).
+pub(crate) fn check_replacement_of(
+    published: &Index,
+    target: &Path,
+    tree: &Tree,
+    new: &ProductsFile,
+) -> Result<(), ReplaceError> {
     let published: Vec<&String> = published.index.values().flat_map(|e| &e.products).collect();
     if published.is_empty() {
         return Ok(());

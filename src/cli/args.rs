@@ -54,6 +54,10 @@ pub struct Cli {
     #[arg(long, env = "SSBUILDER_DELTA_MAX_PERCENT", global = true, value_name = "PERCENT",
           value_parser = clap::value_parser!(u8).range(1..=100))]
     pub delta_max_percent: Option<u8>,
+    /// Allow a plain-http S3 endpoint (AWS_ENDPOINT_URL) that is not loopback: credentials and
+    /// images then cross the network in the clear
+    #[arg(long, global = true)]
+    pub s3_allow_http: bool,
     /// Debug output (also: DEBUG=1)
     #[arg(short = 'v', long = "verbose", global = true)]
     pub verbose: bool,
@@ -333,6 +337,10 @@ pub struct PruneArgs {
     /// Delete for real (without it, only list what would go)
     #[arg(long)]
     pub yes: bool,
+    /// On a bucket (-t s3://…): keep an object nothing names for this long after prune first
+    /// finds it so, for clients and CDNs still holding an older index (default 6h)
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    pub grace: Option<std::time::Duration>,
 }
 
 /// `serve`.
@@ -341,6 +349,10 @@ pub struct ServeArgs {
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1:8443", env = "SSB_LISTEN")]
     pub listen: SocketAddr,
+    /// With -t s3://…: answer image requests with a redirect to a presigned URL of the bucket
+    /// (valid for an hour) instead of streaming the bytes through this server
+    #[arg(long)]
+    pub redirect: bool,
     /// PEM certificate (default: a self-signed one kept under <target>/.ssb/tls/)
     #[arg(long, requires = "tls_key", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,

@@ -85,7 +85,11 @@ pub fn list(target: &Path, tree: Option<&Tree>, format: Format) -> Result<()> {
         Some(tree) => inventory::orphans(target, tree, &products)?,
         None => Vec::new(),
     };
-    let all = inventory::list(&products, &unpublished);
+    print_list(inventory::list(&products, &unpublished), format)
+}
+
+/// Prints `list`'s rows as JSON or a table (the rejected versions last).
+pub fn print_list(all: Vec<inventory::ListRow>, format: Format) -> Result<()> {
     if format == Format::Json {
         return write_json(&all);
     }

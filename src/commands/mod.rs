@@ -1,6 +1,7 @@
 //! The commands: each takes its resolved [`Settings`], calls the library and reports. Warnings
 //! go to the log, data to stdout; errors carry the file or product.
 
+mod bucket;
 mod build;
 mod demo;
 mod import;
@@ -36,6 +37,7 @@ pub fn run(settings: Settings) -> Result<()> {
         Settings::MirrorPull(req) => mirror::pull(&req),
         Settings::MirrorPush { source, dest } => mirror::push(&source, &dest),
         Settings::Users(cmd) => users::run(cmd),
+        Settings::Bucket(job) => bucket::run(*job),
         Settings::Keygen {
             out,
             user_id,

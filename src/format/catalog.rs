@@ -73,6 +73,16 @@ pub struct ProductsFile {
     pub updated: Option<String>,
 }
 
+impl ProductsFile {
+    /// Every item of every version of every product.
+    pub fn items(&self) -> impl Iterator<Item = &Item> {
+        self.products
+            .values()
+            .flat_map(|p| p.versions.values())
+            .flat_map(|v| v.items.values())
+    }
+}
+
 /// One entry of `index.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexEntry {

@@ -376,7 +376,7 @@ fn gzip_twin(path: &Path, body: &[u8]) -> Option<Vec<u8>> {
 
 impl CatalogFile {
     /// A document made in memory (a filtered catalog), gzipped here.
-    fn generated(body: Vec<u8>) -> Self {
+    pub(crate) fn generated(body: Vec<u8>) -> Self {
         Self::new(
             body,
             &FileSig {

@@ -62,6 +62,8 @@ pub enum ServerError {
     #[error("cannot load the products to index")]
     Products(#[source] crate::catalog::products::LoadError),
 
+    #[error("cannot serve the bucket")]
+    Bucket(#[source] Box<crate::bucket::catalog::BucketPublishError>),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
 

@@ -214,7 +214,7 @@ async fn serve_file(files: Files, req: Request) -> Response {
     let status = response.status();
     let headers = response.headers_mut();
     if matches!(status, StatusCode::OK | StatusCode::PARTIAL_CONTENT)
-        && let Some(content_type) = path.file_name().and_then(content_type)
+        && let Some(content_type) = path.file_name().and_then(crate::tree::names::content_type)
     {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     }
@@ -260,29 +260,9 @@ fn changes_with_catalog(file_name: &str) -> bool {
         )
 }
 
-/// `ServeDir` guesses from a generic table; these are the types simplestreams files should
-/// carry. `.json.gz` served as a precompressed `.json` keeps `application/json` because the
-/// type is chosen from the requested name.
-fn content_type(file_name: &str) -> Option<&'static str> {
-    if crate::tree::names::is_lxc_index_name(file_name) {
-        return Some("text/plain; charset=utf-8");
-    }
-    let (_, extension) = file_name.rsplit_once('.')?;
-    Some(match extension {
-        "json" => "application/json",
-        // Clear-signed JSON is text that only python-simplestreams reads, as JSON.
-        "sjson" => "application/json",
-        "asc" => "application/pgp-signature",
-        "xz" => "application/x-xz",
-        "gz" => "application/gzip",
-        "squashfs" | "qcow2" | "img" | "vcdiff" => "application/octet-stream",
-        _ => return None,
-    })
-}
-
 /// One line per request, at info level, after the response head is ready. Bytes are the
 /// `Content-Length` when known; the duration does not include streaming the body.
-async fn access_log(req: Request, next: Next) -> Response {
+pub(super) async fn access_log(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -478,27 +458,39 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(content_type("index.json"), Some("application/json"));
-        assert_eq!(content_type("incus.tar.xz"), Some("application/x-xz"));
-        assert_eq!(content_type("images.json.gz"), Some("application/gzip"));
         assert_eq!(
-            content_type("rootfs.squashfs"),
+            crate::tree::names::content_type("index.json"),
+            Some("application/json")
+        );
+        assert_eq!(
+            crate::tree::names::content_type("incus.tar.xz"),
+            Some("application/x-xz")
+        );
+        assert_eq!(
+            crate::tree::names::content_type("images.json.gz"),
+            Some("application/gzip")
+        );
+        assert_eq!(
+            crate::tree::names::content_type("rootfs.squashfs"),
             Some("application/octet-stream")
         );
-        assert_eq!(content_type("disk.qcow2"), Some("application/octet-stream"));
-        assert_eq!(content_type("README"), None);
         assert_eq!(
-            content_type("index-system"),
+            crate::tree::names::content_type("disk.qcow2"),
+            Some("application/octet-stream")
+        );
+        assert_eq!(crate::tree::names::content_type("README"), None);
+        assert_eq!(
+            crate::tree::names::content_type("index-system"),
             Some("text/plain; charset=utf-8")
         );
         assert_eq!(
-            content_type("rootfs.tar.xz.asc"),
+            crate::tree::names::content_type("rootfs.tar.xz.asc"),
             Some("application/pgp-signature")
         );
         assert!(changes_with_catalog("index-system.asc"));
         assert!(changes_with_catalog("images.sjson"));
         assert!(!changes_with_catalog("meta.tar.xz.asc"));
-        assert_eq!(content_type("notes.txt"), None);
+        assert_eq!(crate::tree::names::content_type("notes.txt"), None);
     }
 
     #[test]

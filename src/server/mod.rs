@@ -10,6 +10,7 @@
 //! are enabled.
 
 mod auth;
+mod bucket;
 mod catalog;
 mod direct;
 mod error;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use axum_server::tls_rustls::RustlsConfig;
 
+pub use bucket::{BucketServeOptions, serve_bucket};
 pub use error::ServerError;
 pub use reindex::IndexOptions;
 pub use write::{DEFAULT_MAX_UPLOAD_SIZE, WriteOptions};
@@ -139,16 +141,7 @@ fn run(
     runtime.block_on(async move {
         // Bound here rather than by axum-server so that the error names the address and the
         // "listening on" line can be printed before anything else happens.
-        let listener =
-            std::net::TcpListener::bind(opts.listen).map_err(|source| ServerError::Bind {
-                addr: opts.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: opts.listen,
-            source,
-        })?;
-        let serve_error = |source| ServerError::Serve { addr, source };
+        let (listener, addr) = bind(opts.listen)?;
         let served = std::sync::Arc::new(catalog::ServedCatalog::load(&root));
         std::sync::Arc::clone(&served).watch();
         let (writes, _indexing) = match &opts.index {
@@ -183,41 +176,64 @@ fn run(
             None => (None, None),
         };
         let fingerprint = cert.as_ref().map(|c| c.fingerprint.colon_hex());
-        let app = files::router(root.clone(), served, writes, fingerprint, read)
-            .into_make_service_with_connect_info::<SocketAddr>();
-
-        if on_signals {
-            tokio::spawn(shutdown_on_signal(handle.clone()));
-        }
-
-        match cert {
-            None => {
-                let server = tune(
-                    axum_server::from_tcp(listener).map_err(serve_error)?,
-                    &handle,
-                );
-                tracing::info!("listening on http://{addr}");
-                ready(addr);
-                server.serve(app).await.map_err(serve_error)
-            }
-            Some(cert) => {
-                // axum-server runs each TLS handshake in the connection's own task, with a
-                // timeout, so a client that never sends a ClientHello blocks nobody else.
-                let config = RustlsConfig::from_config(cert.config.clone());
-                let server = tune(
-                    axum_server::tls_rustls::from_tcp_rustls(listener, config)
-                        .map_err(serve_error)?,
-                    &handle,
-                );
-                tracing::info!("listening on https://{addr}");
-                log_trust_instructions(&cert, addr);
-                ready(addr);
-                server.serve(app).await.map_err(serve_error)
-            }
-        }
+        let app = files::router(root.clone(), served, writes, fingerprint, read);
+        listen_and_serve(listener, addr, cert, app, handle, ready, on_signals).await
     })?;
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// Binds `listen` (port 0: a free port), and tells the address bound.
+fn bind(listen: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), ServerError> {
+    let fail = |source| ServerError::Bind {
+        addr: listen,
+        source,
+    };
+    let listener = std::net::TcpListener::bind(listen).map_err(fail)?;
+    let addr = listener.local_addr().map_err(fail)?;
+    Ok((listener, addr))
+}
+
+/// Serves `app` on `listener` (plain, or TLS with `cert`) until `handle` stops it (or a signal,
+/// with `on_signals`), calling `ready` once connections are accepted.
+async fn listen_and_serve(
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+    cert: Option<tls::ServerCert>,
+    app: axum::Router,
+    handle: ServerHandle,
+    ready: impl FnOnce(SocketAddr),
+    on_signals: bool,
+) -> Result<(), ServerError> {
+    let serve_error = |source| ServerError::Serve { addr, source };
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    if on_signals {
+        tokio::spawn(shutdown_on_signal(handle.clone()));
+    }
+    match cert {
+        None => {
+            let server = tune(
+                axum_server::from_tcp(listener).map_err(serve_error)?,
+                &handle,
+            );
+            tracing::info!("listening on http://{addr}");
+            ready(addr);
+            server.serve(app).await.map_err(serve_error)
+        }
+        Some(cert) => {
+            // axum-server runs each TLS handshake in the connection's own task, with a
+            // timeout, so a client that never sends a ClientHello blocks nobody else.
+            let config = RustlsConfig::from_config(cert.config.clone());
+            let server = tune(
+                axum_server::tls_rustls::from_tcp_rustls(listener, config).map_err(serve_error)?,
+                &handle,
+            );
+            tracing::info!("listening on https://{addr}");
+            log_trust_instructions(&cert, addr);
+            ready(addr);
+            server.serve(app).await.map_err(serve_error)
+        }
+    }
 }
 
 /// Top-level names the server answers itself (direct-URL import, `POST /import`).

@@ -35,7 +35,11 @@ impl LayoutProduct {
                 _ => None,
             })
             .collect::<Option<_>>()?;
-        let [os, release, arch, variant] = parts.as_slice() else {
+        Self::of_parts(&parts)
+    }
+
+    fn of_parts(parts: &[&str]) -> Option<Self> {
+        let [os, release, arch, variant] = parts else {
             return None;
         };
         Some(Self {
@@ -45,6 +49,21 @@ impl LayoutProduct {
             arch: (*arch).to_owned(),
             variant: (*variant).to_owned(),
         })
+    }
+
+    /// The product whose folder, relative to the root with `/` separators, is
+    /// `images/<os>/<release>/<arch>/<variant>` (a bucket's keys); hidden names are not products.
+    pub fn of_rel(rel: &str) -> Option<Self> {
+        let rest = rel.strip_prefix(LAYOUT_ROOT)?.strip_prefix('/')?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        if parts.len() != 4
+            || parts.iter().any(|p| p.is_empty() || p.starts_with('.'))
+            || VersionName::parse(parts[2]).is_ok()
+            || VersionName::parse(parts[3]).is_ok()
+        {
+            return None;
+        }
+        Self::of_parts(&parts)
     }
 
     /// The product id in the catalog: `os:release:arch:variant`.

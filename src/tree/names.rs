@@ -321,6 +321,47 @@ pub fn products_rel(images_path: &str) -> String {
     format!("{}/{PRODUCTS_FILE}", images_path.trim_matches('/'))
 }
 
+/// The products file of a tree in a bucket, named after the sha256 of its bytes and never
+/// overwritten (`<images_path>/images-<sha256>.json`): an index a client or a CDN still holds
+/// keeps naming a file that exists.
+pub fn snapshot_rel(images_path: &str, sha256: &str) -> String {
+    format!("{}/images-{sha256}.json", images_path.trim_matches('/'))
+}
+
+/// True for the name of a products-file snapshot ([`snapshot_rel`]).
+pub fn is_snapshot_name(name: &str) -> bool {
+    name.strip_prefix("images-")
+        .and_then(|n| n.strip_suffix(".json"))
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The bucket's own state, never part of the catalog: the probe of conditional writes and the
+/// record of objects no catalog names any more (`prune`'s grace period).
+pub const BUCKET_PROBE_PREFIX: &str = ".ssb/probe-";
+
+/// See [`BUCKET_PROBE_PREFIX`]: when each unreferenced object was first seen so.
+pub const BUCKET_UNREFERENCED: &str = ".ssb/unreferenced.json";
+
+/// The `Content-Type` a simplestreams file should carry, by its name (the server's, and the
+/// objects' of a tree in a bucket). `.json.gz` served as a precompressed `.json` keeps `application/json` because the
+/// type is chosen from the requested name.
+pub fn content_type(file_name: &str) -> Option<&'static str> {
+    if is_lxc_index_name(file_name) {
+        return Some("text/plain; charset=utf-8");
+    }
+    let (_, extension) = file_name.rsplit_once('.')?;
+    Some(match extension {
+        "json" => "application/json",
+        // Clear-signed JSON is text that only python-simplestreams reads, as JSON.
+        "sjson" => "application/json",
+        "asc" => "application/pgp-signature",
+        "xz" => "application/x-xz",
+        "gz" => "application/gzip",
+        "squashfs" | "qcow2" | "img" | "vcdiff" => "application/octet-stream",
+        _ => return None,
+    })
+}
+
 /// A product's manifest, in its folder.
 pub const MANIFEST_FILE: &str = "ssb.json";
 

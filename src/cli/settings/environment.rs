@@ -48,6 +48,21 @@ impl Environment {
         self.vars.get(key).map(String::as_str)
     }
 
+    /// How S3 tools are told where a bucket is and who is asking: `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` (or `AWS_DEFAULT_REGION`),
+    /// `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`.
+    pub fn s3(&self, allow_http: bool) -> simplestreams_builder::bucket::S3Settings {
+        let set = |k: &str| self.get(k).filter(|v| !v.is_empty()).map(str::to_owned);
+        simplestreams_builder::bucket::S3Settings {
+            access_key_id: set("AWS_ACCESS_KEY_ID"),
+            secret_access_key: set("AWS_SECRET_ACCESS_KEY"),
+            session_token: set("AWS_SESSION_TOKEN"),
+            region: set("AWS_REGION").or_else(|| set("AWS_DEFAULT_REGION")),
+            endpoint: set("AWS_ENDPOINT_URL_S3").or_else(|| set("AWS_ENDPOINT_URL")),
+            allow_http,
+        }
+    }
+
     /// `DEBUG` set to anything: debug logging.
     pub fn debug(&self) -> bool {
         self.get("DEBUG").is_some_and(|v| !v.is_empty())

@@ -22,8 +22,11 @@ use simplestreams_builder::hash::CacheDir;
 use simplestreams_builder::mirror::PullRequest;
 use simplestreams_builder::server::ServeOptions;
 
+mod bucket;
 mod environment;
 mod resolve;
+
+pub use bucket::{BucketAction, BucketJob};
 
 pub use environment::Environment;
 use resolve::Resolver;
@@ -178,6 +181,8 @@ pub enum Settings {
         dest: String,
     },
     Users(super::args::UsersCommand),
+    /// Any command whose tree is in a bucket (`-t s3://…`).
+    Bucket(Box<BucketJob>),
     Keygen {
         out: PathBuf,
         user_id: String,
@@ -190,6 +195,9 @@ impl Settings {
     /// Resolves the parsed command line against the environment and tree.yml (or the layout).
     pub fn resolve(cli: Cli, env: &Environment) -> Result<Self> {
         let r = Resolver { cli: &cli, env };
+        if let Some(job) = r.bucket()? {
+            return Ok(Settings::Bucket(Box::new(job)));
+        }
         Ok(match &cli.command {
             Command::Publish(args) => {
                 let target = cli

@@ -1,0 +1,285 @@
+//! Commands on a tree in a bucket (`-t s3://BUCKET/PREFIX`). What is built, imported or pulled
+//! is made in a local staging tree first (only the new versions), hashed there once, then goes
+//! up: files, then manifests, then the catalog (see `simplestreams_builder::bucket`).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use tracing::info;
+
+use simplestreams_builder::bucket::{self, Bucket, inventory as bucket_inventory};
+use simplestreams_builder::catalog::manifest::BuildOptions;
+use simplestreams_builder::catalog::products::{self, LoadOptions, Manifests, Tree};
+use simplestreams_builder::server::{BucketServeOptions, ServerHandle, serve_bucket};
+
+use crate::cli::progress::{self, human_bytes};
+use crate::cli::settings::{BucketAction, BucketJob, Import, Shared};
+use crate::cli::write_stdout;
+
+/// Runs one command on a bucket.
+pub fn run(job: BucketJob) -> Result<()> {
+    let bucket = Bucket::open(job.url.clone(), &job.s3)?;
+    if let BucketAction::Serve(s) = job.action {
+        serve_bucket(
+            BucketServeOptions {
+                bucket,
+                listen: s.listen,
+                tls: s.tls,
+                redirect: s.redirect,
+                state_dir: s.state_dir,
+            },
+            ServerHandle::new(),
+            |_| {},
+            true,
+        )?;
+        return Ok(());
+    }
+    let rt = bucket::runtime().context("cannot start the async runtime")?;
+    let up = Upload {
+        bucket: &bucket,
+        rt: &rt,
+        config: job.config.as_deref(),
+        shared: &job.shared,
+    };
+    match job.action {
+        BucketAction::Publish {
+            source: None,
+            force,
+            ..
+        } => up.catalog(force),
+        BucketAction::Publish {
+            source: Some((source, tree)),
+            md5,
+            skip_unavailable,
+            force,
+        } => up.local_tree(&tree, &source, md5, skip_unavailable, force),
+        BucketAction::MirrorPush { source, tree } => {
+            up.local_tree(&tree, &source, false, false, false)
+        }
+        BucketAction::Import {
+            images,
+            aliases,
+            variant,
+        } => {
+            let staging = staging()?;
+            super::import::import(&Import {
+                target: staging.path().to_owned(),
+                images,
+                aliases,
+                variant,
+                shared: job.shared.clone(),
+            })?;
+            let tree = Tree::load(None, staging.path(), &job.shared.overrides)?;
+            up.local_tree(&tree, staging.path(), false, false, false)
+        }
+        BucketAction::Build(mut build) => {
+            let staging = staging()?;
+            build.target = staging.path().to_owned();
+            // The product's earlier versions are in the bucket, not here: nothing to purge.
+            build.skip_purge = true;
+            let product = build.product.clone();
+            super::build::build_product(&build)?;
+            let mut tree = build.tree.clone();
+            tree.config.products.retain(|p| p.name == product);
+            up.local_tree(&tree, staging.path(), false, false, false)
+        }
+        BucketAction::MirrorPull(mut req) => {
+            let staging = staging()?;
+            req.target = staging.path().to_owned();
+            super::mirror::pull(&req)?;
+            let tree = Tree::load(None, staging.path(), &job.shared.overrides)?;
+            up.local_tree(&tree, staging.path(), false, false, false)
+        }
+        BucketAction::Verify(format) => {
+            let bar = progress::hashing();
+            let report = rt.block_on(bucket_inventory::verify(&bucket, &|n| bar.inc(n)));
+            bar.finish_and_clear();
+            let report = report?;
+            match format {
+                crate::cli::args::Format::Json => {
+                    let mut json = serde_json::to_vec(&report)?;
+                    json.push(b'\n');
+                    write_stdout(&json)?;
+                }
+                crate::cli::args::Format::Table => {
+                    let mut out = String::new();
+                    for p in &report.problems {
+                        out.push_str(&format!("{p}\n"));
+                    }
+                    out.push_str(&format!(
+                        "checked {} file(s), {}: {} problem(s)\n",
+                        report.files,
+                        human_bytes(report.bytes),
+                        report.problems.len()
+                    ));
+                    write_stdout(out.as_bytes())?;
+                }
+            }
+            if !report.problems.is_empty() {
+                bail!("{} problem(s) in {}", report.problems.len(), bucket.url());
+            }
+            Ok(())
+        }
+        BucketAction::List(format) => {
+            let products = rt
+                .block_on(bucket_inventory::catalog(&bucket))?
+                .with_context(|| format!("{} has no catalog: publish first", bucket.url()))?;
+            super::inventory::print_list(
+                simplestreams_builder::catalog::inventory::list(&products, &[]),
+                format,
+            )
+        }
+        BucketAction::Prune { yes, grace } => {
+            let tree = rt.block_on(bucket::catalog::products(
+                &bucket,
+                job.config.as_deref(),
+                &job.shared.overrides,
+            ))?;
+            let report = rt.block_on(bucket_inventory::prune(
+                &bucket,
+                &tree,
+                grace,
+                job.shared.clock.now(),
+                !yes,
+            ))?;
+            let verb = if yes { "removed" } else { "would remove" };
+            let mut out = String::new();
+            for r in &report.removed {
+                out.push_str(&format!("{verb} {r}\n"));
+            }
+            for (r, due) in &report.waiting {
+                out.push_str(&format!(
+                    "unreferenced {r}: kept until {due} (grace period)\n"
+                ));
+            }
+            if !yes && !report.removed.is_empty() {
+                out.push_str("(dry run: add --yes to delete)\n");
+            }
+            if report.removed.is_empty() && report.waiting.is_empty() {
+                out.push_str("nothing to prune\n");
+            }
+            write_stdout(out.as_bytes())
+        }
+        BucketAction::Serve(_) => unreachable!("served above"),
+    }
+}
+
+/// A local folder for what goes up, removed at the end.
+fn staging() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("ssb-staging-")
+        .tempdir()
+        .context("cannot make a staging folder in the temp folder (TMPDIR)")
+}
+
+/// What every upload into the bucket shares.
+struct Upload<'a> {
+    bucket: &'a Bucket,
+    rt: &'a tokio::runtime::Runtime,
+    config: Option<&'a Path>,
+    shared: &'a Shared,
+}
+
+impl Upload<'_> {
+    /// Hashes the local products of `tree` under `source`, pushes what the bucket lacks, then
+    /// publishes the catalog.
+    fn local_tree(
+        &self,
+        tree: &Tree,
+        source: &Path,
+        md5: bool,
+        skip_unavailable: bool,
+        force: bool,
+    ) -> Result<()> {
+        self.rt
+            .block_on(bucket::catalog::probe_conditional_writes(self.bucket))?;
+        let build = BuildOptions {
+            md5,
+            cache: Some(self.shared.hash_cache.clone()),
+            delta: simplestreams_builder::delta::DeltaPolicy {
+                max_percent: tree.config.delta_max_percent,
+                ..Default::default()
+            },
+            ..BuildOptions::default()
+        };
+        let bar = progress::hashing();
+        let loaded = products::load_entries(
+            tree,
+            &LoadOptions {
+                source,
+                manifests: Manifests::Hash {
+                    opts: &build,
+                    write_to: None,
+                },
+                skip_unavailable,
+                http: &self.shared.http,
+                progress: &bar,
+                exclude: &products::Exclusions::new(),
+                only: None,
+            },
+        );
+        bar.finish_and_clear();
+        let loaded = loaded?;
+        let pushed = self.rt.block_on(bucket::push::push_entries(
+            self.bucket,
+            source,
+            &loaded.entries,
+        ))?;
+        info!(
+            "{}: {} version(s) of {} product(s) uploaded ({} file(s), {}); {} version(s) already there",
+            self.bucket.url(),
+            pushed.versions,
+            pushed.products,
+            pushed.files,
+            human_bytes(pushed.bytes),
+            pushed.unchanged
+        );
+        self.catalog(force)?;
+        if !loaded.rejected.is_empty() {
+            let lines: Vec<String> = loaded
+                .rejected
+                .iter()
+                .map(|r| format!("  {}", r.reason))
+                .collect();
+            bail!(
+                "{} version(s) were not uploaded because a file of theirs is broken (the rest is published):\n{}",
+                lines.len(),
+                lines.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// Rebuilds and publishes the bucket's catalog from its manifests.
+    fn catalog(&self, force: bool) -> Result<()> {
+        let s = self.rt.block_on(async {
+            bucket::catalog::probe_conditional_writes(self.bucket).await?;
+            let tree =
+                bucket::catalog::products(self.bucket, self.config, &self.shared.overrides).await?;
+            bucket::catalog::publish(
+                self.bucket,
+                &tree,
+                &self.shared.http,
+                self.shared.clock,
+                force,
+            )
+            .await
+        })?;
+        info!(
+            "published {} product(s), {} version(s) to {} ({}{})",
+            s.products,
+            s.versions,
+            self.bucket.url(),
+            if s.written {
+                format!("products file {}", s.snapshot)
+            } else {
+                "nothing changed, the catalog was kept as it was".to_owned()
+            },
+            match s.retries {
+                0 => String::new(),
+                n => format!("; rebuilt {n} time(s) after other publishers"),
+            }
+        );
+        Ok(())
+    }
+}
