@@ -340,9 +340,14 @@ pub async fn published(
 
 /// Rebuilds the catalog from every manifest in the bucket and replaces the published one (see
 /// the module's comment for why concurrent publishers lose nothing).
+///
+/// The products are those of the tree.yml at `config`, or in layout mode those found in the
+/// bucket, found again on every attempt after the index is read: a product listed before that
+/// could miss one another publisher put and indexed in between.
 pub async fn publish(
     bucket: &Bucket,
-    tree: &Tree,
+    config: Option<&std::path::Path>,
+    overrides: &Overrides,
     http: &HttpSettings,
     clock: Clock,
     force: bool,
@@ -350,8 +355,9 @@ pub async fn publish(
     let index_key = index_rel();
     let mut retries = 0;
     loop {
-        // The ETag first, the manifests after: the order the argument above needs.
+        // The ETag first, the products and manifests after: the order the argument above needs.
         let current = bucket.get(&index_key).await?;
+        let tree = &products(bucket, config, overrides).await?;
         let entries = load_entries(bucket, tree, http).await?;
         let mut warnings = Vec::new();
         let (products, mut index) =

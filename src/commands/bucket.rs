@@ -254,11 +254,10 @@ impl Upload<'_> {
     fn catalog(&self, force: bool) -> Result<()> {
         let s = self.rt.block_on(async {
             bucket::catalog::probe_conditional_writes(self.bucket).await?;
-            let tree =
-                bucket::catalog::products(self.bucket, self.config, &self.shared.overrides).await?;
             bucket::catalog::publish(
                 self.bucket,
-                &tree,
+                self.config,
+                &self.shared.overrides,
                 &self.shared.http,
                 self.shared.clock,
                 force,

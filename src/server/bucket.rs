@@ -203,7 +203,7 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
             .into_response();
     }
     let Some(path) = RequestPath::parse(req.uri().path()) else {
-        return not_found();
+        return super::files::not_found();
     };
     let snapshot = app.current();
     if path.is_root() {
@@ -218,7 +218,7 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
         return response;
     }
     let Some((size, sha256)) = snapshot.items.get(&relative).cloned() else {
-        return not_found();
+        return super::files::not_found();
     };
     image(&app, &relative, size, &sha256, &method, req.headers()).await
 }
@@ -307,7 +307,7 @@ async fn image(
                 app.bucket.url(),
                 app.bucket.key(rel)
             );
-            return not_found();
+            return super::files::not_found();
         }
         Err(e) => return bad_gateway(&e),
     };
@@ -323,11 +323,7 @@ fn root(app: &App, snapshot: &Snapshot, headers: &HeaderMap) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/html"));
     if !wants_html {
-        return (
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "This is a simplestreams image server for LXD and Incus.\nCatalog index: /streams/v1/index.json\n",
-        )
-            .into_response();
+        return super::files::root_note();
     }
     let host = headers
         .get(header::HOST)
@@ -358,8 +354,4 @@ fn bad_gateway(e: &crate::bucket::BucketError) -> Response {
         "the bucket behind this server did not answer; try again\n",
     )
         .into_response()
-}
-
-fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "not found\n").into_response()
 }

@@ -436,7 +436,7 @@ async fn page_of(
     }
 }
 
-fn root_note() -> Response {
+pub(super) fn root_note() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
@@ -448,7 +448,7 @@ fn root_note() -> Response {
         .into_response()
 }
 
-fn not_found() -> Response {
+pub(super) fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "not found\n").into_response()
 }
 

@@ -30,6 +30,7 @@ mod mirror;
 mod page;
 mod pipeline;
 mod private;
+mod s3;
 mod server;
 mod server_import;
 mod upload;

@@ -9,6 +9,7 @@ pub mod clients;
 pub mod command;
 pub mod daemon;
 pub mod fixtures;
+pub mod s3;
 pub mod server;
 pub mod site;
 pub mod tls;
@@ -22,7 +23,7 @@ use command::run_ok;
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Prefixes of the environment variables the binary reads as settings.
-const SETTINGS_PREFIXES: [&str; 2] = ["SSBUILDER_", "SSB_"];
+const SETTINGS_PREFIXES: [&str; 3] = ["SSBUILDER_", "SSB_", "AWS_"];
 
 /// The other variables the binary reads: the server's Mottainai-era switches, logging, the build
 /// cache, the publication time and the extra CA.
