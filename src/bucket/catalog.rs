@@ -52,6 +52,12 @@ pub enum BucketPublishError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     WouldEmpty(#[from] ReplaceError),
+    /// A remote to mirror cannot be read.
+    #[error(transparent)]
+    Mirror(crate::mirror::MirrorError),
+    /// A file to mirror cannot be downloaded.
+    #[error("cannot download {url}: {reason}")]
+    Download { url: String, reason: String },
     /// A manifest in the bucket cannot be used.
     #[error("{url}: {key}: {reason}")]
     Manifest {

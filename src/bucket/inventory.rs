@@ -157,6 +157,8 @@ pub async fn prune(
                 for item in m.versions[version].items.values() {
                     let name = item.path.rsplit('/').next().unwrap_or(&item.path);
                     referenced.insert(format!("{directory}/{version}/{name}"));
+                    // A mirrored version keeps the remote's path, which may differ.
+                    referenced.insert(item.path.clone());
                 }
             }
             referenced.insert(manifest_rel(&directory));

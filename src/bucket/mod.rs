@@ -16,6 +16,7 @@
 
 pub mod catalog;
 pub mod inventory;
+pub mod mirror;
 pub mod push;
 pub mod upload;
 
@@ -152,25 +153,28 @@ pub enum BucketError {
         #[source]
         source: Box<object_store::Error>,
     },
-    /// A local file to upload cannot be read.
-    #[error("{url}: cannot read {} to upload it as {key}: {source}", path.display())]
-    Local {
+    /// What is being uploaded (a local file, a download) cannot be read.
+    #[error("{url}: cannot read {from} to upload it as {key}: {source}")]
+    Source {
         url: String,
         key: String,
-        path: std::path::PathBuf,
+        /// The file or URL.
+        from: String,
         #[source]
         source: std::io::Error,
     },
-    /// The bytes uploaded are not the ones the manifest describes (the file changed since it
-    /// was hashed): the upload was aborted.
+    /// The bytes uploaded are not the ones the manifest or the remote catalog describes (a file
+    /// changed since it was hashed, a download that is not what its catalog says): the upload
+    /// was aborted and nothing of it is visible.
     #[error(
-        "{url}: {key}: the file read while uploading has sha256 {found}, but its manifest says {expected} (it changed since it was hashed): the upload was aborted; publish again"
+        "{url}: {key}: {from} {mismatch}: the upload was aborted (nothing of it is visible); publish again"
     )]
     Changed {
         url: String,
         key: String,
-        expected: String,
-        found: String,
+        from: String,
+        /// What the bytes were against what they should be.
+        mismatch: String,
     },
 }
 

@@ -112,24 +112,14 @@ pub async fn push_entries(
         let spec = &entry.spec;
         let local = &entry.manifest;
         let directory = spec.directory.trim_matches('/');
-        let conflict =
-            |(version, file, published, local): (VersionName, String, String, String)| {
-                BucketPublishError::Conflict {
-                    url: bucket.url().to_string(),
-                    product: spec.name.clone(),
-                    version: version.to_string(),
-                    key: bucket.key(&format!("{directory}/{version}/{file}")),
-                    published,
-                    local,
-                }
-            };
         let first = read_manifest(bucket, &spec.name, directory).await?;
-        let add = versions_to_add(first.as_ref().map(|(m, _)| m), local).map_err(conflict)?;
+        let add = versions_to_add(first.as_ref().map(|(m, _)| m), local)
+            .map_err(|c| conflict(bucket, &spec.name, directory, c))?;
         report.unchanged += local.versions.len() - add.len();
         if add.is_empty() {
             continue;
         }
-        let uploads: Vec<(String, std::path::PathBuf, String)> = add
+        let uploads: Vec<(String, std::path::PathBuf, String, u64)> = add
             .iter()
             .flat_map(|v| {
                 let version = &local.versions[v];
@@ -139,60 +129,93 @@ pub async fn push_entries(
                         format!("{directory}/{v}/{name}"),
                         source.join(directory).join(v.as_str()).join(name),
                         item.sha256.clone(),
+                        item.size,
                     )
                 })
             })
             .collect();
-        let sent: Vec<super::upload::Uploaded> =
-            futures_util::stream::iter(uploads.iter().map(|(rel, path, sha)| async move {
-                bucket.upload_file(rel, path, Some(sha)).await
-            }))
-            .buffer_unordered(PARALLEL_FILES)
-            .try_collect()
-            .await?;
+        let sent: Vec<super::upload::Uploaded> = futures_util::stream::iter(uploads.iter().map(
+            |(rel, path, sha256, size)| async move {
+                let expect = super::upload::Expect {
+                    sha256,
+                    size: *size,
+                };
+                bucket.upload_file(rel, path, Some(expect)).await
+            },
+        ))
+        .buffer_unordered(PARALLEL_FILES)
+        .try_collect()
+        .await?;
         report.files += sent.len();
         report.bytes += sent.iter().map(|u| u.size).sum::<u64>();
-        // The manifest: merged with what the bucket holds now, replaced only if nobody
-        // replaced it meanwhile.
-        let rel = manifest_rel(directory);
-        let mut current = first;
-        let mut attempt = 0;
-        loop {
-            let add = versions_to_add(current.as_ref().map(|(m, _)| m), local).map_err(conflict)?;
-            let condition = match &current {
-                None => Condition::Absent,
-                Some((_, Some(etag))) => Condition::Matches(etag.clone()),
-                Some((_, None)) => {
-                    return Err(BucketPublishError::Unsafe {
-                        url: bucket.url().to_string(),
-                        behaviour: format!("sent no ETag for {}", bucket.key(&rel)),
-                    });
-                }
-            };
-            let merged = merge(current.map(|(m, _)| m), local, &add);
-            let body = Bytes::from(manifest::to_json(&merged));
-            if bucket
-                .put(&rel, body, ObjectKind::Manifest, condition)
-                .await?
-                .is_some()
-            {
-                report.versions += add.len();
-                report.products += 1;
-                break;
-            }
-            attempt += 1;
-            if attempt >= super::catalog::MAX_ATTEMPTS {
-                return Err(BucketPublishError::Contended {
-                    url: bucket.url().to_string(),
-                    key: bucket.key(&rel),
-                    attempts: attempt,
-                });
-            }
-            tokio::time::sleep(backoff(attempt)).await;
-            current = read_manifest(bucket, &spec.name, directory).await?;
-        }
+        report.versions += put_manifest(bucket, &spec.name, directory, local, first).await?;
+        report.products += 1;
     }
     Ok(report)
+}
+
+/// A version both have with other files.
+fn conflict(
+    bucket: &Bucket,
+    product: &str,
+    directory: &str,
+    (version, file, published, local): (VersionName, String, String, String),
+) -> BucketPublishError {
+    BucketPublishError::Conflict {
+        url: bucket.url().to_string(),
+        product: product.to_owned(),
+        version: version.to_string(),
+        key: bucket.key(&format!("{directory}/{version}/{file}")),
+        published,
+        local,
+    }
+}
+
+/// Adds the versions of `local` the bucket's manifest of `product` lacks (`current`, as read
+/// with its ETag), replacing it only if nobody replaced it meanwhile: otherwise reads it again
+/// and merges again, with backoff. Returns the versions added.
+pub(crate) async fn put_manifest(
+    bucket: &Bucket,
+    product: &str,
+    directory: &str,
+    local: &Manifest,
+    mut current: Option<(Manifest, Option<String>)>,
+) -> Result<usize, BucketPublishError> {
+    let rel = manifest_rel(directory);
+    let mut attempt = 0;
+    loop {
+        let add = versions_to_add(current.as_ref().map(|(m, _)| m), local)
+            .map_err(|c| conflict(bucket, product, directory, c))?;
+        let condition = match &current {
+            None => Condition::Absent,
+            Some((_, Some(etag))) => Condition::Matches(etag.clone()),
+            Some((_, None)) => {
+                return Err(BucketPublishError::Unsafe {
+                    url: bucket.url().to_string(),
+                    behaviour: format!("sent no ETag for {}", bucket.key(&rel)),
+                });
+            }
+        };
+        let merged = merge(current.map(|(m, _)| m), local, &add);
+        let body = Bytes::from(manifest::to_json(&merged));
+        if bucket
+            .put(&rel, body, ObjectKind::Manifest, condition)
+            .await?
+            .is_some()
+        {
+            return Ok(add.len());
+        }
+        attempt += 1;
+        if attempt >= super::catalog::MAX_ATTEMPTS {
+            return Err(BucketPublishError::Contended {
+                url: bucket.url().to_string(),
+                key: bucket.key(&rel),
+                attempts: attempt,
+            });
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+        current = read_manifest(bucket, product, directory).await?;
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
-//! Image files into the bucket: one read of the file, hashed as it goes up in a multipart
-//! upload of fixed-size parts with a bounded number in flight, so memory stays flat whatever
-//! the size. A failed or refused upload is aborted: S3 never shows an object whose multipart
-//! upload did not complete.
+//! Image files into the bucket: read once (a local file, or a download streamed from another
+//! server), hashed as they go up in a multipart upload of fixed-size parts with a bounded
+//! number in flight, so memory stays flat whatever the size. A failed or refused upload is
+//! aborted: S3 never shows an object whose multipart upload did not complete.
 
 use std::io::Read as _;
 use std::path::Path;
 
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt as _};
 use object_store::{ObjectStore as _, PutMultipartOptions, WriteMultipart};
 use sha2::{Digest as _, Sha256};
 
@@ -26,46 +27,34 @@ pub struct Uploaded {
     pub sha256: String,
 }
 
+/// What the bytes must be; anything else is not published.
+#[derive(Clone, Copy, Debug)]
+pub struct Expect<'a> {
+    pub sha256: &'a str,
+    pub size: u64,
+}
+
 impl Bucket {
-    /// Uploads the local file at `path` as `rel`. With `expect_sha256`, bytes that hash to
-    /// anything else are not published (the upload is aborted).
+    /// Uploads the local file at `path` as `rel`; bytes that are not `expect` are not
+    /// published.
     pub async fn upload_file(
         &self,
         rel: &str,
         path: &Path,
-        expect_sha256: Option<&str>,
+        expect: Option<Expect<'_>>,
     ) -> Result<Uploaded, BucketError> {
-        let local = |source| BucketError::Local {
+        let from = path.display().to_string();
+        let local = |source| BucketError::Source {
             url: self.url.to_string(),
             key: self.key(rel),
-            path: path.to_owned(),
+            from: from.clone(),
             source,
         };
         let mut file = std::fs::File::open(path).map_err(local)?;
         let size = file.metadata().map_err(local)?.len();
-        if size < PART_SIZE as u64 {
-            // One request: S3 takes no multipart upload under 5 MiB but for the last part.
-            let mut bytes = Vec::with_capacity(size as usize);
-            file.read_to_end(&mut bytes).map_err(local)?;
-            let found = hex::encode(Sha256::digest(&bytes));
-            self.check(rel, expect_sha256, &found)?;
-            self.put(
-                rel,
-                Bytes::from(bytes),
-                ObjectKind::Image,
-                Condition::Overwrite,
-            )
-            .await?;
-            return Ok(Uploaded {
-                size,
-                sha256: found,
-            });
-        }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(1);
-        // The reader and hasher: a thread of its own, one part ahead of the uploads.
-        let reader = std::thread::spawn(move || {
-            let mut hasher = Sha256::new();
-            let mut total = 0u64;
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(1);
+        // The reader: a thread of its own, one part ahead of the uploads.
+        std::thread::spawn(move || {
             loop {
                 let mut part = vec![0u8; PART_SIZE];
                 let mut filled = 0;
@@ -76,66 +65,108 @@ impl Bucket {
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Err(e) => {
                             let _ = tx.blocking_send(Err(e));
-                            return None;
+                            return;
                         }
                     }
                 }
                 if filled == 0 {
-                    break;
+                    return;
                 }
                 part.truncate(filled);
-                hasher.update(&part);
-                total += filled as u64;
-                if tx.blocking_send(Ok(Bytes::from(part))).is_err() {
-                    return None;
+                if tx.blocking_send(Ok(Bytes::from(part))).is_err() || filled < PART_SIZE {
+                    return;
                 }
-                if filled < PART_SIZE {
+            }
+        });
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        self.upload_stream(rel, &from, size, body, expect).await
+    }
+
+    /// Uploads the bytes of `body` (from `from`, about `size` bytes) as `rel`: in one request
+    /// when small, else in a multipart upload; bytes that are not `expect` are not published.
+    pub async fn upload_stream<S>(
+        &self,
+        rel: &str,
+        from: &str,
+        size: u64,
+        body: S,
+        expect: Option<Expect<'_>>,
+    ) -> Result<Uploaded, BucketError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
+        let read_error = |source| BucketError::Source {
+            url: self.url.to_string(),
+            key: self.key(rel),
+            from: from.to_owned(),
+            source,
+        };
+        let mut body = std::pin::pin!(body);
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        if size < PART_SIZE as u64 {
+            // One request: S3 takes no multipart part under 5 MiB but the last.
+            let mut bytes = Vec::with_capacity(size as usize);
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(read_error)?;
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() > PART_SIZE {
                     break;
                 }
             }
-            Some((total, hex::encode(hasher.finalize())))
-        });
-        let key = self.path(rel);
+            hasher.update(&bytes);
+            let uploaded = Uploaded {
+                size: bytes.len() as u64,
+                sha256: hex::encode(hasher.finalize()),
+            };
+            self.check(rel, from, expect, &uploaded)?;
+            self.put(
+                rel,
+                Bytes::from(bytes),
+                ObjectKind::Image,
+                Condition::Overwrite,
+            )
+            .await?;
+            return Ok(uploaded);
+        }
         let opts = PutMultipartOptions {
             attributes: ObjectKind::Image.attributes(rel),
             ..PutMultipartOptions::default()
         };
         let upload = self
             .store()
-            .put_multipart_opts(&key, opts)
+            .put_multipart_opts(&self.path(rel), opts)
             .await
             .map_err(|e| self.fail(rel, "multipart upload", e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let sent: Result<(), BucketError> = async {
-            while let Some(part) = rx.recv().await {
-                let part = part.map_err(local)?;
+        let sent: Result<Uploaded, BucketError> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(read_error)?;
+                hasher.update(&chunk);
+                total += chunk.len() as u64;
                 writer
                     .wait_for_capacity(PARTS_IN_FLIGHT)
                     .await
                     .map_err(|e| self.fail(rel, "multipart upload", e))?;
-                writer.put(part);
+                writer.put(chunk);
             }
-            Ok(())
+            let uploaded = Uploaded {
+                size: total,
+                sha256: hex::encode(hasher.finalize()),
+            };
+            self.check(rel, from, expect, &uploaded)?;
+            Ok(uploaded)
         }
         .await;
-        drop(rx);
-        let read = reader.join().ok().flatten();
-        let outcome = sent.and_then(|()| {
-            let (total, found) = read
-                .ok_or_else(|| local(std::io::Error::other("the reader stopped before the end")))?;
-            self.check(rel, expect_sha256, &found)?;
-            Ok((total, found))
-        });
-        match outcome {
-            Ok((total, found)) => {
+        match sent {
+            Ok(uploaded) => {
                 writer
                     .finish()
                     .await
                     .map_err(|e| self.fail(rel, "multipart upload", e))?;
-                Ok(Uploaded {
-                    size: total,
-                    sha256: found,
-                })
+                Ok(uploaded)
             }
             Err(e) => {
                 if let Err(abort) = writer.abort().await {
@@ -151,14 +182,25 @@ impl Bucket {
         }
     }
 
-    fn check(&self, rel: &str, expect: Option<&str>, found: &str) -> Result<(), BucketError> {
+    fn check(
+        &self,
+        rel: &str,
+        from: &str,
+        expect: Option<Expect<'_>>,
+        found: &Uploaded,
+    ) -> Result<(), BucketError> {
         match expect {
-            Some(expected) if expected != found => Err(BucketError::Changed {
-                url: self.url.to_string(),
-                key: self.key(rel),
-                expected: expected.to_owned(),
-                found: found.to_owned(),
-            }),
+            Some(e) if e.sha256 != found.sha256 || e.size != found.size => {
+                Err(BucketError::Changed {
+                    url: self.url.to_string(),
+                    key: self.key(rel),
+                    from: from.to_owned(),
+                    mismatch: format!(
+                        "gave {} bytes with sha256 {}, but its catalog says {} bytes with sha256 {}",
+                        found.size, found.sha256, e.size, e.sha256
+                    ),
+                })
+            }
             _ => Ok(()),
         }
     }

@@ -83,12 +83,35 @@ pub fn run(job: BucketJob) -> Result<()> {
             tree.config.products.retain(|p| p.name == product);
             up.local_tree(&tree, staging.path(), false, false, false)
         }
-        BucketAction::MirrorPull(mut req) => {
-            let staging = staging()?;
-            req.target = staging.path().to_owned();
-            super::mirror::pull(&req)?;
-            let tree = Tree::load(None, staging.path(), &job.shared.overrides)?;
-            up.local_tree(&tree, staging.path(), false, false, false)
+        BucketAction::MirrorPull(req) => {
+            if job.config.is_some() {
+                tracing::warn!(
+                    "mirror pull into {}: the tree.yml is not used; mirrored products are kept in the images/<os>/<release>/<arch>/<variant>/ layout",
+                    bucket.url()
+                );
+            }
+            rt.block_on(bucket::catalog::probe_conditional_writes(&bucket))?;
+            let report = rt.block_on(bucket::mirror::pull(&bucket, &req))?;
+            products::report(&report.warnings);
+            info!(
+                "mirror into {}: {} version(s) of {} product(s) added ({} file(s), {} streamed from the remote); {} version(s) already there",
+                bucket.url(),
+                report.versions,
+                report.products,
+                report.files,
+                human_bytes(report.bytes),
+                report.present
+            );
+            // Products in the layout: the catalog is the bucket's, whatever tree.yml says.
+            Upload { config: None, ..up }.catalog(false)?;
+            if !report.failed.is_empty() {
+                bail!(
+                    "{} version(s) could not be mirrored (the rest is published):\n{}",
+                    report.failed.len(),
+                    report.failed.join("\n")
+                );
+            }
+            Ok(())
         }
         BucketAction::Verify(format) => {
             let bar = progress::hashing();

@@ -137,7 +137,7 @@ fn fail_remote(url: &str) -> impl Fn(String) -> MirrorError + '_ {
 }
 
 /// Reads the remote's index and every products file it lists for LXD and Incus.
-async fn read_remote(
+pub(crate) async fn read_remote(
     client: &reqwest::Client,
     url: &str,
     filters: &select::Filters,

@@ -183,14 +183,29 @@ fn bucket_tree_end_to_end_with_incus() {
         TIMEOUT,
     );
     let upstream = TestServer::serve(&other, &ca);
-    run_ok(
-        s3_cmd(
-            &weed,
-            dir.path(),
-            &["-t", &url, "mirror", "pull", upstream.url(), "--ca-cert"],
-        )
-        .arg(ca.cert_pem()),
-        TIMEOUT,
+    let pull = || {
+        let out = run_ok(
+            s3_cmd(
+                &weed,
+                dir.path(),
+                &["-t", &url, "mirror", "pull", upstream.url(), "--ca-cert"],
+            )
+            .arg(ca.cert_pem()),
+            TIMEOUT,
+        );
+        stderr(&out)
+    };
+    let first = pull();
+    assert!(
+        first.contains("1 version(s) of 1 product(s) added (2 file(s)"),
+        "{first}"
+    );
+    // Nothing is fetched again.
+    let again = pull();
+    assert!(
+        again.contains("0 version(s) of 0 product(s) added (0 file(s)")
+            && again.contains("1 version(s) already there"),
+        "{again}"
     );
     drop(upstream);
 
