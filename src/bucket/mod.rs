@@ -225,6 +225,13 @@ fn describe(e: &object_store::Error) -> (Option<String>, String) {
     (code, detail)
 }
 
+/// A 404 for the object, not for the bucket (S3 answers a missing bucket with a 404 too, whose
+/// code says `NoSuchBucket`: that one is an error to report, not an empty tree).
+fn is_missing_object(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. })
+        && describe(e).0.as_deref() != Some("NoSuchBucket")
+}
+
 /// What an object is, for its `Content-Type` and its `Cache-Control` (a CDN in front of the
 /// bucket caches image files and catalog snapshots for ever, the index briefly).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -428,7 +435,7 @@ impl Bucket {
                 let bytes = got.bytes().await.map_err(|e| self.fail(rel, "GET", e))?;
                 Ok(Some((bytes, etag)))
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) if is_missing_object(&e) => Ok(None),
             Err(e) => Err(self.fail(rel, "GET", e)),
         }
     }
@@ -448,7 +455,7 @@ impl Bucket {
                 etag: got.meta.e_tag.clone(),
                 body: got.into_stream(),
             })),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) if is_missing_object(&e) => Ok(None),
             Err(e) => Err(self.fail(rel, "GET", e)),
         }
     }

@@ -17,8 +17,9 @@ use super::{Bucket, BucketError, Condition, ObjectKind};
 pub const PART_SIZE: usize = 8 << 20;
 
 /// Parts in flight at once. With one part being read and one queued, memory stays under
-/// `(PARTS_IN_FLIGHT + 2) * PART_SIZE` (80 MiB) whatever the file's size.
-pub const PARTS_IN_FLIGHT: usize = 8;
+/// `(PARTS_IN_FLIGHT + 2) * PART_SIZE` (64 MiB) whatever the file's size: against a local
+/// SeaweedFS the server, not the parallelism, set the pace (bench/s3.sh).
+pub const PARTS_IN_FLIGHT: usize = 6;
 
 /// What went up.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -75,13 +75,15 @@ pub fn run(job: BucketJob) -> Result<()> {
         BucketAction::Build(mut build) => {
             let staging = staging()?;
             build.target = staging.path().to_owned();
-            // The product's earlier versions are in the bucket, not here: nothing to purge.
+            // The staging tree holds this product's new version only: its earlier versions
+            // (nothing to purge) and the other products are in the bucket. The version is
+            // hashed once, by the upload below.
             build.skip_purge = true;
+            build.after = crate::cli::settings::After::Nothing;
             let product = build.product.clone();
+            build.tree.config.products.retain(|p| p.name == product);
             super::build::build_product(&build)?;
-            let mut tree = build.tree.clone();
-            tree.config.products.retain(|p| p.name == product);
-            up.local_tree(&tree, staging.path(), false, false, false)
+            up.local_tree(&build.tree, staging.path(), false, false, false)
         }
         BucketAction::MirrorPull(req) => {
             if job.config.is_some() {

@@ -811,3 +811,54 @@ fn the_tree_holds_only_what_clients_need_after_each_pipeline_command() {
     let stderr = ok(&c.output().unwrap());
     assert!(stderr.contains("read 0 B of image data"), "{stderr}");
 }
+
+/// build-product into a bucket: the version is built in a local staging folder and uploaded;
+/// earlier versions and the tree.yml's other products (never built, so in no staging folder)
+/// are the bucket's, and the local tree stays empty.
+#[test]
+fn builds_into_a_bucket() {
+    let Some(weed) = crate::common::s3::Seaweed::start("build-product into a bucket") else {
+        return;
+    };
+    let b = Bench::new(
+        "  - name: other:1:amd64:default\n    arch: amd64\n    directory: other\n    aliases: [other/1]\n",
+    );
+    let url = weed.url("build");
+    for epoch in [DAY1, DAY1 + DAY] {
+        let mut c = b.bin(epoch);
+        for (k, v) in weed.vars() {
+            c.env(k, v);
+        }
+        c.args([
+            "-c",
+            "tree.yml",
+            "-t",
+            &url,
+            "build-product",
+            PRODUCT,
+            "-s",
+            "src",
+        ]);
+        ok(&c.output().unwrap());
+    }
+    let products = crate::common::s3::block_on(simplestreams_builder::bucket::inventory::catalog(
+        &weed.bucket("build"),
+    ))
+    .unwrap()
+    .expect("a catalog in the bucket");
+    let versions: Vec<String> = products.products[PRODUCT]
+        .versions
+        .keys()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(versions, ["20240101_00:00", "20240102_00:00"]);
+    assert_eq!(
+        products.products.len(),
+        1,
+        "only the built product is published"
+    );
+    assert!(
+        files(&b.path("tree")).is_empty(),
+        "the local tree was written"
+    );
+}

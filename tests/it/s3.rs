@@ -417,6 +417,31 @@ fn eight_publishers_at_once_lose_nothing() {
         reads.load(Ordering::Relaxed) > 10,
         "too few reads to mean anything"
     );
+
+    // prune: the snapshots of earlier publishes wait out the grace period, then go; the
+    // catalog stays whole.
+    let prune = |args: &[&str]| {
+        let mut all = vec!["-t", url.as_str(), "prune", "--yes"];
+        all.extend_from_slice(args);
+        let out = run_ok(&mut s3_cmd(&weed, dir.path(), &all), TIMEOUT);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = prune(&[]);
+    assert!(
+        first.contains("unreferenced streams/v1/images-") && !first.contains("removed "),
+        "{first}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let second = prune(&["--grace", "1s"]);
+    assert!(second.contains("removed streams/v1/images-"), "{second}");
+    assert!(!second.contains("unreferenced "), "{second}");
+    run_ok(
+        &mut s3_cmd(&weed, dir.path(), &["-t", &url, "verify"]),
+        TIMEOUT,
+    );
+    let catalog = catalog_of(&weed, "conc");
+    assert_eq!(catalog.len(), 8);
+    assert!(catalog.values().all(|v| v.len() == 5), "{catalog:?}");
 }
 
 /// The S3 server killed while a large file goes up in a multipart upload: a clear error naming
@@ -523,4 +548,53 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Wrong credentials, a missing bucket, a plain-http endpoint elsewhere than loopback: each is
+/// an error naming the bucket and key and the S3 error code, and nothing is written.
+#[test]
+fn bucket_errors_name_the_bucket_key_and_code() {
+    let Some(weed) = Seaweed::start("S3 errors") else {
+        return;
+    };
+    let dir = TempDir::with_prefix("ssb-s3-errors-").unwrap();
+    let url = weed.url("errors");
+    let fails = |cmd: &mut assert_cmd::Command| {
+        let out = run(cmd, TIMEOUT);
+        assert!(!out.status.success(), "succeeded: {}", stderr(&out));
+        stderr(&out)
+    };
+    let wrong = fails(
+        s3_cmd(&weed, dir.path(), &["-t", &url, "publish"]).env("AWS_SECRET_ACCESS_KEY", "wrong"),
+    );
+    assert!(
+        wrong.contains("s3://images/errors")
+            && (wrong.contains("SignatureDoesNotMatch")
+                || wrong.contains("InvalidAccessKeyId")
+                || wrong.contains("AccessDenied")),
+        "{wrong}"
+    );
+    let missing = fails(&mut s3_cmd(
+        &weed,
+        dir.path(),
+        &["-t", "s3://no-such-bucket/x", "list"],
+    ));
+    assert!(
+        missing.contains("s3://no-such-bucket/x") && missing.contains("NoSuchBucket"),
+        "{missing}"
+    );
+    let remote_http = fails(
+        s3_cmd(&weed, dir.path(), &["-t", &url, "list"])
+            .env("AWS_ENDPOINT_URL", "http://192.0.2.1:9000"),
+    );
+    assert!(remote_http.contains("--s3-allow-http"), "{remote_http}");
+    let no_keys =
+        fails(s3_cmd(&weed, dir.path(), &["-t", &url, "list"]).env_remove("AWS_ACCESS_KEY_ID"));
+    assert!(no_keys.contains("AWS_ACCESS_KEY_ID"), "{no_keys}");
+    let objects = block_on(weed.bucket("errors").list("")).unwrap();
+    assert!(
+        objects.is_empty(),
+        "written: {:?}",
+        objects.iter().map(|o| &o.rel).collect::<Vec<_>>()
+    );
 }
