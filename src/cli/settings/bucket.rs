@@ -139,11 +139,12 @@ impl Resolver<'_> {
             Command::Serve(args) => {
                 if args.index
                     || args.allow_anonymous_writes
+                    || super::resolve::write_token(args)?.is_some()
                     || args.mirror_interval.is_some()
                     || args.read_users.is_some()
                 {
                     bail!(
-                        "serve -t {url} serves the bucket read-only: uploads, --index, --mirror-interval and --read-users need a local tree (publish into the bucket with publish, import or build-product)"
+                        "serve -t {url} serves the bucket read-only: uploads (a write token), --index, --mirror-interval and --read-users need a local tree (publish into the bucket with publish, import or build-product)"
                     );
                 }
                 let serve = self.serve(args)?;

@@ -435,7 +435,7 @@ fn image_file_expiry(path: &Path, candidates: &[PathBuf]) -> Result<Option<Human
 
 /// The write token from `--write-token-file` or `SSB_WRITE_TOKEN`; surrounding white space
 /// (a trailing newline in a file or a Secret) is not part of it.
-fn write_token(args: &ServeArgs) -> Result<Option<String>> {
+pub(super) fn write_token(args: &ServeArgs) -> Result<Option<String>> {
     let token = match (&args.write_token_file, &args.write_token) {
         (Some(file), _) => {
             let text = std::fs::read_to_string(file)
