@@ -278,6 +278,24 @@ fn bucket_tree_end_to_end_with_incus() {
     ]);
     crate::daemons::boots(&daemon, "pushed", "s3-pushed", &pretty);
     let redirecting = serve_bucket(&weed, dir.path(), &url, &ca, true);
+    // The client follows the redirects to the bucket too.
+    clients.incus_remote_add("s3r", redirecting.url());
+    let out = dir.path().join("export-redirected");
+    let exported = clients.image_export(
+        Client::Incus,
+        "s3r",
+        "mirrored/1",
+        ImageType::Container,
+        &out,
+    );
+    let (meta, rootfs): (Vec<_>, Vec<_>) =
+        exported.iter().partition(|(n, _)| n.ends_with(".tar.xz"));
+    assert_eq!((meta.len(), rootfs.len()), (1, 1), "exported: {exported:?}");
+    assert_eq!(
+        sha256_of(&[meta[0].1, rootfs[0].1]),
+        squashfs_fingerprint(&weed, "e2e", "mirrored:1:amd64:default"),
+        "the files exported through redirects do not hash to the published fingerprint"
+    );
     daemon.remote_add("s3r", redirecting.url());
     daemon.ok(&[
         "image",
@@ -597,4 +615,65 @@ fn bucket_errors_name_the_bucket_key_and_code() {
         "written: {:?}",
         objects.iter().map(|o| &o.rel).collect::<Vec<_>>()
     );
+}
+
+/// The bucket alone is a simplestreams tree: read anonymously (a public-read bucket, or a CDN in
+/// front of one), python-simplestreams finds every item, and the objects carry the content
+/// types and cache headers a CDN needs.
+#[test]
+fn a_public_bucket_is_a_simplestreams_tree() {
+    let test = "public bucket";
+    let Some(weed) = Seaweed::start_public(test) else {
+        return;
+    };
+    let ca = TestCa::generate();
+    let Some(clients) = Clients::detect(&ca, &[Program::SstreamQuery]) else {
+        return;
+    };
+    let dir = TempDir::with_prefix("ssb-s3-public-").unwrap();
+    let www = dir.path().join("www");
+    let v = fake_version(&www, "pub", V1, 64 << 10);
+    run_ok(
+        s3_cmd(&weed, dir.path(), &["-t"])
+            .arg(&www)
+            .args(["mirror", "push", &weed.url("public")]),
+        TIMEOUT,
+    );
+    let base = format!("{}/images/public", weed.endpoint());
+    let items = clients.sstream_query(&format!("{base}/streams/v1/index.json"));
+    let paths: BTreeSet<&str> = items.iter().filter_map(|i| i["path"].as_str()).collect();
+    let rootfs = format!("images/pub/1/amd64/default/{V1}/rootfs.squashfs");
+    assert!(paths.contains(rootfs.as_str()), "sstream-query: {paths:?}");
+    let head = |rel: &str| {
+        let r = reqwest::blocking::get(format!("{base}/{rel}")).unwrap();
+        assert!(r.status().is_success(), "{rel}: {}", r.status());
+        let h = |n: &str| {
+            r.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        (h("content-type"), h("cache-control"), r.bytes().unwrap())
+    };
+    let (ct, cc, index) = head("streams/v1/index.json");
+    assert_eq!(
+        (ct.as_str(), cc.as_str()),
+        ("application/json", "public, max-age=60")
+    );
+    let index: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    let snapshot = index["index"]["images"]["path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(snapshot.starts_with("streams/v1/images-"), "{snapshot}");
+    let immutable = "public, max-age=31536000, immutable";
+    let (ct, cc, _) = head(&snapshot);
+    assert_eq!((ct.as_str(), cc.as_str()), ("application/json", immutable));
+    let (ct, cc, bytes) = head(&rootfs);
+    assert_eq!(
+        (ct.as_str(), cc.as_str()),
+        ("application/octet-stream", immutable)
+    );
+    assert_eq!(bytes, std::fs::read(v.join("rootfs.squashfs")).unwrap());
 }

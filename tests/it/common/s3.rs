@@ -31,6 +31,9 @@ pub struct Seaweed {
     child: Option<Child>,
     dir: TempDir,
     ports: Vec<u16>,
+    /// Started without credentials: every request is allowed, signed or not (a public-read
+    /// bucket).
+    public: bool,
 }
 
 fn free_ports(n: usize) -> Vec<u16> {
@@ -47,6 +50,15 @@ impl Seaweed {
     /// Starts an instance, or says why not and returns `None` (a failure when real clients are
     /// required).
     pub fn start(test: &str) -> Option<Seaweed> {
+        Self::start_with(test, false)
+    }
+
+    /// An instance that takes anonymous requests, as a public-read bucket does.
+    pub fn start_public(test: &str) -> Option<Seaweed> {
+        Self::start_with(test, true)
+    }
+
+    fn start_with(test: &str, public: bool) -> Option<Seaweed> {
         if !Path::new(WEED).is_file() {
             if std::env::var("SSB_REQUIRE_REAL_CLIENTS").as_deref() == Ok("1") {
                 panic!("SSB_REQUIRE_REAL_CLIENTS=1 but {WEED} is missing ({test})");
@@ -60,6 +72,7 @@ impl Seaweed {
             child: None,
             dir: TempDir::with_prefix("ssb-seaweed-").expect("temp dir"),
             ports: free_ports(10),
+            public,
         };
         s.launch();
         Some(s)
@@ -97,8 +110,17 @@ impl Seaweed {
             .arg(format!("-s3.port.grpc={}", p[7]))
             .arg(format!("-admin.port={}", p[8]))
             .arg(format!("-admin.port.grpc={}", p[9]))
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            // A test runner's own AWS_* never reach weed: the keys are these, or none.
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .envs(
+                [
+                    ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+                    ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+                ]
+                .into_iter()
+                .filter(|_| !self.public),
+            )
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
