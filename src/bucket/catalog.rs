@@ -56,8 +56,20 @@ pub enum BucketPublishError {
     #[error(transparent)]
     Mirror(crate::mirror::MirrorError),
     /// A file to mirror cannot be downloaded.
-    #[error("cannot download {url}: {reason}")]
-    Download { url: String, reason: String },
+    #[error("cannot download {url} into {key}: {reason}")]
+    Download {
+        url: String,
+        /// The key it was to be stored at.
+        key: String,
+        reason: String,
+    },
+    /// The new catalog would leave out products the published one has.
+    #[error("{url}: this run ({mode}) would drop {} published product(s) from the catalog: {}; the catalog was kept (what this run uploaded is in place): run it again with the tree.yml that declares them (-c FILE), or `publish -t {url} --force` to drop them", dropped.len(), dropped.join(", "))]
+    WouldDrop {
+        url: String,
+        mode: String,
+        dropped: Vec<String>,
+    },
     /// A manifest in the bucket cannot be used.
     #[error("{url}: {key}: {reason}")]
     Manifest {
@@ -149,16 +161,16 @@ pub async fn probe_conditional_writes(bucket: &Bucket) -> Result<(), BucketPubli
     result
 }
 
-/// The products of a tree in a bucket: the tree.yml's (read locally), or in layout mode every
-/// `images/<os>/<release>/<arch>/<variant>/` folder holding an `ssb.json`.
+/// The products of a tree in a bucket: every `images/<os>/<release>/<arch>/<variant>/` folder
+/// holding an `ssb.json` (layout products: mirrored, imported), and with a tree.yml its
+/// products too, which take the place of a layout product in the same folder. Every publisher
+/// thus builds the catalog from every manifest, whichever way it was started (the no-loss
+/// argument needs that).
 pub async fn products(
     bucket: &Bucket,
     config: Option<&std::path::Path>,
     overrides: &Overrides,
 ) -> Result<Tree, BucketPublishError> {
-    if config.is_some() {
-        return Ok(Tree::load(config, std::path::Path::new("."), overrides)?);
-    }
     let mut found: Vec<LayoutProduct> = bucket
         .list(LAYOUT_ROOT)
         .await?
@@ -171,11 +183,21 @@ pub async fn products(
         })
         .collect();
     found.sort_by(|a, b| a.directory.cmp(&b.directory));
-    Ok(Tree::from_layout(
-        &PathBuf::from(bucket.url().to_string()),
-        found,
-        overrides,
-    )?)
+    let url = PathBuf::from(bucket.url().to_string());
+    let Some(config) = config else {
+        return Ok(Tree::from_layout(&url, found, overrides)?);
+    };
+    let mut tree = Tree::load(Some(config), std::path::Path::new("."), overrides)?;
+    let declared: std::collections::BTreeSet<String> = tree
+        .config
+        .products
+        .iter()
+        .map(|p| p.directory.trim_matches('/').to_owned())
+        .collect();
+    found.retain(|p| !declared.contains(&p.directory));
+    let layout = Tree::from_layout(&url, found, overrides)?;
+    tree.config.products.extend(layout.config.products);
+    Ok(tree)
 }
 
 /// A product's manifest in the bucket, with its ETag, or `None` when it has none.
@@ -315,12 +337,21 @@ pub struct CatalogSummary {
     pub catalog: ProductsFile,
 }
 
-/// The published index and the products file it names, when there is one.
-pub async fn published(
-    bucket: &Bucket,
-) -> Result<Option<(Index, Option<String>, Bytes, String)>, BucketPublishError> {
+/// The published catalog: the index (its bytes, as read in one GET, and its ETag) and the
+/// products file it names.
+pub struct Published {
+    pub index: Index,
+    pub index_bytes: Bytes,
+    pub etag: Option<String>,
+    /// The products file's bytes and its path relative to the tree.
+    pub products: Bytes,
+    pub path: String,
+}
+
+/// The published catalog, when there is one.
+pub async fn published(bucket: &Bucket) -> Result<Option<Published>, BucketPublishError> {
     let rel = index_rel();
-    let Some((bytes, etag)) = bucket.get(&rel).await? else {
+    let Some((index_bytes, etag)) = bucket.get(&rel).await? else {
         return Ok(None);
     };
     let bad = |reason: String| BucketPublishError::Index {
@@ -328,7 +359,7 @@ pub async fn published(
         key: bucket.key(&rel),
         reason,
     };
-    let index: Index = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let index: Index = serde_json::from_slice(&index_bytes).map_err(|e| bad(e.to_string()))?;
     let path = index
         .index
         .values()
@@ -341,7 +372,13 @@ pub async fn published(
             bucket.key(&path)
         ))
     })?;
-    Ok(Some((index, etag, products, path)))
+    Ok(Some(Published {
+        index,
+        index_bytes,
+        etag,
+        products,
+        path,
+    }))
 }
 
 /// Rebuilds the catalog from every manifest in the bucket and replaces the published one (see
@@ -394,6 +431,25 @@ pub async fn publish(
                         tree,
                         &products,
                     )?;
+                    // In a bucket every publisher rebuilds the whole catalog: one started
+                    // without the tree.yml (or with another) would drop its products.
+                    let dropped: Vec<String> = old
+                        .index
+                        .values()
+                        .flat_map(|e| &e.products)
+                        .filter(|id| !products.products.contains_key(*id))
+                        .cloned()
+                        .collect();
+                    if !dropped.is_empty() {
+                        return Err(BucketPublishError::WouldDrop {
+                            url: bucket.url().to_string(),
+                            mode: match &tree.config.file {
+                                Some(f) => format!("with {}", f.display()),
+                                None => "without a tree.yml".to_owned(),
+                            },
+                            dropped,
+                        });
+                    }
                 }
                 if let Some(path) = old.index.values().next().map(|e| e.path.clone())
                     && let Some((old_products, _)) = bucket.get(&path).await?
@@ -417,8 +473,9 @@ pub async fn publish(
         let sha = hex::encode(Sha256::digest(&new_products));
         let snapshot = snapshot_rel(&tree.config.images_path, &sha);
         debug_assert!(is_snapshot_name(snapshot.rsplit('/').next().unwrap_or("")));
-        // Same name, same bytes: an existing one is this very file.
-        bucket
+        // Same name, same bytes: an existing one is this very file. A refusal without one
+        // (a 409 while another writer's put of it was in flight) is contention: retry.
+        let put = bucket
             .put(
                 &snapshot,
                 Bytes::from(new_products),
@@ -426,17 +483,22 @@ pub async fn publish(
                 Condition::Absent,
             )
             .await?;
+        let landed = put.is_some() || bucket.get(&snapshot).await?.is_some();
         for entry in index.index.values_mut() {
             entry.path = snapshot.clone();
         }
-        let written = bucket
-            .put(
-                &index_key,
-                Bytes::from(to_json(&index)),
-                ObjectKind::Index,
-                condition,
-            )
-            .await?;
+        let written = if landed {
+            bucket
+                .put(
+                    &index_key,
+                    Bytes::from(to_json(&index)),
+                    ObjectKind::Index,
+                    condition,
+                )
+                .await?
+        } else {
+            None
+        };
         if written.is_some() {
             return Ok(summary(true, bucket.key(&snapshot), products));
         }

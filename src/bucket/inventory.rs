@@ -13,7 +13,7 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::catalog::{BucketPublishError, manifest_rel, published, read_manifest};
+use super::catalog::{BucketPublishError, published, read_manifest};
 use super::{Bucket, Condition, ObjectKind};
 use crate::catalog::products::Tree;
 use crate::format::ProductsFile;
@@ -30,7 +30,12 @@ const PARALLEL_VERIFY: usize = 4;
 
 /// The published catalog, parsed; `None` when the bucket has none.
 pub async fn catalog(bucket: &Bucket) -> Result<Option<ProductsFile>, BucketPublishError> {
-    let Some((_, _, bytes, path)) = published(bucket).await? else {
+    let Some(super::catalog::Published {
+        products: bytes,
+        path,
+        ..
+    }) = published(bucket).await?
+    else {
         return Ok(None);
     };
     serde_json::from_slice(&bytes)
@@ -65,8 +70,10 @@ pub async fn verify(
             ..VerifyReport::default()
         });
     };
+    // Item paths that are URLs or leave the tree (a tree.yml `prefix`) name no object here.
     let items: BTreeMap<String, (u64, String)> = products
         .items()
+        .filter(|i| !i.path.contains("://") && !i.path.split('/').any(|s| s == ".."))
         .map(|i| (i.path.clone(), (i.size, i.sha256.clone())))
         .collect();
     let results: Vec<(u64, Option<String>)> =
@@ -131,20 +138,33 @@ struct Unreferenced {
     since: BTreeMap<String, i64>,
 }
 
-/// Finds the objects nothing names (image files of a product folder that no manifest lists,
-/// catalog snapshots other than the current one, probes a killed run left) and removes those
-/// unreferenced for longer than `grace`; with `dry_run`, only says what it would do.
-pub async fn prune(
-    bucket: &Bucket,
-    tree: &Tree,
-    grace: Duration,
-    now: jiff::Timestamp,
-    dry_run: bool,
-) -> Result<PruneReport, BucketPublishError> {
-    let listed = bucket.list("").await?;
-    let current = published(bucket).await?.map(|(_, _, _, path)| path);
-    let mut referenced: BTreeSet<String> = BTreeSet::new();
-    let mut folders: Vec<String> = Vec::new();
+/// What names objects of the tree: the current catalog's items and products file, and every
+/// manifest's files (versions not in the catalog included: rejected, or about to be).
+struct References {
+    /// Keys relative to the tree.
+    names: BTreeSet<String>,
+    /// Product folders with a manifest (`dir/`): image files are pruned only inside them.
+    folders: Vec<String>,
+    /// The products file the index names.
+    current: Option<String>,
+}
+
+async fn references(bucket: &Bucket, tree: &Tree) -> Result<References, BucketPublishError> {
+    let mut refs = References {
+        names: BTreeSet::new(),
+        folders: Vec::new(),
+        current: None,
+    };
+    if let Some(p) = published(bucket).await? {
+        if let Ok(products) = serde_json::from_slice::<ProductsFile>(&p.products) {
+            refs.names.extend(
+                products
+                    .items()
+                    .map(|i| i.path.trim_start_matches('/').to_owned()),
+            );
+        }
+        refs.current = Some(p.path);
+    }
     for spec in tree
         .config
         .products
@@ -153,32 +173,60 @@ pub async fn prune(
     {
         let directory = spec.directory.trim_matches('/').to_owned();
         if let Some((m, _)) = read_manifest(bucket, &spec.name, &directory).await? {
-            for version in m.versions.keys() {
-                for item in m.versions[version].items.values() {
+            for (version, v) in &m.versions {
+                for item in v.items.values() {
                     let name = item.path.rsplit('/').next().unwrap_or(&item.path);
-                    referenced.insert(format!("{directory}/{version}/{name}"));
+                    refs.names.insert(format!("{directory}/{version}/{name}"));
                     // A mirrored version keeps the remote's path, which may differ.
-                    referenced.insert(item.path.clone());
+                    refs.names.insert(item.path.clone());
                 }
             }
-            referenced.insert(manifest_rel(&directory));
-            folders.push(format!("{directory}/"));
+            refs.folders.push(format!("{directory}/"));
         }
     }
+    Ok(refs)
+}
+
+impl References {
+    /// True for an object `prune` may remove once its grace period is over.
+    fn unreferenced(&self, rel: &str, images_path: &str) -> bool {
+        if rel.starts_with(BUCKET_PROBE_PREFIX) {
+            return true;
+        }
+        if self.names.contains(rel) || rel.rsplit('/').next() == Some(MANIFEST_FILE) {
+            return false;
+        }
+        // A products file of this tree's catalog folder, not of another tree under it.
+        if let Some(name) = rel
+            .strip_prefix(images_path.trim_matches('/'))
+            .and_then(|r| r.strip_prefix('/'))
+            && is_snapshot_name(name)
+        {
+            return self.current.as_deref() != Some(rel);
+        }
+        self.folders.iter().any(|f| rel.starts_with(f.as_str()))
+    }
+}
+
+/// Finds the objects nothing names (image files in a product folder that no manifest and no
+/// catalog lists, products files other than the current one, probes a killed run left) and
+/// removes those unreferenced for longer than `grace`, counted from the later of the first
+/// prune that found them so and their upload (a version published again re-uploads its files);
+/// with `dry_run`, only says what it would do. Just before removing, the references are read
+/// again, so a publish meanwhile keeps what it names.
+pub async fn prune(
+    bucket: &Bucket,
+    tree: &Tree,
+    grace: Duration,
+    now: jiff::Timestamp,
+    dry_run: bool,
+) -> Result<PruneReport, BucketPublishError> {
+    let listed = bucket.list("").await?;
+    let images_path = tree.config.images_path.as_str();
+    let refs = references(bucket, tree).await?;
     let candidates: Vec<&super::Listed> = listed
         .iter()
-        .filter(|o| {
-            let name = o.rel.rsplit('/').next().unwrap_or(&o.rel);
-            if o.rel.starts_with(BUCKET_PROBE_PREFIX) {
-                return true;
-            }
-            if is_snapshot_name(name) {
-                return current.as_deref() != Some(o.rel.as_str());
-            }
-            name != MANIFEST_FILE
-                && !referenced.contains(&o.rel)
-                && folders.iter().any(|f| o.rel.starts_with(f.as_str()))
-        })
+        .filter(|o| refs.unreferenced(&o.rel, images_path))
         .collect();
     let mut record: Unreferenced = match bucket.get(BUCKET_UNREFERENCED).await? {
         Some((bytes, _)) => serde_json::from_slice(&bytes).unwrap_or_default(),
@@ -187,32 +235,43 @@ pub async fn prune(
     // Referenced again (or gone): forget.
     let names: BTreeSet<&str> = candidates.iter().map(|o| o.rel.as_str()).collect();
     record.since.retain(|k, _| names.contains(k.as_str()));
-    let mut report = PruneReport::default();
     let grace_span = jiff::SignedDuration::try_from(grace).unwrap_or(jiff::SignedDuration::MAX);
+    let mut due = Vec::new();
+    let mut report = PruneReport::default();
     for object in candidates {
-        let since = *record
+        let first_seen = *record
             .since
             .entry(object.rel.clone())
             .or_insert(now.as_second());
-        let since = jiff::Timestamp::from_second(since).unwrap_or(now);
+        let first_seen = jiff::Timestamp::from_second(first_seen).unwrap_or(now);
         // A probe is ours alone and never named: its age is what counts.
         let since = if object.rel.starts_with(BUCKET_PROBE_PREFIX) {
             object.last_modified
         } else {
-            since
+            first_seen.max(object.last_modified)
         };
-        let due = since
+        let ends = since
             .checked_add(grace_span)
             .unwrap_or(jiff::Timestamp::MAX);
-        if due <= now {
-            if !dry_run {
-                bucket.delete(&object.rel).await?;
-                record.since.remove(&object.rel);
-            }
-            report.removed.push(object.rel.clone());
+        if ends <= now {
+            due.push(object.rel.clone());
         } else {
-            report.waiting.push((object.rel.clone(), due.to_string()));
+            report.waiting.push((object.rel.clone(), ends.to_string()));
         }
+    }
+    if !dry_run && !due.is_empty() {
+        let fresh = references(bucket, tree).await?;
+        for rel in due {
+            if !fresh.unreferenced(&rel, images_path) {
+                record.since.remove(&rel);
+                continue;
+            }
+            bucket.delete(&rel).await?;
+            record.since.remove(&rel);
+            report.removed.push(rel);
+        }
+    } else {
+        report.removed = due;
     }
     if !dry_run {
         let body = Bytes::from(serde_json::to_vec(&record).expect("the record serializes"));

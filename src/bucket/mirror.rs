@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use futures_util::{StreamExt as _, TryStreamExt as _};
+use futures_util::TryStreamExt as _;
 
 use super::Bucket;
 use super::catalog::{BucketPublishError, read_manifest};
@@ -28,7 +28,8 @@ pub struct BucketPullReport {
     pub versions: usize,
     /// Versions the bucket already had.
     pub present: usize,
-    /// Files streamed into the bucket, and their bytes.
+    /// Files streamed into the bucket (at most [`super::upload::PARALLEL_FILES`] at a time),
+    /// and their bytes.
     pub files: usize,
     pub bytes: u64,
     /// Versions left out, and why.
@@ -171,11 +172,17 @@ async fn pull_product(
             report.present += 1;
             continue;
         }
-        let sent: Result<Vec<super::upload::Uploaded>, BucketPublishError> =
-            futures_util::stream::iter(transfers.iter().map(|t| stream_one(bucket, client, t)))
-                .buffer_unordered(req.jobs.max(1))
-                .try_collect()
-                .await;
+        let sent =
+            match super::push::claim(bucket, &name, &folder.directory, &vname, &version).await {
+                Ok(()) => {
+                    super::push::all_uploads(
+                        transfers.iter().map(|t| stream_one(bucket, client, t)),
+                        req.jobs.min(super::upload::PARALLEL_FILES),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
         match sent {
             Ok(sent) => {
                 report.files += sent.len();
@@ -210,6 +217,7 @@ async fn stream_one(
         .and_then(reqwest::Response::error_for_status)
         .map_err(|e| BucketPublishError::Download {
             url: t.url.clone(),
+            key: bucket.key(&t.rel),
             reason: crate::error_chain(&e),
         })?;
     let body = response.bytes_stream().map_err(std::io::Error::other);

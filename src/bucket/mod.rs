@@ -343,6 +343,13 @@ impl Bucket {
             .with_region(s3.region.as_deref().unwrap_or("us-east-1"))
             .with_conditional_put(S3ConditionalPut::ETagMatch)
             .with_retry(retry());
+        // No deadline on a whole request (object_store's default is 30 s, which cut off every
+        // GET of a large image streamed to a slow client or hashed by verify), only on
+        // connecting and on silence.
+        let mut client = object_store::ClientOptions::new()
+            .with_timeout_disabled()
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_read_timeout(Duration::from_secs(60));
         if let Some(endpoint) = &s3.endpoint {
             let endpoint = endpoint.trim_end_matches('/');
             if endpoint.starts_with("http://") {
@@ -351,7 +358,7 @@ impl Bucket {
                         "the endpoint {endpoint} is plain http to a host that is not loopback: credentials and images would cross the network in the clear; use https, or pass --s3-allow-http if the network is trusted"
                     )));
                 }
-                builder = builder.with_allow_http(true);
+                client = client.with_allow_http(true);
             } else if !endpoint.starts_with("https://") {
                 return Err(config(format!(
                     "the endpoint {endpoint} (AWS_ENDPOINT_URL) must start with https:// or http://"
@@ -362,6 +369,7 @@ impl Bucket {
                 .with_endpoint(endpoint)
                 .with_virtual_hosted_style_request(false);
         }
+        builder = builder.with_client_options(client);
         match (&s3.access_key_id, &s3.secret_access_key) {
             (Some(id), Some(secret)) => {
                 builder = builder
@@ -479,20 +487,22 @@ impl Bucket {
             }),
         };
         let opts = PutOptions {
-            mode,
             attributes: kind.attributes(rel),
             ..PutOptions::default()
         };
+        let conditional = !matches!(mode, PutMode::Overwrite);
+        let opts = PutOptions { mode, ..opts };
         match self
             .store
             .put_opts(&self.path(rel), PutPayload::from(bytes), opts)
             .await
         {
             Ok(put) => Ok(Some(put.e_tag)),
+            // 412, or 409 for a conditional write racing another on the same key.
             Err(
                 object_store::Error::Precondition { .. }
                 | object_store::Error::AlreadyExists { .. },
-            ) => Ok(None),
+            ) if conditional => Ok(None),
             Err(e) => Err(self.fail(rel, "PUT", e)),
         }
     }
@@ -501,7 +511,8 @@ impl Bucket {
     pub async fn list(&self, rel_prefix: &str) -> Result<Vec<Listed>, BucketError> {
         let prefix = self.key(rel_prefix);
         let prefix = prefix.trim_end_matches('/');
-        let key = (!prefix.is_empty()).then(|| Key::from_iter(prefix.split('/')));
+        // Parsed like every other key (from_iter would percent-encode `~`, `#`, `*`…).
+        let key = (!prefix.is_empty()).then(|| self.path(rel_prefix));
         let mut stream = self.store.list(key.as_ref());
         let mut out = Vec::new();
         let top = if self.url.prefix.is_empty() {

@@ -7,16 +7,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use bytes::Bytes;
-use futures_util::{StreamExt as _, TryStreamExt as _};
+use futures_util::StreamExt as _;
 
 use super::catalog::{BucketPublishError, backoff, manifest_rel, read_manifest};
 use super::{Bucket, Condition, ObjectKind};
 use crate::catalog::manifest;
 use crate::catalog::products::Entry;
 use crate::format::{Manifest, VersionName};
-
-/// Files uploaded at once (each large one also sends its parts in parallel).
-const PARALLEL_FILES: usize = 3;
 
 /// What a push did.
 #[derive(Debug, Default)]
@@ -37,6 +34,76 @@ fn file_name(item_path: &str) -> &str {
     item_path.rsplit('/').next().unwrap_or(item_path)
 }
 
+/// A version's files: name → sha256.
+fn version_files(v: &crate::format::Version) -> BTreeMap<String, String> {
+    v.items
+        .values()
+        .map(|i| (file_name(&i.path).to_owned(), i.sha256.clone()))
+        .collect()
+}
+
+/// Claims `version` of `product` (in `directory`) for its files before any of them goes up
+/// (see [`crate::tree::names::bucket_claim_rel`]): a claim for the same files lets a retry, or
+/// another publisher of the same bytes, go on; a claim for other files is a conflict.
+pub(crate) async fn claim(
+    bucket: &Bucket,
+    product: &str,
+    directory: &str,
+    version: &VersionName,
+    files: &crate::format::Version,
+) -> Result<(), BucketPublishError> {
+    let rel = crate::tree::names::bucket_claim_rel(directory, version.as_str());
+    let ours = version_files(files);
+    let body = Bytes::from(serde_json::to_vec(&ours).expect("a map of strings serializes"));
+    if bucket
+        .put(&rel, body, ObjectKind::State, Condition::Absent)
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let theirs: BTreeMap<String, String> = match bucket.get(&rel).await? {
+        Some((bytes, _)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        // Taken and gone again (removed by hand): try once more next run.
+        None => BTreeMap::new(),
+    };
+    if theirs == ours {
+        return Ok(());
+    }
+    let (file, local) = ours
+        .iter()
+        .find(|(f, s)| theirs.get(*f) != Some(s))
+        .map(|(f, s)| (f.clone(), s.clone()))
+        .unwrap_or_default();
+    Err(BucketPublishError::Conflict {
+        url: bucket.url().to_string(),
+        product: product.to_owned(),
+        version: version.to_string(),
+        key: bucket.key(&format!("{directory}/{version}/{file}")),
+        published: theirs
+            .get(&file)
+            .cloned()
+            .unwrap_or_else(|| format!("(claimed by {})", bucket.key(&rel))),
+        local,
+    })
+}
+
+/// Runs every upload to its end (each aborts its own multipart upload on failure: failing fast
+/// would drop the others mid-way and leave their uploads behind), then returns the first error.
+pub(crate) async fn all_uploads<F>(
+    uploads: impl Iterator<Item = F>,
+    parallel: usize,
+) -> Result<Vec<super::upload::Uploaded>, BucketPublishError>
+where
+    F: std::future::Future<Output = Result<super::upload::Uploaded, BucketPublishError>>,
+{
+    let results: Vec<_> = futures_util::stream::iter(uploads)
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
 /// The versions of `local` to add to `published`: those it lacks. A version both have must
 /// hold the same files (by name and sha256); otherwise the first difference is returned as
 /// (version, file name, published sha256, local sha256).
@@ -50,13 +117,7 @@ pub fn versions_to_add(
             add.push(name.clone());
             continue;
         };
-        let files = |v: &crate::format::Version| -> BTreeMap<String, String> {
-            v.items
-                .values()
-                .map(|i| (file_name(&i.path).to_owned(), i.sha256.clone()))
-                .collect()
-        };
-        let (ours, theirs) = (files(version), files(theirs));
+        let (ours, theirs) = (version_files(version), version_files(theirs));
         if ours != theirs {
             let (file, local_sha) = ours
                 .iter()
@@ -134,17 +195,19 @@ pub async fn push_entries(
                 })
             })
             .collect();
-        let sent: Vec<super::upload::Uploaded> = futures_util::stream::iter(uploads.iter().map(
-            |(rel, path, sha256, size)| async move {
+        for v in &add {
+            claim(bucket, &spec.name, directory, v, &local.versions[v]).await?;
+        }
+        let sent = all_uploads(
+            uploads.iter().map(|(rel, path, sha256, size)| async move {
                 let expect = super::upload::Expect {
                     sha256,
                     size: *size,
                 };
-                bucket.upload_file(rel, path, Some(expect)).await
-            },
-        ))
-        .buffer_unordered(PARALLEL_FILES)
-        .try_collect()
+                Ok(bucket.upload_file(rel, path, Some(expect)).await?)
+            }),
+            super::upload::PARALLEL_FILES,
+        )
         .await?;
         report.files += sent.len();
         report.bytes += sent.iter().map(|u| u.size).sum::<u64>();

@@ -13,6 +13,10 @@ use sha2::{Digest as _, Sha256};
 
 use super::{Bucket, BucketError, Condition, ObjectKind};
 
+/// Files uploaded at once by a push or a mirror pull: with each holding at most
+/// `(PARTS_IN_FLIGHT + 2) * PART_SIZE`, a run stays under about 130 MiB of buffers.
+pub const PARALLEL_FILES: usize = 2;
+
 /// Bytes per part (S3 takes 5 MiB to 5 GiB but the last).
 pub const PART_SIZE: usize = 8 << 20;
 

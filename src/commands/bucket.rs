@@ -86,12 +86,6 @@ pub fn run(job: BucketJob) -> Result<()> {
             up.local_tree(&build.tree, staging.path(), false, false, false)
         }
         BucketAction::MirrorPull(req) => {
-            if job.config.is_some() {
-                tracing::warn!(
-                    "mirror pull into {}: the tree.yml is not used; mirrored products are kept in the images/<os>/<release>/<arch>/<variant>/ layout",
-                    bucket.url()
-                );
-            }
             rt.block_on(bucket::catalog::probe_conditional_writes(&bucket))?;
             let report = rt.block_on(bucket::mirror::pull(&bucket, &req))?;
             products::report(&report.warnings);
@@ -104,8 +98,8 @@ pub fn run(job: BucketJob) -> Result<()> {
                 human_bytes(report.bytes),
                 report.present
             );
-            // Products in the layout: the catalog is the bucket's, whatever tree.yml says.
-            Upload { config: None, ..up }.catalog(false)?;
+            // Mirrored products go into the layout; a tree.yml's products are kept beside them.
+            up.catalog(false)?;
             if !report.failed.is_empty() {
                 bail!(
                     "{} version(s) could not be mirrored (the rest is published):\n{}",
@@ -164,7 +158,8 @@ pub fn run(job: BucketJob) -> Result<()> {
                 &bucket,
                 &tree,
                 grace,
-                job.shared.clock.now(),
+                // The grace period is real time, whatever SOURCE_DATE_EPOCH stamps on catalogs.
+                jiff::Timestamp::now(),
                 !yes,
             ))?;
             let verb = if yes { "removed" } else { "would remove" };

@@ -74,7 +74,15 @@ impl App {
         if bytes == self.current().index {
             return Ok(());
         }
-        let Some((_, _, products_bytes, path)) = published(&self.bucket).await? else {
+        // The index served is the one read with its products file, not the one just compared:
+        // a publish in between would have it name a file this snapshot lacks.
+        let Some(crate::bucket::catalog::Published {
+            index_bytes,
+            products: products_bytes,
+            path,
+            ..
+        }) = published(&self.bucket).await?
+        else {
             return Ok(());
         };
         let products: ProductsFile = serde_json::from_slice(&products_bytes).map_err(|e| {
@@ -84,7 +92,6 @@ impl App {
                 reason: format!("the products file is not valid: {e}"),
             }
         })?;
-        let index_bytes = bytes.clone();
         let snapshot = tokio::task::spawn_blocking(move || {
             let items = products
                 .items()
@@ -245,7 +252,8 @@ async fn image(
     {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
-    if app.redirect {
+    // HEAD is answered here, from the catalog: a URL presigned for GET is refused for HEAD.
+    if app.redirect && *method != Method::HEAD {
         return match app.bucket.presign(rel, PRESIGNED_TTL).await {
             Ok(url) => (
                 StatusCode::FOUND,
@@ -311,6 +319,20 @@ async fn image(
         }
         Err(e) => return bad_gateway(&e),
     };
+    if got.size != size {
+        // The head already promised the catalog's length: never send other bytes under it.
+        tracing::warn!(
+            "{}: {} is {} bytes, the catalog says {size}: not served",
+            app.bucket.url(),
+            app.bucket.key(rel),
+            got.size
+        );
+        return (
+            StatusCode::BAD_GATEWAY,
+            "the bucket holds another file than the catalog names\n",
+        )
+            .into_response();
+    }
     let body = Body::from_stream(got.body.map_err(std::io::Error::other));
     response
         .body(body)

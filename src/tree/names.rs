@@ -339,6 +339,13 @@ pub fn is_snapshot_name(name: &str) -> bool {
 /// record of objects no catalog names any more (`prune`'s grace period).
 pub const BUCKET_PROBE_PREFIX: &str = ".ssb/probe-";
 
+/// The claim of a version in a bucket (`.ssb/claims/<product folder>/<version>.json`: its files
+/// and their sha256), written once with If-None-Match before any of its files go up, so two
+/// publishers of one version with other bytes never overwrite each other's files.
+pub fn bucket_claim_rel(directory: &str, version: &str) -> String {
+    format!(".ssb/claims/{}/{version}.json", directory.trim_matches('/'))
+}
+
 /// See [`BUCKET_PROBE_PREFIX`]: when each unreferenced object was first seen so.
 pub const BUCKET_UNREFERENCED: &str = ".ssb/unreferenced.json";
 

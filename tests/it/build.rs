@@ -840,6 +840,27 @@ fn builds_into_a_bucket() {
             "src",
         ]);
         ok(&c.output().unwrap());
+        if epoch == DAY1 {
+            // An image imported in between goes into the layout (images/mixed/…): the next
+            // build's catalog keeps it, and the import's catalog kept the built product.
+            let imp = b.path("imp");
+            std::fs::create_dir_all(&imp).unwrap();
+            let meta = crate::common::fixtures::write_metadata_tarball(
+                &imp.join("incus.tar.xz"),
+                &crate::common::fixtures::MetaSpec::new("mixed", "1", "20240101_00:00"),
+            );
+            let rootfs = imp.join("rootfs.squashfs");
+            std::fs::write(&rootfs, crate::common::fixtures::random_squashfs(4096, 7)).unwrap();
+            let mut import = b.bin(epoch);
+            for (k, v) in weed.vars() {
+                import.env(k, v);
+            }
+            import
+                .args(["-c", "tree.yml", "-t", &url, "import"])
+                .arg(&meta)
+                .arg(&rootfs);
+            ok(&import.output().unwrap());
+        }
     }
     let products = crate::common::s3::block_on(simplestreams_builder::bucket::inventory::catalog(
         &weed.bucket("build"),
@@ -853,12 +874,24 @@ fn builds_into_a_bucket() {
         .collect();
     assert_eq!(versions, ["20240101_00:00", "20240102_00:00"]);
     assert_eq!(
-        products.products.len(),
-        1,
-        "only the built product is published"
+        products.products.keys().collect::<Vec<_>>(),
+        ["mixed:1:amd64:default", PRODUCT],
+        "the built product and the layout product, and not the product never built"
     );
     assert!(
         files(&b.path("tree")).is_empty(),
         "the local tree was written"
+    );
+    // A publish that knows no tree.yml would drop the built product: refused, catalog kept.
+    let elsewhere = b.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let mut publish = crate::common::ssb_command(&elsewhere);
+    for (k, v) in weed.vars() {
+        publish.env(k, v);
+    }
+    let said = failed(&publish.args(["-t", &url, "publish"]).output().unwrap());
+    assert!(
+        said.contains("would drop 1 published product(s)") && said.contains(PRODUCT),
+        "{said}"
     );
 }

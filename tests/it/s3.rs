@@ -91,6 +91,29 @@ fn squashfs_fingerprint(weed: &Seaweed, prefix: &str, product: &str) -> String {
         .unwrap_or_else(|| panic!("{product} has no squashfs image"))
 }
 
+/// `publish -s TREE -t URL` for every tree, all started together; their outputs.
+fn publish_at_once(weed: &Seaweed, cwd: &Path, url: &str, trees: &[PathBuf]) -> Vec<Output> {
+    let children: Vec<_> = trees
+        .iter()
+        .map(|tree| {
+            let mut cmd = crate::common::ssb_command(cwd);
+            for (k, v) in weed.vars() {
+                cmd.env(k, v);
+            }
+            cmd.args(["-t", url, "publish", "-s"])
+                .arg(tree)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
 fn serve_bucket(weed: &Seaweed, cwd: &Path, url: &str, ca: &TestCa, redirect: bool) -> TestServer {
     let mut cmd = crate::common::ssb_command(cwd);
     for (k, v) in weed.vars() {
@@ -350,7 +373,12 @@ fn eight_publishers_at_once_lose_nothing() {
             while !stop.load(Ordering::Relaxed) {
                 match block_on(simplestreams_builder::bucket::catalog::published(&bucket)) {
                     Ok(None) => {}
-                    Ok(Some((index, _, products, path))) => {
+                    Ok(Some(simplestreams_builder::bucket::catalog::Published {
+                        index,
+                        products,
+                        path,
+                        ..
+                    })) => {
                         match serde_json::from_slice::<simplestreams_builder::format::ProductsFile>(
                             &products,
                         ) {
@@ -388,23 +416,7 @@ fn eight_publishers_at_once_lose_nothing() {
                 fake_version(tree, &format!("p{i}"), version, 64 << 10);
             }
             let started = Instant::now();
-            let children: Vec<_> = trees
-                .iter()
-                .map(|tree| {
-                    let mut cmd = crate::common::ssb_command(dir.path());
-                    for (k, v) in weed.vars() {
-                        cmd.env(k, v);
-                    }
-                    cmd.args(["-t", &url, "publish", "-s"])
-                        .arg(tree)
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::piped())
-                        .spawn()
-                        .unwrap()
-                })
-                .collect();
-            for child in children {
-                let out = child.wait_with_output().unwrap();
+            for out in publish_at_once(&weed, dir.path(), &url, &trees) {
                 assert!(
                     out.status.success(),
                     "round {round}: a publisher failed:\n{}",
@@ -676,4 +688,36 @@ fn a_public_bucket_is_a_simplestreams_tree() {
         ("application/octet-stream", immutable)
     );
     assert_eq!(bytes, std::fs::read(v.join("rootfs.squashfs")).unwrap());
+}
+
+/// Two publishers of the same version with other bytes, started together: one publishes, the
+/// other is told the version is taken, and the bucket's files are the winner's (verify).
+#[test]
+fn one_version_one_set_of_bytes() {
+    let Some(weed) = Seaweed::start("S3 same version, other bytes") else {
+        return;
+    };
+    let dir = TempDir::with_prefix("ssb-s3-claim-").unwrap();
+    let trees: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("t{i}"))).collect();
+    for (i, tree) in trees.iter().enumerate() {
+        // Same product and version, other rootfs bytes (sizes differ, so the seeds do).
+        fake_version(tree, "same", V1, (9 << 20) + i * 4096);
+    }
+    for round in 0..3 {
+        let url = weed.url(&format!("claim{round}"));
+        let outs = publish_at_once(&weed, dir.path(), &url, &trees);
+        let said: Vec<String> = outs.iter().map(stderr).collect();
+        let won = outs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(won, 1, "round {round}: {said:?}");
+        let lost = &said[outs.iter().position(|o| !o.status.success()).unwrap()];
+        assert!(
+            lost.contains("is already published with other files")
+                && lost.contains(&format!("same/1/amd64/default/{V1}/")),
+            "round {round}: {lost}"
+        );
+        run_ok(
+            &mut s3_cmd(&weed, dir.path(), &["-t", &url, "verify"]),
+            TIMEOUT,
+        );
+    }
 }
