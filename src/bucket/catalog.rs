@@ -277,8 +277,8 @@ async fn load_entries(
         .await
         .map_err(|e| BucketPublishError::Manifest {
             url: bucket.url().to_string(),
-            key: String::new(),
-            reason: format!("fetching the remote manifests failed: {e}"),
+            key: "(the ssb.json of the products with a prefix_path)".to_owned(),
+            reason: format!("fetching them failed: {e}"),
         })?
         .into_iter()
     };
