@@ -277,7 +277,7 @@ async fn load_entries(
         .await
         .map_err(|e| BucketPublishError::Manifest {
             url: bucket.url().to_string(),
-            key: "(the ssb.json of the products with a prefix_path)".to_owned(),
+            key: format!("(the {MANIFEST_FILE} of the products with a prefix_path)"),
             reason: format!("fetching them failed: {e}"),
         })?
         .into_iter()
