@@ -58,7 +58,8 @@ struct App {
     bucket: Bucket,
     redirect: bool,
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
-    https: bool,
+    /// Served over TLS with this certificate (`AB:CD:…`), shown on the page.
+    tls_fingerprint: Option<Arc<str>>,
 }
 
 impl App {
@@ -154,7 +155,7 @@ pub fn serve_bucket(
             bucket: opts.bucket.clone(),
             redirect: opts.redirect,
             snapshot: Arc::default(),
-            https: cert.is_some(),
+            tls_fingerprint: cert.as_ref().map(|c| Arc::from(c.fingerprint.colon_hex())),
         };
         // A bucket that cannot be read stops the start: better than serving nothing.
         app.refresh()
@@ -214,7 +215,8 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
     };
     let snapshot = app.current();
     if path.is_root() {
-        return root(&app, &snapshot, req.headers());
+        let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+        return root(&app, &snapshot, req.headers(), authority.as_deref()).await;
     }
     let relative = path.to_relative_string();
     if let Some(file) = snapshot.files.get(&relative) {
@@ -339,34 +341,22 @@ async fn image(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-fn root(app: &App, snapshot: &Snapshot, headers: &HeaderMap) -> Response {
-    let wants_html = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/html"));
-    if !wants_html {
+/// `/`: the page for a browser (the one a local tree's server renders), a note otherwise.
+async fn root(
+    app: &App,
+    snapshot: &Snapshot,
+    headers: &HeaderMap,
+    authority: Option<&str>,
+) -> Response {
+    if !super::files::wants_html(headers) {
         return super::files::root_note();
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .filter(|h| {
-            h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
-        });
-    let server = host.map(|h| crate::catalog::page::ServerInfo {
-        origin: format!("{}://{h}", if app.https { "https" } else { "http" }),
-        fingerprint: None,
-    });
-    let html = crate::catalog::page::render(&snapshot.products, server.as_ref(), false);
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        html,
-    )
-        .into_response()
+    let products = Arc::clone(&snapshot.products);
+    // LXC's index is not published into a bucket.
+    super::files::render_page(headers, authority, app.tls_fingerprint.clone(), move || {
+        (products, false)
+    })
+    .await
 }
 
 fn bad_gateway(e: &crate::bucket::BucketError) -> Response {

@@ -347,7 +347,7 @@ async fn serve_visible(files: Files, req: Request, visible: crate::access::Visib
 }
 
 /// True for a browser: it asks for HTML by name. `curl` and the clients send `*/*` or nothing.
-fn wants_html(headers: &axum::http::HeaderMap) -> bool {
+pub(super) fn wants_html(headers: &axum::http::HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -368,6 +368,29 @@ async fn page_of(
 ) -> Response {
     let served = Arc::clone(&files.served);
     let root = Arc::clone(&files.root);
+    render_page(
+        headers,
+        authority,
+        files.tls_fingerprint.clone(),
+        move || {
+            let products = products.or_else(|| served.products()).unwrap_or_default();
+            let lxc = std::fs::metadata(crate::tree::names::lxc_index_path(&root))
+                .is_ok_and(|m| m.len() > 0);
+            (products, lxc)
+        },
+    )
+    .await
+}
+
+/// The catalog page for a request: with the address the browser used and the certificate's
+/// fingerprint, gzipped when accepted. `catalog` gives the products and whether LXC's index is
+/// published; it runs, with the rendering, off the async threads.
+pub(super) async fn render_page(
+    headers: &axum::http::HeaderMap,
+    authority: Option<&str>,
+    fingerprint: Option<Arc<str>>,
+    catalog: impl FnOnce() -> (Arc<crate::format::ProductsFile>, bool) + Send + 'static,
+) -> Response {
     // HTTP/1.1 sends Host; HTTP/2 the `:authority` of the URI.
     let host = headers
         .get(header::HOST)
@@ -383,13 +406,12 @@ async fn page_of(
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("https"));
-    let fingerprint = files.tls_fingerprint.clone();
     let gzip = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("gzip"));
     let render = move || {
-        let products = products.or_else(|| served.products()).unwrap_or_default();
+        let (products, lxc) = catalog();
         let scheme = if fingerprint.is_some() || forwarded_https {
             "https"
         } else {
@@ -399,8 +421,6 @@ async fn page_of(
             origin: format!("{scheme}://{h}"),
             fingerprint: fingerprint.as_deref().map(str::to_owned),
         });
-        let lxc =
-            std::fs::metadata(crate::tree::names::lxc_index_path(&root)).is_ok_and(|m| m.len() > 0);
         let html = crate::catalog::page::render(&products, server.as_ref(), lxc);
         if !gzip {
             return (html.into_bytes(), false);
