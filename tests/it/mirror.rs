@@ -19,7 +19,7 @@ use crate::common::catalog::{Catalog, Family, ImageType, read_json, sha256_of};
 use crate::common::clients::{Clients, Program};
 use crate::common::command::run;
 use crate::common::fixtures::{
-    Layout, MetaSpec, random_squashfs, write_metadata_tarball, write_qcow2, write_rootfs_tar_xz,
+    Layout, MetaSpec, random_container, write_metadata_tarball, write_qcow2, write_rootfs_tar_xz,
     write_squashfs_rootfs, write_text,
 };
 use crate::common::server::TestServer;
@@ -206,16 +206,6 @@ fn container(layout: &Layout, os: &str, release: &str, version: &str) -> (PathBu
         &v.join("rootfs.squashfs"),
         &format!("{os}-{release}-{version}"),
     );
-    (meta, rootfs)
-}
-
-/// A container whose rootfs is `size` pseudo-random bytes (no mksquashfs needed): (meta, rootfs).
-fn big_container(layout: &Layout, os: &str, version: &str, size: usize) -> (PathBuf, PathBuf) {
-    let v = layout.version_dir(os, "1", "amd64", "default", version);
-    let meta = write_metadata_tarball(&v.join("incus.tar.xz"), &MetaSpec::new(os, "1", version));
-    let bytes = random_squashfs(size, 0x9e37_79b9_7f4a_7c15 ^ size as u64 ^ os.len() as u64);
-    let rootfs = v.join("rootfs.squashfs");
-    std::fs::write(&rootfs, bytes).unwrap();
     (meta, rootfs)
 }
 
@@ -450,7 +440,7 @@ fn mirror_pull_tls_trust_sources() {
     let site = TempDir::with_prefix("ssb-mirror-tls-").unwrap();
     let www = site.path().join("upstream");
     let layout = Layout::new(&www);
-    big_container(&layout, "tiny", V1, 1000);
+    random_container(&layout, "tiny", V1, 1000);
     publish_layout(site.path(), &www);
     let upstream = TestServer::serve(&www, &ca);
 
@@ -483,8 +473,8 @@ fn mirror_pull_corrupted_file_fails_only_its_item_and_is_retried_alone() {
     let site = TempDir::with_prefix("ssb-mirror-bad-").unwrap();
     let www = site.path().join("upstream");
     let layout = Layout::new(&www);
-    let (_, bad_root) = big_container(&layout, "bad", V1, 300_000);
-    big_container(&layout, "good", V1, 200_000);
+    let (_, bad_root) = random_container(&layout, "bad", V1, 300_000);
+    random_container(&layout, "good", V1, 200_000);
     publish_layout(site.path(), &www);
     let server = KnobServer::start(&www);
     let bad_path = format!("/{}", relative(&www, &bad_root));
@@ -557,7 +547,7 @@ fn mirror_pull_killed_halfway_resumes_with_range() {
     let site = TempDir::with_prefix("ssb-mirror-resume-").unwrap();
     let www = site.path().join("upstream");
     let layout = Layout::new(&www);
-    let (_, root) = big_container(&layout, "big", V1, SIZE);
+    let (_, root) = random_container(&layout, "big", V1, SIZE);
     publish_layout(site.path(), &www);
     let server = KnobServer::start(&www);
     let rel = relative(&www, &root);
@@ -623,7 +613,7 @@ fn mirror_pull_keep_one_leaves_exactly_the_newest_version() {
     let site = TempDir::with_prefix("ssb-mirror-keep-").unwrap();
     let www = site.path().join("upstream");
     let layout = Layout::new(&www);
-    let (old_meta, old_root) = big_container(&layout, "keep", V1, 10_000);
+    let (old_meta, old_root) = random_container(&layout, "keep", V1, 10_000);
     publish_layout(site.path(), &www);
     let server = KnobServer::start(&www);
     let mirror = site.path().join("mirror");
@@ -643,7 +633,7 @@ fn mirror_pull_keep_one_leaves_exactly_the_newest_version() {
         BTreeMap::from([("keep:1:amd64:default".into(), vec![V1.to_owned()])])
     );
 
-    let (new_meta, new_root) = big_container(&layout, "keep", V2, 12_000);
+    let (new_meta, new_root) = random_container(&layout, "keep", V2, 12_000);
     publish_layout(site.path(), &www);
     let out = pull(site.path(), &mirror, &config);
     assert_ok(&out);
@@ -673,7 +663,7 @@ fn mirror_pull_keep_one_leaves_exactly_the_newest_version() {
 fn mirror_pull_refuses_a_tree_it_did_not_write() {
     let site = TempDir::with_prefix("ssb-mirror-guard-").unwrap();
     let www = site.path().join("upstream");
-    big_container(&Layout::new(&www), "x", V1, 1000);
+    random_container(&Layout::new(&www), "x", V1, 1000);
     publish_layout(site.path(), &www);
     let server = KnobServer::start(&www);
     let out = pull(site.path(), &www, &[&server.url]);
@@ -790,7 +780,7 @@ fn mirror_push_writes_the_catalog_after_the_files_and_removes_last() {
     let site = TempDir::with_prefix("ssb-mirror-push-").unwrap();
     let www = site.path().join("tree");
     let layout = Layout::new(&www);
-    let (m1, _) = big_container(&layout, "p", V1, 5_000);
+    let (m1, _) = random_container(&layout, "p", V1, 5_000);
     publish_layout(site.path(), &www);
     let dest = site.path().join("dest");
 
@@ -804,7 +794,7 @@ fn mirror_push_writes_the_catalog_after_the_files_and_removes_last() {
     assert_eq!(files_under(&dest), files_under(&www));
 
     // The next version replaces the first: new files, then the catalog, then the removals.
-    let (m2, _) = big_container(&layout, "p", V2, 6_000);
+    let (m2, _) = random_container(&layout, "p", V2, 6_000);
     std::fs::remove_dir_all(m1.parent().unwrap()).unwrap();
     publish_layout(site.path(), &www);
     let (report, events) = push_checking_each_step(&www, &dest);
@@ -840,7 +830,7 @@ fn serve_with_mirror_interval_pulls_the_configured_mirrors() {
     let site = TempDir::with_prefix("ssb-mirror-serve-").unwrap();
     let www = site.path().join("upstream");
     let layout = Layout::new(&www);
-    big_container(&layout, "tick", V1, 3_000);
+    random_container(&layout, "tick", V1, 3_000);
     publish_layout(site.path(), &www);
     let upstream = KnobServer::start(&www);
     let tree_yml = site.path().join("mirrors.yml");
@@ -878,7 +868,7 @@ fn serve_with_mirror_interval_pulls_the_configured_mirrors() {
         }
     };
     wait_for(V1);
-    big_container(&layout, "tick", V2, 3_000);
+    random_container(&layout, "tick", V2, 3_000);
     publish_layout(site.path(), &www);
     wait_for(V2);
     assert_catalog_files_verified(&mirror);

@@ -17,7 +17,7 @@ use crate::common::catalog::{ImageType, sha256_of};
 use crate::common::clients::{Client, Clients, Program};
 use crate::common::command::{run, run_ok};
 use crate::common::daemon::{Daemon, Kind};
-use crate::common::fixtures::{MetaSpec, random_squashfs, write_metadata_tarball};
+use crate::common::fixtures::{Layout, MetaSpec, random_container, write_metadata_tarball};
 use crate::common::s3::{Seaweed, block_on};
 use crate::common::server::TestServer;
 use crate::common::ssb;
@@ -41,21 +41,22 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A version of product `os/1` in the layout under `www`: metadata and `rootfs.squashfs`.
+/// A version of product `os/1` in the layout under `www`: metadata and `rootfs.squashfs` of
+/// `rootfs_size` pseudo-random bytes. Returns the rootfs.
 fn fake_version(www: &Path, os: &str, version: &str, rootfs_size: usize) -> PathBuf {
-    let v = www.join(format!("images/{os}/1/amd64/default/{version}"));
-    std::fs::create_dir_all(&v).unwrap();
-    write_metadata_tarball(&v.join("incus.tar.xz"), &MetaSpec::new(os, "1", version));
-    let seed = 0x5eed
-        ^ rootfs_size as u64
-        ^ os.bytes().map(u64::from).sum::<u64>()
-        ^ version.bytes().map(u64::from).sum::<u64>();
-    std::fs::write(
-        v.join("rootfs.squashfs"),
-        random_squashfs(rootfs_size, seed),
-    )
-    .unwrap();
-    v
+    random_container(&Layout::new(www), os, version, rootfs_size).1
+}
+
+/// A version of product `os/1` in the layout under `www` that boots: metadata and a busybox
+/// squashfs whose os-release says `pretty`.
+fn bootable_version(www: &Path, os: &str, pretty: &str) {
+    let v = Layout::new(www).version_dir(os, "1", "amd64", "default", V1);
+    write_metadata_tarball(&v.join("incus.tar.xz"), &MetaSpec::new(os, "1", V1));
+    let scratch = www.with_file_name(format!("rootfs-{os}"));
+    pack_squashfs(
+        &busybox_rootfs(&scratch, pretty),
+        &v.join("rootfs.squashfs"),
+    );
 }
 
 /// The bucket's products file.
@@ -159,13 +160,7 @@ fn bucket_tree_end_to_end_with_incus() {
 
     // 1. A local tree pushed into the bucket.
     let www = dir.path().join("www");
-    let v = www.join(format!("images/pushed/1/amd64/default/{V1}"));
-    std::fs::create_dir_all(&v).unwrap();
-    write_metadata_tarball(&v.join("incus.tar.xz"), &MetaSpec::new("pushed", "1", V1));
-    pack_squashfs(
-        &busybox_rootfs(&dir.path().join("r1"), &pretty),
-        &v.join("rootfs.squashfs"),
-    );
+    bootable_version(&www, "pushed", &pretty);
     run_ok(
         s3_cmd(&weed, dir.path(), &["-t"])
             .arg(&www)
@@ -194,13 +189,7 @@ fn bucket_tree_end_to_end_with_incus() {
 
     // 3. A mirror pull from another server into the bucket.
     let other = dir.path().join("other");
-    let v = other.join(format!("images/mirrored/1/amd64/default/{V1}"));
-    std::fs::create_dir_all(&v).unwrap();
-    write_metadata_tarball(&v.join("incus.tar.xz"), &MetaSpec::new("mirrored", "1", V1));
-    pack_squashfs(
-        &busybox_rootfs(&dir.path().join("r3"), &pretty),
-        &v.join("rootfs.squashfs"),
-    );
+    bootable_version(&other, "mirrored", &pretty);
     run_ok(
         ssb(dir.path()).arg("-t").arg(&other).arg("publish"),
         TIMEOUT,
@@ -644,7 +633,7 @@ fn a_public_bucket_is_a_simplestreams_tree() {
     };
     let dir = TempDir::with_prefix("ssb-s3-public-").unwrap();
     let www = dir.path().join("www");
-    let v = fake_version(&www, "pub", V1, 64 << 10);
+    let rootfs_file = fake_version(&www, "pub", V1, 64 << 10);
     run_ok(
         s3_cmd(&weed, dir.path(), &["-t"])
             .arg(&www)
@@ -687,7 +676,7 @@ fn a_public_bucket_is_a_simplestreams_tree() {
         (ct.as_str(), cc.as_str()),
         ("application/octet-stream", immutable)
     );
-    assert_eq!(bytes, std::fs::read(v.join("rootfs.squashfs")).unwrap());
+    assert_eq!(bytes, std::fs::read(&rootfs_file).unwrap());
 }
 
 /// Two publishers of the same version with other bytes, started together: one publishes, the

@@ -324,6 +324,22 @@ impl Layout {
     }
 }
 
+/// A container version `os/1/amd64/default/version` of the layout whose rootfs is `size`
+/// pseudo-random bytes (no mksquashfs needed): (meta, rootfs).
+pub fn random_container(
+    layout: &Layout,
+    os: &str,
+    version: &str,
+    size: usize,
+) -> (PathBuf, PathBuf) {
+    let v = layout.version_dir(os, "1", "amd64", "default", version);
+    let meta = write_metadata_tarball(&v.join("incus.tar.xz"), &MetaSpec::new(os, "1", version));
+    let bytes = random_squashfs(size, 0x9e37_79b9_7f4a_7c15 ^ size as u64 ^ os.len() as u64);
+    let rootfs = v.join("rootfs.squashfs");
+    std::fs::write(&rootfs, bytes).unwrap();
+    (meta, rootfs)
+}
+
 /// Copies every file of `from` into `to` (created), byte for byte: a rebuild that changed nothing.
 pub fn copy_version(from: &Path, to: &Path) {
     mkdir(to);
