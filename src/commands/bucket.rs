@@ -14,7 +14,6 @@ use simplestreams_builder::server::{BucketServeOptions, ServerHandle, serve_buck
 
 use crate::cli::progress::{self, human_bytes};
 use crate::cli::settings::{BucketAction, BucketJob, Import, Shared};
-use crate::cli::write_stdout;
 
 /// Runs one command on a bucket.
 pub fn run(job: BucketJob) -> Result<()> {
@@ -35,6 +34,15 @@ pub fn run(job: BucketJob) -> Result<()> {
         return Ok(());
     }
     let rt = bucket::runtime().context("cannot start the async runtime")?;
+    // Before anything is built or written: a server that ignores conditional writes would let
+    // concurrent publishers lose each other's products.
+    let writes = !matches!(
+        job.action,
+        BucketAction::Verify(_) | BucketAction::List(_) | BucketAction::Prune { .. }
+    );
+    if writes {
+        rt.block_on(bucket::catalog::probe_conditional_writes(&bucket))?;
+    }
     let up = Upload {
         bucket: &bucket,
         rt: &rt,
@@ -86,7 +94,6 @@ pub fn run(job: BucketJob) -> Result<()> {
             up.local_tree(&build.tree, staging.path(), false, false, false)
         }
         BucketAction::MirrorPull(req) => {
-            rt.block_on(bucket::catalog::probe_conditional_writes(&bucket))?;
             let report = rt.block_on(bucket::mirror::pull(&bucket, &req))?;
             products::report(&report.warnings);
             info!(
@@ -114,30 +121,14 @@ pub fn run(job: BucketJob) -> Result<()> {
             let report = rt.block_on(bucket_inventory::verify(&bucket, &|n| bar.inc(n)));
             bar.finish_and_clear();
             let report = report?;
-            match format {
-                crate::cli::args::Format::Json => {
-                    let mut json = serde_json::to_vec(&report)?;
-                    json.push(b'\n');
-                    write_stdout(&json)?;
-                }
-                crate::cli::args::Format::Table => {
-                    let mut out = String::new();
-                    for p in &report.problems {
-                        out.push_str(&format!("{p}\n"));
-                    }
-                    out.push_str(&format!(
-                        "checked {} file(s), {}: {} problem(s)\n",
-                        report.files,
-                        human_bytes(report.bytes),
-                        report.problems.len()
-                    ));
-                    write_stdout(out.as_bytes())?;
-                }
-            }
-            if !report.problems.is_empty() {
-                bail!("{} problem(s) in {}", report.problems.len(), bucket.url());
-            }
-            Ok(())
+            let checked = format!("{} file(s), {}", report.files, human_bytes(report.bytes));
+            super::inventory::print_verify(
+                &report,
+                &report.problems,
+                &checked,
+                format,
+                bucket.url(),
+            )
         }
         BucketAction::List(format) => {
             let products = rt
@@ -162,23 +153,12 @@ pub fn run(job: BucketJob) -> Result<()> {
                 jiff::Timestamp::now(),
                 !yes,
             ))?;
-            let verb = if yes { "removed" } else { "would remove" };
-            let mut out = String::new();
-            for r in &report.removed {
-                out.push_str(&format!("{verb} {r}\n"));
-            }
-            for (r, due) in &report.waiting {
-                out.push_str(&format!(
-                    "unreferenced {r}: kept until {due} (grace period)\n"
-                ));
-            }
-            if !yes && !report.removed.is_empty() {
-                out.push_str("(dry run: add --yes to delete)\n");
-            }
-            if report.removed.is_empty() && report.waiting.is_empty() {
-                out.push_str("nothing to prune\n");
-            }
-            write_stdout(out.as_bytes())
+            let kept: Vec<String> = report
+                .waiting
+                .iter()
+                .map(|(r, until)| format!("unreferenced {r}: kept until {until} (grace period)"))
+                .collect();
+            super::inventory::print_prune(&report.removed, &kept, yes)
         }
         BucketAction::Serve(_) => unreachable!("served above"),
     }
@@ -211,8 +191,6 @@ impl Upload<'_> {
         skip_unavailable: bool,
         force: bool,
     ) -> Result<()> {
-        self.rt
-            .block_on(bucket::catalog::probe_conditional_writes(self.bucket))?;
         let build = BuildOptions {
             md5,
             cache: Some(self.shared.hash_cache.clone()),
@@ -273,7 +251,6 @@ impl Upload<'_> {
     /// Rebuilds and publishes the bucket's catalog from its manifests.
     fn catalog(&self, force: bool) -> Result<()> {
         let s = self.rt.block_on(async {
-            bucket::catalog::probe_conditional_writes(self.bucket).await?;
             bucket::catalog::publish(
                 self.bucket,
                 self.config,

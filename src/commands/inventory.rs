@@ -25,29 +25,46 @@ pub fn verify(s: &Inventory, format: Format) -> Result<()> {
     let report = inventory::verify(&s.target, &s.tree, &|n| bar.inc(n));
     bar.finish_and_clear();
     let report = report?;
+    let checked = format!(
+        "{} file(s), {} fingerprint(s), {}",
+        report.files,
+        report.fingerprints,
+        human_bytes(report.bytes)
+    );
+    print_verify(
+        &report,
+        &report.problems,
+        &checked,
+        format,
+        &s.target.display(),
+    )
+}
+
+/// Prints what `verify` found (the report as JSON, or each problem and what was `checked`), and
+/// fails when it found problems in `target`.
+pub fn print_verify(
+    report: &impl serde::Serialize,
+    problems: &[impl std::fmt::Display],
+    checked: &str,
+    format: Format,
+    target: &dyn std::fmt::Display,
+) -> Result<()> {
     match format {
-        Format::Json => write_json(&report)?,
+        Format::Json => write_json(report)?,
         Format::Table => {
             let mut out = String::new();
-            for p in &report.problems {
+            for p in problems {
                 out.push_str(&format!("{p}\n"));
             }
             out.push_str(&format!(
-                "checked {} file(s), {} fingerprint(s), {}: {} problem(s)\n",
-                report.files,
-                report.fingerprints,
-                human_bytes(report.bytes),
-                report.problems.len()
+                "checked {checked}: {} problem(s)\n",
+                problems.len()
             ));
             write_stdout(out.as_bytes())?;
         }
     }
-    if !report.problems.is_empty() {
-        bail!(
-            "{} problem(s) in {}",
-            report.problems.len(),
-            s.target.display()
-        );
+    if !problems.is_empty() {
+        bail!("{} problem(s) in {target}", problems.len());
     }
     Ok(())
 }
@@ -55,18 +72,7 @@ pub fn verify(s: &Inventory, format: Format) -> Result<()> {
 /// `prune`: a dry run unless `yes`.
 pub fn prune(s: &Inventory, yes: bool) -> Result<()> {
     let report = inventory::prune(&s.target, &s.tree, !yes)?;
-    let verb = if yes { "removed" } else { "would remove" };
-    let mut out = String::new();
-    for r in &report.removed {
-        out.push_str(&format!("{verb} {r}\n"));
-    }
-    if !yes && !report.removed.is_empty() {
-        out.push_str("(dry run: add --yes to delete)\n");
-    }
-    if report.removed.is_empty() {
-        out.push_str("nothing to prune\n");
-    }
-    write_stdout(out.as_bytes())?;
+    print_prune(&report.removed, &[], yes)?;
     if !report.failed.is_empty() {
         bail!(
             "{} file(s) could not be removed:\n{}",
@@ -75,6 +81,27 @@ pub fn prune(s: &Inventory, yes: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Prints what `prune` removed (or, unless `yes`, would remove), then the lines of what it keeps
+/// for now.
+pub fn print_prune(removed: &[String], kept: &[String], yes: bool) -> Result<()> {
+    let verb = if yes { "removed" } else { "would remove" };
+    let mut out = String::new();
+    for r in removed {
+        out.push_str(&format!("{verb} {r}\n"));
+    }
+    for line in kept {
+        out.push_str(line);
+        out.push('\n');
+    }
+    if !yes && !removed.is_empty() {
+        out.push_str("(dry run: add --yes to delete)\n");
+    }
+    if removed.is_empty() && kept.is_empty() {
+        out.push_str("nothing to prune\n");
+    }
+    write_stdout(out.as_bytes())
 }
 
 /// `list`: the published images, then the versions left out as broken (when the tree's
