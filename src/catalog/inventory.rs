@@ -709,8 +709,7 @@ pub fn list(products: &ProductsFile, unpublished: &[Unpublished]) -> Vec<ListRow
                 }
             }
             // Classic LXC's pair: no simplestreams image, what `lxc-create -t download` takes.
-            let of = |f: Ftype| version.items.values().find(|i| i.ftype == f);
-            if let (Some(meta), Some(root)) = (of(Ftype::LxcMeta), of(Ftype::RootTarXz)) {
+            if let Some((meta, root)) = crate::catalog::lxc_index::lxc_pair(version) {
                 rows.push(ListRow {
                     product: pid.clone(),
                     version: vname.to_string(),

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::format::{Family, Ftype, ImageType, Product, ProductsFile, Version};
+use crate::format::{Family, ImageType, Product, ProductsFile, Version};
 
 /// What the page says about the server it is served from. `None` for the static page, which
 /// fills the address in from the browser's location.
@@ -308,15 +308,11 @@ fn summarize(v: &Version) -> Summary {
             s.size = Some(meta + root);
         }
     }
-    s.lxc = v.items.values().any(|i| i.ftype == Ftype::LxcMeta);
-    if s.size.is_none() && s.lxc {
-        s.size = Some(
-            v.items
-                .values()
-                .filter(|i| matches!(i.ftype, Ftype::LxcMeta | Ftype::RootTarXz))
-                .map(|i| i.size)
-                .sum(),
-        );
+    // The pair LXC's index lists, by the one rule it is written with.
+    let lxc = crate::catalog::lxc_index::lxc_pair(v);
+    s.lxc = lxc.is_some();
+    if let (None, Some((meta, root))) = (s.size, lxc) {
+        s.size = Some(meta.size + root.size);
     }
     s
 }
@@ -429,7 +425,7 @@ const SCRIPT: &str = r#"<script>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{Item, VersionName};
+    use crate::format::{Ftype, Item, VersionName};
 
     fn product(os: &str, title: &str, aliases: &str) -> Product {
         let mut v = Version::default();
