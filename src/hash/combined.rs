@@ -4,11 +4,13 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::mpsc::sync_channel;
 
+use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
 use super::bulk::Block;
-use super::{CHUNK, HashError, Sink, check_unchanged, read_meta, stream_file};
+use super::{CHUNK, DEPTH, HashError, Sink, check_unchanged, read_meta, stream_file};
 use crate::image::metadata::ImageMetadata;
 use crate::tree::FileSig;
 
@@ -72,6 +74,45 @@ pub fn sha256_state(path: &Path, progress: &dyn Fn(u64)) -> Result<(String, Sha2
         progress(n as u64);
     }
     Ok((hex::encode(h.clone().finalize()), h))
+}
+
+/// Runs `feed` with a function that hands each chunk it is given to every hasher in `hashers`,
+/// each hashing on its own thread (the chunks are shared, not copied), and returns what `feed`
+/// returned with the hashers once they have hashed every chunk. For bytes that arrive from
+/// elsewhere (an upload): one sha256 runs at about 1.4 GB/s on this machine's cores, and a rootfs
+/// upload feeds two (its own and the combined one), which in series held an upload to half the
+/// speed of the disk.
+pub fn hash_in_parallel<T>(
+    hashers: Vec<Sha256>,
+    feed: impl FnOnce(&mut dyn FnMut(&Bytes)) -> T,
+) -> (T, Vec<Sha256>) {
+    std::thread::scope(|scope| {
+        let (senders, handles): (Vec<_>, Vec<_>) = hashers
+            .into_iter()
+            .map(|mut h| {
+                let (tx, rx) = sync_channel::<Bytes>(DEPTH);
+                let handle = scope.spawn(move || {
+                    for chunk in rx {
+                        h.update(&chunk);
+                    }
+                    h
+                });
+                (tx, handle)
+            })
+            .unzip();
+        let out = feed(&mut |chunk: &Bytes| {
+            for tx in &senders {
+                // A hasher only goes away by panicking, which join reports below.
+                let _ = tx.send(chunk.clone());
+            }
+        });
+        drop(senders);
+        let hashers = handles
+            .into_iter()
+            .map(|h| h.join().expect("hashing thread panicked"))
+            .collect();
+        (out, hashers)
+    })
 }
 
 /// A metadata tarball read ahead of a rootfs that arrives another way (an upload): its digest,

@@ -17,7 +17,8 @@ mod combined;
 pub use cache::{CacheDir, CachedDelta, DeltaOutcome, HashCache, KnownDigest};
 use cache::{CachedCombined, CachedFile};
 pub use combined::{
-    MetaPrefix, copy_with_prefixes, read_meta_prefix, sha256_state, sha256_with_prefixes,
+    MetaPrefix, copy_with_prefixes, hash_in_parallel, read_meta_prefix, sha256_state,
+    sha256_with_prefixes,
 };
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -463,6 +464,28 @@ mod tests {
         let mut v = a.to_vec();
         v.extend_from_slice(b);
         sha256_hex(&v)
+    }
+
+    #[test]
+    fn hashers_in_parallel_see_every_chunk_in_order() {
+        let chunks: Vec<bytes::Bytes> = (0..50u8)
+            .map(|i| bytes::Bytes::from(vec![i; 1000 + usize::from(i) * 37]))
+            .collect();
+        let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let mut prefixed = Sha256::new();
+        prefixed.update(b"metadata");
+        let (fed, hashers) = hash_in_parallel(vec![Sha256::new(), prefixed], |seen| {
+            for c in &chunks {
+                seen(c);
+            }
+            chunks.len()
+        });
+        assert_eq!(fed, 50);
+        let digests: Vec<String> = hashers
+            .into_iter()
+            .map(|h| hex::encode(h.finalize()))
+            .collect();
+        assert_eq!(digests, [sha256_hex(&all), concat(b"metadata", &all)]);
     }
 
     #[test]

@@ -309,6 +309,10 @@ fn log_write_policy(opts: &WriteOptions, scope: &write::WriteScope) {
 /// have in flight in memory.
 const HTTP2_STREAM_WINDOW: u32 = 4 << 20;
 
+/// Largest HTTP/2 frame a client may send us. The protocol's default, 16 KiB, made curl send
+/// every 16 KiB of an upload as a frame in two TLS records of its own.
+const HTTP2_MAX_FRAME: u32 = 1 << 20;
+
 fn canonical_root(root: &Path) -> Result<PathBuf, ServerError> {
     let root_error = |source| ServerError::Root {
         path: root.to_owned(),
@@ -391,6 +395,7 @@ fn tune<Acc>(
         .http_builder()
         .http2()
         .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(HTTP2_STREAM_WINDOW * 2);
+        .initial_connection_window_size(HTTP2_STREAM_WINDOW * 2)
+        .max_frame_size(HTTP2_MAX_FRAME);
     server
 }

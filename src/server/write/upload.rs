@@ -3,8 +3,8 @@
 //! and `PUT <path>` with the raw body.
 //!
 //! A body streams into a hidden `.upload-*` temp file in the target folder (so the final rename
-//! is atomic and the indexer never sees a partial file) through a 1 MiB buffer, on a blocking
-//! thread that also hashes it. Only an explicit end of body commits: a stream error or a client
+//! is atomic and the indexer never sees a partial file) in 1 MiB blocks, written on a blocking
+//! thread while each of its hashes runs on a thread of its own. Only an explicit end of body commits: a stream error or a client
 //! that goes away drops the temp file. Then fsync, rename into place (or, without
 //! ALLOW_OVERWRITES, under a changed name when the file exists), fsync of the folder, and a
 //! re-index trigger carrying the digests, so the re-index reads nothing of a big rootfs again:
@@ -22,6 +22,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest as _, Multipart, Request};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
+use bytes::BytesMut;
 use futures_util::{Stream, StreamExt as _};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -29,17 +30,19 @@ use tokio::sync::mpsc;
 
 use super::policy::Writes;
 use super::target::{self, Place, WriteTarget};
-use crate::hash::{KnownDigest, MetaPrefix, read_meta_prefix};
+use crate::hash::{KnownDigest, MetaPrefix, hash_in_parallel, read_meta_prefix};
 use crate::server::error::RequestError;
 use crate::server::reindex::Trigger;
 use crate::server::request_path::RequestPath;
 use crate::tree::names::pairs;
 use crate::tree::{FileRole, FileSig, scan_version};
 
-/// Write buffer: one blocking-pool round trip per MiB instead of per network chunk.
-const WRITE_BUFFER: usize = 1 << 20;
-/// Chunks queued between the network and the writer thread.
-const QUEUE: usize = 32;
+/// The network's chunks (16 KiB HTTP/2 frames, TLS records) are gathered into blocks of this
+/// size before they go to the writer thread: one hand-off, one write and one wake of each hasher
+/// per MiB instead of per chunk. The copy costs what the write buffer before it did.
+const BLOCK: usize = 1 << 20;
+/// Blocks queued between the network and the writer thread (memory per upload: a few MiB).
+const QUEUE: usize = 4;
 /// Metadata tarballs larger than this are not read ahead for combined hashes.
 const MAX_META_PREFIX: u64 = 256 << 20;
 
@@ -67,27 +70,26 @@ enum Chunk {
 pub(crate) struct BodyChunks(mpsc::Receiver<Chunk>);
 
 impl BodyChunks {
-    /// Writes the whole body to `file` through a 1 MiB buffer, showing every chunk to `seen` on
-    /// the way (for hashing), then flushes and fsyncs; returns the size. Fails when the body did
-    /// not end normally (broken, too large, client gone): the caller must then discard the file.
-    /// `shown` names the file in errors.
+    /// Writes the whole body to `file` in blocks of about 1 MiB, showing every block to `seen`
+    /// before it is written (to hand it to hashers), then fsyncs; returns the size. Fails when the
+    /// body did not end normally (broken, too large, client gone): the caller must then discard
+    /// the file. `shown` names the file in errors.
     pub(crate) fn write_to(
         mut self,
-        file: &std::fs::File,
+        mut file: &std::fs::File,
         shown: &str,
-        mut seen: impl FnMut(&[u8]),
+        mut seen: impl FnMut(&Bytes),
     ) -> Result<u64, RequestError> {
         let io = |source| RequestError::Io {
             path: shown.to_owned(),
             source,
         };
         let mut size = 0u64;
-        let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
         loop {
             match self.0.blocking_recv() {
                 Some(Chunk::Data(data)) => {
                     seen(&data);
-                    out.write_all(&data).map_err(io)?;
+                    file.write_all(&data).map_err(io)?;
                     size += data.len() as u64;
                 }
                 Some(Chunk::End) => break,
@@ -99,8 +101,6 @@ impl BodyChunks {
                 }
             }
         }
-        out.flush().map_err(io)?;
-        drop(out);
         file.sync_all().map_err(io)?;
         Ok(size)
     }
@@ -126,27 +126,45 @@ where
     let mut total = 0u64;
     // On a refusal below, `tx` is dropped without `End`: the writer discards the file.
     let mut refused = None;
+    let mut block = BytesMut::new();
     loop {
         let chunk = match body.next().await {
-            Some(Ok(chunk)) => Chunk::Data(chunk),
+            Some(Ok(chunk)) => chunk,
             Some(Err(e)) => {
                 refused = Some(RequestError::Interrupted {
                     reason: e.to_string(),
                 });
                 break;
             }
-            None => Chunk::End,
-        };
-        let end = matches!(chunk, Chunk::End);
-        if let Chunk::Data(d) = &chunk {
-            total += d.len() as u64;
-            if total > limit {
-                refused = Some(RequestError::TooLarge { limit });
+            None => {
+                let last = (!block.is_empty()).then(|| Chunk::Data(block.split().freeze()));
+                for chunk in last.into_iter().chain([Chunk::End]) {
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
                 break;
             }
+        };
+        total += chunk.len() as u64;
+        if total > limit {
+            refused = Some(RequestError::TooLarge { limit });
+            break;
         }
-        if tx.send(chunk).await.is_err() || end {
-            // The writer stopped early (its error is below) or has everything.
+        let full = if block.is_empty() && chunk.len() >= BLOCK {
+            chunk
+        } else {
+            if block.capacity() == 0 {
+                block.reserve(BLOCK);
+            }
+            block.extend_from_slice(&chunk);
+            if block.len() < BLOCK {
+                continue;
+            }
+            block.split().freeze()
+        };
+        if tx.send(Chunk::Data(full)).await.is_err() {
+            // The writer stopped early: its error is below.
             break;
         }
     }
@@ -387,14 +405,18 @@ fn fill_and_place(
             crate::tree::atomic::FILE_MODE,
         ))
         .map_err(io)?;
-    let mut sha = Sha256::new();
-    let mut combined: Vec<Sha256> = metas.iter().map(|m| m.state.clone()).collect();
-    let size = chunks.write_to(temp.as_file(), &shown, |data| {
-        sha.update(data);
-        for c in &mut combined {
-            c.update(data);
-        }
-    })?;
+    // Its own sha256 first, then one per metadata tarball it pairs with (the combined hashes),
+    // each on its own thread while this one writes.
+    let hashers = std::iter::once(Sha256::new())
+        .chain(metas.iter().map(|m| m.state.clone()))
+        .collect();
+    let (size, hashers) = hash_in_parallel(hashers, |seen| {
+        chunks.write_to(temp.as_file(), &shown, seen)
+    });
+    let size = size?;
+    let mut hashers = hashers.into_iter();
+    let sha = hashers.next().expect("the file's own hasher");
+    let combined = hashers;
     check_image(target, temp.path(), &shown)?;
 
     let existed = path.exists();
