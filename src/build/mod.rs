@@ -208,6 +208,7 @@ pub fn build_product(
                 exclude: &exclude,
                 only: None,
                 signer: *signer,
+                entry_cache: None,
             })
             .map_err(|source| BuildError::Publish {
                 product: p.name.clone(),

@@ -207,7 +207,7 @@ pub fn apply(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Origin;
     use crate::format::{Version, VersionName};
@@ -264,7 +264,8 @@ mod tests {
         assert_eq!(w.len(), 2, "{w:?}");
     }
 
-    fn spec() -> ProductSpec {
+    /// A layout product's declaration, for tests.
+    pub(crate) fn spec() -> ProductSpec {
         ProductSpec {
             name: "ubuntu:xenial:amd64:default".into(),
             arch: "amd64".into(),

@@ -2,7 +2,9 @@
 //! manifests, loaded by hashing the local folders, reading their ssb.json, or fetching them from
 //! other namespaces (each once). Warnings are logged; failures are returned.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use indicatif::ProgressBar;
 use tracing::warn;
@@ -12,7 +14,7 @@ use crate::catalog::manifest::{
 };
 use crate::config::{self, ConfigError, Origin, ProductSpec, TreeConfig};
 use crate::format::{Manifest, canonical_arch};
-use crate::tree::{self, TreeError};
+use crate::tree::{self, FileSig, TreeError};
 
 /// Where the products come from.
 #[derive(Clone, Debug)]
@@ -264,6 +266,67 @@ pub struct LoadOptions<'a> {
     /// When hashing: hash only these products and read the others' ssb.json (hashing them
     /// when it cannot be read). `None`: hash all.
     pub only: Option<&'a std::collections::BTreeSet<String>>,
+    /// The entries of the last run, for a process that publishes the same tree again and again
+    /// (see [`EntryCache`]).
+    pub entry_cache: Option<&'a EntryCache>,
+}
+
+/// The entries of a run, kept for the next one by a process that publishes the same tree again
+/// and again (the server's re-index). A product that is not to be hashed (not in
+/// [`LoadOptions::only`]: nothing in its folder changed) and whose declaration and ssb.json are
+/// the same as then is taken from here whole, without reading its ssb.json and every version's
+/// metadata.json again: for 10,000 versions those reads took half of a re-index after an
+/// upload.
+#[derive(Debug, Default)]
+pub struct EntryCache(std::sync::Mutex<HashMap<String, Arc<CachedEntry>>>);
+
+#[derive(Debug)]
+struct CachedEntry {
+    /// The declaration it was made from.
+    declared: ProductSpec,
+    /// Its ssb.json's signature then.
+    sig: FileSig,
+    entry: Entry,
+    /// What loading it said.
+    warnings: Vec<String>,
+}
+
+impl EntryCache {
+    fn get(&self, declared: &ProductSpec, manifest_path: &Path) -> Option<Arc<CachedEntry>> {
+        let cached = self.lock().get(&declared.name).cloned()?;
+        let sig = std::fs::metadata(manifest_path)
+            .ok()
+            .map(|m| FileSig::of(&m))?;
+        (cached.declared == *declared && cached.sig == sig).then_some(cached)
+    }
+
+    fn put(
+        &self,
+        declared: &ProductSpec,
+        manifest_path: &Path,
+        entry: &Entry,
+        warnings: &[String],
+    ) {
+        let Ok(sig) = std::fs::metadata(manifest_path).map(|m| FileSig::of(&m)) else {
+            return;
+        };
+        let mut entry = entry.clone();
+        // Kept with both families' items, so that the catalog adds none to a copy of it.
+        for version in entry.manifest.versions.values_mut() {
+            crate::catalog::publish::bridge_families(version);
+        }
+        let cached = CachedEntry {
+            declared: declared.clone(),
+            sig,
+            entry,
+            warnings: warnings.to_vec(),
+        };
+        self.lock().insert(declared.name.clone(), Arc::new(cached));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<CachedEntry>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Versions to leave out of manifests, by product name (versions about to be purged).
@@ -271,6 +334,7 @@ pub type Exclusions =
     std::collections::BTreeMap<String, std::collections::BTreeSet<crate::format::VersionName>>;
 
 /// One product ready for the catalog: its resolved declaration and its manifest.
+#[derive(Clone, Debug)]
 pub struct Entry {
     /// The declaration (tree.yml or layout).
     pub spec: ProductSpec,
@@ -290,6 +354,18 @@ pub struct Loaded {
     pub hashed: usize,
 }
 
+/// A local product as [`hash_local`] got it.
+enum Local {
+    /// Hashed, or its ssb.json read (`read`), with what that said.
+    Loaded {
+        built: Result<Built, ManifestError>,
+        warnings: Vec<String>,
+        read: bool,
+    },
+    /// Taken whole from the last run (see [`EntryCache`]), with what loading it said then.
+    Cached(Box<Entry>, Vec<String>),
+}
+
 /// Hashes every local product (hidden ones too) into its manifest, writing each ssb.json under
 /// `write_to` when given: on every core, one product at a time per core, results in tree
 /// order with each product's own warnings, and whether its manifest was read instead (see
@@ -299,7 +375,7 @@ fn hash_local(
     opts: &LoadOptions<'_>,
     build: &BuildOptions,
     write_to: Option<&Path>,
-) -> Vec<(Result<Built, ManifestError>, Vec<String>, bool)> {
+) -> Vec<Local> {
     let local: Vec<&ProductSpec> = tree
         .config
         .products
@@ -311,13 +387,21 @@ fn hash_local(
         // Unchanged since an earlier run wrote its manifest: read it instead of hashing.
         if opts.only.is_some_and(|only| !only.contains(&spec.name)) {
             let path = opts.source.join(&spec.directory).join(MANIFEST_FILE);
+            if let Some(cached) = opts.entry_cache.and_then(|c| c.get(spec, &path)) {
+                // Copied here, on the workers, rather than in the loop that collects them.
+                return Local::Cached(Box::new(cached.entry.clone()), cached.warnings.clone());
+            }
             if let Ok(manifest) = manifest::read(&spec.name, &path, &mut warnings) {
                 let built = Built {
                     manifest,
                     bytes_read: 0,
                     rejected: Vec::new(),
                 };
-                return (Ok(built), warnings, true);
+                return Local::Loaded {
+                    built: Ok(built),
+                    warnings,
+                    read: true,
+                };
             }
             warnings.clear();
         }
@@ -346,7 +430,11 @@ fn hash_local(
             }
             Ok(built)
         });
-        (built, warnings, false)
+        Local::Loaded {
+            built,
+            warnings,
+            read: false,
+        }
     };
     let workers = std::thread::available_parallelism()
         .map_or(1, std::num::NonZero::get)
@@ -402,7 +490,10 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
             write_to,
         } => {
             let all = hash_local(tree, opts, build, write_to);
-            let hashed = all.iter().filter(|(_, _, read)| !read).count();
+            let hashed = all
+                .iter()
+                .filter(|l| matches!(l, Local::Loaded { read: false, .. }))
+                .count();
             (all.into_iter(), hashed)
         }
         Manifests::Read => (Vec::new().into_iter(), 0),
@@ -416,13 +507,23 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
         if spec.hidden && !hashing {
             continue;
         }
+        let (declared, first_warning) = (spec, warnings.len());
         let loaded = if spec.prefix_path.is_some() {
             fetched.next().expect("one fetch result per remote product")
         } else {
             match opts.manifests {
                 Manifests::Hash { .. } => {
-                    let (built, product_warnings, _) =
-                        results.next().expect("one hash result per local product");
+                    let (built, product_warnings) =
+                        match results.next().expect("one hash result per local product") {
+                            Local::Cached(entry, cached_warnings) => {
+                                warnings.extend(cached_warnings);
+                                entries.push(*entry);
+                                continue;
+                            }
+                            Local::Loaded {
+                                built, warnings, ..
+                            } => (built, warnings),
+                        };
                     warnings.extend(product_warnings);
                     built.map(|built| {
                         bytes_read += built.bytes_read;
@@ -455,7 +556,14 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
                     let dir = opts.source.join(&spec.directory);
                     crate::catalog::metadata_json::apply(&mut spec, &mut m, &dir, &mut warnings);
                 }
-                entries.push(Entry { spec, manifest: m });
+                let entry = Entry { spec, manifest: m };
+                if let (Some(cache), None) = (opts.entry_cache, &entry.spec.prefix_path)
+                    && hashing
+                {
+                    let path = opts.source.join(&entry.spec.directory).join(MANIFEST_FILE);
+                    cache.put(declared, &path, &entry, &warnings[first_warning..]);
+                }
+                entries.push(entry);
             }
             Err(e @ ManifestError::NotBuilt { .. }) => {
                 warnings.push(format!("{e}; left out of the catalog"));
@@ -476,4 +584,49 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
         rejected,
         hashed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_entry_holds_while_its_declaration_and_ssb_json_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST_FILE);
+        std::fs::write(&path, "{}").unwrap();
+        let declared = crate::catalog::metadata_json::tests::spec();
+        let mut resolved = declared.clone();
+        resolved.release_title = Some("from metadata.json".into());
+        let entry = Entry {
+            spec: resolved,
+            manifest: Manifest {
+                name: declared.name.clone(),
+                ..Manifest::default()
+            },
+        };
+        let cache = EntryCache::default();
+        assert!(cache.get(&declared, &path).is_none(), "empty at first");
+        cache.put(&declared, &path, &entry, &["a warning".into()]);
+        let hit = cache
+            .get(&declared, &path)
+            .expect("unchanged: taken from the cache");
+        assert_eq!(
+            hit.entry.spec, entry.spec,
+            "the resolved declaration is kept"
+        );
+        assert_eq!(hit.warnings, ["a warning"]);
+
+        let mut other = declared.clone();
+        other.aliases.push("edited/in/tree.yml".into());
+        assert!(cache.get(&other, &path).is_none(), "another declaration");
+
+        // A new ssb.json, put in place as every writer does (a new inode).
+        let next = dir.path().join("next");
+        std::fs::write(&next, "{ }").unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        assert!(cache.get(&declared, &path).is_none(), "another ssb.json");
+        std::fs::remove_file(&path).unwrap();
+        assert!(cache.get(&declared, &path).is_none(), "no ssb.json");
+    }
 }

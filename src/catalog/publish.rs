@@ -1,6 +1,6 @@
 //! From manifests to the published catalog: products file and index built from one in-memory
 //! state, checked against the invariants real clients depend on (protocol.md §2.6), then
-//! written atomically, products file before index, each with a `.gz` copy.
+//! written atomically, products file before index, then a `.gz` copy of each.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
@@ -13,7 +13,7 @@ use crate::format::{
     Family, Ftype, ImageType, Index, IndexEntry, Manifest, Product, ProductsFile, Version,
     VersionName, canonical_arch,
 };
-use crate::tree::lock;
+use crate::tree::{FileSig, lock};
 
 /// The index key and content id of our one products file.
 pub const CONTENT_ID: &str = "images";
@@ -79,23 +79,27 @@ impl Clock {
 /// and Incus see every image. The twin points at the same file with the same hashes.
 pub fn bridge_families(version: &mut Version) {
     let mut twins = Vec::new();
+    let mut twin_key = String::new();
     for (key, item) in &version.items {
-        let twin_ftype = match &item.ftype {
-            Ftype::Meta(f) => Ftype::Meta(f.twin()),
-            Ftype::Unified(f) => Ftype::Unified(f.twin()),
+        let (family, twin_ftype) = match &item.ftype {
+            Ftype::Meta(f) => (*f, Ftype::Meta(f.twin())),
+            Ftype::Unified(f) => (*f, Ftype::Unified(f.twin())),
             _ => continue,
         };
-        let family = match item.ftype {
-            Ftype::Meta(f) | Ftype::Unified(f) => f,
-            _ => continue,
+        // Into one buffer: most versions have their twins already (a re-index's cached copies).
+        let Some(at) = key.find(family.as_str()) else {
+            continue;
         };
-        let twin_key = key.replacen(family.as_str(), family.twin().as_str(), 1);
+        twin_key.clear();
+        twin_key.push_str(&key[..at]);
+        twin_key.push_str(family.twin().as_str());
+        twin_key.push_str(&key[at + family.as_str().len()..]);
         if twin_key == *key || version.items.contains_key(&twin_key) {
             continue;
         }
         let mut twin = item.clone();
         twin.ftype = twin_ftype;
-        twins.push((twin_key, twin));
+        twins.push((twin_key.clone(), twin));
     }
     version.items.extend(twins);
 }
@@ -111,29 +115,41 @@ pub(crate) fn images_of(
     family: Family,
 ) -> Vec<(String, ImageType, String, Option<crate::format::RootfsKind>)> {
     let mut out = Vec::new();
-    let roots: Vec<_> = version
-        .items
-        .values()
-        .filter_map(|i| i.ftype.rootfs_kind())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    each_image(version, family, |fp, t, key, kind| {
+        out.push((fp.to_owned(), t, key.to_owned(), kind));
+    });
+    out
+}
+
+/// [`images_of`], each image shown to `f` as borrowed from the version (the catalog is built
+/// without a copy per image).
+fn each_image<'v>(
+    version: &'v Version,
+    family: Family,
+    mut f: impl FnMut(&'v str, ImageType, &'v str, Option<crate::format::RootfsKind>),
+) {
+    let roots = crate::format::RootfsKind::ALL.map(|kind| {
+        version
+            .items
+            .values()
+            .any(|i| i.ftype.rootfs_kind() == Some(kind))
+            .then_some(kind)
+    });
     for (key, item) in &version.items {
         match &item.ftype {
-            Ftype::Meta(f) if *f == family => {
-                for &kind in &roots {
+            Ftype::Meta(f_) if *f_ == family => {
+                for kind in roots.into_iter().flatten() {
                     if let Some(fp) = item.combined_for(kind) {
-                        out.push((fp.to_owned(), kind.image_type(), key.clone(), Some(kind)));
+                        f(fp, kind.image_type(), key, Some(kind));
                     }
                 }
             }
-            Ftype::Unified(f) if *f == family => {
-                out.push((item.sha256.clone(), ImageType::Container, key.clone(), None));
+            Ftype::Unified(f_) if *f_ == family => {
+                f(&item.sha256, ImageType::Container, key, None);
             }
             _ => {}
         }
     }
-    out
 }
 
 /// Builds the products file and the index from the entries, enforcing the invariants:
@@ -145,12 +161,15 @@ pub fn build_catalog(
     settings: &CatalogSettings,
     warnings: &mut Vec<String>,
 ) -> Result<(ProductsFile, Index), CatalogError> {
+    // About one fingerprint per version and rootfs kind; sized once instead of grown.
+    let versions = entries.iter().map(|e| e.manifest.versions.len()).sum();
     let mut catalog = Catalog {
         warnings,
         problems: Vec::new(),
         products: BTreeMap::new(),
         origin_of: HashMap::new(),
-        seen: HashMap::new(),
+        names: Vec::new(),
+        seen: HashMap::with_capacity(versions),
         alias_owner: HashMap::new(),
     };
     // Entries are consumed: their versions move into the catalog instead of being copied.
@@ -167,8 +186,11 @@ struct Catalog<'w> {
     products: BTreeMap<String, Product>,
     /// Product → where it was declared.
     origin_of: HashMap<String, String>,
-    /// (family, fingerprint) → (product, version) that publishes it.
-    seen: HashMap<(Family, String), (String, VersionName)>,
+    /// The products added, by number.
+    names: Vec<String>,
+    /// Fingerprint → per family (in [`Family::ALL`] order), the (product number, version)
+    /// that publishes it.
+    seen: HashMap<String, [Option<(usize, VersionName)>; 2]>,
     /// (alias, canonical arch, type) → product that declares it.
     alias_owner: HashMap<(String, &'static str, ImageType), String>,
 }
@@ -178,12 +200,13 @@ impl Catalog<'_> {
         let spec = &spec;
         self.origin_of
             .insert(spec.name.clone(), spec.origin.to_string());
+        let number = self.names.len();
+        self.names.push(spec.name.clone());
         let mut product = product_of(spec, &manifest);
-        for (vname, version) in manifest.versions {
-            if let Some(version) = self.version(spec, &vname, version) {
-                product.versions.insert(vname, version);
-            }
-        }
+        // The versions are checked in place, oldest first, and move into the product whole.
+        let mut versions = manifest.versions;
+        versions.retain(|vname, version| self.version(spec, number, vname, version));
+        product.versions = versions;
         drop_baseless_deltas(&mut product);
         if product.versions.is_empty() {
             // Clients have nothing to take from it; listing it only hides that its folders
@@ -203,38 +226,31 @@ impl Catalog<'_> {
         }
     }
 
-    /// A version as published: both families, and without the images whose fingerprint an
-    /// earlier version of the same product has (`None` when nothing is left of it).
+    /// Makes `version` (of product number `number`) as published: both families, and without
+    /// the images whose fingerprint an earlier version of the same product has. False when
+    /// nothing is left of it.
     fn version(
         &mut self,
         spec: &ProductSpec,
+        number: usize,
         vname: &VersionName,
-        mut version: Version,
-    ) -> Option<Version> {
-        bridge_families(&mut version);
+        version: &mut Version,
+    ) -> bool {
+        bridge_families(version);
         let mut dropped = false;
-        for family in Family::ALL {
-            for (fp, _, key, kind) in images_of(&version, family) {
-                match self.seen.get(&(family, fp.clone())) {
-                    None => {
-                        self.seen
-                            .insert((family, fp), (spec.name.clone(), vname.clone()));
-                    }
-                    Some((p, v)) if *p == spec.name => {
+        for (slot, family) in Family::ALL.into_iter().enumerate() {
+            // Images of a byte-identical rebuild: (fingerprint, item key, rootfs kind).
+            let mut rebuilt: Vec<(String, String, Option<crate::format::RootfsKind>)> = Vec::new();
+            each_image(version, family, |fp, _, key, kind| {
+                let owners = match self.seen.get_mut(fp) {
+                    Some(owners) => owners,
+                    None => self.seen.entry(fp.to_owned()).or_default(),
+                };
+                match &owners[slot] {
+                    None => owners[slot] = Some((number, vname.clone())),
+                    Some((p, v)) if *p == number => {
                         // A byte-identical rebuild: both would be unreachable ("more than
                         // one match"), so the earlier version keeps the fingerprint.
-                        match kind {
-                            Some(kind) => {
-                                for item in version.items.values_mut() {
-                                    if item.combined_for(kind) == Some(fp.as_str()) {
-                                        item.set_combined(kind, None);
-                                    }
-                                }
-                            }
-                            None => {
-                                version.items.remove(&key);
-                            }
-                        }
                         if !dropped {
                             self.warnings.push(format!(
                                 "product `{}` version {vname}: skipped an image byte-identical to version {v} (fingerprint {})",
@@ -243,11 +259,12 @@ impl Catalog<'_> {
                             ));
                             dropped = true;
                         }
+                        rebuilt.push((fp.to_owned(), key.to_owned(), kind));
                     }
                     Some((p, v)) => {
                         let problem = format!(
-                            "{}: product `{}` version {vname} publishes fingerprint {fp}, already published by product `{p}` version {v}: clients could reach neither",
-                            spec.origin, spec.name
+                            "{}: product `{}` version {vname} publishes fingerprint {fp}, already published by product `{}` version {v}: clients could reach neither",
+                            spec.origin, spec.name, self.names[*p]
                         );
                         // Each family finds the same clash; say it once.
                         if !self.problems.contains(&problem) {
@@ -255,23 +272,42 @@ impl Catalog<'_> {
                         }
                     }
                 }
+            });
+            for (fp, key, kind) in rebuilt {
+                match kind {
+                    Some(kind) => {
+                        for item in version.items.values_mut() {
+                            if item.combined_for(kind) == Some(fp.as_str()) {
+                                item.set_combined(kind, None);
+                            }
+                        }
+                    }
+                    None => {
+                        version.items.remove(&key);
+                    }
+                }
             }
         }
-        let left = Family::ALL
-            .iter()
-            .map(|&f| images_of(&version, f).len())
-            .sum::<usize>();
-        (left > 0 || !dropped).then_some(version)
+        if !dropped {
+            return true;
+        }
+        let mut left = 0;
+        for family in Family::ALL {
+            each_image(version, family, |_, _, _, _| left += 1);
+        }
+        left > 0
     }
 
     /// Aliases: clean, and owned by one product per (arch, image type).
     fn claim_aliases(&mut self, spec: &ProductSpec, product: &Product) {
-        let types: BTreeSet<ImageType> = product
-            .versions
-            .values()
-            .flat_map(|v| Family::ALL.into_iter().flat_map(move |f| images_of(v, f)))
-            .map(|(_, t, _, _)| t)
-            .collect();
+        let mut types = BTreeSet::new();
+        for version in product.versions.values() {
+            for family in Family::ALL {
+                each_image(version, family, |_, t, _, _| {
+                    types.insert(t);
+                });
+            }
+        }
         let arch = canonical_arch(&spec.arch).unwrap_or("unknown");
         for alias in &spec.aliases {
             if let Err(why) = crate::config::check_alias(alias) {
@@ -384,32 +420,77 @@ pub fn to_json<T: serde::Serialize>(doc: &T) -> Vec<u8> {
 use crate::tree::names::gz_path;
 pub use crate::tree::names::{index_path, products_path};
 
-/// Writes `bytes` and a gzip twin `<path>.gz` (written first), each atomically.
-pub fn write_with_gz(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
-    let fail = |p: &Path| {
-        let p = p.to_owned();
-        move |source| WriteError { path: p, source }
-    };
-    let gz_path = gz_path(path);
-    crate::tree::atomic::write_with(&gz_path, |w| {
-        // No name or mtime in the header: same catalog, same bytes. The default level: `best`
-        // took several times as long for a few percent on a large products file; the fast
-        // level saved 70 ms per re-index of 10,000 versions but made the file 70 % larger
-        // (1.66 MB against 0.98 MB), which every client pays.
-        let mut enc = flate2::GzBuilder::new().write(w, flate2::Compression::default());
-        enc.write_all(bytes)?;
-        enc.finish()?;
-        Ok(())
-    })
-    .map_err(fail(&gz_path))?;
-    crate::tree::atomic::write(path, bytes).map_err(fail(path))
+/// Writes `bytes` and a gzip twin `<path>.gz`, each atomically, in the order that never leaves
+/// a twin beside a file it does not match (see [`write_plain`]).
+pub fn write_with_gz(path: &Path, bytes: Vec<u8>) -> Result<(), WriteError> {
+    let written = write_plain(path, bytes)?;
+    write_twins(&[written]).map(drop)
 }
 
-/// Writes the catalog under `target` under the tree lock: the products file first, the index
-/// last, so a client never gets an index that names a file not yet complete. When the published
-/// catalog already says the same, apart from its time stamp, nothing is written (an unchanged
-/// tree is published without a write or an fsync) and `products` and `index` take the published
-/// stamp, which is what clients see. Returns whether it wrote.
+/// The gzip twin of a catalog file. No name or mtime in the header: same catalog, same bytes.
+/// The default level: `best` took several times as long for a few percent on a large products
+/// file; the fast level saved 70 ms per re-index of 10,000 versions but made the file 70 %
+/// larger (1.66 MB against 0.98 MB), which every client pays.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::GzBuilder::new().write(
+        Vec::with_capacity(bytes.len() / 4),
+        flate2::Compression::default(),
+    );
+    // Writing into memory cannot fail.
+    let _ = enc.write_all(bytes);
+    enc.finish().unwrap_or_default()
+}
+
+/// A catalog file as this run wrote it: its bytes, and its signature right after the write (to
+/// tell later whether it is still this run's).
+#[derive(Clone, Debug)]
+pub struct WrittenFile {
+    /// Where.
+    pub path: PathBuf,
+    /// What.
+    pub bytes: bytes::Bytes,
+    /// Its signature once in place.
+    pub sig: FileSig,
+}
+
+impl WrittenFile {
+    fn new(path: PathBuf, bytes: Vec<u8>) -> Result<Self, WriteError> {
+        let sig = signature(&path)?;
+        Ok(Self {
+            path,
+            bytes: bytes.into(),
+            sig,
+        })
+    }
+}
+
+fn signature(path: &Path) -> Result<FileSig, WriteError> {
+    std::fs::metadata(path)
+        .map(|m| FileSig::of(&m))
+        .map_err(|source| WriteError {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Writes a catalog file whose gzip twin follows later ([`Staged::finish`]): the old twin goes
+/// first, so that no twin ever stands beside a plain file it does not match (a static server's
+/// `gzip_static` then sends the plain file until the twin is back).
+fn write_plain(path: &Path, bytes: Vec<u8>) -> Result<WrittenFile, WriteError> {
+    let fail = |source| WriteError {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::remove_file(gz_path(path)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(e)),
+        _ => {}
+    }
+    crate::tree::atomic::write(path, &bytes).map_err(fail)?;
+    WrittenFile::new(path.to_owned(), bytes)
+}
+
+/// Writes the catalog under `target` under the tree lock, with the gzip twins: see
+/// [`write_catalog_locked`]. Returns whether it wrote.
 pub fn write_catalog(
     target: &Path,
     images_path: &str,
@@ -417,7 +498,9 @@ pub fn write_catalog(
     index: &mut Index,
 ) -> Result<bool, WriteError> {
     let _lock = lock_tree(target)?;
-    write_catalog_locked(target, images_path, products, index)
+    let written = write_catalog_locked(target, images_path, products, index)?;
+    write_twins(&written)?;
+    Ok(!written.is_empty())
 }
 
 fn lock_tree(target: &Path) -> Result<lock::Lock, WriteError> {
@@ -427,13 +510,18 @@ fn lock_tree(target: &Path) -> Result<lock::Lock, WriteError> {
     })
 }
 
-/// [`write_catalog`], for a caller that holds the tree lock.
+/// Writes the catalog under `target`, for a caller that holds the tree lock: the products file
+/// first, the index last, so a client never gets an index that names a file not yet complete.
+/// Their gzip twins are left to [`write_twins`]. When the published catalog already says the
+/// same, apart from its time stamp, nothing is written (an unchanged tree is published without
+/// a write or an fsync) and `products` and `index` take the published stamp, which is what
+/// clients see. Returns the files written (none when the catalog was kept).
 fn write_catalog_locked(
     target: &Path,
     images_path: &str,
     products: &mut ProductsFile,
     index: &mut Index,
-) -> Result<bool, WriteError> {
+) -> Result<Vec<WrittenFile>, WriteError> {
     let (ppath, ipath) = (products_path(target, images_path), index_path(target));
     let pbytes = to_json(products);
     let twin_exists = |path: &Path| gz_path(path).is_file();
@@ -452,13 +540,28 @@ fn write_catalog_locked(
         if same == old_index {
             products.updated = Some(stamp);
             *index = same;
-            return Ok(false);
+            return Ok(Vec::new());
         }
     }
     let ibytes = to_json(index);
-    write_with_gz(&ppath, &pbytes)?;
-    write_with_gz(&ipath, &ibytes)?;
-    Ok(true)
+    Ok(vec![
+        write_plain(&ppath, pbytes)?,
+        write_plain(&ipath, ibytes)?,
+    ])
+}
+
+/// Writes the gzip twins of `written`, products file first, and returns their bytes in the same
+/// order. For a caller that holds the tree lock.
+fn write_twins(written: &[WrittenFile]) -> Result<Vec<bytes::Bytes>, WriteError> {
+    written
+        .iter()
+        .map(|file| {
+            let gz = gzip(&file.bytes);
+            let path = gz_path(&file.path);
+            crate::tree::atomic::write(&path, &gz).map_err(|source| WriteError { path, source })?;
+            Ok(gz.into())
+        })
+        .collect()
 }
 
 /// The time stamp of the catalog file at `path` when it is the document `new` but for its
@@ -641,6 +744,8 @@ pub struct PublishRequest<'a> {
     pub only: Option<&'a std::collections::BTreeSet<String>>,
     /// Sign the catalog, LXC's index and LXC files with this key (`--sign-key`).
     pub signer: Option<&'a crate::sign::Signer>,
+    /// Keeps the manifests read across runs, for a process that publishes again and again.
+    pub entry_cache: Option<&'a crate::catalog::products::EntryCache>,
 }
 
 /// What was published.
@@ -676,8 +781,17 @@ pub fn catalog_settings(tree: &Tree, clock: Clock) -> CatalogSettings {
     }
 }
 
-/// Manifests for every product, then images.json and index.json from that one state.
+/// Manifests for every product, then images.json and index.json from that one state, their gzip
+/// twins, and what is published beside them (LXC's index, signatures, the page), all under one
+/// hold of the tree lock.
 pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishError> {
+    Ok(publish_catalog(req)?.finish(req)?.0)
+}
+
+/// The first half of [`publish_tree`]: the manifests and the catalog files, without their gzip
+/// twins and companions, which [`Staged::finish`] adds. A server publishing its own tree puts
+/// the new catalog in front of its clients in between (see [`Staged::release`]).
+pub fn publish_catalog(req: &PublishRequest<'_>) -> Result<Staged, PublishError> {
     let tree = req.tree;
     let build = BuildOptions {
         md5: req.md5,
@@ -701,6 +815,7 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
             progress: req.progress,
             exclude: req.exclude,
             only: req.only,
+            entry_cache: req.entry_cache,
         },
     )?;
     let mut warnings = Vec::new();
@@ -716,7 +831,7 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
     }
     // One hold of the lock for the catalog and what is published beside it, so another
     // publisher's catalog never gets this run's companions.
-    let _lock = lock_tree(req.target)?;
+    let lock = lock_tree(req.target)?;
     let mut warnings = Vec::new();
     let signed_files = crate::catalog::companions::before_catalog(
         req.target,
@@ -725,38 +840,169 @@ pub fn publish_tree(req: &PublishRequest<'_>) -> Result<PublishSummary, PublishE
         req.signer,
         &mut warnings,
     )?;
+    crate::catalog::products::report(&warnings);
     let written = write_catalog_locked(
         req.target,
         &tree.config.images_path,
         &mut products,
         &mut index,
     )?;
-    let mut companions = crate::catalog::companions::after_catalog(
-        req.target,
-        &tree.config.images_path,
-        &products,
-        &index,
-        req.signer,
-        &mut warnings,
-    )?;
-    companions.signed += signed_files;
-    crate::catalog::products::report(&warnings);
-    Ok(PublishSummary {
-        products: products.products.len(),
-        versions: products.products.values().map(|p| p.versions.len()).sum(),
-        bytes_read: loaded.bytes_read,
-        index: index_path(req.target),
-        catalog: products,
-        rejected: loaded.rejected,
+    // What `finish` checks is still this run's catalog when it had to take the lock again.
+    let catalog_sigs = [
+        products_path(req.target, &tree.config.images_path),
+        index_path(req.target),
+    ]
+    .into_iter()
+    .map(|path| signature(&path).map(|sig| (path, sig)))
+    .collect::<Result<_, _>>()?;
+    Ok(Staged {
+        summary: PublishSummary {
+            products: products.products.len(),
+            versions: products.products.values().map(|p| p.versions.len()).sum(),
+            bytes_read: loaded.bytes_read,
+            index: index_path(req.target),
+            catalog: products,
+            rejected: loaded.rejected,
+            written: !written.is_empty(),
+            hashed,
+            companions: crate::catalog::companions::Companions {
+                signed: signed_files,
+                ..Default::default()
+            },
+        },
         written,
-        hashed,
-        companions,
+        index,
+        catalog_sigs,
+        lock: Some(lock),
     })
+}
+
+/// A catalog written by [`publish_catalog`], its gzip twins and companions still to come.
+pub struct Staged {
+    /// What was published so far.
+    pub summary: PublishSummary,
+    /// The products file and the index as written; empty when the catalog was kept.
+    pub written: Vec<WrittenFile>,
+    index: Index,
+    /// The catalog files on disk, as this run left them.
+    catalog_sigs: Vec<(PathBuf, FileSig)>,
+    lock: Option<lock::Lock>,
+}
+
+impl Staged {
+    /// Lets other publishers in before [`Staged::finish`], which takes the lock again and adds
+    /// nothing to a catalog another run has replaced since.
+    pub fn release(&mut self) {
+        self.lock = None;
+    }
+
+    /// Writes the gzip twins of the catalog files written and the companions (LXC's index,
+    /// signatures, the page). Returns the summary and the twins' bytes, in the order of
+    /// [`Staged::written`]: none when another publisher replaced the catalog after
+    /// [`Staged::release`] (its own run writes them).
+    pub fn finish(
+        self,
+        req: &PublishRequest<'_>,
+    ) -> Result<(PublishSummary, Vec<bytes::Bytes>), PublishError> {
+        let Staged {
+            mut summary,
+            written,
+            index,
+            catalog_sigs,
+            lock,
+        } = self;
+        let _lock = match lock {
+            Some(lock) => lock,
+            None => lock_tree(req.target)?,
+        };
+        let replaced = catalog_sigs
+            .iter()
+            .any(|(path, sig)| std::fs::metadata(path).map_or(true, |m| FileSig::of(&m) != *sig));
+        if replaced {
+            tracing::info!(
+                "another publish replaced the catalog under {} meanwhile: its gzip twins and companions are its own",
+                req.target.display()
+            );
+            return Ok((summary, Vec::new()));
+        }
+        let twins = write_twins(&written)?;
+        // The products file can be large: not held while the page is made.
+        drop(written);
+        let mut warnings = Vec::new();
+        let signed_before = summary.companions.signed;
+        summary.companions = crate::catalog::companions::after_catalog(
+            req.target,
+            &req.tree.config.images_path,
+            &summary.catalog,
+            &index,
+            req.signer,
+            &mut warnings,
+        )?;
+        summary.companions.signed += signed_before;
+        crate::catalog::products::report(&warnings);
+        Ok((summary, twins))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn docs(stamp: &str) -> (ProductsFile, Index) {
+        let products = serde_json::from_str(&format!(
+            r#"{{"content_id":"images","datatype":"image-downloads","format":"products:1.0","products":{{}},"updated":"{stamp}"}}"#
+        ))
+        .unwrap();
+        let index = serde_json::from_str(&format!(
+            r#"{{"format":"index:1.0","index":{{}},"updated":"{stamp}"}}"#
+        ))
+        .unwrap();
+        (products, index)
+    }
+
+    fn gunzip(path: &Path) -> Vec<u8> {
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()),
+            &mut plain,
+        )
+        .unwrap();
+        plain
+    }
+
+    #[test]
+    fn no_twin_stands_beside_a_catalog_file_it_does_not_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path();
+        let (ppath, ipath) = (products_path(target, "streams/v1"), index_path(target));
+        std::fs::create_dir_all(ppath.parent().unwrap()).unwrap();
+        std::fs::write(&ppath, "old\n").unwrap();
+        std::fs::write(gz_path(&ppath), gzip(b"old\n")).unwrap();
+
+        let (mut products, mut index) = docs("Mon, 01 Jan 2024 00:00:00 +0000");
+        let written =
+            write_catalog_locked(target, "streams/v1", &mut products, &mut index).unwrap();
+        assert_eq!(written.len(), 2);
+        assert_eq!(written[0].path, ppath, "the products file first");
+        assert_eq!(std::fs::read(&ppath).unwrap(), written[0].bytes);
+        assert!(!gz_path(&ppath).exists(), "the old twin went first");
+        assert!(!gz_path(&ipath).exists());
+
+        let twins = write_twins(&written).unwrap();
+        for (file, twin) in written.iter().zip(&twins) {
+            assert_eq!(gunzip(&gz_path(&file.path)), file.bytes);
+            assert_eq!(std::fs::read(gz_path(&file.path)).unwrap(), *twin);
+        }
+
+        // The same catalog a day later: kept, with its first stamp.
+        let (mut products, mut index) = docs("Tue, 02 Jan 2024 00:00:00 +0000");
+        let again = write_catalog_locked(target, "streams/v1", &mut products, &mut index).unwrap();
+        assert!(again.is_empty());
+        assert_eq!(
+            products.updated.as_deref(),
+            Some("Mon, 01 Jan 2024 00:00:00 +0000")
+        );
+    }
 
     #[test]
     fn only_the_last_stamp_may_differ() {

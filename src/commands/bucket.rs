@@ -214,6 +214,7 @@ impl Upload<'_> {
                 progress: &bar,
                 exclude: &products::Exclusions::new(),
                 only: None,
+                entry_cache: None,
             },
         );
         bar.finish_and_clear();

@@ -53,6 +53,7 @@ pub fn publish_tree(
         progress: &bar,
         exclude: &products::Exclusions::new(),
         only: None,
+        entry_cache: None,
         signer: shared.signer.as_deref(),
     });
     bar.finish_and_clear();
@@ -141,6 +142,7 @@ pub fn catalog(s: &Catalog) -> Result<()> {
             progress: &bar,
             exclude: &products::Exclusions::new(),
             only: None,
+            entry_cache: None,
         },
     )?;
     let mut warnings = Vec::new();
@@ -165,7 +167,7 @@ pub fn catalog(s: &Catalog) -> Result<()> {
         CatalogPart::Index => catalog::index_path(target),
     };
     let _lock = simplestreams_builder::tree::lock::lock_tree(target)?;
-    catalog::write_with_gz(&path, &bytes)?;
+    catalog::write_with_gz(&path, bytes)?;
     info!("wrote {}", path.display());
     Ok(())
 }

@@ -249,11 +249,11 @@ pub fn pull(req: &PullRequest) -> Result<PullReport, MirrorError> {
         }
         crate::catalog::publish::write_with_gz(
             &crate::catalog::publish::products_path(target, images_path),
-            &crate::catalog::publish::to_json(&products_doc),
+            crate::catalog::publish::to_json(&products_doc),
         )?;
         crate::catalog::publish::write_with_gz(
             &crate::catalog::publish::index_path(target),
-            &crate::catalog::publish::to_json(&index),
+            crate::catalog::publish::to_json(&index),
         )?;
         if let Some(typed) = &typed {
             crate::catalog::companions::after_catalog(

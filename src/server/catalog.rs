@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
 
+use crate::catalog::publish::WrittenFile;
 use crate::format::{Index, ProductsFile};
 use crate::tree::FileSig;
 
@@ -25,7 +26,9 @@ pub(crate) const POLL: Duration = Duration::from_secs(1);
 /// One catalog file, ready to send.
 pub(crate) struct CatalogFile {
     body: Bytes,
-    gzip: Bytes,
+    /// Its gzip bytes. Unset for a moment after the server published it itself: the new catalog
+    /// is served (uncompressed) before its twin is made, which takes longer than the rest.
+    gzip: OnceLock<Bytes>,
     etag: HeaderValue,
     etag_gzip: HeaderValue,
     last_modified: Option<HeaderValue>,
@@ -69,6 +72,9 @@ impl Filtered {
 pub(crate) struct ServedCatalog {
     root: PathBuf,
     current: RwLock<Arc<Snapshot>>,
+    /// Held while the server publishes the tree itself: the refreshes its own writes trigger
+    /// are skipped (it installs what it wrote, see [`ServedCatalog::install`]).
+    publishing: Mutex<()>,
 }
 
 impl ServedCatalog {
@@ -78,6 +84,7 @@ impl ServedCatalog {
         let served = Self {
             root: root.to_owned(),
             current: RwLock::new(Arc::new(Snapshot::default())),
+            publishing: Mutex::new(()),
         };
         served.refresh();
         served
@@ -200,8 +207,80 @@ impl ServedCatalog {
     }
 
     /// Reads the catalog again when its files changed since the last read (blocking). Keeps
-    /// the current snapshot when the new files cannot be read whole.
+    /// the current snapshot when the new files cannot be read whole. Does nothing while the
+    /// server publishes ([`ServedCatalog::publishing`]): what it writes is installed as written.
     pub(crate) fn refresh(&self) {
+        if let Ok(_free) = self.publishing.try_lock() {
+            self.reload();
+        }
+    }
+
+    /// Marks the server's own publish: [`ServedCatalog::refresh`] waits for the guard to go.
+    pub(crate) fn publishing(&self) -> MutexGuard<'_, ()> {
+        self.publishing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serves the catalog files the server has just written (`written`, products file first,
+    /// index last) and whose products are `products`, without reading them back; their gzip
+    /// twins come with [`ServedCatalog::add_twins`]. `_publishing` shows the caller holds the
+    /// publishing guard.
+    pub(crate) fn install(
+        &self,
+        _publishing: &MutexGuard<'_, ()>,
+        written: &[WrittenFile],
+        products: &ProductsFile,
+    ) {
+        let mut snapshot = Snapshot::default();
+        for file in written {
+            let Ok(rel) = file.path.strip_prefix(&self.root) else {
+                tracing::warn!(
+                    "{} is outside the served tree: the catalog is read again instead",
+                    file.path.display()
+                );
+                return self.reload();
+            };
+            let rel = rel.to_string_lossy().into_owned();
+            snapshot.files.insert(
+                rel,
+                Arc::new(CatalogFile::with_body(file.bytes.clone(), &file.sig, None)),
+            );
+            if let Some(dir) = file
+                .path
+                .parent()
+                .filter(|d| !snapshot.dirs.iter().any(|x| x == d))
+            {
+                snapshot.dirs.push(dir.to_owned());
+            }
+            snapshot.sigs.push((file.path.clone(), file.sig));
+        }
+        for (id, product) in &products.products {
+            for item in product.versions.values().flat_map(|v| v.items.values()) {
+                if servable(&item.path) {
+                    snapshot.items.insert(item.path.clone(), id.clone());
+                }
+            }
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+    }
+
+    /// Gives the files of the current catalog that are among `written` their gzip twins
+    /// (`twins`, in the same order), made after [`ServedCatalog::install`].
+    pub(crate) fn add_twins(&self, written: &[WrittenFile], twins: &[Bytes]) {
+        let snapshot = self.snapshot();
+        for (file, twin) in written.iter().zip(twins) {
+            let served = file
+                .path
+                .strip_prefix(&self.root)
+                .ok()
+                .and_then(|rel| snapshot.files.get(&*rel.to_string_lossy()));
+            if let Some(served) = served.filter(|f| f.body == file.bytes) {
+                let _ = served.gzip.set(twin.clone());
+            }
+        }
+    }
+
+    /// [`ServedCatalog::refresh`], for the holder of the publishing guard too.
+    pub(crate) fn reload(&self) {
         let current = self.snapshot();
         let unchanged = !current.sigs.is_empty()
             && current
@@ -355,14 +434,19 @@ fn collect_items(
             .flat_map(|v| v.items.into_values())
         {
             if let Some(path) = item.path
-                && !path.contains("://")
-                && path.split('/').all(crate::tree::is_plain_name)
+                && servable(&path)
             {
                 out.insert(path.into_owned(), id.to_string());
             }
         }
     }
     Ok(())
+}
+
+/// An item path the server answers for: relative, plain names only (URLs and `../` paths are
+/// not ours to serve).
+fn servable(path: &str) -> bool {
+    !path.contains("://") && path.split('/').all(crate::tree::is_plain_name)
 }
 
 /// The gzip twin publish wrote beside `path`, when it holds exactly `body`: decompressing it
@@ -392,14 +476,15 @@ impl CatalogFile {
         )
     }
 
+    /// A file read from disk, with its twin when publish wrote a matching one (else it is
+    /// compressed here).
     fn new(body: Vec<u8>, sig: &FileSig, twin: Option<Vec<u8>>) -> Self {
+        let gzip = twin.unwrap_or_else(|| crate::catalog::publish::gzip(&body));
+        Self::with_body(body.into(), sig, Some(gzip.into()))
+    }
+
+    fn with_body(body: Bytes, sig: &FileSig, gzip: Option<Bytes>) -> Self {
         let digest = hex::encode(Sha256::digest(&body));
-        let gzip = twin.unwrap_or_else(|| {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            // Writing into memory cannot fail.
-            let _ = std::io::Write::write_all(&mut gz, &body);
-            gz.finish().unwrap_or_default()
-        });
         let tag = |suffix: &str| {
             HeaderValue::from_str(&format!("\"{}{suffix}\"", &digest[..32]))
                 .expect("hex is a valid header value")
@@ -409,8 +494,8 @@ impl CatalogFile {
             .map(|t| t.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string())
             .and_then(|s| HeaderValue::from_str(&s).ok());
         Self {
-            body: Bytes::from(body),
-            gzip: Bytes::from(gzip),
+            gzip: gzip.map(OnceLock::from).unwrap_or_default(),
+            body,
             etag: tag(""),
             etag_gzip: tag("-gz"),
             last_modified,
@@ -420,11 +505,14 @@ impl CatalogFile {
     /// The answer to a GET or HEAD of this file.
     pub(crate) fn answer(&self, method: &Method, headers: &HeaderMap) -> Response {
         let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-        let gzip = range.is_none() && accepts_gzip(headers);
-        let (body, etag) = if gzip {
-            (&self.gzip, &self.etag_gzip)
-        } else {
-            (&self.body, &self.etag)
+        let twin = self
+            .gzip
+            .get()
+            .filter(|_| range.is_none() && accepts_gzip(headers));
+        let gzip = twin.is_some();
+        let (body, etag) = match twin {
+            Some(twin) => (twin, &self.etag_gzip),
+            None => (&self.body, &self.etag),
         };
         let mut response = if none_match(headers, [&self.etag, &self.etag_gzip]) {
             StatusCode::NOT_MODIFIED.into_response()
@@ -535,8 +623,8 @@ fn none_match(headers: &HeaderMap, tags: [&HeaderValue; 2]) -> bool {
 mod tests {
     use super::*;
 
-    fn file() -> CatalogFile {
-        let sig = FileSig {
+    fn file_sig() -> FileSig {
+        FileSig {
             size: 34,
             mtime: 1_700_000_000,
             mtime_ns: 0,
@@ -544,8 +632,15 @@ mod tests {
             dev: 1,
             ctime: 1_700_000_000,
             ctime_ns: 0,
-        };
-        CatalogFile::new(br#"{"format":"index:1.0","index":{}}"#.to_vec(), &sig, None)
+        }
+    }
+
+    fn file() -> CatalogFile {
+        CatalogFile::new(
+            br#"{"format":"index:1.0","index":{}}"#.to_vec(),
+            &file_sig(),
+            None,
+        )
     }
 
     fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
@@ -595,5 +690,65 @@ mod tests {
 
         let head = f.answer(&Method::HEAD, &HeaderMap::new());
         assert_eq!(head.headers()[header::CONTENT_LENGTH], "33");
+    }
+
+    #[test]
+    fn the_servers_own_publish_is_served_as_written_then_with_its_twin() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let served = ServedCatalog::load(root);
+        assert!(served.file(&crate::tree::names::index_rel()).is_none());
+
+        let products: ProductsFile = serde_json::from_str(
+            r#"{"content_id":"images","datatype":"image-downloads","format":"products:1.0",
+                "products":{"p:1:amd64:default":{"aliases":"","arch":"amd64","os":"p",
+                "release":"1","release_title":"1","versions":{"20240101_00:00":
+                {"items":{"root":{"ftype":"squashfs","path":"images/p/1/amd64/default/20240101_00:00/rootfs.squashfs",
+                "sha256":"00","size":1}}}}}}}"#,
+        )
+        .unwrap();
+        let sig = file_sig();
+        let written: Vec<WrittenFile> = [
+            (
+                crate::tree::names::products_rel("streams/v1"),
+                b"{\"products\":1}\n".to_vec(),
+            ),
+            (crate::tree::names::index_rel(), b"{\"index\":1}\n".to_vec()),
+        ]
+        .into_iter()
+        .map(|(rel, bytes)| WrittenFile {
+            path: root.join(rel.trim_start_matches('/')),
+            bytes: bytes.into(),
+            sig,
+        })
+        .collect();
+
+        let guard = served.publishing();
+        // Files another process (or this one) put on disk meanwhile are not read while the
+        // server publishes.
+        std::fs::create_dir_all(root.join("streams/v1")).unwrap();
+        std::fs::write(root.join(crate::tree::names::index_rel()), "{}").unwrap();
+        served.refresh();
+        assert!(served.file(&crate::tree::names::index_rel()).is_none());
+        served.install(&guard, &written, &products);
+        drop(guard);
+
+        let gzip = headers(&[(header::ACCEPT_ENCODING, "gzip")]);
+        let index = served.file(&crate::tree::names::index_rel()).unwrap();
+        let answer = index.answer(&Method::GET, &gzip);
+        assert!(
+            answer.headers().get(header::CONTENT_ENCODING).is_none(),
+            "no twin yet: sent as it is"
+        );
+        assert!(served.lists_item("images/p/1/amd64/default/20240101_00:00/rootfs.squashfs"));
+        assert!(!served.lists_item("images/p/1/amd64/default/20240101_00:00/other"));
+
+        let twins: Vec<Bytes> = written
+            .iter()
+            .map(|f| crate::catalog::publish::gzip(&f.bytes).into())
+            .collect();
+        served.add_twins(&written, &twins);
+        let answer = index.answer(&Method::GET, &gzip);
+        assert_eq!(answer.headers()[header::CONTENT_ENCODING], "gzip");
     }
 }

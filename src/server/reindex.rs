@@ -19,8 +19,11 @@ use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, ne
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::manifest::HttpSettings;
+use crate::catalog::products::EntryCache;
 use crate::catalog::products::Tree;
-use crate::catalog::publish::{Clock, PublishRequest, PublishSummary};
+use crate::catalog::publish::{
+    Clock, PublishRequest, PublishSummary, publish_catalog, publish_tree,
+};
 use crate::config::Overrides;
 use crate::hash::{HashCache, KnownDigest};
 
@@ -158,6 +161,8 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Trigger>,
 ) {
     let opts = Arc::new(opts);
+    // Manifests of the products a run does not hash, kept from one run to the next.
+    let manifests = Arc::new(EntryCache::default());
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut delay = RETRY_FIRST;
     let mut reasons: Vec<String> = Vec::new();
@@ -202,22 +207,22 @@ async fn run(
             let root = Arc::clone(&root);
             let opts = Arc::clone(&opts);
             let served = Arc::clone(&served);
+            let manifests = Arc::clone(&manifests);
             tokio::task::spawn_blocking(move || {
-                let outcome = reindex(&root, &opts, &known, paths.as_deref());
                 // Readers get the new catalog before anyone waiting is told it is there.
-                served.refresh();
-                outcome
+                reindex(&root, &opts, &known, paths.as_deref(), &served, &manifests)
             })
         };
         let why = summarize(&reasons);
         match job.await {
-            Ok(Ok(s)) => {
+            Ok(Ok((s, served_after))) => {
                 tracing::info!(
-                    "re-indexed ({why}): {} product(s), {} version(s), {} product folder(s) hashed, {} image bytes read, in {:.0} ms",
+                    "re-indexed ({why}): {} product(s), {} version(s), {} product folder(s) hashed, {} image bytes read, served after {:.0} ms, done in {:.0} ms",
                     s.products,
                     s.versions,
                     s.hashed,
                     s.bytes_read,
+                    served_after.as_secs_f64() * 1000.0,
                     started.elapsed().as_secs_f64() * 1000.0
                 );
                 reasons.clear();
@@ -257,13 +262,18 @@ fn summarize(reasons: &[String]) -> String {
 
 /// One run: records the digests computed in flight in the products' hash caches, so that
 /// uploaded files are not read again, then publishes the whole tree (unchanged files are not
-/// read either: the hash cache knows them).
+/// read either: the hash cache knows them). The new catalog is served as soon as its files are
+/// written, from the bytes written; their gzip twins and companions (the page, LXC's index,
+/// signatures) follow. Returns the summary and how long it took until the catalog was served.
 fn reindex(
     root: &Path,
     opts: &IndexOptions,
     known: &[(String, KnownDigest)],
     paths: Option<&[PathBuf]>,
-) -> Result<PublishSummary, String> {
+    served: &ServedCatalog,
+    manifests: &EntryCache,
+) -> Result<(PublishSummary, Duration), String> {
+    let started = Instant::now();
     let mut by_product: std::collections::BTreeMap<&str, Vec<KnownDigest>> = Default::default();
     for (dir, k) in known {
         by_product.entry(dir).or_default().push(k.clone());
@@ -276,34 +286,52 @@ fn reindex(
     let tree = Tree::load(opts.config.as_deref(), root, &opts.overrides)
         .map_err(|e| crate::error_chain(&e))?;
     let only = paths.and_then(|p| products_at(&tree, p));
-    let publish = || {
-        crate::catalog::publish::publish_tree(&PublishRequest {
-            tree: &tree,
-            source: root,
-            target: root,
-            md5: false,
-            skip_unavailable: true,
-            http: &opts.http,
-            clock: opts.clock,
-            hash_cache: &opts.hash_cache,
-            force: opts.force,
-            progress: &indicatif::ProgressBar::hidden(),
-            exclude: &crate::catalog::products::Exclusions::new(),
-            only: only.as_ref(),
-            signer: opts.signer.as_deref(),
-        })
-        .map_err(|e| crate::error_chain(&e))
+    let (progress, exclude) = (
+        indicatif::ProgressBar::hidden(),
+        crate::catalog::products::Exclusions::new(),
+    );
+    let req = PublishRequest {
+        tree: &tree,
+        source: root,
+        target: root,
+        md5: false,
+        skip_unavailable: true,
+        http: &opts.http,
+        clock: opts.clock,
+        hash_cache: &opts.hash_cache,
+        force: opts.force,
+        progress: &progress,
+        exclude: &exclude,
+        only: only.as_ref(),
+        signer: opts.signer.as_deref(),
+        entry_cache: Some(manifests),
     };
-    let summary = publish()?;
+    let publishing = served.publishing();
+    let mut staged = publish_catalog(&req).map_err(|e| crate::error_chain(&e))?;
+    staged.release();
+    if staged.written.is_empty() {
+        served.reload();
+    } else {
+        served.install(&publishing, &staged.written, &staged.summary.catalog);
+    }
+    drop(publishing);
+    let served_after = started.elapsed();
+    let written = std::mem::take(&mut staged.written);
+    let (summary, twins) = staged.finish(&req).map_err(|e| crate::error_chain(&e))?;
+    served.add_twins(&written, &twins);
     // A unified tarball the server built from split files that have changed since holds the
     // old image: it goes, and if it was published the catalog is made again without it. Only
     // the products hashed in this run can have changed files.
     match crate::direct::forget_stale(root, &summary.catalog, only.as_ref()) {
-        Ok(dirs) if dirs.is_empty() => Ok(summary),
-        Ok(_) => publish(),
+        Ok(dirs) if dirs.is_empty() => Ok((summary, served_after)),
+        Ok(_) => {
+            let summary = publish_tree(&req).map_err(|e| crate::error_chain(&e))?;
+            served.refresh();
+            Ok((summary, served_after))
+        }
         Err(e) => {
             tracing::warn!("cannot check the built unified tarballs: {e}");
-            Ok(summary)
+            Ok((summary, served_after))
         }
     }
 }
