@@ -133,7 +133,7 @@ async fn pull_product(
                 size: item.size,
             });
             item.path = rel;
-            version.items.insert(key, item);
+            version.items.insert(key, Box::new(item));
         }
         if usable && !version.items.is_empty() {
             versions.push((name, version, transfers.into_values().collect()));

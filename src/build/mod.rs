@@ -209,6 +209,7 @@ pub fn build_product(
                 only: None,
                 signer: *signer,
                 entry_cache: None,
+                catalog_in_memory: false,
             })
             .map_err(|source| BuildError::Publish {
                 product: p.name.clone(),

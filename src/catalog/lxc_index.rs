@@ -109,7 +109,7 @@ mod tests {
         for (ftype, path) in files {
             v.items.insert(
                 ftype.as_str().to_owned(),
-                Item::new(ftype.clone(), (*path).to_owned(), "00".into(), 1),
+                Box::new(Item::new(ftype.clone(), (*path).to_owned(), "00".into(), 1)),
             );
         }
         v

@@ -346,7 +346,7 @@ fn add_deltas(
                 d.size,
             );
             item.delta_base = Some(d.base.to_string());
-            version.items.insert(d.name, item);
+            version.items.insert(d.name, Box::new(item));
         }
     }
 }
@@ -508,7 +508,9 @@ fn hash_one(
                 }
             }
         }
-        version.items.insert(f.role.item_key().to_owned(), item);
+        version
+            .items
+            .insert(f.role.item_key().to_owned(), Box::new(item));
     }
     Ok((version, preferred))
 }

@@ -436,15 +436,15 @@ mod tests {
             100,
         );
         meta.set_combined(crate::format::RootfsKind::Squashfs, Some("f".repeat(64)));
-        v.items.insert("incus.tar.xz".into(), meta);
+        v.items.insert("incus.tar.xz".into(), Box::new(meta));
         v.items.insert(
             "root.squashfs".into(),
-            Item::new(
+            Box::new(Item::new(
                 Ftype::Squashfs,
                 "p/v/rootfs.squashfs".into(),
                 "r".into(),
                 2048,
-            ),
+            )),
         );
         Product {
             aliases: aliases.into(),

@@ -441,24 +441,25 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     enc.finish().unwrap_or_default()
 }
 
-/// A catalog file as this run wrote it: its bytes, and its signature right after the write (to
-/// tell later whether it is still this run's).
+/// A catalog file as this run wrote it: its bytes when they were made in memory (see
+/// [`PublishRequest::catalog_in_memory`]), and its signature right after the write (to tell
+/// later whether it is still this run's).
 #[derive(Clone, Debug)]
 pub struct WrittenFile {
     /// Where.
     pub path: PathBuf,
-    /// What.
-    pub bytes: bytes::Bytes,
+    /// What, unless it was streamed to disk.
+    pub bytes: Option<bytes::Bytes>,
     /// Its signature once in place.
     pub sig: FileSig,
 }
 
 impl WrittenFile {
-    fn new(path: PathBuf, bytes: Vec<u8>) -> Result<Self, WriteError> {
+    fn new(path: PathBuf, bytes: Option<Vec<u8>>) -> Result<Self, WriteError> {
         let sig = signature(&path)?;
         Ok(Self {
             path,
-            bytes: bytes.into(),
+            bytes: bytes.map(Into::into),
             sig,
         })
     }
@@ -477,6 +478,15 @@ fn signature(path: &Path) -> Result<FileSig, WriteError> {
 /// first, so that no twin ever stands beside a plain file it does not match (a static server's
 /// `gzip_static` then sends the plain file until the twin is back).
 fn write_plain(path: &Path, bytes: Vec<u8>) -> Result<WrittenFile, WriteError> {
+    write_plain_with(path, |w| w.write_all(&bytes))?;
+    WrittenFile::new(path.to_owned(), Some(bytes))
+}
+
+/// [`write_plain`], the content made by `fill` straight into the file.
+fn write_plain_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<WrittenFile, WriteError> {
     let fail = |source| WriteError {
         path: path.to_owned(),
         source,
@@ -485,8 +495,8 @@ fn write_plain(path: &Path, bytes: Vec<u8>) -> Result<WrittenFile, WriteError> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(e)),
         _ => {}
     }
-    crate::tree::atomic::write(path, &bytes).map_err(fail)?;
-    WrittenFile::new(path.to_owned(), bytes)
+    crate::tree::atomic::write_with(path, fill).map_err(fail)?;
+    WrittenFile::new(path.to_owned(), None)
 }
 
 /// Writes the catalog under `target` under the tree lock, with the gzip twins: see
@@ -498,7 +508,7 @@ pub fn write_catalog(
     index: &mut Index,
 ) -> Result<bool, WriteError> {
     let _lock = lock_tree(target)?;
-    let written = write_catalog_locked(target, images_path, products, index)?;
+    let written = write_catalog_locked(target, images_path, products, index, false)?;
     write_twins(&written)?;
     Ok(!written.is_empty())
 }
@@ -521,14 +531,19 @@ fn write_catalog_locked(
     images_path: &str,
     products: &mut ProductsFile,
     index: &mut Index,
+    in_memory: bool,
 ) -> Result<Vec<WrittenFile>, WriteError> {
     let (ppath, ipath) = (products_path(target, images_path), index_path(target));
-    let pbytes = to_json(products);
+    let pbytes = in_memory.then(|| to_json(products));
     let twin_exists = |path: &Path| gz_path(path).is_file();
-    // The products file may be large: compared as bytes, all but its last field. The index is
-    // small, and its entries carry stamps too: compared as a document with the old stamps.
+    // The products file may be large: compared as bytes, all but its last field, made in
+    // memory or as it is compared. The index is small, and its entries carry stamps too:
+    // compared as a document with the old stamps.
     let products_stamp = twin_exists(&ppath)
-        .then(|| published_stamp(&ppath, &pbytes))
+        .then(|| match &pbytes {
+            Some(bytes) => published_stamp(&ppath, bytes),
+            None => published_stamp_streamed(&ppath, products),
+        })
         .flatten();
     let old_index = std::fs::read(&ipath)
         .ok()
@@ -544,24 +559,43 @@ fn write_catalog_locked(
         }
     }
     let ibytes = to_json(index);
-    Ok(vec![
-        write_plain(&ppath, pbytes)?,
-        write_plain(&ipath, ibytes)?,
-    ])
+    let products_file = match pbytes {
+        Some(bytes) => write_plain(&ppath, bytes)?,
+        None => write_plain_with(&ppath, |w| {
+            serde_json::to_writer(&mut *w, products).map_err(std::io::Error::other)?;
+            w.write_all(b"\n")
+        })?,
+    };
+    Ok(vec![products_file, write_plain(&ipath, ibytes)?])
 }
 
-/// Writes the gzip twins of `written`, products file first, and returns their bytes in the same
-/// order. For a caller that holds the tree lock.
+/// Writes the gzip twins of `written`, products file first, and returns the bytes of those
+/// made from bytes in memory, in the same order (a file streamed to disk is compressed as it
+/// is read back). For a caller that holds the tree lock.
 fn write_twins(written: &[WrittenFile]) -> Result<Vec<bytes::Bytes>, WriteError> {
-    written
-        .iter()
-        .map(|file| {
-            let gz = gzip(&file.bytes);
-            let path = gz_path(&file.path);
-            crate::tree::atomic::write(&path, &gz).map_err(|source| WriteError { path, source })?;
-            Ok(gz.into())
-        })
-        .collect()
+    let mut twins = Vec::new();
+    for file in written {
+        let path = gz_path(&file.path);
+        let fail = |source| WriteError {
+            path: path.clone(),
+            source,
+        };
+        match &file.bytes {
+            Some(bytes) => {
+                let gz = gzip(bytes);
+                crate::tree::atomic::write(&path, &gz).map_err(fail)?;
+                twins.push(gz.into());
+            }
+            None => crate::tree::atomic::write_with(&path, |w| {
+                let mut plain = std::fs::File::open(&file.path)?;
+                let mut enc = flate2::GzBuilder::new().write(w, flate2::Compression::default());
+                std::io::copy(&mut plain, &mut enc)?;
+                enc.finish().map(drop)
+            })
+            .map_err(fail)?,
+        }
+    }
+    Ok(twins)
 }
 
 /// The time stamp of the catalog file at `path` when it is the document `new` but for its
@@ -587,6 +621,50 @@ fn published_stamp(path: &Path, new: &[u8]) -> Option<String> {
     let mut tail = Vec::with_capacity(TAIL);
     file.read_to_end(&mut tail).ok()?;
     same_but_stamp(&tail, &new[head..])
+}
+
+/// [`published_stamp`] for a document not made in memory: `new` is serialized with the stamp
+/// of the published file at `path` into a writer that compares each byte with that file, and
+/// stops at the first difference. Memory stays flat however large the catalog is.
+fn published_stamp_streamed(path: &Path, new: &mut ProductsFile) -> Option<String> {
+    use std::io::{Read as _, Seek as _};
+    /// Longer than the last field, `,"updated":"<RFC 2822 time>"}` and a newline.
+    const TAIL: u64 = 256;
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(std::io::SeekFrom::Start(len.saturating_sub(TAIL)))
+        .ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    // The stamp of the old file, as a tail compared with itself.
+    let stamp = same_but_stamp(&tail, &tail)?;
+    file.rewind().ok()?;
+    let mut same = SameAs(std::io::BufReader::with_capacity(1 << 20, file), Vec::new());
+    let own = new.updated.replace(stamp.clone());
+    let compared = serde_json::to_writer(&mut same, &*new)
+        .map_err(std::io::Error::other)
+        .and_then(|()| same.write_all(b"\n"));
+    new.updated = own;
+    let mut rest = [0u8; 1];
+    let at_end = matches!(same.0.read(&mut rest), Ok(0));
+    (compared.is_ok() && at_end).then_some(stamp)
+}
+
+/// A writer that takes only what the reader holds next, and fails at the first difference.
+struct SameAs<R>(R, Vec<u8>);
+
+impl<R: std::io::Read> Write for SameAs<R> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.1.resize(buf.len(), 0);
+        self.0.read_exact(&mut self.1)?;
+        if self.1 != buf {
+            return Err(std::io::Error::other("differs"));
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The time stamp of `old` when it is the catalog document `new` but for its stamp: both end
@@ -744,8 +822,13 @@ pub struct PublishRequest<'a> {
     pub only: Option<&'a std::collections::BTreeSet<String>>,
     /// Sign the catalog, LXC's index and LXC files with this key (`--sign-key`).
     pub signer: Option<&'a crate::sign::Signer>,
-    /// Keeps the manifests read across runs, for a process that publishes again and again.
+    /// Keeps the entries of the products across runs, for a process that publishes again and
+    /// again (see [`crate::catalog::products::EntryCache`]).
     pub entry_cache: Option<&'a crate::catalog::products::EntryCache>,
+    /// Make the products file in memory and keep its bytes ([`WrittenFile::bytes`]), for a
+    /// server that serves them from there. Otherwise it is compared with the published one and
+    /// written as it is made: memory stays flat however large the catalog is.
+    pub catalog_in_memory: bool,
 }
 
 /// What was published.
@@ -846,6 +929,7 @@ pub fn publish_catalog(req: &PublishRequest<'_>) -> Result<Staged, PublishError>
         &tree.config.images_path,
         &mut products,
         &mut index,
+        req.catalog_in_memory,
     )?;
     // What `finish` checks is still this run's catalog when it had to take the lock again.
     let catalog_sigs = [
@@ -972,36 +1056,61 @@ mod tests {
 
     #[test]
     fn no_twin_stands_beside_a_catalog_file_it_does_not_match() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path();
-        let (ppath, ipath) = (products_path(target, "streams/v1"), index_path(target));
-        std::fs::create_dir_all(ppath.parent().unwrap()).unwrap();
-        std::fs::write(&ppath, "old\n").unwrap();
-        std::fs::write(gz_path(&ppath), gzip(b"old\n")).unwrap();
+        // Made in memory (the server) and streamed to disk (the command line) alike.
+        for in_memory in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let target = dir.path();
+            let (ppath, ipath) = (products_path(target, "streams/v1"), index_path(target));
+            std::fs::create_dir_all(ppath.parent().unwrap()).unwrap();
+            std::fs::write(&ppath, "old\n").unwrap();
+            std::fs::write(gz_path(&ppath), gzip(b"old\n")).unwrap();
 
-        let (mut products, mut index) = docs("Mon, 01 Jan 2024 00:00:00 +0000");
-        let written =
-            write_catalog_locked(target, "streams/v1", &mut products, &mut index).unwrap();
-        assert_eq!(written.len(), 2);
-        assert_eq!(written[0].path, ppath, "the products file first");
-        assert_eq!(std::fs::read(&ppath).unwrap(), written[0].bytes);
-        assert!(!gz_path(&ppath).exists(), "the old twin went first");
-        assert!(!gz_path(&ipath).exists());
+            let (mut products, mut index) = docs("Mon, 01 Jan 2024 00:00:00 +0000");
+            let written =
+                write_catalog_locked(target, "streams/v1", &mut products, &mut index, in_memory)
+                    .unwrap();
+            assert_eq!(written.len(), 2);
+            assert_eq!(written[0].path, ppath, "the products file first");
+            let on_disk = std::fs::read(&ppath).unwrap();
+            assert_eq!(on_disk, to_json(&products));
+            assert_eq!(written[0].bytes.is_some(), in_memory);
+            if let Some(bytes) = &written[0].bytes {
+                assert_eq!(on_disk, *bytes);
+            }
+            assert!(!gz_path(&ppath).exists(), "the old twin went first");
+            assert!(!gz_path(&ipath).exists());
 
-        let twins = write_twins(&written).unwrap();
-        for (file, twin) in written.iter().zip(&twins) {
-            assert_eq!(gunzip(&gz_path(&file.path)), file.bytes);
-            assert_eq!(std::fs::read(gz_path(&file.path)).unwrap(), *twin);
+            let twins = write_twins(&written).unwrap();
+            assert_eq!(twins.len(), if in_memory { 2 } else { 1 });
+            for file in &written {
+                assert_eq!(
+                    gunzip(&gz_path(&file.path)),
+                    std::fs::read(&file.path).unwrap()
+                );
+            }
+
+            // The same catalog a day later: kept, with its first stamp.
+            let (mut products, mut index) = docs("Tue, 02 Jan 2024 00:00:00 +0000");
+            let again =
+                write_catalog_locked(target, "streams/v1", &mut products, &mut index, in_memory)
+                    .unwrap();
+            assert!(again.is_empty(), "in memory: {in_memory}");
+            assert_eq!(
+                products.updated.as_deref(),
+                Some("Mon, 01 Jan 2024 00:00:00 +0000")
+            );
+            // A change is one.
+            let (mut products, mut index) = docs("Tue, 02 Jan 2024 00:00:00 +0000");
+            products.datatype = "changed".into();
+            let changed =
+                write_catalog_locked(target, "streams/v1", &mut products, &mut index, in_memory)
+                    .unwrap();
+            assert_eq!(changed.len(), 2, "in memory: {in_memory}");
+            assert_eq!(
+                products.updated.as_deref(),
+                Some("Tue, 02 Jan 2024 00:00:00 +0000")
+            );
         }
-
-        // The same catalog a day later: kept, with its first stamp.
-        let (mut products, mut index) = docs("Tue, 02 Jan 2024 00:00:00 +0000");
-        let again = write_catalog_locked(target, "streams/v1", &mut products, &mut index).unwrap();
-        assert!(again.is_empty());
-        assert_eq!(
-            products.updated.as_deref(),
-            Some("Mon, 01 Jan 2024 00:00:00 +0000")
-        );
     }
 
     #[test]

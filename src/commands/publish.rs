@@ -54,6 +54,7 @@ pub fn publish_tree(
         exclude: &products::Exclusions::new(),
         only: None,
         entry_cache: None,
+        catalog_in_memory: false,
         signer: shared.signer.as_deref(),
     });
     bar.finish_and_clear();

@@ -14,7 +14,7 @@ use super::{
     is_local, join, parent_of,
 };
 use crate::catalog::inventory::load_catalog;
-use crate::format::{Ftype, Item, ProductsFile, RootfsKind};
+use crate::format::{Ftype, ProductsFile, RootfsKind};
 use crate::hash::KnownDigest;
 use crate::image::unified::write_unified;
 use crate::tree::FileSig;
@@ -153,7 +153,7 @@ pub fn forget_stale(
         let current: BTreeSet<&str> = version
             .items
             .values()
-            .flat_map(Item::combined_fingerprints)
+            .flat_map(|item| item.combined_fingerprints())
             .collect();
         let removed = forget_built(&root.join(dir), &current)?;
         if !removed.is_empty() {

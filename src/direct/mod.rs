@@ -154,7 +154,7 @@ fn is_local(path: &str) -> bool {
 /// The unified tarball of `version`, if it can have one: a published unified item, else the
 /// preferred split pair (squashfs, then root.tar.xz, then a VM disk).
 fn source_of(version: &Version) -> Option<Source> {
-    let items: Vec<&Item> = version.items.values().collect();
+    let items: Vec<&Item> = version.items.values().map(|item| &**item).collect();
     if let Some(unified) = items
         .iter()
         .find(|i| matches!(i.ftype, Ftype::Unified(_)) && is_local(&i.path))

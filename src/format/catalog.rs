@@ -12,7 +12,7 @@ use super::version::VersionName;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {
     /// Item key → item. Clients ignore the keys; python-simplestreams uses them as identity.
-    pub items: BTreeMap<String, Item>,
+    pub items: BTreeMap<String, Box<Item>>,
     /// Optional label, shown by clients in descriptions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
@@ -80,6 +80,7 @@ impl ProductsFile {
             .values()
             .flat_map(|p| p.versions.values())
             .flat_map(|v| v.items.values())
+            .map(|item| &**item)
     }
 }
 

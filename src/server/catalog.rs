@@ -239,10 +239,17 @@ impl ServedCatalog {
                 );
                 return self.reload();
             };
+            let Some(bytes) = &file.bytes else {
+                tracing::warn!(
+                    "{} was not published in memory: the catalog is read again instead",
+                    file.path.display()
+                );
+                return self.reload();
+            };
             let rel = rel.to_string_lossy().into_owned();
             snapshot.files.insert(
                 rel,
-                Arc::new(CatalogFile::with_body(file.bytes.clone(), &file.sig, None)),
+                Arc::new(CatalogFile::with_body(bytes.clone(), &file.sig, None)),
             );
             if let Some(dir) = file
                 .path
@@ -273,7 +280,7 @@ impl ServedCatalog {
                 .strip_prefix(&self.root)
                 .ok()
                 .and_then(|rel| snapshot.files.get(&*rel.to_string_lossy()));
-            if let Some(served) = served.filter(|f| f.body == file.bytes) {
+            if let Some(served) = served.filter(|f| Some(&f.body) == file.bytes.as_ref()) {
                 let _ = served.gzip.set(twin.clone());
             }
         }
@@ -718,7 +725,7 @@ mod tests {
         .into_iter()
         .map(|(rel, bytes)| WrittenFile {
             path: root.join(rel.trim_start_matches('/')),
-            bytes: bytes.into(),
+            bytes: Some(bytes.into()),
             sig,
         })
         .collect();
@@ -745,7 +752,7 @@ mod tests {
 
         let twins: Vec<Bytes> = written
             .iter()
-            .map(|f| crate::catalog::publish::gzip(&f.bytes).into())
+            .map(|f| crate::catalog::publish::gzip(f.bytes.as_ref().unwrap()).into())
             .collect();
         served.add_twins(&written, &twins);
         let answer = index.answer(&Method::GET, &gzip);

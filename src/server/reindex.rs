@@ -305,6 +305,7 @@ fn reindex(
         only: only.as_ref(),
         signer: opts.signer.as_deref(),
         entry_cache: Some(manifests),
+        catalog_in_memory: true,
     };
     let publishing = served.publishing();
     let mut staged = publish_catalog(&req).map_err(|e| crate::error_chain(&e))?;
