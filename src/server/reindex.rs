@@ -8,8 +8,9 @@
 //! must answer only once the catalog holds its files (imports) waits for the run that includes
 //! its trigger ([`Reindexer::publish`]).
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use notify::RecursiveMode;
@@ -26,9 +27,12 @@ use crate::catalog::publish::{
 };
 use crate::config::Overrides;
 use crate::hash::{HashCache, KnownDigest};
+use crate::tree::FileSig;
 
 /// Quiet time the watcher waits for before reporting a path.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
+/// Paths of uploads remembered for the watcher (see [`Reindexer::request_written`]).
+const MAX_WRITTEN: usize = 4096;
 /// How long a trigger waits for others to join it.
 const COALESCE: Duration = Duration::from_millis(50);
 /// First and longest delay before a failed re-index is retried.
@@ -95,12 +99,52 @@ impl Trigger {
 #[derive(Clone, Debug)]
 pub(crate) struct Reindexer {
     tx: mpsc::UnboundedSender<Trigger>,
+    /// What this server's uploads have just put in place (paths relative to the root, the
+    /// folders above them included) with their signatures then; see
+    /// [`Reindexer::request_written`].
+    written: Arc<Mutex<HashMap<PathBuf, FileSig>>>,
 }
 
 impl Reindexer {
     pub(crate) fn request(&self, trigger: Trigger) {
         // The task lives as long as the runtime; a send can only fail during shutdown.
         let _ = self.tx.send(trigger);
+    }
+
+    /// Requests a re-index for files this server has just put in place (`trigger.paths`,
+    /// relative to `root`). The watcher sees them arrive too: what it reports of them, and of
+    /// the folders above them, unchanged since this call, is left out of its triggers. This
+    /// trigger covers it (its run reads the tree after this call), and it was a second
+    /// re-index for nothing after every upload.
+    pub(crate) fn request_written(&self, root: &Path, trigger: Trigger) {
+        {
+            let mut written = self.written();
+            if written.len() > MAX_WRITTEN {
+                // Forgetting costs at most a run for nothing.
+                written.clear();
+            }
+            for path in &trigger.paths {
+                for p in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+                    if let Ok(m) = std::fs::symlink_metadata(root.join(p)) {
+                        written.insert(p.to_owned(), FileSig::of(&m));
+                    }
+                }
+            }
+        }
+        self.request(trigger);
+    }
+
+    /// True when `path` (relative to `root`) is one [`Reindexer::request_written`] was told of
+    /// and is as it was then.
+    fn reported(&self, root: &Path, path: &Path) -> bool {
+        let Some(sig) = self.written().get(path).copied() else {
+            return false;
+        };
+        std::fs::symlink_metadata(root.join(path)).is_ok_and(|m| FileSig::of(&m) == sig)
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, FileSig>> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Requests a re-index and returns how the run that includes it will end: the receiver
@@ -133,7 +177,10 @@ pub(crate) fn start(
     served: Arc<ServedCatalog>,
 ) -> (Reindexer, Running) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let reindexer = Reindexer { tx };
+    let reindexer = Reindexer {
+        tx,
+        written: Arc::default(),
+    };
     reindexer.request(Trigger::because("start-up scan"));
     let root = Arc::new(root);
     let watcher = if opts.watch {
@@ -380,13 +427,21 @@ fn watch(
                 return;
             }
         };
-        let changed: Vec<PathBuf> = events
+        let mut changed: Vec<PathBuf> = events
             .iter()
             .filter(|e| !matches!(e.kind, notify::EventKind::Access(a) if !matches!(a, notify::event::AccessKind::Close(notify::event::AccessMode::Write))))
             .flat_map(|e| e.paths.iter())
             .filter(|p| is_relevant(&filter_root, config.as_deref(), p))
             .map(|p| p.strip_prefix(filter_root.as_path()).unwrap_or(p).to_owned())
             .collect();
+        changed.dedup();
+        changed.retain(|p| {
+            let ours = reindexer.reported(&filter_root, p);
+            if ours {
+                tracing::debug!("watcher: {} is an upload's, already indexed", p.display());
+            }
+            !ours
+        });
         if let Some(first) = changed.first() {
             let reason = match changed.len() {
                 1 => format!("changed: {}", first.display()),

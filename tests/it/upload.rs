@@ -892,4 +892,22 @@ fn an_upload_re_indexes_its_own_product_only() {
     for line in after {
         assert!(line.contains("1 product folder(s) hashed"), "{line}");
     }
+    // The watcher saw the uploads arrive, but their triggers cover them: no second run.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let log = site.server.said();
+    assert!(!log.contains("re-indexed (changed:"), "{log}");
+    // A version copied in by other means is the watcher's to report.
+    let (meta, rootfs, fp) = quick_image(&scratch.join("incb2"), "incb", 8192);
+    let v = site.www.join(format!("images/incb/1/amd64/default/{V2}"));
+    std::fs::create_dir_all(&v).unwrap();
+    std::fs::copy(&meta, v.join("lxd.tar.xz")).unwrap();
+    std::fs::copy(&rootfs, v.join("rootfs.squashfs")).unwrap();
+    fingerprints.push(("incb:1:amd64:default".into(), V2, fp));
+    site.wait_for(|c| all_there(c, &fingerprints), "the version copied in");
+    // Its run logs once the files beside the catalog are written too, after the catalog.
+    let start = std::time::Instant::now();
+    while !site.server.said().contains("re-indexed (changed:") && start.elapsed() < INDEX_DEADLINE {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(site.server.said().contains("re-indexed (changed:"));
 }

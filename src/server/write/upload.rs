@@ -326,15 +326,18 @@ where
             None => String::new(),
         }
     );
-    writes.reindexer.request(Trigger {
-        reason: format!("uploaded {}", stored.path),
-        paths: vec![PathBuf::from(&stored.path)],
-        known: known
-            .map(|k| (target.product_dir.clone(), k))
-            .into_iter()
-            .collect(),
-        done: None,
-    });
+    writes.reindexer.request_written(
+        &writes.root,
+        Trigger {
+            reason: format!("uploaded {}", stored.path),
+            paths: vec![PathBuf::from(&stored.path)],
+            known: known
+                .map(|k| (target.product_dir.clone(), k))
+                .into_iter()
+                .collect(),
+            done: None,
+        },
+    );
     Ok(stored)
 }
 
