@@ -246,19 +246,12 @@ impl ServedCatalog {
                 );
                 return self.reload();
             };
-            let rel = rel.to_string_lossy().into_owned();
-            snapshot.files.insert(
-                rel,
-                Arc::new(CatalogFile::with_body(bytes.clone(), &file.sig, None)),
+            snapshot.add(
+                rel.to_string_lossy().into_owned(),
+                file.path.clone(),
+                file.sig,
+                CatalogFile::with_body(bytes.clone(), &file.sig, None),
             );
-            if let Some(dir) = file
-                .path
-                .parent()
-                .filter(|d| !snapshot.dirs.iter().any(|x| x == d))
-            {
-                snapshot.dirs.push(dir.to_owned());
-            }
-            snapshot.sigs.push((file.path.clone(), file.sig));
         }
         for (id, product) in &products.products {
             for item in product.versions.values().flat_map(|v| v.items.values()) {
@@ -380,30 +373,24 @@ fn read_snapshot(root: &Path) -> Result<Snapshot, String> {
         collect_items(&bytes, &mut snapshot.items)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let twin = gzip_twin(&path, &bytes);
-        snapshot
-            .files
-            .insert(rel, Arc::new(CatalogFile::new(bytes, &sig, twin)));
-        if let Some(dir) = path
-            .parent()
-            .filter(|d| !snapshot.dirs.iter().any(|x| x == d))
-        {
-            snapshot.dirs.push(dir.to_owned());
-        }
-        snapshot.sigs.push((path, sig));
+        let file = CatalogFile::new(bytes, &sig, twin);
+        snapshot.add(rel, path, sig, file);
     }
     let twin = gzip_twin(&index_path, &index_bytes);
-    snapshot.files.insert(
-        index_rel,
-        Arc::new(CatalogFile::new(index_bytes, &index_sig, twin)),
-    );
-    if let Some(dir) = index_path
-        .parent()
-        .filter(|d| !snapshot.dirs.iter().any(|x| x == d))
-    {
-        snapshot.dirs.push(dir.to_owned());
-    }
-    snapshot.sigs.push((index_path, index_sig));
+    let file = CatalogFile::new(index_bytes, &index_sig, twin);
+    snapshot.add(index_rel, index_path, index_sig, file);
     Ok(snapshot)
+}
+
+impl Snapshot {
+    /// Serves `file` at `rel`, read from `path` with signature `sig` (watched for changes).
+    fn add(&mut self, rel: String, path: PathBuf, sig: FileSig, file: CatalogFile) {
+        self.files.insert(rel, Arc::new(file));
+        if let Some(dir) = path.parent().filter(|d| !self.dirs.iter().any(|x| x == d)) {
+            self.dirs.push(dir.to_owned());
+        }
+        self.sigs.push((path, sig));
+    }
 }
 
 /// The relative item paths of a products file (URLs and `../` paths are not ours to serve),
