@@ -27,6 +27,7 @@ pub fn init_logging(
     env: &settings::Environment,
 ) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::FilterExt as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let debug = verbose || env.debug();
@@ -47,24 +48,28 @@ pub fn init_logging(
         .finish(std::io::stderr());
     let is_access =
         |meta: &tracing::Metadata<'_>| meta.target() == simplestreams_builder::server::ACCESS_LOG;
+    // One filter per layer, the level filter and the access/other split joined with `and`.
+    // Stacked as two per-layer filters, the outer one said "always" to every trace span of h2,
+    // so the registry allocated, entered and closed one per HTTP/2 frame for the inner one to
+    // drop (the slab allocation alone was 5 % of the samples of a download over HTTP/2).
     let _ = tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_ansi(ansi)
                 .with_target(debug)
-                .with_filter(filter())
-                .with_filter(tracing_subscriber::filter::filter_fn(move |m| {
-                    !is_access(m)
-                })),
+                .with_filter(
+                    filter().and(tracing_subscriber::filter::filter_fn(move |m| {
+                        !is_access(m)
+                    })),
+                ),
         )
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(access_writer)
                 .with_ansi(ansi)
                 .with_target(debug)
-                .with_filter(filter())
-                .with_filter(tracing_subscriber::filter::filter_fn(is_access)),
+                .with_filter(filter().and(tracing_subscriber::filter::filter_fn(is_access))),
         )
         .try_init();
     guard
