@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Our `serve` against nginx (Debian nginx-light, sendfile on, gzip_static for the catalog's
-# .gz twins) on the same tree, in one run, plain HTTP and TLS 1.3 with the same certificate:
-#   - one 1 GiB download with curl (median of 3);
+# .gz twins, HTTP/2 on TLS as ours) on the same tree, in one run, plain HTTP and TLS 1.3 with
+# the same certificate:
+#   - one 1 GiB download with curl (median of 3, nginx and ours in turn), over TLS both with
+#     HTTP/2 (what curl and browsers pick) and HTTP/1.1;
 #   - 100 parallel downloads of a 100 MiB file (aggregate throughput, our peak RSS);
 #   - wrk -t2 -c32 on a 30-product images.json, with and without gzip;
 #   - wrk -t2 -c32 of 304 revalidations (If-None-Match with each server's own ETag).
 # Prints each figure for both and the ratio ours / nginx (targets: downloads >= 0.95x,
 # catalog >= 1.0x). Client and servers share this machine's cores.
 #
-# Usage: bench/serve.sh [SECONDS]   (wrk duration, default 10)
+# Usage: bench/serve.sh [SECONDS] [all|downloads|catalog]   (wrk duration, default 10)
 #   SSB_BIN=path   measure this binary instead of a release build of this checkout
 #   TMPDIR=dir     where the tree goes (default /var/tmp; needs about 1.2 GiB)
 set -euo pipefail
 cd "$(dirname "$0")"
 . ./lib.sh
 secs=${1:-10}
+parts=${2:-all}
+case "$parts" in all | downloads | catalog) ;; *) echo "usage: $0 [SECONDS] [all|downloads|catalog]" >&2; exit 2 ;; esac
 ssb=$(ssb_binary)
 bench_scratch serve
 nginx_pid=
@@ -65,7 +69,7 @@ http {
     gzip_static on;
     server {
         listen 127.0.0.1:$n_http;
-        listen 127.0.0.1:$n_tls ssl;
+        listen 127.0.0.1:$n_tls ssl http2;
         ssl_certificate $work/cert.pem;
         ssl_certificate_key $work/key.pem;
         ssl_protocols TLSv1.3;
@@ -95,9 +99,17 @@ url() { # url SERVER(n|o) SCHEME(http|https) PATH
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
 line() { printf '%-44s %12s %12s %8s\n' "$@"; }
 
-median_speed() { # MiB/s of the median of 3 downloads
-    for _ in 1 2 3; do curl "${curl_opts[@]}" -w '%{speed_download}\n' "$1"; done |
-        sort -n | sed -n 2p | awk '{ printf "%.0f", $1 / 1048576 }'
+medians() { # MiB/s of the median of 3 downloads of URL $1 (nginx) and $2 (ours), taken in
+    # turn; more curl options after them
+    local i n=() o=() a=$1 b=$2
+    shift 2
+    for i in 1 2 3; do
+        n+=("$(curl "${curl_opts[@]}" "$@" -w '%{speed_download}' "$a")")
+        o+=("$(curl "${curl_opts[@]}" "$@" -w '%{speed_download}' "$b")")
+    done
+    for list in "${n[*]}" "${o[*]}"; do
+        printf '%s\n' $list | sort -n | sed -n 2p | awk '{ printf "%.0f ", $1 / 1048576 }'
+    done
 }
 
 parallel_speed() { # aggregate MiB/s of 100 parallel downloads of the 100 MiB file
@@ -119,15 +131,25 @@ echo "tree: $www; wrk ${secs}s per figure; $(nproc) cores shared by clients and 
 line "" "nginx" "ours" "ours/nginx"
 for scheme in http https; do
     label=$([ "$scheme" = http ] && echo "plain HTTP" || echo "TLS 1.3")
-    n=$(median_speed "$(url n $scheme "$big/big.img")"); o=$(median_speed "$(url o $scheme "$big/big.img")")
-    line "1 GiB download, $label (MiB/s)" "$n" "$o" "$(ratio "$o" "$n")"
-    n=$(parallel_speed "$(url n $scheme "$big/medium.img")")
-    # Our peak RSS during this part alone: writing 5 to clear_refs resets VmHWM.
     pid=$([ "$scheme" = http ] && echo "$http_pid" || echo "$tls_pid")
-    echo 5 >"/proc/$pid/clear_refs"
-    o=$(parallel_speed "$(url o $scheme "$big/medium.img")")
-    line "100 x 100 MiB in parallel, $label (MiB/s)" "$n" "$o" "$(ratio "$o" "$n")"
-    line "  our peak RSS during it (MiB; target < 64)" "" "$(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status")" ""
+    if [ "$parts" != catalog ]; then
+        if [ "$scheme" = http ]; then
+            read -r n o <<<"$(medians "$(url n $scheme "$big/big.img")" "$(url o $scheme "$big/big.img")")"
+            line "1 GiB download, $label (MiB/s)" "$n" "$o" "$(ratio "$o" "$n")"
+        else
+            for version in 2 1.1; do
+                read -r n o <<<"$(medians "$(url n $scheme "$big/big.img")" "$(url o $scheme "$big/big.img")" "--http$version")"
+                line "1 GiB download, $label, HTTP/$version (MiB/s)" "$n" "$o" "$(ratio "$o" "$n")"
+            done
+        fi
+        n=$(parallel_speed "$(url n $scheme "$big/medium.img")")
+        # Our peak RSS during this part alone: writing 5 to clear_refs resets VmHWM.
+        echo 5 >"/proc/$pid/clear_refs"
+        o=$(parallel_speed "$(url o $scheme "$big/medium.img")")
+        line "100 x 100 MiB in parallel, $label (MiB/s)" "$n" "$o" "$(ratio "$o" "$n")"
+        line "  our peak RSS during it (MiB; target < 64)" "" "$(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status")" ""
+    fi
+    [ "$parts" != downloads ] || continue
     cat="streams/v1/images.json"
     n=$(wrk_rps "$(url n $scheme "$cat")" -H 'Accept-Encoding: gzip'); o=$(wrk_rps "$(url o $scheme "$cat")" -H 'Accept-Encoding: gzip')
     line "images.json gzip, $label (req/s)" "$n" "$o" "$(ratio "$o" "$n")"
