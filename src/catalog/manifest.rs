@@ -192,6 +192,9 @@ pub struct Built {
     pub bytes_read: u64,
     /// Versions left out, with the reason.
     pub rejected: Vec<Rejected>,
+    /// The versions whose folder holds a `metadata.json`, when the folders were listed (the
+    /// others need not be looked at); `None`: not known.
+    pub overridden: Option<BTreeSet<VersionName>>,
 }
 
 /// Hashes a product folder into its manifest. A version with a bad file is left out and
@@ -304,10 +307,16 @@ pub fn build(
     } else if let (Some(d), Some(v)) = (opts.expiry, manifest.versions.keys().next_back()) {
         manifest.expiry = d.eol_after(v.datetime()).map(format_eol);
     }
+    let overridden = versions
+        .iter()
+        .filter(|v| v.overrides)
+        .map(|v| v.name.clone())
+        .collect();
     Ok(Built {
         manifest,
         bytes_read: cache.bytes_read,
         rejected,
+        overridden: Some(overridden),
     })
 }
 

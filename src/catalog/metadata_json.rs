@@ -9,10 +9,11 @@
 //! versions it applies to (a version folder's own file wins for that version), which every
 //! client prints in the image description.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::config::{ProductSpec, check_alias};
-use crate::format::{Manifest, Requirements};
+use crate::format::{Manifest, Requirements, VersionName};
 
 /// The file name, in a product folder or a version folder.
 pub use crate::tree::names::METADATA_JSON as FILE;
@@ -156,17 +157,22 @@ pub fn read(dir: &Path, warnings: &mut Vec<String>) -> Option<Overrides> {
 }
 
 /// Applies the `metadata.json` files of the product folder `product_dir` and of its version
-/// folders to a loaded product.
+/// folders to a loaded product. `listed`: the versions whose folder holds one, when known
+/// (from the listing the manifest was hashed from); the other folders are not looked into.
 pub fn apply(
     spec: &mut ProductSpec,
     manifest: &mut Manifest,
     product_dir: &Path,
+    listed: Option<&BTreeSet<VersionName>>,
     warnings: &mut Vec<String>,
 ) {
     let base = read(product_dir, warnings).unwrap_or_default();
     let mut newest: Option<Overrides> = None;
     for (name, version) in manifest.versions.iter_mut().rev() {
-        let own = read(&product_dir.join(name.as_str()), warnings);
+        let own = listed
+            .is_none_or(|l| l.contains(name))
+            .then(|| read(&product_dir.join(name.as_str()), warnings))
+            .flatten();
         let label = own
             .as_ref()
             .and_then(|o| o.description.clone())
@@ -314,7 +320,7 @@ pub(crate) mod tests {
         }
         let mut s = spec();
         let mut w = Vec::new();
-        apply(&mut s, &mut m, p, &mut w);
+        apply(&mut s, &mut m, p, None, &mut w);
         assert_eq!(w.len(), 1, "the broken file is reported: {w:?}");
         assert_eq!(s.os.as_deref(), Some("Ubuntu"));
         // The newest version folder with a metadata.json (…02) wins over the product's file.
@@ -325,6 +331,15 @@ pub(crate) mod tests {
         );
         let labels: Vec<_> = m.versions.values().map(|v| v.label.as_deref()).collect();
         assert_eq!(labels, [Some("all"), Some("second"), Some("all")]);
+
+        // With the listing known, only the folders it names are read: the broken file of
+        // …01 is not listed (as if it had appeared since), so it is not read and not reported.
+        let listed: BTreeSet<_> = [VersionName::parse("20240102_00:00").unwrap()].into();
+        let mut s = spec();
+        let mut w = Vec::new();
+        apply(&mut s, &mut m, p, Some(&listed), &mut w);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(s.release_title.as_deref(), Some("16.04 LTS"));
     }
 
     #[test]
@@ -334,7 +349,7 @@ pub(crate) mod tests {
         let mut s = spec();
         let before = s.clone();
         let mut w = Vec::new();
-        apply(&mut s, &mut m, d.path(), &mut w);
+        apply(&mut s, &mut m, d.path(), None, &mut w);
         assert_eq!(s, before);
         assert!(w.is_empty());
     }

@@ -396,6 +396,7 @@ fn hash_local(
                     manifest,
                     bytes_read: 0,
                     rejected: Vec::new(),
+                    overridden: None,
                 };
                 return Local::Loaded {
                     built: Ok(built),
@@ -508,6 +509,7 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
             continue;
         }
         let (declared, first_warning) = (spec, warnings.len());
+        let mut overridden = None;
         let loaded = if spec.prefix_path.is_some() {
             fetched.next().expect("one fetch result per remote product")
         } else {
@@ -527,6 +529,7 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
                     warnings.extend(product_warnings);
                     built.map(|built| {
                         bytes_read += built.bytes_read;
+                        overridden = built.overridden;
                         for r in &built.rejected {
                             warnings.push(r.to_string());
                         }
@@ -554,7 +557,13 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
                         &mut warnings,
                     );
                     let dir = opts.source.join(&spec.directory);
-                    crate::catalog::metadata_json::apply(&mut spec, &mut m, &dir, &mut warnings);
+                    crate::catalog::metadata_json::apply(
+                        &mut spec,
+                        &mut m,
+                        &dir,
+                        overridden.as_ref(),
+                        &mut warnings,
+                    );
                 }
                 let entry = Entry { spec, manifest: m };
                 if let (Some(cache), None) = (opts.entry_cache, &entry.spec.prefix_path)

@@ -86,6 +86,8 @@ pub struct VersionDir {
     pub symlink: bool,
     /// Its deltas (`delta-<base>.vcdiff`), by base version.
     pub deltas: Vec<DeltaFile>,
+    /// It holds a `metadata.json` (overrides for this version).
+    pub overrides: bool,
 }
 
 /// A delta in a version folder: the xdelta3 VCDIFF from the squashfs of `base` to this
@@ -181,6 +183,7 @@ pub fn scan_product(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<Versio
                 unreadable: Some(std::sync::Arc::new(e)),
                 symlink: false,
                 deltas: Vec::new(),
+                overrides: false,
             });
         scanned.symlink = symlink;
         versions.push(scanned);
@@ -197,8 +200,13 @@ pub fn scan_version(
 ) -> Result<VersionDir, TreeError> {
     let mut files: Vec<ImageFile> = Vec::new();
     let mut deltas = Vec::new();
+    let mut overrides = false;
     for entry in read_dir_sorted(dir)? {
         let file_name = entry.file_name().to_string_lossy().into_owned();
+        if file_name == names::METADATA_JSON {
+            overrides = true;
+            continue;
+        }
         if let Some(base) = names::delta_base(&file_name) {
             let path = entry.path();
             let meta = stat(&path)?;
@@ -244,6 +252,7 @@ pub fn scan_version(
         unreadable: None,
         symlink: false,
         deltas,
+        overrides,
     })
 }
 
@@ -357,6 +366,7 @@ mod tests {
         touch(&p.join("20240106_0300/incus.tar.xz"));
         touch(&p.join("20240106_0300/root.tar.xz"));
         touch(&p.join("20240106_0300/rootfs.tar.xz"));
+        touch(&p.join("20240106_0300/metadata.json"));
         touch(&p.join("20240103/lxd.tar.xz"));
         touch(&p.join(".20240107_03:00.partial/lxd.tar.xz"));
         touch(&p.join("ssb.json"));
@@ -369,6 +379,7 @@ mod tests {
         assert_eq!(v[0].files[1].role, FileRole::LxcMeta);
         let files: Vec<_> = v[1].files.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(files, ["incus.tar.xz", "root.tar.xz"]);
+        assert_eq!([v[0].overrides, v[1].overrides], [false, true]);
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].contains("20240103: skipped"), "{w:?}");
         assert!(
