@@ -108,6 +108,19 @@ impl DiskFile {
     }
 }
 
+impl DiskFile {
+    /// Starts reading up to `len` bytes at the current position on the blocking pool.
+    fn read_blocking(&mut self, len: usize) {
+        let (file, pos) = (Arc::clone(&self.file), self.pos);
+        self.state = State::Reading(tokio::task::spawn_blocking(move || {
+            let mut data = vec![0; len];
+            let n = rustix::io::pread(&*file, &mut data[..], pos)?;
+            data.truncate(n);
+            Ok(data)
+        }));
+    }
+}
+
 impl AsyncRead for DiskFile {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -124,19 +137,14 @@ impl AsyncRead for DiskFile {
                     if let Some(done) = this.read_cached(buf) {
                         return Poll::Ready(done);
                     }
-                    let want = buf.remaining().min(MAX_BLOCKING_READ);
-                    let (file, pos) = (Arc::clone(&this.file), this.pos);
-                    this.state = State::Reading(tokio::task::spawn_blocking(move || {
-                        let mut data = vec![0; want];
-                        let n = rustix::io::pread(&*file, &mut data[..], pos)?;
-                        data.truncate(n);
-                        Ok(data)
-                    }));
+                    this.read_blocking(buf.remaining().min(MAX_BLOCKING_READ));
                 }
                 State::Reading(task) => {
                     let read = ready!(Pin::new(task).poll(cx));
+                    // A failed read leaves the file ready for another.
                     this.state = State::Idle;
-                    this.state = State::Read(read.map_err(io::Error::other)??, 0);
+                    let data = read.map_err(io::Error::other)??;
+                    this.state = State::Read(data, 0);
                 }
                 State::Read(data, taken) => {
                     let n = (data.len() - *taken).min(buf.remaining());
@@ -194,12 +202,18 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
-    #[tokio::test]
-    async fn reads_the_whole_file_and_from_a_seek() {
+    /// A file of `len` bytes that differ from their neighbours, and those bytes.
+    fn file_of(len: u32) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
+        (dir, path, data)
+    }
+
+    #[tokio::test]
+    async fn reads_the_whole_file_and_from_a_seek() {
+        let (_dir, path, data) = file_of(300_000);
 
         let mut file = DiskBackend.open(path.clone()).await.unwrap();
         assert_eq!(file.metadata().await.unwrap().len(), data.len() as u64);
@@ -221,21 +235,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_the_page_cache_cannot_answer_goes_to_the_blocking_pool() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 13) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
+        let (_dir, path, data) = file_of(70_000);
         let mut file = DiskBackend.open(path).await.unwrap();
         // As if the kernel had said the pages are not cached: the blocking pool's read, handed
         // out in pieces smaller than it.
-        let (f, pos) = (Arc::clone(&file.file), 5);
-        file.pos = pos;
-        file.state = State::Reading(tokio::task::spawn_blocking(move || {
-            let mut d = vec![0; 1000];
-            let n = rustix::io::pread(&*f, &mut d[..], pos)?;
-            d.truncate(n);
-            Ok(d)
-        }));
+        file.pos = 5;
+        file.read_blocking(1000);
         let mut small = [0u8; 300];
         let mut got = Vec::new();
         while got.len() < 1000 {
