@@ -60,7 +60,9 @@ for _ in $(seq 1 200); do
     sleep 0.05
 done
 [ -n "$url" ] || { cat "$work/server.log" >&2; echo "server did not start" >&2; exit 1; }
-for _ in $(seq 1 200); do [ -f "$work/www/streams/v1/images.json" ] && break; sleep 0.05; done
+# Uploads start once the start-up scan has been served (its run is not the one measured).
+for _ in $(seq 1 600); do grep -q 're-indexed' "$work/server.log" && break; sleep 0.05; done
+grep -q 're-indexed' "$work/server.log" || { cat "$work/server.log" >&2; echo "no start-up scan within 30 s" >&2; exit 1; }
 
 base="$url/images/bench/1/amd64/default/20240101_00:00"
 curl -sS -k --noproxy '*' -T "$work/src/lxd.tar.xz" "$base/lxd.tar.xz" >/dev/null
@@ -80,7 +82,14 @@ while [ -z "$seen" ]; do
 done
 delay_ms=$(ms "$end" "$seen")
 hwm_kb=$(awk '/VmHWM/ { print $2 }' "/proc/$server_pid/status")
-reindex=$( (grep 're-indexed' "$work/server.log" || true) | tail -1 | sed 's/.*re-indexed //')
+# The run that took the rootfs in: its line is logged once its gzip twins and companions are
+# written too, a little after images.json names it.
+reindex=
+for _ in $(seq 1 600); do
+    reindex=$( (grep 're-indexed (uploaded [^ ]*/rootfs.squashfs' "$work/server.log" || true) | tail -1 | sed 's/.*re-indexed //')
+    [ -n "$reindex" ] && break
+    sleep 0.05
+done
 
 mb=$size_mb
 echo "size:                 ${mb} MiB"
