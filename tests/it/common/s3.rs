@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use simplestreams_builder::bucket::{Bucket, BucketUrl, S3Settings};
+use simplestreams_builder::bucket::{Bucket, BucketUrl, Condition, ObjectKind, S3Settings};
 use tempfile::TempDir;
 
 /// Where the CI installer puts SeaweedFS.
@@ -131,11 +131,25 @@ impl Seaweed {
         self.wait_ready();
     }
 
+    /// Ready once an object can be written and read back: after a restart weed lists keys
+    /// before its volume server is back, and a read of a file then fails with a 500.
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let bucket = self.bucket("ready-probe");
+        let probe = bytes::Bytes::from_static(b"ready");
         loop {
-            if block_on(bucket.list("")).is_ok() {
+            let round_trip = block_on(async {
+                bucket
+                    .put(
+                        "probe",
+                        probe.clone(),
+                        ObjectKind::State,
+                        Condition::Overwrite,
+                    )
+                    .await?;
+                bucket.get("probe").await
+            });
+            if matches!(round_trip, Ok(Some((ref got, _))) if *got == probe) {
                 return;
             }
             if let Some(status) = self
