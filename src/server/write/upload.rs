@@ -13,7 +13,6 @@
 //!
 //! The streaming half ([`receive_body`], [`BodyChunks`]) also stages the parts of imports.
 
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,11 +34,13 @@ use crate::server::error::RequestError;
 use crate::server::reindex::Trigger;
 use crate::server::request_path::RequestPath;
 use crate::tree::names::pairs;
+use crate::tree::sequential::{SequentialFile, aligned_block};
 use crate::tree::{FileRole, FileSig, scan_version};
 
 /// The network's chunks (16 KiB HTTP/2 frames, TLS records) are gathered into blocks of this
 /// size before they go to the writer thread: one hand-off, one write and one wake of each hasher
-/// per MiB instead of per chunk. The copy costs what the write buffer before it did.
+/// per MiB instead of per chunk. The blocks are aligned for direct writes (see
+/// [`SequentialFile`]), which spares the copy into the page cache.
 const BLOCK: usize = 1 << 20;
 /// Blocks queued between the network and the writer thread (memory per upload: a few MiB).
 const QUEUE: usize = 4;
@@ -71,12 +72,13 @@ pub(crate) struct BodyChunks(mpsc::Receiver<Chunk>);
 
 impl BodyChunks {
     /// Writes the whole body to `file` in blocks of about 1 MiB, showing every block to `seen`
-    /// before it is written (to hand it to hashers), then fsyncs; returns the size. Fails when the
+    /// before it is written (to hand it to hashers), directly to the disk where it can
+    /// ([`SequentialFile`]), then fsyncs; returns the size. Fails when the
     /// body did not end normally (broken, too large, client gone): the caller must then discard
     /// the file. `shown` names the file in errors.
     pub(crate) fn write_to(
         mut self,
-        mut file: &std::fs::File,
+        file: &std::fs::File,
         shown: &str,
         mut seen: impl FnMut(&Bytes),
     ) -> Result<u64, RequestError> {
@@ -84,13 +86,12 @@ impl BodyChunks {
             path: shown.to_owned(),
             source,
         };
-        let mut size = 0u64;
+        let mut out = SequentialFile::new(file);
         loop {
             match self.0.blocking_recv() {
                 Some(Chunk::Data(data)) => {
                     seen(&data);
-                    file.write_all(&data).map_err(io)?;
-                    size += data.len() as u64;
+                    out.write(&data).map_err(io)?;
                 }
                 Some(Chunk::End) => break,
                 None => {
@@ -101,8 +102,7 @@ impl BodyChunks {
                 }
             }
         }
-        file.sync_all().map_err(io)?;
-        Ok(size)
+        out.sync().map_err(io)
     }
 }
 
@@ -151,19 +151,22 @@ where
             refused = Some(RequestError::TooLarge { limit });
             break;
         }
-        let full = if block.is_empty() && chunk.len() >= BLOCK {
-            chunk
-        } else {
-            if block.capacity() == 0 {
-                block.reserve(BLOCK);
+        // Cut into whole blocks, each in a buffer of its own that the disk can take directly.
+        let mut rest = &chunk[..];
+        let mut stopped = false;
+        while !rest.is_empty() {
+            if block.is_empty() && block.capacity() < BLOCK {
+                block = aligned_block(BLOCK);
             }
-            block.extend_from_slice(&chunk);
-            if block.len() < BLOCK {
-                continue;
+            let n = (BLOCK - block.len()).min(rest.len());
+            block.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            if block.len() == BLOCK && tx.send(Chunk::Data(block.split().freeze())).await.is_err() {
+                stopped = true;
+                break;
             }
-            block.split().freeze()
-        };
-        if tx.send(Chunk::Data(full)).await.is_err() {
+        }
+        if stopped {
             // The writer stopped early: its error is below.
             break;
         }
