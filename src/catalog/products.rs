@@ -294,9 +294,7 @@ struct CachedEntry {
 impl EntryCache {
     fn get(&self, declared: &ProductSpec, manifest_path: &Path) -> Option<Arc<CachedEntry>> {
         let cached = self.lock().get(&declared.name).cloned()?;
-        let sig = std::fs::metadata(manifest_path)
-            .ok()
-            .map(|m| FileSig::of(&m))?;
+        let sig = FileSig::read(manifest_path).ok()?;
         (cached.declared == *declared && cached.sig == sig).then_some(cached)
     }
 
@@ -307,7 +305,7 @@ impl EntryCache {
         entry: &Entry,
         warnings: &[String],
     ) {
-        let Ok(sig) = std::fs::metadata(manifest_path).map(|m| FileSig::of(&m)) else {
+        let Ok(sig) = FileSig::read(manifest_path) else {
             return;
         };
         let mut entry = entry.clone();

@@ -457,12 +457,10 @@ pub struct WrittenFile {
 }
 
 fn signature(path: &Path) -> Result<FileSig, WriteError> {
-    std::fs::metadata(path)
-        .map(|m| FileSig::of(&m))
-        .map_err(|source| WriteError {
-            path: path.to_owned(),
-            source,
-        })
+    FileSig::read(path).map_err(|source| WriteError {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Writes a catalog file whose gzip twin follows later ([`Staged::finish`]): the old twin goes
@@ -997,7 +995,7 @@ impl Staged {
         };
         let replaced = catalog_sigs
             .iter()
-            .any(|(path, sig)| std::fs::metadata(path).map_or(true, |m| FileSig::of(&m) != *sig));
+            .any(|(path, sig)| FileSig::read(path).map_or(true, |now| now != *sig));
         if replaced {
             tracing::info!(
                 "another publish replaced the catalog under {} meanwhile: its gzip twins and companions are its own",

@@ -86,7 +86,7 @@ struct CachedCatalog {
 impl CatalogCache {
     /// The products file of `target`'s catalog (the same tree on every call).
     pub fn products(&self, target: &Path) -> Result<Arc<ProductsFile>, UnreadableCatalog> {
-        let sig = |path: &Path| std::fs::metadata(path).ok().map(|m| FileSig::of(&m));
+        let sig = |path: &Path| FileSig::read(path).ok();
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(c) = last
             && sig(&index_path(target)) == Some(c.index_sig)

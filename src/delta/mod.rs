@@ -368,12 +368,10 @@ fn one(
         source,
     })?;
     let _ = crate::tree::atomic::set_file_mode(&path);
-    let file = std::fs::metadata(&path)
-        .map(|m| FileSig::of(&m))
-        .map_err(|source| DeltaError::Io {
-            path: path.clone(),
-            source,
-        })?;
+    let file = FileSig::read(&path).map_err(|source| DeltaError::Io {
+        path: path.clone(),
+        source,
+    })?;
     Ok(Some(keep(cache, file, sha256)))
 }
 

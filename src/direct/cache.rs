@@ -266,9 +266,7 @@ pub fn publish(
     }
     std::fs::hard_link(root.join(&unified.path), &dest).map_err(io(&dest))?;
     crate::tree::atomic::sync_dir(&root.join(rel_dir)).map_err(io(&dest))?;
-    let sig = std::fs::metadata(&dest)
-        .map(|m| FileSig::of(&m))
-        .map_err(io(&dest))?;
+    let sig = FileSig::read(&dest).map_err(io(&dest))?;
     let product_dir = parent_of(rel_dir).to_owned();
     Ok(Some((
         product_dir,

@@ -357,10 +357,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let caches = tempfile::tempdir().unwrap();
         let caches = CacheDir::new(caches.path().join("hash"));
-        let entry = CachedFile::sha256_only(
-            FileSig::of(&std::fs::metadata(d.path()).unwrap()),
-            &"ab".repeat(32),
-        );
+        let entry = CachedFile::sha256_only(FileSig::read(d.path()).unwrap(), &"ab".repeat(32));
         let mut cache = HashCache::load(&caches, d.path());
         cache.new.insert("v1/rootfs.squashfs".into(), entry);
         cache.save().unwrap();

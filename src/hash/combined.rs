@@ -134,12 +134,10 @@ pub struct MetaPrefix {
 
 /// Reads a metadata tarball for [`MetaPrefix`]; fails if it changes while being read.
 pub fn read_meta_prefix(path: &Path) -> Result<MetaPrefix, HashError> {
-    let sig = std::fs::metadata(path)
-        .map(|m| FileSig::of(&m))
-        .map_err(|source| HashError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+    let sig = FileSig::read(path).map_err(|source| HashError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let (digest, state, metadata, _) = read_meta(path, false)?;
     check_unchanged(path, &sig)?;
     Ok(MetaPrefix {

@@ -541,7 +541,7 @@ mod tests {
         let mut combined = prefix.state.clone();
         combined.update(&sq);
         std::fs::write(vdir.join("rootfs.squashfs"), &sq).unwrap();
-        let sig = FileSig::of(&std::fs::metadata(vdir.join("rootfs.squashfs")).unwrap());
+        let sig = FileSig::read(vdir.join("rootfs.squashfs")).unwrap();
         let caches = tempfile::tempdir().unwrap();
         let caches = CacheDir::new(caches.path());
         HashCache::record(

@@ -265,8 +265,9 @@ fn record_digests(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
-    let sig = |p: &Path| std::fs::metadata(p).map(|m| FileSig::of(&m));
-    let (Some(product), Ok(data_sig), Ok(meta_sig)) = (dir.parent(), sig(data), sig(meta)) else {
+    let (Some(product), Ok(data_sig), Ok(meta_sig)) =
+        (dir.parent(), FileSig::read(data), FileSig::read(meta))
+    else {
         return;
     };
     let known = KnownDigest {

@@ -291,7 +291,7 @@ impl ServedCatalog {
             && current
                 .sigs
                 .iter()
-                .all(|(path, sig)| std::fs::metadata(path).is_ok_and(|m| FileSig::of(&m) == *sig));
+                .all(|(path, sig)| FileSig::read(path).is_ok_and(|now| now == *sig));
         if unchanged {
             return;
         }

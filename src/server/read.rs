@@ -61,7 +61,7 @@ impl ReadAccess {
     /// Reads the users file; a bad one stops the server from starting.
     pub(crate) fn load(path: PathBuf) -> Result<Self, UsersError> {
         let file = UsersFile::load(&path)?;
-        let sig = std::fs::metadata(&path).ok().map(|m| FileSig::of(&m));
+        let sig = FileSig::read(&path).ok();
         Ok(Self {
             path,
             loaded: RwLock::new(Loaded {
@@ -84,7 +84,7 @@ impl ReadAccess {
         }
         let mut loaded = self.loaded.write().unwrap_or_else(|e| e.into_inner());
         loaded.checked = Instant::now();
-        let sig = std::fs::metadata(&self.path).ok().map(|m| FileSig::of(&m));
+        let sig = FileSig::read(&self.path).ok();
         if sig != loaded.sig {
             match UsersFile::load(&self.path) {
                 Ok(file) => {

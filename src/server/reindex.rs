@@ -125,8 +125,8 @@ impl Reindexer {
             }
             for path in &trigger.paths {
                 for p in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
-                    if let Ok(m) = std::fs::symlink_metadata(root.join(p)) {
-                        written.insert(p.to_owned(), FileSig::of(&m));
+                    if let Ok(sig) = FileSig::read_link(root.join(p)) {
+                        written.insert(p.to_owned(), sig);
                     }
                 }
             }
@@ -140,7 +140,7 @@ impl Reindexer {
         let Some(sig) = self.written().get(path).copied() else {
             return false;
         };
-        std::fs::symlink_metadata(root.join(path)).is_ok_and(|m| FileSig::of(&m) == sig)
+        FileSig::read_link(root.join(path)).is_ok_and(|now| now == sig)
     }
 
     fn written(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, FileSig>> {

@@ -445,9 +445,7 @@ fn fill_and_place(
         }
     };
     crate::tree::atomic::sync_dir(dir).map_err(io)?;
-    let sig = std::fs::metadata(&final_path)
-        .map(|m| FileSig::of(&m))
-        .map_err(io)?;
+    let sig = FileSig::read(&final_path).map_err(io)?;
     let stored_rel = final_path
         .strip_prefix(root)
         .unwrap_or(&final_path)
