@@ -90,6 +90,7 @@ for _ in $(seq 1 600); do
     [ -n "$reindex" ] && break
     sleep 0.05
 done
+[ -n "$reindex" ] || { cat "$work/server.log" >&2; echo "the upload's re-index was not logged within 30 s" >&2; exit 1; }
 
 mb=$size_mb
 echo "size:                 ${mb} MiB"

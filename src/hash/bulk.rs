@@ -22,6 +22,25 @@ use rustix::fs::OFlags;
 /// refuses with `EINVAL`, and the writer falls back.
 pub const ALIGN: usize = 4096;
 
+/// How much written through the page cache may wait there before [`DirectWriter`] asks the
+/// kernel to start writing it out.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// An empty buffer for `capacity` bytes that starts on an [`ALIGN`] boundary, for data that is
+/// handed on as [`bytes::Bytes`] (an upload's blocks go to the hashers and the writer): filled
+/// to a multiple of [`ALIGN`] and frozen, it is written direct.
+pub fn aligned_bytes(capacity: usize) -> bytes::BytesMut {
+    let mut buf = bytes::BytesMut::with_capacity(capacity + ALIGN);
+    // As in `Block::new`: a buffer `align_offset` declines to align is only written the
+    // ordinary way.
+    let pad = buf.as_ptr().align_offset(ALIGN);
+    if pad < ALIGN {
+        buf.resize(pad, 0);
+        bytes::Buf::advance(&mut buf, pad);
+    }
+    buf
+}
+
 /// A read buffer whose data starts on an [`ALIGN`] boundary, allocated once and reused.
 pub struct Block {
     storage: Vec<u8>,
@@ -71,11 +90,17 @@ impl Block {
 }
 
 /// Writes to a file from its start, each aligned run of whole blocks with `O_DIRECT` and the
-/// rest through the page cache. The caller still fsyncs the file.
+/// rest through the page cache. The caller still fsyncs the file. What goes through the page
+/// cache has its writeback started every [`WRITEBACK_STEP`]: left alone, the kernel keeps up to
+/// gigabytes dirty for half a minute and the fsync then waits for all of it (0.41–0.43 s for
+/// 1 GiB written at an upload's 450 MB/s here, 2–3 ms with the writeback started as it went).
 pub struct DirectWriter<'f> {
     file: &'f File,
     /// Bytes written so far: the file position.
     pos: u64,
+    /// Where the bytes written through the page cache whose writeback was not asked for yet
+    /// start.
+    writeback_from: u64,
     /// Of those, bytes written direct.
     direct_bytes: u64,
     /// Whether the descriptor has `O_DIRECT` set right now.
@@ -90,6 +115,7 @@ impl<'f> DirectWriter<'f> {
         Self {
             file,
             pos: 0,
+            writeback_from: 0,
             direct_bytes: 0,
             direct: false,
             can_direct: true,
@@ -135,6 +161,31 @@ impl<'f> DirectWriter<'f> {
         self.can_direct = false;
     }
 
+    /// Asks the kernel to start writing out what went through the page cache, once there is a
+    /// [`WRITEBACK_STEP`] of it.
+    fn start_writeback(&mut self) {
+        let Some(len) = self
+            .pos
+            .checked_sub(self.writeback_from)
+            .filter(|len| *len >= WRITEBACK_STEP)
+            .and_then(std::num::NonZeroU64::new)
+        else {
+            return;
+        };
+        // On Linux, POSIX_FADV_DONTNEED starts the writeback of the range's dirty pages without
+        // waiting for it (and drops its pages already clean: none or few this soon, and direct
+        // writes left none). Only a hint: the fsync still decides.
+        if let Err(e) = rustix::fs::fadvise(
+            self.file,
+            self.writeback_from,
+            Some(len),
+            rustix::fs::Advice::DontNeed,
+        ) {
+            tracing::debug!("cannot start the writeback early ({e}); the fsync will");
+        }
+        self.writeback_from = self.pos;
+    }
+
     /// The leading part of `buf` that can be written direct at the current position.
     fn direct_len(&self, buf: &[u8]) -> usize {
         let aligned = self.can_direct
@@ -162,7 +213,10 @@ impl Write for DirectWriter<'_> {
                 other => {
                     let n = other?;
                     self.direct_bytes += n as u64;
-                    n
+                    self.pos += n as u64;
+                    // Nothing of it waits in the page cache.
+                    self.writeback_from = self.pos;
+                    return Ok(n);
                 }
             }
         } else {
@@ -170,6 +224,7 @@ impl Write for DirectWriter<'_> {
             (&*self.file).write(buf)?
         };
         self.pos += n as u64;
+        self.start_writeback();
         Ok(n)
     }
 
@@ -260,6 +315,40 @@ mod tests {
         let data = pattern(8 * ALIGN + 9);
         let (written, direct) = copy_in_blocks(&data, 4 * ALIGN, &null);
         assert_eq!((written, direct), (data.len() as u64, 0));
+    }
+
+    #[test]
+    fn aligned_bytes_stay_aligned_when_split_and_frozen() {
+        let mut buf = aligned_bytes(3 * ALIGN);
+        assert!(buf.is_empty() && buf.capacity() >= 3 * ALIGN);
+        buf.extend_from_slice(&pattern(3 * ALIGN));
+        let block = buf.split().freeze();
+        assert!(block.as_ptr().addr().is_multiple_of(ALIGN));
+        assert!(block[..] == pattern(3 * ALIGN)[..]);
+        assert!(
+            buf.capacity() < ALIGN,
+            "what is left cannot hold another block"
+        );
+    }
+
+    #[test]
+    fn writeback_is_asked_for_every_step_written_through_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = File::create(dir.path().join("out")).unwrap();
+        let mut w = DirectWriter::new(&out);
+        // Unaligned (an odd length first), so it all goes through the page cache.
+        let block = pattern(3 << 20);
+        w.write_all(&block[..1]).unwrap();
+        let mut asked = Vec::new();
+        for _ in 0..6 {
+            w.write_all(&block).unwrap();
+            asked.push(w.writeback_from);
+        }
+        // 3 MiB writes and an 8 MiB step: asked after the 3rd and the 6th, each time for all
+        // written since.
+        let at = |mib: u64| 1 + mib * (1 << 20);
+        assert_eq!(asked, [0, 0, at(9), at(9), at(9), at(18)]);
+        assert_eq!(w.written_direct(), 0);
     }
 
     #[test]

@@ -43,7 +43,9 @@ struct Snapshot {
     /// The signatures the files were read with, to notice a new publish.
     sigs: Vec<(PathBuf, FileSig)>,
     /// Every item path the catalog lists, relative to the root, and its product (one shared
-    /// name per product: 10,000 versions list 20,000 paths).
+    /// name per product: 10,000 versions list 20,000 paths). A file two products list (one
+    /// rootfs with two metadata tarballs) belongs to the first by name, however the map was
+    /// made.
     items: HashMap<String, Arc<str>>,
     /// The products files as one document, parsed on first use (the web page).
     products: std::sync::OnceLock<Option<Arc<ProductsFile>>>,
@@ -129,13 +131,13 @@ impl ServedCatalog {
     }
 
     /// The product whose item is at `relative`.
-    pub(crate) fn item_product(&self, relative: &str) -> Option<String> {
-        self.snapshot().items.get(relative).map(|p| p.to_string())
+    pub(crate) fn item_product(&self, relative: &str) -> Option<Arc<str>> {
+        self.snapshot().items.get(relative).cloned()
     }
 
     /// The product of the version folder `folder` (relative), from the items the catalog lists
     /// in it.
-    pub(crate) fn folder_product(&self, folder: &str) -> Option<String> {
+    pub(crate) fn folder_product(&self, folder: &str) -> Option<Arc<str>> {
         let prefix = format!("{folder}/");
         self.snapshot()
             .items
@@ -144,7 +146,7 @@ impl ServedCatalog {
                 path.strip_prefix(&prefix)
                     .is_some_and(|rest| !rest.contains('/'))
             })
-            .map(|(_, product)| product.to_string())
+            .map(|(_, product)| Arc::clone(product))
     }
 
     /// The catalog as `visible` sees it, made once per catalog and visibility.
@@ -259,7 +261,8 @@ impl ServedCatalog {
         for (id, product) in &products.products {
             let id: Arc<str> = Arc::from(id.as_str());
             for item in product.versions.values().flat_map(|v| v.items.values()) {
-                // Both families' items name each file: one entry, one copy of the path.
+                // Both families' items name each file: one entry, one copy of the path. The
+                // products come by name: the first keeps a file they share.
                 if !snapshot.items.contains_key(&item.path) && servable(&item.path) {
                     snapshot.items.insert(item.path.clone(), Arc::clone(&id));
                 }
@@ -405,6 +408,7 @@ fn collect_items(
     out: &mut HashMap<String, Arc<str>>,
 ) -> Result<(), serde_json::Error> {
     use std::borrow::Cow;
+    use std::collections::hash_map::Entry;
     #[derive(serde::Deserialize)]
     struct File<'a> {
         #[serde(default, borrow)]
@@ -436,7 +440,17 @@ fn collect_items(
             if let Some(path) = item.path
                 && servable(&path)
             {
-                out.insert(path.into_owned(), Arc::clone(&id));
+                // As `install` does: a file two products list is the first's by name.
+                match out.entry(path.into_owned()) {
+                    Entry::Occupied(mut owner) => {
+                        if *id < **owner.get() {
+                            owner.insert(Arc::clone(&id));
+                        }
+                    }
+                    Entry::Vacant(slot) => {
+                        slot.insert(Arc::clone(&id));
+                    }
+                }
             }
         }
     }
@@ -693,6 +707,45 @@ mod tests {
 
         let head = f.answer(&Method::HEAD, &HeaderMap::new());
         assert_eq!(head.headers()[header::CONTENT_LENGTH], "33");
+    }
+
+    #[test]
+    fn a_file_two_products_list_is_the_first_ones_however_the_catalog_came() {
+        // One rootfs listed by two products (two metadata tarballs beside it).
+        let shared = "images/p/1/amd64/default/20240101_00:00/rootfs.squashfs";
+        let product = |name: &str| {
+            format!(
+                r#""{name}":{{"aliases":"","arch":"amd64","os":"p","release":"1","release_title":"1","versions":{{"20240101_00:00":{{"items":{{"root":{{"ftype":"squashfs","path":"{shared}","sha256":"00","size":1}}}}}}}}}}"#
+            )
+        };
+        // Written in either order: the map is made from a hash map of the products.
+        for (a, b) in [("p:b", "p:a"), ("p:a", "p:b")] {
+            let json = format!(
+                r#"{{"content_id":"images","datatype":"image-downloads","format":"products:1.0","products":{{{},{}}}}}"#,
+                product(a),
+                product(b)
+            );
+            let mut read = HashMap::new();
+            collect_items(json.as_bytes(), &mut read).unwrap();
+            assert_eq!(read.get(shared).map(|p| &**p), Some("p:a"), "read back");
+
+            let products: ProductsFile = serde_json::from_str(&json).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let served = ServedCatalog::load(dir.path());
+            let written = [WrittenFile {
+                path: dir.path().join(crate::tree::names::index_rel()),
+                bytes: Some(b"{}".to_vec().into()),
+                sig: file_sig(),
+            }];
+            let guard = served.publishing();
+            served.install(&guard, &written, &products);
+            drop(guard);
+            assert_eq!(
+                served.item_product(shared).as_deref(),
+                Some("p:a"),
+                "installed"
+            );
+        }
     }
 
     #[test]

@@ -1,14 +1,12 @@
 //! The on-disk tree: every name it uses ([`names`]), scanning product and version folders
-//! ([`scan`]), the lxd-image-server layout ([`layout`]), atomic writes ([`atomic`]), large files
-//! written front to back ([`sequential`]) and the lock that serialises a tree's writers
-//! ([`lock`]).
+//! ([`scan`]), the lxd-image-server layout ([`layout`]), atomic writes ([`atomic`]) and the
+//! lock that serialises a tree's writers ([`lock`]).
 
 pub mod atomic;
 pub mod layout;
 pub mod lock;
 pub mod names;
 pub mod scan;
-pub mod sequential;
 
 pub use layout::{LayoutProduct, discover_layout};
 pub use names::{FileRole, classify};

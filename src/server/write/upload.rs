@@ -13,6 +13,7 @@
 //!
 //! The streaming half ([`receive_body`], [`BodyChunks`]) also stages the parts of imports.
 
+use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,18 +30,19 @@ use tokio::sync::mpsc;
 
 use super::policy::Writes;
 use super::target::{self, Place, WriteTarget};
+use crate::hash::bulk::{DirectWriter, aligned_bytes};
 use crate::hash::{KnownDigest, MetaPrefix, hash_in_parallel, read_meta_prefix};
 use crate::server::error::RequestError;
 use crate::server::reindex::Trigger;
 use crate::server::request_path::RequestPath;
 use crate::tree::names::pairs;
-use crate::tree::sequential::{SequentialFile, aligned_block};
 use crate::tree::{FileRole, FileSig, scan_version};
 
 /// The network's chunks (16 KiB HTTP/2 frames, TLS records) are gathered into blocks of this
 /// size before they go to the writer thread: one hand-off, one write and one wake of each hasher
-/// per MiB instead of per chunk. The blocks are aligned for direct writes (see
-/// [`SequentialFile`]), which spares the copy into the page cache.
+/// per MiB instead of per chunk. The blocks are aligned for direct writes ([`DirectWriter`]),
+/// which spares the kernel's copy into the page cache: 12 % of all CPU samples during a 1 GiB
+/// upload over TLS before, when it was CPU-bound.
 const BLOCK: usize = 1 << 20;
 /// Blocks queued between the network and the writer thread (memory per upload: a few MiB).
 const QUEUE: usize = 4;
@@ -71,9 +73,9 @@ enum Chunk {
 pub(crate) struct BodyChunks(mpsc::Receiver<Chunk>);
 
 impl BodyChunks {
-    /// Writes the whole body to `file` in blocks of about 1 MiB, showing every block to `seen`
+    /// Writes the whole body to `file` in blocks of [`BLOCK`], showing every block to `seen`
     /// before it is written (to hand it to hashers), directly to the disk where it can
-    /// ([`SequentialFile`]), then fsyncs; returns the size. Fails when the
+    /// ([`DirectWriter`]), then fsyncs; returns the size. Fails when the
     /// body did not end normally (broken, too large, client gone): the caller must then discard
     /// the file. `shown` names the file in errors.
     pub(crate) fn write_to(
@@ -86,12 +88,12 @@ impl BodyChunks {
             path: shown.to_owned(),
             source,
         };
-        let mut out = SequentialFile::new(file);
+        let mut out = DirectWriter::new(file);
         loop {
             match self.0.blocking_recv() {
                 Some(Chunk::Data(data)) => {
                     seen(&data);
-                    out.write(&data).map_err(io)?;
+                    out.write_all(&data).map_err(io)?;
                 }
                 Some(Chunk::End) => break,
                 None => {
@@ -102,7 +104,8 @@ impl BodyChunks {
                 }
             }
         }
-        out.sync().map_err(io)
+        file.sync_all().map_err(io)?;
+        Ok(out.written())
     }
 }
 
@@ -156,7 +159,7 @@ where
         let mut stopped = false;
         while !rest.is_empty() {
             if block.is_empty() && block.capacity() < BLOCK {
-                block = aligned_block(BLOCK);
+                block = aligned_bytes(BLOCK);
             }
             let n = (BLOCK - block.len()).min(rest.len());
             block.extend_from_slice(&rest[..n]);
@@ -564,6 +567,80 @@ fn numbered(path: &Path, n: u32) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn bodies_are_cut_into_whole_aligned_blocks() {
+        // Uneven chunks, as TLS records and HTTP/2 frames arrive.
+        let sizes = [1, 16_384, 7, 300_000, 65_536, 1 << 20, 3];
+        for total in [
+            0,
+            1,
+            BLOCK - 1,
+            BLOCK,
+            BLOCK + 1,
+            2 * BLOCK,
+            2 * BLOCK + 12_345,
+        ] {
+            let data: Vec<u8> = (0..total).map(|i| (i * 31 % 251) as u8).collect();
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            for n in sizes.iter().cycle() {
+                if at == total {
+                    break;
+                }
+                let n = (*n).min(total - at);
+                chunks.push(Ok::<_, std::io::Error>(Bytes::copy_from_slice(
+                    &data[at..at + n],
+                )));
+                at += n;
+            }
+            let body = futures_util::stream::iter(chunks);
+            let blocks = receive_body(body, u64::MAX, "test", |chunks: BodyChunks| {
+                let mut rx = chunks.0;
+                let mut got = Vec::new();
+                loop {
+                    match rx.blocking_recv() {
+                        Some(Chunk::Data(block)) => got.push(block),
+                        Some(Chunk::End) => return Ok(got),
+                        None => {
+                            return Err(RequestError::Interrupted {
+                                reason: "no end".into(),
+                            });
+                        }
+                    }
+                }
+            })
+            .await
+            .unwrap();
+            let (last, whole) = blocks
+                .split_last()
+                .map_or((None, &[][..]), |(l, w)| (Some(l), w));
+            for block in whole {
+                assert_eq!(
+                    block.len(),
+                    BLOCK,
+                    "{total}: a block before the last is whole"
+                );
+                assert!(
+                    block
+                        .as_ptr()
+                        .addr()
+                        .is_multiple_of(crate::hash::bulk::ALIGN),
+                    "{total}: a whole block can be written direct"
+                );
+            }
+            if let Some(last) = last {
+                assert!(!last.is_empty() && last.len() <= BLOCK, "{total}");
+                assert!(
+                    last.as_ptr()
+                        .addr()
+                        .is_multiple_of(crate::hash::bulk::ALIGN)
+                );
+            }
+            assert_eq!(blocks.len(), total.div_ceil(BLOCK), "{total}");
+            assert!(blocks.concat() == data, "{total}: the bytes as sent");
+        }
+    }
 
     #[test]
     fn numbered_names_follow_the_original() {
