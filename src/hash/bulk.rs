@@ -161,13 +161,13 @@ impl<'f> DirectWriter<'f> {
         self.can_direct = false;
     }
 
-    /// Asks the kernel to start writing out what went through the page cache, once there is a
-    /// [`WRITEBACK_STEP`] of it.
-    fn start_writeback(&mut self) {
+    /// Asks the kernel to start writing out what went through the page cache since the last
+    /// time, once there are `at_least` bytes of it.
+    fn start_writeback(&mut self, at_least: u64) {
         let Some(len) = self
             .pos
             .checked_sub(self.writeback_from)
-            .filter(|len| *len >= WRITEBACK_STEP)
+            .filter(|len| *len >= at_least)
             .and_then(std::num::NonZeroU64::new)
         else {
             return;
@@ -212,9 +212,11 @@ impl Write for DirectWriter<'_> {
                 }
                 other => {
                     let n = other?;
+                    // What went through the page cache before gets its writeback now; the
+                    // direct bytes leave nothing there.
+                    self.start_writeback(1);
                     self.direct_bytes += n as u64;
                     self.pos += n as u64;
-                    // Nothing of it waits in the page cache.
                     self.writeback_from = self.pos;
                     return Ok(n);
                 }
@@ -224,7 +226,7 @@ impl Write for DirectWriter<'_> {
             (&*self.file).write(buf)?
         };
         self.pos += n as u64;
-        self.start_writeback();
+        self.start_writeback(WRITEBACK_STEP);
         Ok(n)
     }
 

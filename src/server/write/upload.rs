@@ -41,8 +41,8 @@ use crate::tree::{FileRole, FileSig, scan_version};
 /// The network's chunks (16 KiB HTTP/2 frames, TLS records) are gathered into blocks of this
 /// size before they go to the writer thread: one hand-off, one write and one wake of each hasher
 /// per MiB instead of per chunk. The blocks are aligned for direct writes ([`DirectWriter`]),
-/// which spares the kernel's copy into the page cache: 12 % of all CPU samples during a 1 GiB
-/// upload over TLS before, when it was CPU-bound.
+/// which spares the kernel's copy into the page cache: that copy was 12 % of all CPU samples of
+/// a 1 GiB upload over TLS, on two cores the upload keeps busy.
 const BLOCK: usize = 1 << 20;
 /// Blocks queued between the network and the writer thread (memory per upload: a few MiB).
 const QUEUE: usize = 4;
@@ -75,9 +75,9 @@ pub(crate) struct BodyChunks(mpsc::Receiver<Chunk>);
 impl BodyChunks {
     /// Writes the whole body to `file` in blocks of [`BLOCK`], showing every block to `seen`
     /// before it is written (to hand it to hashers), directly to the disk where it can
-    /// ([`DirectWriter`]), then fsyncs; returns the size. Fails when the
-    /// body did not end normally (broken, too large, client gone): the caller must then discard
-    /// the file. `shown` names the file in errors.
+    /// ([`DirectWriter`]), then fsyncs; returns the size. Fails when the body did not end
+    /// normally (broken, too large, client gone): the caller must then discard the file.
+    /// `shown` names the file in errors.
     pub(crate) fn write_to(
         mut self,
         file: &std::fs::File,
