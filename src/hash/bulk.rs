@@ -31,14 +31,20 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 /// to a multiple of [`ALIGN`] and frozen, it is written direct.
 pub fn aligned_bytes(capacity: usize) -> bytes::BytesMut {
     let mut buf = bytes::BytesMut::with_capacity(capacity + ALIGN);
-    // As in `Block::new`: a buffer `align_offset` declines to align is only written the
-    // ordinary way.
-    let pad = buf.as_ptr().align_offset(ALIGN);
-    if pad < ALIGN {
-        buf.resize(pad, 0);
-        bytes::Buf::advance(&mut buf, pad);
-    }
+    let pad = aligned_start(buf.as_ptr());
+    buf.resize(pad, 0);
+    bytes::Buf::advance(&mut buf, pad);
     buf
+}
+
+/// How far into a buffer at `ptr` the first [`ALIGN`]ed address is. `align_offset` may decline
+/// (`usize::MAX`): then 0, and the unaligned buffer is still correct, only written the ordinary
+/// way.
+fn aligned_start(ptr: *const u8) -> usize {
+    match ptr.align_offset(ALIGN) {
+        off if off < ALIGN => off,
+        _ => 0,
+    }
 }
 
 /// A read buffer whose data starts on an [`ALIGN`] boundary, allocated once and reused.
@@ -52,12 +58,7 @@ impl Block {
     /// A buffer for up to `capacity` bytes (a multiple of [`ALIGN`] for whole-block reads).
     pub fn new(capacity: usize) -> Self {
         let storage = vec![0u8; capacity + ALIGN];
-        // `align_offset` may decline (usize::MAX); an unaligned block is still correct, it is
-        // only written the ordinary way.
-        let start = match storage.as_ptr().align_offset(ALIGN) {
-            off if off < ALIGN => off,
-            _ => 0,
-        };
+        let start = aligned_start(storage.as_ptr());
         Self {
             storage,
             start,

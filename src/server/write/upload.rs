@@ -130,7 +130,7 @@ where
     // On a refusal below, `tx` is dropped without `End`: the writer discards the file.
     let mut refused = None;
     let mut block = BytesMut::new();
-    loop {
+    'body: loop {
         let chunk = match body.next().await {
             Some(Ok(chunk)) => chunk,
             Some(Err(e)) => {
@@ -156,7 +156,6 @@ where
         }
         // Cut into whole blocks, each in a buffer of its own that the disk can take directly.
         let mut rest = &chunk[..];
-        let mut stopped = false;
         while !rest.is_empty() {
             if block.is_empty() && block.capacity() < BLOCK {
                 block = aligned_bytes(BLOCK);
@@ -165,13 +164,9 @@ where
             block.extend_from_slice(&rest[..n]);
             rest = &rest[n..];
             if block.len() == BLOCK && tx.send(Chunk::Data(block.split().freeze())).await.is_err() {
-                stopped = true;
-                break;
+                // The writer stopped early: its error is below.
+                break 'body;
             }
-        }
-        if stopped {
-            // The writer stopped early: its error is below.
-            break;
         }
     }
     drop(tx);
