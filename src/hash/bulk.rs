@@ -30,7 +30,9 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 /// handed on as [`bytes::Bytes`] (an upload's blocks go to the hashers and the writer): filled
 /// to a multiple of [`ALIGN`] and frozen, it is written direct.
 pub fn aligned_bytes(capacity: usize) -> bytes::BytesMut {
-    let mut buf = bytes::BytesMut::with_capacity(capacity + ALIGN);
+    // The padding is at most `ALIGN - 1`, so what is left past `capacity` can never hold
+    // another block, whatever address the allocator hands out (an aligned one included).
+    let mut buf = bytes::BytesMut::with_capacity(capacity + ALIGN - 1);
     let pad = aligned_start(buf.as_ptr());
     buf.resize(pad, 0);
     bytes::Buf::advance(&mut buf, pad);
