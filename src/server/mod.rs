@@ -16,6 +16,7 @@ mod direct;
 mod disk;
 mod error;
 mod files;
+mod listen;
 mod read;
 mod reindex;
 mod request_path;
@@ -24,9 +25,6 @@ mod write;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use axum_server::tls_rustls::RustlsConfig;
 
 pub use bucket::{BucketServeOptions, serve_bucket};
 pub use error::ServerError;
@@ -36,13 +34,6 @@ pub use write::{DEFAULT_MAX_UPLOAD_SIZE, WriteOptions};
 /// The `tracing` target of the access log (one line per request): the binary sends it through
 /// a non-blocking writer.
 pub const ACCESS_LOG: &str = "simplestreams_builder::server::access";
-
-/// How long connections still in flight get to finish after a shutdown request.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
-/// A connection that sends no request within this time is closed, so idle sockets (a
-/// client that connects and says nothing) cannot pile up.
-const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to serve, where, and how.
 #[derive(Debug, Clone)]
@@ -77,7 +68,7 @@ pub enum TlsMode {
 /// Stops a server started with [`serve_with_handle`], from any thread.
 #[derive(Clone, Debug, Default)]
 pub struct ServerHandle {
-    inner: axum_server::Handle<SocketAddr>,
+    stop: listen::Stop,
 }
 
 impl ServerHandle {
@@ -89,7 +80,7 @@ impl ServerHandle {
     /// SIGTERM does for [`serve`]. Calling it before the server has started is fine: the
     /// server then stops as soon as it is up.
     pub fn shutdown(&self) {
-        self.inner.graceful_shutdown(Some(SHUTDOWN_GRACE));
+        self.stop.stop();
     }
 }
 
@@ -140,7 +131,7 @@ fn run(
         .build()
         .map_err(ServerError::Runtime)?;
     runtime.block_on(async move {
-        // Bound here rather than by axum-server so that the error names the address and the
+        // Bound here rather than in the accept loop so that the error names the address and the
         // "listening on" line can be printed before anything else happens.
         let (listener, addr) = bind(opts.listen)?;
         let served = std::sync::Arc::new(catalog::ServedCatalog::load(&root));
@@ -206,35 +197,24 @@ async fn listen_and_serve(
     ready: impl FnOnce(SocketAddr),
     on_signals: bool,
 ) -> Result<(), ServerError> {
-    let serve_error = |source| ServerError::Serve { addr, source };
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if on_signals {
         tokio::spawn(shutdown_on_signal(handle.clone()));
     }
-    match cert {
+    let tls = match &cert {
         None => {
-            let server = tune(
-                axum_server::from_tcp(listener).map_err(serve_error)?,
-                &handle,
-            );
             tracing::info!("listening on http://{addr}");
-            ready(addr);
-            server.serve(app).await.map_err(serve_error)
+            None
         }
         Some(cert) => {
-            // axum-server runs each TLS handshake in the connection's own task, with a
-            // timeout, so a client that never sends a ClientHello blocks nobody else.
-            let config = RustlsConfig::from_config(cert.config.clone());
-            let server = tune(
-                axum_server::tls_rustls::from_tcp_rustls(listener, config).map_err(serve_error)?,
-                &handle,
-            );
             tracing::info!("listening on https://{addr}");
-            log_trust_instructions(&cert, addr);
-            ready(addr);
-            server.serve(app).await.map_err(serve_error)
+            log_trust_instructions(cert, addr);
+            Some(std::sync::Arc::clone(&cert.config))
         }
-    }
+    };
+    ready(addr);
+    listen::serve(listener, tls, app, handle.stop, listen::Limits::default())
+        .await
+        .map_err(|source| ServerError::Serve { addr, source })
 }
 
 /// Top-level names the server answers itself (direct-URL import, `POST /import`).
@@ -304,27 +284,6 @@ fn log_write_policy(opts: &WriteOptions, scope: &write::WriteScope) {
     );
 }
 
-/// Per-stream HTTP/2 receive window, sized for uploads: with h2's default 64 KiB, a multi-GB
-/// upload over HTTP/2 (curl's default over TLS) ran at a sixth of the HTTP/1.1 speed, and the
-/// adaptive window was slower still on loopback. A fixed window bounds what one upload can
-/// have in flight in memory.
-const HTTP2_STREAM_WINDOW: u32 = 4 << 20;
-
-/// What one connection may hold of a response body not yet sent: HTTP/1.1's write queue
-/// (hyper's `max_buf_size`, which also caps its read buffer) and an HTTP/2 stream's send
-/// buffer. Image files are read as fast as the page cache answers, so a download keeps these
-/// full. At hyper's default (~400 KiB each) 100 parallel downloads of 100 MiB held 60-65 MiB
-/// over HTTP/1.1 and 92-103 MiB over HTTP/2; with these, 41 and 42 MiB. HTTP/1.1 needs the
-/// queue: it sends what is queued in one `writev`, and a 1 GiB download ran at 930-980 MiB/s
-/// with 128 KiB, 1,600 MiB/s with 256 KiB (64 KiB reads). The cap also bounds hyper's read
-/// buffer for an HTTP/1.1 upload (~400 KiB by default); uploads gather 1 MiB blocks anyway.
-const HTTP1_MAX_BUF: usize = 256 << 10;
-const HTTP2_MAX_SEND_BUF: usize = 256 << 10;
-
-/// Largest HTTP/2 frame a client may send us. The protocol's default, 16 KiB, made curl send
-/// every 16 KiB of an upload as a frame in two TLS records of its own.
-const HTTP2_MAX_FRAME: u32 = 1 << 20;
-
 fn canonical_root(root: &Path) -> Result<PathBuf, ServerError> {
     let root_error = |source| ServerError::Root {
         path: root.to_owned(),
@@ -392,24 +351,4 @@ fn url_host(ip: IpAddr) -> String {
     } else {
         ip.to_string()
     }
-}
-
-/// The settings every listener gets, plain or TLS: the shutdown handle, a deadline for the first
-/// request, and HTTP/2 windows large enough for multi-GB uploads.
-fn tune<Acc>(
-    server: axum_server::Server<SocketAddr, Acc>,
-    handle: &ServerHandle,
-) -> axum_server::Server<SocketAddr, Acc> {
-    let mut server = server
-        .handle(handle.inner.clone())
-        .first_request_timeout(FIRST_REQUEST_TIMEOUT);
-    server.http_builder().http1().max_buf_size(HTTP1_MAX_BUF);
-    server
-        .http_builder()
-        .http2()
-        .max_send_buf_size(HTTP2_MAX_SEND_BUF)
-        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(HTTP2_STREAM_WINDOW * 2)
-        .max_frame_size(HTTP2_MAX_FRAME);
-    server
 }
