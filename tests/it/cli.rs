@@ -1535,15 +1535,7 @@ fn a_run_in_the_wrong_mode_does_not_wipe_the_catalog() {
     let index = ["--index", "--no-watch"].map(std::ffi::OsStr::new);
     let server =
         crate::common::server::TestServer::serve_from(elsewhere.path(), f.root(), &ca, &index);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !server.said().contains("refusing to replace the catalog") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no refusal:\n{}",
-            server.said()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    server.wait_said(&["refusing to replace the catalog"]);
     drop(server);
     assert_eq!(catalog(), before);
 

@@ -271,10 +271,12 @@ fn refresh_takes_the_delta(kind: Kind) {
     daemon.forget_remote_catalogs();
     let before = server.said().len();
     daemon.ok(&["image", "refresh", "boot"]);
-    let said = server.said()[before..].to_owned();
+    let delta = format!("/{V2}/delta-{V1}.vcdiff");
+    // Panics with the log if the daemon did not fetch the delta.
+    let said = server.wait_said(&[&delta])[before..].to_owned();
     assert!(
-        said.contains(&format!("/{V2}/delta-{V1}.vcdiff")),
-        "{kind:?} did not fetch the delta:\n{said}"
+        said.contains(&delta),
+        "{kind:?} fetched the delta before the refresh:\n{said}"
     );
     assert!(
         !said.contains(&format!("/{V2}/rootfs.squashfs")),

@@ -905,11 +905,8 @@ fn a_failed_build_is_a_500_with_the_details_in_the_log() {
         !body.contains(&root),
         "the body shows a server path: {body}"
     );
-    let said = site.server.said();
-    assert!(
-        said.contains("direct request for `bad/1`") && said.contains("unified tarball"),
-        "{said}"
-    );
+    site.server
+        .wait_said(&["direct request for `bad/1`", "unified tarball"]);
     let vdir = site.www.join("images").join(&base);
     assert_eq!(
         built_files(&vdir),

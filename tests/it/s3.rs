@@ -327,11 +327,8 @@ fn bucket_tree_end_to_end_with_incus() {
         "mirrored",
     ]);
     crate::daemons::boots(&daemon, "mirrored", "s3-mirrored", &pretty);
-    let said = redirecting.said();
-    assert!(
-        said.contains("status=302"),
-        "the redirecting server redirected nothing:\n{said}"
-    );
+    // Panics with the log if the redirecting server redirected nothing.
+    redirecting.wait_said(&["status=302"]);
 }
 
 /// Eight publishers of eight products, started together, five rounds: every round's catalog

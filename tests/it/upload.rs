@@ -18,7 +18,7 @@ use crate::common::clients::{Client, Clients, Program};
 use crate::common::fixtures::{
     MetaSpec, fake_squashfs, random_squashfs, write_metadata_tarball, write_squashfs_rootfs,
 };
-use crate::common::site::{INDEX_DEADLINE, Site};
+use crate::common::site::Site;
 
 const V1: &str = "20250101_10:00";
 const V2: &str = "20250102_10:00";
@@ -821,17 +821,8 @@ fn a_broken_version_copied_in_costs_only_that_version_in_the_reindex() {
         catalog["products"][PRODUCT]["versions"][V2].is_null(),
         "the broken version is left out"
     );
-    let deadline = Instant::now() + INDEX_DEADLINE;
     let needle = format!("{V2}/rootfs.squashfs: is empty (0 bytes), not a squashfs image");
-    while !site.server.said().contains(&needle) {
-        assert!(
-            Instant::now() < deadline,
-            "the log never named the broken file:\n{}",
-            site.server.said()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(site.server.said().contains("left out of the catalog"));
+    site.server.wait_said(&[&needle, "left out of the catalog"]);
 }
 
 /// The re-index after an upload hashes the product folder the upload went into and takes the
@@ -870,12 +861,7 @@ fn an_upload_re_indexes_its_own_product_only() {
         "the new version beside the others",
     );
     // The run logs once what is published beside the catalog is written too: wait for it.
-    let start = std::time::Instant::now();
-    let mut log = site.server.said();
-    while !log.contains("4 version(s)") && start.elapsed() < INDEX_DEADLINE {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        log = site.server.said();
-    }
+    let log = site.server.wait_said(&["4 version(s)"]);
     assert!(
         log.lines().any(|l| l.contains("re-indexed (start-up scan)")
             && l.contains("3 product(s), 3 version(s), 3 product folder(s) hashed")),
@@ -905,9 +891,5 @@ fn an_upload_re_indexes_its_own_product_only() {
     fingerprints.push(("incb:1:amd64:default".into(), V2, fp));
     site.wait_for(|c| all_there(c, &fingerprints), "the version copied in");
     // Its run logs once the files beside the catalog are written too, after the catalog.
-    let start = std::time::Instant::now();
-    while !site.server.said().contains("re-indexed (changed:") && start.elapsed() < INDEX_DEADLINE {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(site.server.said().contains("re-indexed (changed:"));
+    site.server.wait_said(&["re-indexed (changed:"]);
 }

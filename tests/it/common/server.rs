@@ -14,6 +14,9 @@ use super::tls::TestCa;
 /// How long a server may take to bind and announce itself.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a line the server is expected to print may take to reach us.
+const SAID_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The readiness line: `listening on <url>`, on stderr.
 const READY_MARKER: &str = "listening on ";
 
@@ -120,6 +123,28 @@ server.serve_forever()
     /// What the server has printed so far, both streams.
     pub fn said(&self) -> String {
         self.log.lock().expect("log lock").clone()
+    }
+
+    /// Waits until the server has printed every one of `needles` and returns all it said. Its
+    /// output reaches us through a pipe and a reader thread (and the server logs off the
+    /// request path), so a line about a request can land after the response: read the log
+    /// through this, not `said`, whenever a line is expected. Panics with the log after
+    /// [`SAID_TIMEOUT`].
+    pub fn wait_said(&self, needles: &[&str]) -> String {
+        let deadline = std::time::Instant::now() + SAID_TIMEOUT;
+        loop {
+            let said = self.said();
+            if needles.iter().all(|n| said.contains(n)) {
+                return said;
+            }
+            if std::time::Instant::now() >= deadline {
+                let missing: Vec<&&str> = needles.iter().filter(|n| !said.contains(**n)).collect();
+                panic!(
+                    "the server did not say {missing:?} within {SAID_TIMEOUT:?}; it said:\n{said}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Base URL, e.g. `https://127.0.0.1:40123`, without a trailing slash.
