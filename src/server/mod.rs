@@ -18,6 +18,7 @@ mod error;
 mod files;
 mod listen;
 mod read;
+mod records;
 mod reindex;
 mod request_path;
 mod tls;

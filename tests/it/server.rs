@@ -319,6 +319,66 @@ fn serves_a_tree_over_tls() {
     server.stop();
 }
 
+/// An image file over HTTP/2 with TLS (what curl, browsers and the daemons pick) goes out in
+/// DATA frames cut to TLS records: every byte must still arrive, in order, whole or in a range.
+#[test]
+fn serves_image_files_over_http2_byte_exact() {
+    let (root, _outside) = fixture();
+    let big: Vec<u8> = (0..300_001u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let path = root.path().join(VERSION_DIR).join("big.squashfs");
+    std::fs::write(&path, &big).unwrap();
+    let server = TestServer::start(root.path(), TlsMode::SelfSigned { extra_sans: vec![] });
+    let cert = root.path().join(".ssb/tls/cert.pem");
+    let out_dir = tempfile::tempdir().unwrap();
+    let url = server.https(&format!("/{VERSION_DIR}/big.squashfs"));
+    let resolve = format!("localhost:{}:127.0.0.1", server.addr.port());
+    let fetch = |name: &str, extra: &[&str]| -> (String, Vec<u8>) {
+        let out_file = out_dir.path().join(name);
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--http2",
+                "--noproxy",
+                "*",
+                "--resolve",
+                &resolve,
+                "--cacert",
+            ])
+            .arg(&cert)
+            .arg("-o")
+            .arg(&out_file)
+            .args(["-w", "%{http_version} %{http_code}"])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("curl runs");
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8(out.stdout).unwrap();
+        (said, std::fs::read(&out_file).unwrap())
+    };
+
+    let (said, body) = fetch("whole", &[]);
+    assert_eq!(said, "2 200", "HTTP version and status");
+    assert!(
+        body == big,
+        "{} bytes back of {}, or not in order",
+        body.len(),
+        big.len()
+    );
+
+    // A range that starts and ends inside frames.
+    let (said, body) = fetch("range", &["-r", "16370-70000"]);
+    assert_eq!(said, "2 206");
+    assert!(body == big[16_370..=70_000], "{} bytes back", body.len());
+    server.stop();
+}
+
 #[test]
 fn catalog_json_is_gzipped_on_request_and_never_cached_blindly() {
     let (root, _outside) = fixture();
