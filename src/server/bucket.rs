@@ -193,7 +193,7 @@ pub fn serve_bucket(
         let router = Router::new()
             .fallback(dispatch)
             .with_state(app)
-            .layer(axum::middleware::from_fn(super::files::access_log));
+            .layer(axum::middleware::from_fn(super::access_log::access_log));
         listen_and_serve(listener, addr, cert, router, handle, ready, on_signals).await
     })?;
     tracing::info!("server stopped");

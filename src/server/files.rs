@@ -12,13 +12,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use tower::ServiceExt as _;
 use tower_http::services::ServeDir;
@@ -101,7 +100,7 @@ pub(crate) fn router(
         // Uploads stream to disk and are capped by --max-upload-size, not axum's 2 MB default
         // (which would apply to multipart bodies).
         .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn(access_log))
+        .layer(middleware::from_fn(super::access_log::access_log))
 }
 
 async fn dispatch(State(app): State<App>, req: Request) -> Response {
@@ -270,35 +269,6 @@ fn changes_with_catalog(file_name: &str) -> bool {
                 .strip_suffix(crate::tree::names::SIGNATURE_SUFFIX)
                 .unwrap_or(file_name),
         )
-}
-
-/// One line per request, at info level, after the response head is ready. Bytes are the
-/// `Content-Length` when known; the duration does not include streaming the body.
-pub(super) async fn access_log(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| *addr);
-    let response = next.run(req).await;
-    let bytes = response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    tracing::info!(
-        target: super::ACCESS_LOG,
-        peer = peer.map(tracing::field::display),
-        %method,
-        %path,
-        status = response.status().as_u16(),
-        bytes,
-        duration_ms = %format_args!("{:.3}", start.elapsed().as_secs_f64() * 1000.0),
-        "request"
-    );
-    response
 }
 
 /// A read of a private catalog by someone who sees only some products: the catalog, LXC's

@@ -9,6 +9,7 @@
 //! imports and deletes (`write`: policy, target paths, upload, import, delete) and auth (`auth`)
 //! are enabled.
 
+mod access_log;
 mod auth;
 mod bucket;
 mod catalog;

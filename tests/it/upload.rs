@@ -893,3 +893,62 @@ fn an_upload_re_indexes_its_own_product_only() {
     // Its run logs once the files beside the catalog are written too, after the catalog.
     site.server.wait_said(&["re-indexed (changed:"]);
 }
+
+/// The access log line of a download is written once the body has gone, with the bytes that
+/// really left: whole for a finished download, short and `complete=false` for one the client
+/// gave up on (as nginx's `$body_bytes_sent` would say).
+#[test]
+fn the_access_log_counts_the_bytes_a_download_really_sent() {
+    let site = Site::start(&[], &[]);
+    let dir = site.www.join("images/logged");
+    std::fs::create_dir_all(&dir).unwrap();
+    let whole: u64 = 4 << 20;
+    std::fs::File::create(dir.join("whole.img"))
+        .unwrap()
+        .set_len(whole)
+        .unwrap();
+    // Far more than loopback's socket buffers hold: a slow client cannot have it all in 1 s.
+    std::fs::File::create(dir.join("cut.img"))
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+
+    let (code, _) = site.curl(&[
+        "-o",
+        "/dev/null",
+        &format!("{}/images/logged/whole.img", site.url()),
+    ]);
+    assert_eq!(code, 200);
+    let log = site.server.wait_said(&["path=/images/logged/whole.img"]);
+    let line = log
+        .lines()
+        .find(|l| l.contains("path=/images/logged/whole.img"))
+        .unwrap();
+    assert!(line.contains(&format!("bytes={whole} ")), "{line}");
+    assert!(line.contains("complete=true"), "{line}");
+
+    // curl gives up after a second at 64 KB/s.
+    let (code, _) = site.curl(&[
+        "--http1.1",
+        "--limit-rate",
+        "64K",
+        "--max-time",
+        "1",
+        "-o",
+        "/dev/null",
+        &format!("{}/images/logged/cut.img", site.url()),
+    ]);
+    assert_eq!(code, 200, "the head arrived before curl gave up");
+    let log = site.server.wait_said(&["path=/images/logged/cut.img"]);
+    let line = log
+        .lines()
+        .find(|l| l.contains("path=/images/logged/cut.img"))
+        .unwrap();
+    assert!(line.contains("complete=false"), "{line}");
+    let sent: u64 = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("bytes="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes= in {line}"));
+    assert!(sent < 256 << 20, "{line}");
+}
