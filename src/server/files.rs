@@ -211,14 +211,7 @@ async fn serve_file(files: Files, req: Request) -> Response {
     } else {
         files.images
     };
-    // Over HTTP/2, with TLS, an image file's frames are cut to fill TLS records exactly.
-    let record_frames = !is_catalog
-        && files.tls_fingerprint.is_some()
-        && req.version() == axum::http::Version::HTTP_2;
     let mut response = match dir.oneshot(req).await {
-        Ok(response) if record_frames => {
-            response.map(|b| Body::new(super::records::TlsRecordFrames::new(b)))
-        }
         Ok(response) => response.map(Body::new),
         Err(never) => match never {},
     };

@@ -21,15 +21,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
-use futures_util::FutureExt as _;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use futures_util::task::AtomicWaker;
+use futures_util::{FutureExt as _, TryFutureExt as _};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tower::ServiceExt as _;
+
+use super::records::TlsRecordFrames;
 
 /// How long the server waits for what clients do or do not do.
 #[derive(Clone, Copy, Debug)]
@@ -143,7 +145,7 @@ pub(super) async fn serve(
             limits,
         };
         match &tls {
-            None => tokio::spawn(conn.serve(tcp)),
+            None => tokio::spawn(conn.serve(tcp, false)),
             Some(acceptor) => tokio::spawn(conn.handshake(acceptor.clone(), tcp, stop.stopped())),
         };
     }
@@ -193,13 +195,14 @@ impl Conn {
                 }
             },
         };
-        self.serve(tls).await;
+        self.serve(tls, true).await;
     }
 
     /// HTTP/1.1 or HTTP/2 (hyper tells them apart) on `io`, every HTTP/2 request polled in
     /// this task, until the client goes, a stop has let the requests in flight finish, or no
-    /// first request came in time.
-    async fn serve<I>(self, io: I)
+    /// first request came in time. Over `tls`, HTTP/2 response bodies go out in frames that
+    /// fill TLS records exactly ([`super::records`]).
+    async fn serve<I>(self, io: I, tls: bool)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -228,7 +231,14 @@ impl Conn {
             tower::service_fn(move |mut request: axum::extract::Request<_>| {
                 asked.store(true, Ordering::Relaxed);
                 request.extensions_mut().insert(ConnectInfo(peer));
-                app.clone().oneshot(request)
+                let record_frames = tls && request.version() == axum::http::Version::HTTP_2;
+                app.clone().oneshot(request).map_ok(move |response| {
+                    if record_frames {
+                        response.map(|b| axum::body::Body::new(TlsRecordFrames::new(b)))
+                    } else {
+                        response
+                    }
+                })
             })
         };
         let service = hyper_util::service::TowerToHyperService::new(service);

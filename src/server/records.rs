@@ -5,8 +5,8 @@
 //! and a frame's 9-byte header makes 16,393 bytes: one full record and a 9-byte one, for
 //! every frame. The client then decrypts and handles twice the records. nginx cuts its frames
 //! so that header and payload make exactly one record; [`TlsRecordFrames`] does the same by
-//! handing hyper an image file's chunks in slices of [`FRAME_PAYLOAD`] bytes (no copy: the
-//! slices share the chunk's buffer).
+//! handing hyper every response body's chunks on an HTTP/2 connection over TLS in slices of
+//! [`FRAME_PAYLOAD`] bytes (no copy: the slices share the chunk's buffer); `listen` wraps them.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
