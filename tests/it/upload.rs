@@ -919,11 +919,16 @@ fn the_access_log_counts_the_bytes_a_download_really_sent() {
         &format!("{}/images/logged/whole.img", site.url()),
     ]);
     assert_eq!(code, 200);
-    let log = site.server.wait_said(&["path=/images/logged/whole.img"]);
-    let line = log
-        .lines()
-        .find(|l| l.contains("path=/images/logged/whole.img"))
-        .unwrap();
+    // The access line of `path`, once the server has written it.
+    let line_of = |path: &str| {
+        let needle = format!("path={path} ");
+        let log = site.server.wait_said(&[&needle]);
+        log.lines()
+            .find(|l| l.contains(&needle))
+            .unwrap()
+            .to_owned()
+    };
+    let line = line_of("/images/logged/whole.img");
     assert!(line.contains(&format!("bytes={whole} ")), "{line}");
     assert!(line.contains("complete=true"), "{line}");
 
@@ -939,11 +944,7 @@ fn the_access_log_counts_the_bytes_a_download_really_sent() {
         &format!("{}/images/logged/cut.img", site.url()),
     ]);
     assert_eq!(code, 200, "the head arrived before curl gave up");
-    let log = site.server.wait_said(&["path=/images/logged/cut.img"]);
-    let line = log
-        .lines()
-        .find(|l| l.contains("path=/images/logged/cut.img"))
-        .unwrap();
+    let line = line_of("/images/logged/cut.img");
     assert!(line.contains("complete=false"), "{line}");
     let sent: u64 = line
         .split_whitespace()
