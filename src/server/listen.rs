@@ -31,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tower::ServiceExt as _;
 
+use super::cork::{Cork, CorkedTcp, cork};
 use super::records::TlsRecordFrames;
 
 /// How long the server waits for what clients do or do not do.
@@ -145,7 +146,7 @@ pub(super) async fn serve(
             limits,
         };
         match &tls {
-            None => tokio::spawn(conn.serve(tcp, false)),
+            None => tokio::spawn(conn.serve(tcp, None)),
             Some(acceptor) => tokio::spawn(conn.handshake(acceptor.clone(), tcp, stop.stopped())),
         };
     }
@@ -179,6 +180,7 @@ impl Conn {
         tcp: tokio::net::TcpStream,
         stopped: impl Future<Output = ()>,
     ) {
+        let (tcp, cork): (CorkedTcp, Cork) = cork(tcp);
         let handshake = tokio::time::timeout(self.limits.handshake, acceptor.accept(tcp));
         let tls = tokio::select! {
             biased;
@@ -195,14 +197,16 @@ impl Conn {
                 }
             },
         };
-        self.serve(tls, true).await;
+        self.serve(tls, Some(cork)).await;
     }
 
     /// HTTP/1.1 or HTTP/2 (hyper tells them apart) on `io`, every HTTP/2 request polled in
     /// this task, until the client goes, a stop has let the requests in flight finish, or no
-    /// first request came in time. Over `tls`, HTTP/2 response bodies go out in frames that
-    /// fill TLS records exactly ([`super::records`]).
-    async fn serve<I>(self, io: I, tls: bool)
+    /// first request came in time. Over TLS (`cork` is then the socket's under it), HTTP/2
+    /// response bodies go out in frames that fill TLS records exactly ([`super::records`]),
+    /// and what a turn of the task writes for them leaves in full segments
+    /// ([`super::cork`]).
+    async fn serve<I>(self, io: I, cork: Option<Cork>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -212,6 +216,7 @@ impl Conn {
             watcher,
             limits,
         } = self;
+        let tls = cork.is_some();
         let requests = Requests::default();
         let mut builder = auto::Builder::new(requests.spawner());
         builder
@@ -243,7 +248,7 @@ impl Conn {
         };
         let service = hyper_util::service::TowerToHyperService::new(service);
         let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
-        let mut driven = requests.drive(conn);
+        let mut driven = requests.drive(conn, cork);
         tokio::select! {
             () = &mut driven => return,
             () = tokio::time::sleep(limits.first_request) => {}
@@ -308,11 +313,12 @@ impl Requests {
         Spawner(Arc::clone(&self.handed))
     }
 
-    fn drive<C: Future>(self, conn: C) -> Driven<C> {
+    fn drive<C: Future>(self, conn: C, cork: Option<Cork>) -> Driven<C> {
         Driven {
             conn: Some(Box::pin(conn)),
             running: FuturesUnordered::new(),
             handed: self.handed,
+            cork,
         }
     }
 }
@@ -323,6 +329,9 @@ struct Driven<C> {
     conn: Option<Pin<Box<C>>>,
     running: FuturesUnordered<Request>,
     handed: Arc<Handed>,
+    /// The socket's cork over TLS: armed while HTTP/2 requests run, so that their frames
+    /// leave in full segments, and released at the end of each poll.
+    cork: Option<Cork>,
 }
 
 impl<C: Future> Driven<C> {
@@ -357,15 +366,26 @@ impl<C: Future> Future for Driven<C> {
         // instead of after a trip through the scheduler. An HTTP/1.1 connection (no requests
         // here) is polled once, as in a task of its own.
         for _ in 0..2 {
-            if let Some(conn) = &mut this.conn
-                && conn.as_mut().poll(cx).is_ready()
-            {
-                this.conn = None;
+            if let Some(conn) = &mut this.conn {
+                if let Some(cork) = &this.cork {
+                    cork.arm(!this.running.is_empty());
+                }
+                if conn.as_mut().poll(cx).is_ready() {
+                    this.conn = None;
+                }
             }
             if this.running.is_empty() && this.handed.is_empty() {
                 break;
             }
             this.poll_requests(cx);
+        }
+        if let Some(cork) = &this.cork {
+            cork.end_turn();
+        }
+        if this.conn.is_none() {
+            // The I/O has gone with the connection; close the socket now rather than when the
+            // last request ends.
+            this.cork = None;
         }
         if this.conn.is_none()
             && this.running.is_empty()
@@ -562,5 +582,43 @@ mod tests {
         )
         .await;
         served.expect("returned at once").unwrap();
+    }
+
+    /// What a connection writes while its HTTP/2 requests run is corked for the turn and sent
+    /// when the turn ends, not 200 ms later when the kernel gives up holding it.
+    #[tokio::test]
+    async fn a_turn_sends_what_its_requests_had_written_before_it_ends() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let client = client.unwrap();
+        let (mut io, cork) = cork(accepted.unwrap().0);
+        let started = Instant::now();
+        // A connection that writes a byte each time it is polled, with one request in flight
+        // (a download that goes on).
+        let conn = std::future::poll_fn(move |cx| {
+            assert!(matches!(
+                Pin::new(&mut io).poll_write(cx, b"x"),
+                Poll::Ready(Ok(1))
+            ));
+            Poll::<()>::Pending
+        });
+        let requests = Requests::default();
+        hyper::rt::Executor::execute(&requests.spawner(), std::future::pending::<()>());
+        let mut driven = requests.drive(conn, Some(cork));
+        // One turn: the connection (no request running yet: not corked), the request taken
+        // in, the connection again (corked), the end of the turn.
+        assert!((&mut driven).now_or_never().is_none());
+        let cork = driven.cork.as_ref().expect("the connection goes on");
+        assert_eq!(
+            cork.corkings(),
+            1,
+            "the second write, not the first, corked the socket"
+        );
+        assert!(!cork.is_corked(), "the end of the turn clears TCP_CORK");
+        let arrived = rustix::io::ioctl_fionread(&client).unwrap();
+        if started.elapsed() < Duration::from_millis(100) {
+            assert_eq!(arrived, 2, "both bytes left within the turn");
+        }
     }
 }

@@ -13,6 +13,7 @@ mod access_log;
 mod auth;
 mod bucket;
 mod catalog;
+mod cork;
 mod direct;
 mod disk;
 mod error;
