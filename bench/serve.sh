@@ -10,7 +10,12 @@
 # Prints each figure for both and the ratio ours / nginx (targets: downloads >= 0.95x,
 # catalog >= 1.0x). Client and servers share this machine's cores.
 #
-# Usage: bench/serve.sh [SECONDS] [all|downloads|catalog]   (wrk duration, default 10)
+# `cost` instead: what the 100 parallel downloads over TLS cost each server, 3 rounds with
+# nginx and ours in turn: MiB/s, the server's CPU (user + system of all its processes, from
+# /proc/PID/stat), its threads' involuntary context switches, and the wake-ups of every task on
+# the machine (`perf stat -a -e sched:sched_wakeup`, when perf can) while it runs.
+#
+# Usage: bench/serve.sh [SECONDS] [all|downloads|catalog|cost]   (wrk duration, default 10)
 #   SSB_BIN=path   measure this binary instead of a release build of this checkout
 #   TMPDIR=dir     where the tree goes (default /var/tmp; needs about 1.2 GiB)
 set -euo pipefail
@@ -18,7 +23,7 @@ cd "$(dirname "$0")"
 . ./lib.sh
 secs=${1:-10}
 parts=${2:-all}
-case "$parts" in all | downloads | catalog) ;; *) echo "usage: $0 [SECONDS] [all|downloads|catalog]" >&2; exit 2 ;; esac
+case "$parts" in all | downloads | catalog | cost) ;; *) echo "usage: $0 [SECONDS] [all|downloads|catalog|cost]" >&2; exit 2 ;; esac
 ssb=$(ssb_binary)
 bench_scratch serve
 nginx_pid=
@@ -126,6 +131,46 @@ wrk_rps() { # requests/s of wrk -t2 -c32 on URL with extra header args
 }
 
 etag_of() { curl -s --noproxy '*' --cacert "$work/cert.pem" -D - -o /dev/null "$1" | awk 'tolower($1) == "etag:" { sub(/\r$/, "", $2); print $2 }'; }
+
+server_cost() { # PID...: CPU ticks and involuntary context switches of these processes
+    local p cpu=0 switches=0
+    for p in "$@"; do
+        cpu=$((cpu + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
+        switches=$((switches + $(cat /proc/"$p"/task/*/status | awk '/^nonvoluntary_ctxt_switches/ { s += $2 } END { print s + 0 }')))
+    done
+    echo "$cpu $switches"
+}
+
+parallel_cost() { # URL PID...: MiB/s, CPU s, involuntary switches, machine wake-ups (or -)
+    local url=$1 stat_pid= wakeups=- speed c0 s0 c1 s1
+    shift
+    if perf stat -a -e sched:sched_wakeup -- true >/dev/null 2>&1; then
+        perf stat -a -x, -e sched:sched_wakeup -o "$work/wakeups" 2>/dev/null &
+        stat_pid=$!
+        sleep 0.3
+    fi
+    read -r c0 s0 <<<"$(server_cost "$@")"
+    speed=$(parallel_speed "$url")
+    read -r c1 s1 <<<"$(server_cost "$@")"
+    if [ -n "$stat_pid" ]; then
+        kill -INT "$stat_pid"
+        wait "$stat_pid" || true
+        wakeups=$(awk -F, '/sched_wakeup/ { print $1 }' "$work/wakeups")
+    fi
+    echo "$speed $(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz }') $((s1 - s0)) $wakeups"
+}
+
+if [ "$parts" = cost ]; then
+    echo "tree: $www; 100 x 100 MiB over TLS (10,000 MiB) per figure; $(nproc) cores shared by clients and servers"
+    printf '%-7s %-6s %8s %12s %22s %10s\n' round server MiB/s "CPU (s)" "involuntary switches" wake-ups
+    for round in 1 2 3; do
+        read -r ns nc nw nk <<<"$(parallel_cost "$(url n https "$big/medium.img")" "$nginx_pid" $(pgrep -P "$nginx_pid"))"
+        read -r os oc ow ok <<<"$(parallel_cost "$(url o https "$big/medium.img")" "$tls_pid")"
+        printf '%-7s %-6s %8s %12s %22s %10s\n' "$round" nginx "$ns" "$nc" "$nw" "$nk" "$round" ours "$os" "$oc" "$ow" "$ok"
+        echo "        ours/nginx: MiB/s $(ratio "$os" "$ns"), CPU $(ratio "$oc" "$nc")"
+    done
+    exit 0
+fi
 
 echo "tree: $www; wrk ${secs}s per figure; $(nproc) cores shared by clients and servers"
 line "" "nginx" "ours" "ours/nginx"
