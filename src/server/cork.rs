@@ -163,23 +163,26 @@ impl AsyncWrite for CorkedTcp {
     }
 }
 
+/// A loopback connection, its accepted end wrapped (with `TCP_NODELAY`, as the server sets it),
+/// and the client's end.
+#[cfg(test)]
+pub(super) async fn loopback_pair() -> (CorkedTcp, Cork, TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let (io, cork) = cork(accepted.unwrap().0);
+    io.0.stream.set_nodelay(true).unwrap();
+    (io, cork, client.unwrap())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    async fn pair() -> (CorkedTcp, Cork, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let (io, cork) = cork(accepted.unwrap().0);
-        io.0.stream.set_nodelay(true).unwrap();
-        (io, cork, client.unwrap())
-    }
-
     #[tokio::test]
     async fn an_armed_turn_corks_its_writes_and_its_end_sends_them() {
-        let (mut io, cork, mut client) = pair().await;
+        let (mut io, cork, mut client) = loopback_pair().await;
         let started = std::time::Instant::now();
         cork.arm(true);
         io.write_all(b"first ").await.unwrap();
@@ -201,7 +204,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_outside_an_armed_turn_leave_at_once() {
-        let (mut io, cork, mut client) = pair().await;
+        let (mut io, cork, mut client) = loopback_pair().await;
         io.write_all(b"handshake").await.unwrap();
         assert!(!cork.is_corked());
         let mut got = [0u8; 9];
@@ -215,7 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_and_shutdown_pass_through() {
-        let (mut io, _cork, mut client) = pair().await;
+        let (mut io, _cork, mut client) = loopback_pair().await;
         client.write_all(b"request").await.unwrap();
         let mut got = [0u8; 7];
         io.read_exact(&mut got).await.unwrap();

@@ -597,11 +597,7 @@ mod tests {
     /// when the turn ends, not 200 ms later when the kernel gives up holding it.
     #[tokio::test]
     async fn a_turn_sends_what_its_requests_had_written_before_it_ends() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let client = client.unwrap();
-        let (mut io, cork) = cork(accepted.unwrap().0);
+        let (mut io, cork, client) = super::super::cork::loopback_pair().await;
         let started = Instant::now();
         // A connection that writes a byte each time it is polled, with one request in flight
         // (a download that goes on).
