@@ -144,7 +144,7 @@ server_cost() { # PID...: CPU ticks and involuntary context switches of these pr
 parallel_cost() { # URL PID...: MiB/s, CPU s, involuntary switches, machine wake-ups (or -)
     local url=$1 stat_pid= wakeups=- speed c0 s0 c1 s1
     shift
-    if perf stat -a -e sched:sched_wakeup -- true >/dev/null 2>&1; then
+    if [ "$perf_wakeups" = yes ]; then
         perf stat -a -x, -e sched:sched_wakeup -o "$work/wakeups" 2>/dev/null &
         stat_pid=$!
         sleep 0.3
@@ -161,6 +161,7 @@ parallel_cost() { # URL PID...: MiB/s, CPU s, involuntary switches, machine wake
 }
 
 if [ "$parts" = cost ]; then
+    perf_wakeups=$(perf stat -a -e sched:sched_wakeup -- true >/dev/null 2>&1 && echo yes || echo no)
     echo "tree: $www; 100 x 100 MiB over TLS (10,000 MiB) per figure; $(nproc) cores shared by clients and servers"
     printf '%-7s %-6s %8s %12s %22s %10s\n' round server MiB/s "CPU (s)" "involuntary switches" wake-ups
     for round in 1 2 3; do
