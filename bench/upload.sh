@@ -79,9 +79,13 @@ upload_once() {
     local opt=$1 base="$url/images/bench/1/amd64/default/$2" start end response sha seen reindex
     curl -sS -k --noproxy '*' -T "$work/src/lxd.tar.xz" "$base/lxd.tar.xz" >/dev/null
     sleep 1
+    cpu0=$(server_ticks)
     start=$(now)
-    response=$(curl -sS -k --noproxy "*" "$opt" -T "$work/src/rootfs.squashfs" "$base/rootfs.squashfs" || true)
+    # bash's `time` gives curl's own CPU (user + system) in $work/curl-cpu.
+    { TIMEFORMAT='%U %S'; time curl -sS -k --noproxy "*" "$opt" -T "$work/src/rootfs.squashfs" "$base/rootfs.squashfs" >"$work/response" 2>&1 || true; } 2>"$work/curl-cpu"
     end=$(now)
+    cpu1=$(server_ticks)
+    response=$(cat "$work/response")
     sha=$(printf '%s' "$response" | grep -o '"sha256":"[0-9a-f]*"' | cut -d'"' -f4)
     [ -n "$sha" ] || { echo "upload failed: $response" >&2; cat "$work/server.log" >&2; exit 1; }
     seen=
@@ -100,9 +104,16 @@ upload_once() {
     done
     [ -n "$reindex" ] || { cat "$work/server.log" >&2; echo "the upload's re-index was not logged within 30 s" >&2; exit 1; }
     echo "  $opt into $2: upload end -> images.json $(ms "$end" "$seen") ms; re-index $reindex" >>"$work/lines"
+    read -r cu cs <"$work/curl-cpu"
+    # CPU seconds per GiB of the server (until the upload's answer) and of curl.
+    awk -v t=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v cu="$cu" -v cs="$cs" -v m="$size_mb" -v opt="$opt" \
+        'BEGIN { printf "%s %.2f %.2f\n", opt, t / hz * 1024 / m, (cu + cs) * 1024 / m }' >>"$work/cpu"
     sync
     ms "$start" "$end"
 }
+
+# CPU ticks (user + system) the server has used so far.
+server_ticks() { awk '{ print $14 + $15 }' "/proc/$server_pid/stat"; }
 
 rate() { awk -v m="$size_mb" -v t="$1" 'BEGIN { printf "%.0f", m / (t / 1000) }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
@@ -110,9 +121,10 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int(
 
 echo "size: ${size_mb} MiB, ${rounds} rounds of cp + fsync, HTTP/1.1 upload, HTTP/2 upload"
 echo "round  cp+fsync ms  HTTP/1.1 ms  HTTP/2 ms   HTTP/1.1 vs cp  HTTP/2 vs cp  HTTP/2 vs HTTP/1.1"
-r1=() r2=() r21=()
+r1=() r2=() r21=() cp_rates=()
 for round in $(seq 1 "$rounds"); do
     cp_ms=$(cp_once)
+    cp_rates+=("$(rate "$cp_ms")")
     h1_ms=$(upload_once --http1.1 "$(printf '202401%02d_01:00' "$round")")
     h2_ms=$(upload_once --http2 "$(printf '202401%02d_02:00' "$round")")
     r1+=("$(ratio "$cp_ms" "$h1_ms")") r2+=("$(ratio "$cp_ms" "$h2_ms")") r21+=("$(ratio "$h1_ms" "$h2_ms")")
@@ -120,6 +132,7 @@ for round in $(seq 1 "$rounds"); do
         "$h1_ms ($(rate "$h1_ms"))" "$h2_ms ($(rate "$h2_ms"))" "${r1[-1]}" "${r2[-1]}" "${r21[-1]}"
 done
 hwm_kb=$(awk '/VmHWM/ { print $2 }' "/proc/$server_pid/status")
+cp_rate=$(median "${cp_rates[@]}")
 echo "(MiB/s in brackets; a ratio is a speed over a speed, 1.00 = as fast)"
 echo "median HTTP/1.1 vs cp + fsync:   $(median "${r1[@]}") (target >= 0.6)"
 echo "median HTTP/2 vs cp + fsync:     $(median "${r2[@]}")"
@@ -127,3 +140,15 @@ echo "median HTTP/2 vs HTTP/1.1:       $(median "${r21[@]}") (target >= 0.8)"
 echo "server peak RSS:      $((hwm_kb / 1024)) MiB (VmHWM ${hwm_kb} kB; target < 64 MiB)"
 echo "each upload (target: in images.json <= 1000 ms after its end):"
 cat "$work/lines"
+# Where the time goes: an upload keeps both this machine's cores busy (curl reads and encrypts,
+# the server decrypts, hashes and writes), so it can go no faster than their CPU seconds shared
+# over the cores. A rootfs sent after its metadata tarball is hashed twice (its own sha256 and
+# the combined one).
+echo "CPU seconds per GiB uploaded (median of the rounds), and the fastest the CPU they take lets an upload go on $(nproc) cores:"
+for opt in --http1.1 --http2; do
+    server=$(median $(awk -v o="$opt" '$1 == o { print $2 }' "$work/cpu"))
+    client=$(median $(awk -v o="$opt" '$1 == o { print $3 }' "$work/cpu"))
+    awk -v o="$opt" -v s="$server" -v c="$client" -v n="$(nproc)" -v cp="$cp_rate" 'BEGIN {
+        bound = 1024 / ((s + c) / n)
+        printf "  %-9s server %.2f s, curl %.2f s: at most %.0f MiB/s, %.2fx cp + fsync\n", o, s, c, bound, bound / cp }'
+done
