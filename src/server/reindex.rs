@@ -9,6 +9,7 @@
 //! its trigger ([`Reindexer::publish`]).
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +32,8 @@ use crate::tree::FileSig;
 
 /// Quiet time the watcher waits for before reporting a path.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
-/// Paths of uploads remembered for the watcher (see [`Reindexer::request_written`]).
+/// Paths of uploads and deletes remembered for the watcher (see
+/// [`Reindexer::request_written`]).
 const MAX_WRITTEN: usize = 4096;
 /// How long a trigger waits for others to join it.
 const COALESCE: Duration = Duration::from_millis(50);
@@ -99,10 +101,37 @@ impl Trigger {
 #[derive(Clone, Debug)]
 pub(crate) struct Reindexer {
     tx: mpsc::UnboundedSender<Trigger>,
-    /// What this server's uploads have just put in place (paths relative to the root, the
-    /// folders above them included) with their signatures then; see
+    /// What this server's uploads have just put in place and its deletes removed (paths
+    /// relative to the root, the folders above them included), as they were left. See
     /// [`Reindexer::request_written`].
-    written: Arc<Mutex<HashMap<PathBuf, FileSig>>>,
+    written: Arc<Mutex<HashMap<PathBuf, Left>>>,
+}
+
+/// What this server's own write left at a path, for the watcher to recognize.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Left {
+    /// A file with this signature.
+    File(FileSig),
+    /// This folder (device and inode), whatever its entries: an entry added or removed since is
+    /// reported under its own path, and the re-index itself writes into product folders.
+    Folder { dev: u64, ino: u64 },
+    /// Nothing: the path was removed.
+    Nothing,
+}
+
+impl Left {
+    /// What is at `path` now; `None` when that cannot be told.
+    fn at(path: &Path) -> Option<Self> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => Some(Self::Folder {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            }),
+            Ok(meta) => Some(Self::File(FileSig::of(&meta))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Self::Nothing),
+            Err(_) => None,
+        }
+    }
 }
 
 impl Reindexer {
@@ -112,38 +141,65 @@ impl Reindexer {
     }
 
     /// Requests a re-index for files this server has just put in place (`trigger.paths`,
-    /// relative to `root`). The watcher sees them arrive too: what it reports of them, and of
-    /// the folders above them, unchanged since this call, is left out of its triggers. This
-    /// trigger covers it (its run reads the tree after this call), and it was a second
-    /// re-index for nothing after every upload.
+    /// relative to `root`). The watcher sees them arrive too: what it reports of them while
+    /// they are unchanged since this call, and of the folders above them while they are the
+    /// same folders, is left out of its triggers. This trigger covers it (its run reads the
+    /// tree after this call), and it was a second re-index for nothing after every upload (and
+    /// after an upload that made a product folder, whose time stamp the run itself moves by
+    /// writing ssb.json into it).
     pub(crate) fn request_written(&self, root: &Path, trigger: Trigger) {
-        {
-            let mut written = self.written();
-            if written.len() > MAX_WRITTEN {
-                // Forgetting costs at most a run for nothing.
-                written.clear();
-            }
-            for path in &trigger.paths {
-                for p in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
-                    if let Ok(sig) = FileSig::read_link(root.join(p)) {
-                        written.insert(p.to_owned(), sig);
-                    }
-                }
-            }
-        }
+        self.remember(root, &trigger.paths, false);
         self.request(trigger);
     }
 
-    /// True when `path` (relative to `root`) is one [`Reindexer::request_written`] was told of
-    /// and is as it was then.
-    fn reported(&self, root: &Path, path: &Path) -> bool {
-        let Some(sig) = self.written().get(path).copied() else {
-            return false;
-        };
-        FileSig::read_link(root.join(path)).is_ok_and(|now| now == sig)
+    /// [`Reindexer::request_written`] for paths this server has just removed (a file or a
+    /// whole version folder): the watcher's reports of them, of what was inside them, and of
+    /// the folders above them, as they are now, are left out too. A delete used to cost a
+    /// second re-index for nothing.
+    pub(crate) fn request_removed(&self, root: &Path, trigger: Trigger) {
+        self.remember(root, &trigger.paths, true);
+        self.request(trigger);
     }
 
-    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, FileSig>> {
+    /// Notes `paths` (relative to `root`) as they are now, and the folders above them: a
+    /// path `removed` as gone, the others with their signatures.
+    fn remember(&self, root: &Path, paths: &[PathBuf], removed: bool) {
+        let mut written = self.written();
+        if written.len() > MAX_WRITTEN {
+            // Forgetting costs at most a run for nothing.
+            written.clear();
+        }
+        for path in paths {
+            for p in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+                let left = if removed && p == path {
+                    Some(Left::Nothing)
+                } else {
+                    Left::at(&root.join(p))
+                };
+                if let Some(left) = left {
+                    written.insert(p.to_owned(), left);
+                }
+            }
+        }
+    }
+
+    /// True when `path` (relative to `root`) is one [`Reindexer::request_written`] or
+    /// [`Reindexer::request_removed`] was told of and is as it was left: a file unchanged since,
+    /// the same folder, or gone when it was removed or was inside a folder removed.
+    fn reported(&self, root: &Path, path: &Path) -> bool {
+        let Some(now) = Left::at(&root.join(path)) else {
+            return false;
+        };
+        let written = self.written();
+        written.get(path) == Some(&now)
+            || now == Left::Nothing
+                && path
+                    .ancestors()
+                    .skip(1)
+                    .any(|p| written.get(p) == Some(&Left::Nothing))
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Left>> {
         self.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -438,7 +494,10 @@ fn watch(
         changed.retain(|p| {
             let ours = reindexer.reported(&filter_root, p);
             if ours {
-                tracing::debug!("watcher: {} is an upload's, already indexed", p.display());
+                tracing::debug!(
+                    "watcher: {} is an upload's or a delete's, already indexed",
+                    p.display()
+                );
             }
             !ours
         });
@@ -507,6 +566,63 @@ fn is_relevant(root: &Path, config: Option<&Path>, path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reindexer() -> Reindexer {
+        Reindexer {
+            tx: mpsc::unbounded_channel().0,
+            written: Arc::default(),
+        }
+    }
+
+    /// What the watcher leaves out after an upload and after a delete, and what it still
+    /// reports: anything that changed since, or came back.
+    #[test]
+    fn the_watcher_skips_what_uploads_and_deletes_reported_as_long_as_it_stays_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let version = Path::new("images/os/1/amd64/default/20240101_00:00");
+        let file = version.join("rootfs.squashfs");
+        std::fs::create_dir_all(root.join(version)).unwrap();
+        std::fs::write(root.join(&file), b"one").unwrap();
+        let r = reindexer();
+        assert!(!r.reported(root, &file), "told nothing yet");
+
+        r.request_written(root, Trigger::touching("uploaded", vec![file.clone()]));
+        assert!(r.reported(root, &file));
+        assert!(r.reported(root, version), "the folders above it");
+        assert!(r.reported(root, Path::new("images/os")));
+        std::fs::write(root.join(version).join("lxd.tar.xz"), b"meta").unwrap();
+        assert!(
+            !r.reported(root, &version.join("lxd.tar.xz")),
+            "a file copied in beside it"
+        );
+        assert!(
+            r.reported(root, version),
+            "its folder, the same one (what was added is reported under its own path)"
+        );
+        std::fs::write(root.join(&file), b"changed").unwrap();
+        assert!(!r.reported(root, &file), "the file written again since");
+
+        // A whole version removed: the folder, the files that were in it, and its product
+        // folder as it is after the delete.
+        std::fs::remove_dir_all(root.join(version)).unwrap();
+        r.request_removed(root, Trigger::touching("deleted", vec![version.to_owned()]));
+        assert!(r.reported(root, version));
+        assert!(r.reported(root, &file), "a file that was inside it");
+        assert!(r.reported(root, version.parent().unwrap()));
+        // Back by other means: the watcher's to report.
+        std::fs::create_dir_all(root.join(version)).unwrap();
+        std::fs::write(root.join(&file), b"two").unwrap();
+        assert!(!r.reported(root, version));
+        assert!(!r.reported(root, &file));
+        // A folder replaced by another of the same name is not the one written.
+        let product = version.parent().unwrap();
+        r.request_written(root, Trigger::touching("uploaded", vec![file.clone()]));
+        assert!(r.reported(root, product));
+        std::fs::rename(root.join(product), root.join("images/os/1/amd64/old")).unwrap();
+        std::fs::create_dir(root.join(product)).unwrap();
+        assert!(!r.reported(root, product));
+    }
 
     #[test]
     fn relevant_paths() {

@@ -47,11 +47,6 @@ impl FileSig {
     pub fn read(path: impl AsRef<Path>) -> std::io::Result<Self> {
         std::fs::metadata(path).map(|m| Self::of(&m))
     }
-
-    /// The signature of `path` itself, a symlink's own when it is one.
-    pub fn read_link(path: impl AsRef<Path>) -> std::io::Result<Self> {
-        std::fs::symlink_metadata(path).map(|m| Self::of(&m))
-    }
 }
 
 /// Reads a whole file and the signature of exactly the bytes read: taken from the descriptor

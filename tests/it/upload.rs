@@ -237,10 +237,32 @@ fn delete_files_and_versions_with_allow_deletes() {
         assert_eq!(site.put(&meta, &format!("{base}/lxd.tar.xz")).0, 201);
         assert_eq!(site.put(root, &format!("{base}/rootfs.squashfs")).0, 201);
     }
-    site.wait_for(
-        |c| product(c, id).is_some_and(|p| p["versions"].as_object().unwrap().len() == 2),
-        "both versions",
+    // Another product, which the deletes leave alone.
+    let (other_meta, other_rootfs, _) = quick_image(&scratch.join("other"), "delother", 4096);
+    let base = format!("images/delother/1/amd64/default/{V1}");
+    assert_eq!(site.put(&other_meta, &format!("{base}/lxd.tar.xz")).0, 201);
+    assert_eq!(
+        site.put(&other_rootfs, &format!("{base}/rootfs.squashfs"))
+            .0,
+        201
     );
+    site.wait_for(
+        |c| {
+            product(c, id).is_some_and(|p| p["versions"].as_object().unwrap().len() == 2)
+                && product(c, "delother:1:amd64:default").is_some_and(|p| {
+                    p["versions"][V1]["items"]
+                        .as_object()
+                        .is_some_and(|i| i.values().any(|i| i["ftype"] == "squashfs"))
+                })
+        },
+        "both versions and the other product's image",
+    );
+    // What the uploads asked for has run before the deletes; the watcher asked for nothing
+    // more, though the runs wrote into the product folders the uploads made.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let said = site.server.said();
+    assert!(!said.contains("re-indexed (changed:"), "{said}");
+    let before = said.len();
     // One file: the version loses its image.
     let (code, body) = site.delete(&format!(
         "images/delos/1/amd64/default/{V1}/rootfs.squashfs"
@@ -262,10 +284,26 @@ fn delete_files_and_versions_with_allow_deletes() {
                     && p["versions"][V1]["items"]
                         .as_object()
                         .is_some_and(|i| i.values().all(|i| i["ftype"] != "squashfs"))
-            })
+            }) && product(c, "delother:1:amd64:default").is_some()
         },
         "the deletes in images.json",
     );
+    // Each delete's run hashed its product alone (not the other one), and the watcher, which
+    // saw the files go, asked for no second run.
+    site.server.wait_said(&["re-indexed (deleted"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let said = site.server.said();
+    let runs: Vec<&str> = said[before..]
+        .lines()
+        .filter(|l| l.contains("re-indexed ("))
+        .collect();
+    assert!(!runs.is_empty(), "{said}");
+    for line in runs {
+        assert!(
+            line.contains("re-indexed (deleted") && line.contains("1 product folder(s) hashed"),
+            "{line}"
+        );
+    }
     // Never the catalog, a product folder, or images/ itself.
     for path in [
         "streams/v1/images.json",

@@ -27,6 +27,7 @@ pub(crate) async fn delete(writes: Arc<Writes>, req: Request) -> Result<Response
     let target = target::delete_target(&rel, &writes.scope).map_err(|r| bad(&rel, r))?;
     let root = Arc::clone(&writes.root);
     let relative = target.relative();
+    let removed_path = relative.clone();
     let shown = relative.display().to_string();
     let job_shown = shown.clone();
     let removed = tokio::task::spawn_blocking(move || {
@@ -60,9 +61,11 @@ pub(crate) async fn delete(writes: Arc<Writes>, req: Request) -> Result<Response
         source: std::io::Error::other(e.to_string()),
     })??;
     tracing::info!("deleted {removed} {shown}");
-    writes
-        .reindexer
-        .request(Trigger::because(format!("deleted {shown}")));
+    // Only the product it was in changed: the run hashes that one alone.
+    writes.reindexer.request_removed(
+        &writes.root,
+        Trigger::touching(format!("deleted {shown}"), vec![removed_path]),
+    );
     let body = serde_json::json!({ "deleted": shown, "kind": removed });
     Ok(super::policy::json_response(StatusCode::OK, &body))
 }
