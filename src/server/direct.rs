@@ -183,13 +183,21 @@ impl Direct {
         })
         .await?;
         if let (Some(reindexer), Some((product_dir, known))) = (&self.reindexer, published) {
-            reindexer.request(Trigger {
-                known: vec![(product_dir, known)],
-                ..Trigger::because(format!(
-                    "published the unified tarball of {} {}",
-                    choice.product, choice.version
-                ))
-            });
+            // The run hashes that product alone; the watcher is told of the new file.
+            let path = PathBuf::from(&product_dir)
+                .join(&known.version)
+                .join(&known.file);
+            let reason = format!(
+                "published the unified tarball of {} {}",
+                choice.product, choice.version
+            );
+            reindexer.request_written(
+                &self.root,
+                Trigger {
+                    known: vec![(product_dir, known)],
+                    ..Trigger::touching(reason, vec![path])
+                },
+            );
         }
         Ok((choice, unified))
     }

@@ -6,7 +6,7 @@
 //! one run. A failed run is logged and retried with a growing delay; it never stops the server.
 //! Readers always get complete catalog files: every file is written atomically. A writer that
 //! must answer only once the catalog holds its files (imports) waits for the run that includes
-//! its trigger ([`Reindexer::publish`]).
+//! its trigger ([`Reindexer::publish_written`]).
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt as _;
@@ -203,19 +203,26 @@ impl Reindexer {
         self.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Requests a re-index and returns how the run that includes it will end: the receiver
-    /// yields `Ok` once the catalog has been re-published with everything on disk at the time of
-    /// this call, or the reason that run failed (it is retried on its own, without telling).
-    /// The run happens whether or not anyone waits.
-    pub(crate) fn publish(
+    /// Requests a re-index for files this server has just put in place (`paths`, relative to
+    /// `root`, all inside product folders; the run hashes their products only, and the watcher
+    /// leaves them out as [`Reindexer::request_written`] says) and returns how the run that
+    /// includes it will end: the receiver yields `Ok` once the catalog has been re-published
+    /// with everything on disk at the time of this call, or the reason that run failed (it is
+    /// retried on its own, without telling). The run happens whether or not anyone waits.
+    pub(crate) fn publish_written(
         &self,
+        root: &Path,
         reason: impl Into<String>,
+        paths: Vec<PathBuf>,
     ) -> oneshot::Receiver<Result<(), String>> {
         let (tx, rx) = oneshot::channel();
-        self.request(Trigger {
-            done: Some(tx),
-            ..Trigger::because(reason)
-        });
+        self.request_written(
+            root,
+            Trigger {
+                done: Some(tx),
+                ..Trigger::touching(reason, paths)
+            },
+        );
         rx
     }
 }

@@ -271,6 +271,46 @@ fn a_unified_tarball_is_published_split_and_whole() {
     assert_staging_empty(&site);
 }
 
+/// With the watcher on: an import's re-index hashes the image's product alone, and the
+/// watcher, which sees the files arrive, asks for no second run; nor after aliases added to an
+/// image already there.
+#[test]
+fn an_import_re_indexes_its_product_alone_and_once() {
+    let site = Site::start(&[], &[]);
+    let scratch = scratch(&site);
+    let (meta_a, root_a) = quick_split(&scratch.join("a"), "impa", b"first");
+    let (meta_b, root_b) = quick_split(&scratch.join("b"), "impb", b"second");
+    let (code, answer) = import(&site, &[&meta_a, &root_a], &[], Some(TOKEN));
+    assert_eq!(code, 201, "{answer:#}");
+    // The first import's runs (the watcher's too, if it asked) are over before the next.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let before = site.server.said().len();
+    let (code, answer) = import(&site, &[&meta_b, &root_b], &[], Some(TOKEN));
+    assert_eq!(code, 201, "{answer:#}");
+    assert_eq!(answer["published"], true, "{answer:#}");
+    let (code, answer) = import(&site, &[&meta_b, &root_b], &[("alias", "bee")], Some(TOKEN));
+    assert_eq!(code, 200, "{answer:#}");
+    let catalog = site.catalog().unwrap();
+    let aliases = catalog["products"]["impb:1.0:amd64:default"]["aliases"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(aliases.split(',').any(|a| a == "bee"), "{aliases}");
+    let runs = site.server.settled_runs_since(before);
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    assert!(
+        runs[0].contains("re-indexed (imported images/impb/"),
+        "{runs:#?}"
+    );
+    assert!(
+        runs[1].contains("re-indexed (aliases for images/impb/"),
+        "{runs:#?}"
+    );
+    for line in runs {
+        assert!(line.contains("1 product folder(s) hashed"), "{line}");
+    }
+}
+
 #[test]
 fn imports_need_the_write_token() {
     let site = start();

@@ -291,13 +291,8 @@ fn delete_files_and_versions_with_allow_deletes() {
     // Each delete's run hashed its product alone (not the other one), and the watcher, which
     // saw the files go, asked for no second run.
     site.server.wait_said(&["re-indexed (deleted"]);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let said = site.server.said();
-    let runs: Vec<&str> = said[before..]
-        .lines()
-        .filter(|l| l.contains("re-indexed ("))
-        .collect();
-    assert!(!runs.is_empty(), "{said}");
+    let runs = site.server.settled_runs_since(before);
+    assert!(!runs.is_empty(), "{}", site.server.said());
     for line in runs {
         assert!(
             line.contains("re-indexed (deleted") && line.contains("1 product folder(s) hashed"),

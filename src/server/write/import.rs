@@ -125,20 +125,24 @@ pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, 
             .map(|f| f.name.as_str())
             .collect::<Vec<_>>()
             .join(" + ");
-        // Whatever was placed gets published, even when the aliases then failed.
+        // Whatever was placed gets published, even when the aliases then failed. The run
+        // hashes the image's product alone, and the watcher is told what this import wrote.
+        let aliases_written = aliased.as_ref().is_ok_and(|added| *added);
         let publishing = match &imported {
             Ok(Imported::New(dir)) => {
                 let rel = relative(&root, dir);
                 tracing::info!("imported {shown} into {rel}");
-                Some(reindexer.publish(format!("imported {rel}")))
+                let mut paths = placed(&root, dir);
+                paths.extend(aliases_written.then(|| metadata_json(&root, dir)));
+                Some(reindexer.publish_written(&root, format!("imported {rel}"), paths))
             }
             Ok(Imported::AlreadyThere(dir)) => {
                 let rel = relative(&root, dir);
                 tracing::info!("{shown}: already imported in {rel} (nothing changed)");
-                aliased
-                    .as_ref()
-                    .is_ok_and(|added| *added)
-                    .then(|| reindexer.publish(format!("aliases for {rel}")))
+                aliases_written.then(|| {
+                    let paths = vec![metadata_json(&root, dir)];
+                    reindexer.publish_written(&root, format!("aliases for {rel}"), paths)
+                })
             }
             Err(_) => None,
         };
@@ -394,6 +398,28 @@ fn relative(root: &Path, path: &Path) -> String {
         .unwrap_or(path)
         .display()
         .to_string()
+}
+
+/// The version folder `dir` an import has just filled and the files in it, relative to `root`
+/// (the folder alone when it cannot be listed: the run is the same, the watcher may then ask
+/// for one more).
+fn placed(root: &Path, dir: &Path) -> Vec<PathBuf> {
+    let rel = |p: &Path| p.strip_prefix(root).unwrap_or(p).to_owned();
+    let files = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| rel(&entry.path()));
+    std::iter::once(rel(dir)).chain(files).collect()
+}
+
+/// The metadata.json of the product folder above the version folder `dir`, relative to `root`.
+fn metadata_json(root: &Path, dir: &Path) -> PathBuf {
+    let product = dir.parent().unwrap_or(dir);
+    product
+        .strip_prefix(root)
+        .unwrap_or(product)
+        .join(crate::tree::names::METADATA_JSON)
 }
 
 /// The answer for an image placed in `dir`, with what the catalog now says of it.

@@ -125,6 +125,18 @@ server.serve_forever()
         self.log.lock().expect("log lock").clone()
     }
 
+    /// The re-index runs logged after the first `from` bytes of the server's output (a
+    /// `said().len()` taken earlier), read once the file watcher has had time to ask for more
+    /// (it waits for 300 ms of quiet): each line with what triggered it and what it hashed.
+    pub fn settled_runs_since(&self, from: usize) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(1500));
+        self.said()[from..]
+            .lines()
+            .filter(|l| l.contains("re-indexed ("))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Waits until the server has printed every one of `needles` and returns all it said. Its
     /// output reaches us through a pipe and a reader thread (and the server logs off the
     /// request path), so a line about a request can land after the response: read the log
