@@ -32,9 +32,13 @@ use crate::tree::FileSig;
 
 /// Quiet time the watcher waits for before reporting a path.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
-/// Paths of uploads and deletes remembered for the watcher (see
+/// Paths of the server's own writes remembered for the watcher (see
 /// [`Reindexer::request_written`]).
 const MAX_WRITTEN: usize = 4096;
+/// How long after one of the server's own writes the watcher's reports of its paths are taken
+/// for its echo: the watcher reports a path once it has been quiet for [`WATCH_DEBOUNCE`], so
+/// this leaves ample room. A report later than this costs a run for nothing, no more.
+const ECHO: Duration = Duration::from_secs(5);
 /// How long a trigger waits for others to join it.
 const COALESCE: Duration = Duration::from_millis(50);
 /// First and longest delay before a failed re-index is retried.
@@ -101,10 +105,10 @@ impl Trigger {
 #[derive(Clone, Debug)]
 pub(crate) struct Reindexer {
     tx: mpsc::UnboundedSender<Trigger>,
-    /// What this server's uploads have just put in place and its deletes removed (paths
-    /// relative to the root, the folders above them included), as they were left. See
-    /// [`Reindexer::request_written`].
-    written: Arc<Mutex<HashMap<PathBuf, Left>>>,
+    /// What this server's own writes (uploads, deletes, imports, direct publishing) have just
+    /// left at their paths (relative to the root, the folders above them included), and when.
+    /// See [`Reindexer::request_written`].
+    written: Arc<Mutex<HashMap<PathBuf, (Left, Instant)>>>,
 }
 
 /// What this server's own write left at a path, for the watcher to recognize.
@@ -134,6 +138,15 @@ impl Left {
     }
 }
 
+/// What a server write did to the paths it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wrote {
+    /// Put them in place.
+    Placed,
+    /// Removed them.
+    Removed,
+}
+
 impl Reindexer {
     pub(crate) fn request(&self, trigger: Trigger) {
         // The task lives as long as the runtime; a send can only fail during shutdown.
@@ -141,65 +154,92 @@ impl Reindexer {
     }
 
     /// Requests a re-index for files this server has just put in place (`trigger.paths`,
-    /// relative to `root`). The watcher sees them arrive too: what it reports of them while
-    /// they are unchanged since this call, and of the folders above them while they are the
-    /// same folders, is left out of its triggers. This trigger covers it (its run reads the
-    /// tree after this call), and it was a second re-index for nothing after every upload (and
-    /// after an upload that made a product folder, whose time stamp the run itself moves by
-    /// writing ssb.json into it).
+    /// relative to `root`). The watcher sees them arrive too, and this trigger covers that
+    /// (its run reads the tree after this call): for [`ECHO`] after this call, what it reports
+    /// of them while they are unchanged, and of the folders above them while they are the same
+    /// folders, is left out of its triggers. It was a second re-index for nothing after every
+    /// upload (and after an upload that made a product folder, whose time stamp the run itself
+    /// moves by writing ssb.json into it). Anything else the watcher reports of these paths,
+    /// or later, is its to trigger as ever.
     pub(crate) fn request_written(&self, root: &Path, trigger: Trigger) {
-        self.remember(root, &trigger.paths, false);
+        self.remember(root, &trigger.paths, Wrote::Placed);
         self.request(trigger);
     }
 
     /// [`Reindexer::request_written`] for paths this server has just removed (a file or a
-    /// whole version folder): the watcher's reports of them, of what was inside them, and of
-    /// the folders above them, as they are now, are left out too. A delete used to cost a
-    /// second re-index for nothing.
+    /// whole version folder): the watcher's reports of them, and of what was inside them, while
+    /// they are still gone, and of the folders above them as they are now, are left out too.
+    /// A delete used to cost a second re-index for nothing.
     pub(crate) fn request_removed(&self, root: &Path, trigger: Trigger) {
-        self.remember(root, &trigger.paths, true);
+        self.remember(root, &trigger.paths, Wrote::Removed);
         self.request(trigger);
     }
 
-    /// Notes `paths` (relative to `root`) as they are now, and the folders above them: a
-    /// path `removed` as gone, the others with their signatures.
-    fn remember(&self, root: &Path, paths: &[PathBuf], removed: bool) {
+    /// Notes `paths` (relative to `root`) as `wrote` left them, and the folders above them as
+    /// they are now.
+    fn remember(&self, root: &Path, paths: &[PathBuf], wrote: Wrote) {
+        let now = Instant::now();
         let mut written = self.written();
+        written.retain(|_, (_, at)| now.duration_since(*at) < ECHO);
         if written.len() > MAX_WRITTEN {
             // Forgetting costs at most a run for nothing.
             written.clear();
         }
         for path in paths {
             for p in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
-                let left = if removed && p == path {
+                let left = if wrote == Wrote::Removed && p == path {
                     Some(Left::Nothing)
                 } else {
                     Left::at(&root.join(p))
                 };
                 if let Some(left) = left {
-                    written.insert(p.to_owned(), left);
+                    written.insert(p.to_owned(), (left, now));
                 }
             }
         }
     }
 
-    /// True when `path` (relative to `root`) is one [`Reindexer::request_written`] or
-    /// [`Reindexer::request_removed`] was told of and is as it was left: a file unchanged since,
-    /// the same folder, or gone when it was removed or was inside a folder removed.
+    /// True when the watcher's report of `path` (relative to `root`) is the echo of a write
+    /// this server has just told of: the path is as that write left it (a file unchanged, the
+    /// same folder, gone when it was removed or was inside a folder removed). A report that
+    /// finds it otherwise is not, and the note of that path is dropped, so that nothing
+    /// the path goes through afterwards (a folder moved out and back, a removed version put
+    /// back and removed again) can pass for the write.
     fn reported(&self, root: &Path, path: &Path) -> bool {
         let Some(now) = Left::at(&root.join(path)) else {
             return false;
         };
-        let written = self.written();
-        written.get(path) == Some(&now)
-            || now == Left::Nothing
-                && path
-                    .ancestors()
-                    .skip(1)
-                    .any(|p| written.get(p) == Some(&Left::Nothing))
+        let mut written = self.written();
+        let fresh = |entry: Option<&(Left, Instant)>| {
+            entry
+                .filter(|(_, at)| at.elapsed() < ECHO)
+                .map(|(left, _)| *left)
+        };
+        match fresh(written.get(path)) {
+            Some(left) if left == now => return true,
+            Some(_) => {
+                written.remove(path);
+            }
+            None => {}
+        }
+        let removed_above: Vec<PathBuf> = path
+            .ancestors()
+            .skip(1)
+            .filter(|p| fresh(written.get(*p)) == Some(Left::Nothing))
+            .map(Path::to_owned)
+            .collect();
+        if now == Left::Nothing {
+            return !removed_above.is_empty();
+        }
+        // Something is back inside a folder that was removed: that folder is no longer as the
+        // delete left it.
+        for p in removed_above {
+            written.remove(&p);
+        }
+        false
     }
 
-    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Left>> {
+    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (Left, Instant)>> {
         self.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -502,7 +542,7 @@ fn watch(
             let ours = reindexer.reported(&filter_root, p);
             if ours {
                 tracing::debug!(
-                    "watcher: {} is an upload's or a delete's, already indexed",
+                    "watcher: {} is the server's own write, already indexed",
                     p.display()
                 );
             }
@@ -617,11 +657,26 @@ mod tests {
         assert!(r.reported(root, version));
         assert!(r.reported(root, &file), "a file that was inside it");
         assert!(r.reported(root, version.parent().unwrap()));
-        // Back by other means: the watcher's to report.
+        // Back by other means: the watcher's to report; and so is its removal after that.
         std::fs::create_dir_all(root.join(version)).unwrap();
         std::fs::write(root.join(&file), b"two").unwrap();
-        assert!(!r.reported(root, version));
         assert!(!r.reported(root, &file));
+        assert!(!r.reported(root, version));
+        std::fs::remove_dir_all(root.join(version)).unwrap();
+        assert!(!r.reported(root, version), "removed again, by other means");
+        assert!(!r.reported(root, &file), "removed again, by other means");
+
+        // A folder moved out and back keeps its inode, but is no longer the write's echo.
+        std::fs::create_dir_all(root.join(version)).unwrap();
+        std::fs::write(root.join(&file), b"three").unwrap();
+        r.request_written(root, Trigger::touching("uploaded", vec![file.clone()]));
+        assert!(r.reported(root, version));
+        let away = root.join("images/os/1/amd64/away");
+        std::fs::rename(root.join(version), &away).unwrap();
+        assert!(!r.reported(root, version), "moved out");
+        std::fs::rename(&away, root.join(version)).unwrap();
+        assert!(!r.reported(root, version), "moved back");
+
         // A folder replaced by another of the same name is not the one written.
         let product = version.parent().unwrap();
         r.request_written(root, Trigger::touching("uploaded", vec![file.clone()]));
@@ -629,6 +684,15 @@ mod tests {
         std::fs::rename(root.join(product), root.join("images/os/1/amd64/old")).unwrap();
         std::fs::create_dir(root.join(product)).unwrap();
         assert!(!r.reported(root, product));
+
+        // Reports come within the echo's time or not at all: an older note is no echo.
+        let other = Path::new("images/other");
+        std::fs::create_dir_all(root.join(other)).unwrap();
+        r.request_written(root, Trigger::touching("uploaded", vec![other.to_owned()]));
+        r.written()
+            .values_mut()
+            .for_each(|(_, at)| *at -= ECHO + Duration::from_millis(1));
+        assert!(!r.reported(root, other), "noted longer ago than ECHO");
     }
 
     #[test]

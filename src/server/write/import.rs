@@ -394,32 +394,30 @@ fn refusal(e: ImportError, staged: &[(&Path, &str)], root: &Path) -> RequestErro
 }
 
 fn relative(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root)
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    relative_path(root, path).display().to_string()
+}
+
+fn relative_path(root: &Path, path: &Path) -> PathBuf {
+    path.strip_prefix(root).unwrap_or(path).to_owned()
 }
 
 /// The version folder `dir` an import has just filled and the files in it, relative to `root`
 /// (the folder alone when it cannot be listed: the run is the same, the watcher may then ask
 /// for one more).
 fn placed(root: &Path, dir: &Path) -> Vec<PathBuf> {
-    let rel = |p: &Path| p.strip_prefix(root).unwrap_or(p).to_owned();
     let files = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .map(|entry| rel(&entry.path()));
-    std::iter::once(rel(dir)).chain(files).collect()
+        .map(|entry| relative_path(root, &entry.path()));
+    std::iter::once(relative_path(root, dir))
+        .chain(files)
+        .collect()
 }
 
 /// The metadata.json of the product folder above the version folder `dir`, relative to `root`.
 fn metadata_json(root: &Path, dir: &Path) -> PathBuf {
-    let product = dir.parent().unwrap_or(dir);
-    product
-        .strip_prefix(root)
-        .unwrap_or(product)
-        .join(crate::tree::names::METADATA_JSON)
+    relative_path(root, dir.parent().unwrap_or(dir)).join(crate::tree::names::METADATA_JSON)
 }
 
 /// The answer for an image placed in `dir`, with what the catalog now says of it.
