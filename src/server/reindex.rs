@@ -167,12 +167,22 @@ impl Reindexer {
     }
 
     /// [`Reindexer::request_written`] for paths this server has just removed (a file or a
-    /// whole version folder): the watcher's reports of them, and of what was inside them, while
-    /// they are still gone, and of the folders above them as they are now, are left out too.
-    /// A delete used to cost a second re-index for nothing.
+    /// whole version folder): the watcher's reports of them and of what was inside them, while
+    /// they are gone (until something is back in their place), and of the folders above them
+    /// as they are now, are left out too. A delete used to cost a second re-index for nothing.
     pub(crate) fn request_removed(&self, root: &Path, trigger: Trigger) {
         self.remember(root, &trigger.paths, Wrote::Removed);
         self.request(trigger);
+    }
+
+    /// Notes a folder this server has just made (`dir`, relative to `root`) for a write still
+    /// under way, and the folders above it: an upload's version folder is made before its body
+    /// arrives, and the watcher reports a new folder once it has been quiet for
+    /// [`WATCH_DEBOUNCE`], which for a large file is long before the upload ends and asks for
+    /// its own run. A folder the write then takes away again is reported as gone, which its
+    /// note does not cover.
+    pub(crate) fn note_made(&self, root: &Path, dir: &Path) {
+        self.remember(root, &[dir.to_owned()], Wrote::Placed);
     }
 
     /// Notes `paths` (relative to `root`) as `wrote` left them, and the folders above them as
@@ -657,14 +667,23 @@ mod tests {
         assert!(r.reported(root, version));
         assert!(r.reported(root, &file), "a file that was inside it");
         assert!(r.reported(root, version.parent().unwrap()));
-        // Back by other means: the watcher's to report; and so is its removal after that.
+        // Back by other means: the watcher's to report; and so is its removal after that, even
+        // when the watcher reported only a file of it in between.
         std::fs::create_dir_all(root.join(version)).unwrap();
         std::fs::write(root.join(&file), b"two").unwrap();
         assert!(!r.reported(root, &file));
-        assert!(!r.reported(root, version));
         std::fs::remove_dir_all(root.join(version)).unwrap();
         assert!(!r.reported(root, version), "removed again, by other means");
         assert!(!r.reported(root, &file), "removed again, by other means");
+        std::fs::create_dir_all(root.join(version)).unwrap();
+        assert!(!r.reported(root, version), "back again");
+
+        // A folder an upload has just made, reported before the upload ends.
+        let fresh = Path::new("images/new/1/amd64/default/20240101_00:00");
+        std::fs::create_dir_all(root.join(fresh)).unwrap();
+        r.note_made(root, fresh);
+        assert!(r.reported(root, fresh));
+        assert!(r.reported(root, Path::new("images/new")));
 
         // A folder moved out and back keeps its inode, but is no longer the write's echo.
         std::fs::create_dir_all(root.join(version)).unwrap();

@@ -371,6 +371,42 @@ fn an_upload_killed_halfway_leaves_nothing() {
     assert_eq!(site.put(&meta, &format!("{base}/lxd.tar.xz")).0, 201);
 }
 
+/// An upload into a new version folder that takes longer than the watcher waits (300 ms): the
+/// watcher reports the folder while the body is still coming, and that report must not cost a
+/// run of its own; the upload's run is the only one.
+#[test]
+fn a_slow_upload_into_a_new_folder_is_indexed_once() {
+    let site = Site::start(&[], &[]);
+    let scratch = site.dir.path().join("scratch");
+    let (_, rootfs, _) = quick_image(&scratch, "slow", 4 << 20);
+    let before = site.server.said().len();
+    let status = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--noproxy",
+            "*",
+            "--limit-rate",
+            "4M",
+        ])
+        .arg("--cacert")
+        .arg(site.ca.ca_pem())
+        .args(["-H", &Site::auth(), "-T"])
+        .arg(&rootfs)
+        .arg(format!(
+            "{}/images/slow/1/amd64/default/{V1}/rootfs.squashfs",
+            site.url()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    site.server
+        .wait_said(&["re-indexed (uploaded images/slow/"]);
+    let runs = site.server.settled_runs_since(before);
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+}
+
 #[test]
 fn a_file_copied_in_is_indexed_within_3_seconds() {
     let site = Site::start(&[], &[]);

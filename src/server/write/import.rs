@@ -118,7 +118,6 @@ pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, 
     let (imported, publishing) = blocking("the import", move || {
         let _turn = turn;
         let (imported, aliased) = import(&root, &form, &hash_cache);
-        drop(staging);
         let shown = form
             .files
             .iter()
@@ -146,6 +145,9 @@ pub(crate) async fn post(writes: Arc<Writes>, req: Request) -> Result<Response, 
             }
             Err(_) => None,
         };
+        // Only now: removing large staged copies can take longer than the watcher waits
+        // before it reports the placed files, which the notes above now cover.
+        drop(staging);
         let refuse = |e| {
             let staged: Vec<(&Path, &str)> = form
                 .files

@@ -33,7 +33,7 @@ use super::target::{self, Place, WriteTarget};
 use crate::hash::bulk::{DirectWriter, aligned_bytes};
 use crate::hash::{KnownDigest, MetaPrefix, hash_in_parallel, read_meta_prefix};
 use crate::server::error::RequestError;
-use crate::server::reindex::Trigger;
+use crate::server::reindex::{Reindexer, Trigger};
 use crate::server::request_path::RequestPath;
 use crate::tree::names::pairs;
 use crate::tree::{FileRole, FileSig, scan_version};
@@ -311,9 +311,10 @@ where
     let root = Arc::clone(&writes.root);
     let overwrite = writes.allow_overwrites;
     let job_target = target.clone();
+    let reindexer = writes.reindexer.clone();
     let shown = target.relative().display().to_string();
     let (stored, known) = receive_body(body, writes.max_upload_size, &shown, move |chunks| {
-        write_file(&root, &job_target, chunks, overwrite)
+        write_file(&root, &job_target, chunks, overwrite, &reindexer)
     })
     .await?;
     tracing::info!(
@@ -343,12 +344,14 @@ where
 }
 
 /// The blocking half: temp file, hashing, fsync, rename. Returns what to tell the client and,
-/// for an image file stored under its own name, its digests for the hash cache.
+/// for an image file stored under its own name, its digests for the hash cache. The folders it
+/// makes are noted with `reindexer` at once, for the watcher (see [`Reindexer::note_made`]).
 fn write_file(
     root: &Path,
     target: &WriteTarget,
     chunks: BodyChunks,
     overwrite: bool,
+    reindexer: &Reindexer,
 ) -> Result<(Stored, Option<KnownDigest>), RequestError> {
     let rel = target.relative();
     let shown = rel.display().to_string();
@@ -365,6 +368,9 @@ fn write_file(
         .unwrap_or(root)
         .to_owned();
     crate::tree::atomic::create_dir_all(&dir).map_err(io)?;
+    if existing != dir {
+        reindexer.note_made(root, rel.parent().unwrap_or(&rel));
+    }
     let result = fill_and_place(root, target, &path, &dir, chunks, overwrite);
     if result.is_err() {
         // Folders made for a failed upload go again (when still empty), so a broken upload
