@@ -74,11 +74,31 @@ impl Seaweed {
             ports: free_ports(10),
             public,
         };
-        s.launch();
+        // The ports are free when chosen, but another test may take one before weed binds it
+        // (a CI run once lost the volume server's gRPC port so): then new ones.
+        s.launch_retrying(|s| s.ports = free_ports(10));
         Some(s)
     }
 
-    fn launch(&mut self) {
+    /// Launches weed, and when it stops at once because a port is taken, calls `before_retry`
+    /// and tries again (three tries in all); panics with weed's log otherwise.
+    fn launch_retrying(&mut self, before_retry: impl Fn(&mut Self)) {
+        const TRIES: u32 = 3;
+        for attempt in 1..=TRIES {
+            match self.launch() {
+                Ok(()) => return,
+                Err(said) if attempt < TRIES && said.contains("address already in use") => {
+                    eprintln!("weed found a port taken (try {attempt} of {TRIES}), again");
+                    before_retry(self);
+                }
+                Err(said) => panic!("weed exited before it was ready:\n{said}"),
+            }
+        }
+    }
+
+    /// Starts weed and waits until it is ready; `Err` with what it printed this time if it
+    /// exits first.
+    fn launch(&mut self) -> Result<(), String> {
         let p = &self.ports;
         let data = self.dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
@@ -87,6 +107,7 @@ impl Seaweed {
             .append(true)
             .open(self.dir.path().join("weed.log"))
             .unwrap();
+        let said_before = self.log().len();
         let child = Command::new(WEED)
             .arg("mini")
             .arg(format!("-dir={}", data.display()))
@@ -128,12 +149,16 @@ impl Seaweed {
             .spawn()
             .expect("start weed");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready().map_err(|()| {
+            self.child = None;
+            self.log().get(said_before..).unwrap_or_default().to_owned()
+        })
     }
 
     /// Ready once an object can be written and read back: after a restart weed lists keys
-    /// before its volume server is back, and a read of a file then fails with a 500.
-    fn wait_ready(&mut self) {
+    /// before its volume server is back, and a read of a file then fails with a 500. `Err`
+    /// when weed exits first.
+    fn wait_ready(&mut self) -> Result<(), ()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let bucket = self.bucket("ready-probe");
         let probe = bytes::Bytes::from_static(b"ready");
@@ -150,17 +175,15 @@ impl Seaweed {
                 bucket.get("probe").await
             });
             if matches!(round_trip, Ok(Some((ref got, _))) if *got == probe) {
-                return;
+                return Ok(());
             }
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
-                    "weed exited ({status}) before it was ready:\n{}",
-                    self.log()
-                );
+                eprintln!("weed exited ({status}) before it was ready");
+                return Err(());
             }
             assert!(
                 Instant::now() < deadline,
@@ -222,10 +245,11 @@ impl Seaweed {
         }
     }
 
-    /// Starts it again on the same data and ports.
+    /// Starts it again on the same data and ports (the clients keep its address): when one
+    /// is taken meanwhile, tries again a second later.
     pub fn restart(&mut self) {
         self.kill();
-        self.launch();
+        self.launch_retrying(|_| std::thread::sleep(Duration::from_secs(1)));
     }
 }
 
