@@ -35,3 +35,6 @@ bench_cleanup() {
 now() { date +%s.%N; }
 # Milliseconds from time $1 to time $2.
 ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b - a) * 1000 }'; }
+
+# CPU ticks (user + system, in CLK_TCK units) process $1 has used so far.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }

@@ -105,17 +105,23 @@ url() { # url SERVER(n|o) SCHEME(http|https) PATH
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
 line() { printf '%-44s %12s %12s %8s\n' "$@"; }
 
-medians() { # MiB/s of the median of 3 downloads of URL $1 (nginx) and $2 (ours), taken in
-    # turn; more curl options after them
-    local i n=() o=() a=$1 b=$2
-    shift 2
+in_turn() { # FUNCTION URL_N URL_O [ARGS...]: `FUNCTION URL ARGS...` on nginx's URL and on ours,
+    # 3 times in turn, so both meet the same phases of the machine; prints both medians
+    local f=$1 a=$2 b=$3 i n=() o=()
+    shift 3
     for i in 1 2 3; do
-        n+=("$(curl "${curl_opts[@]}" "$@" -w '%{speed_download}' "$a")")
-        o+=("$(curl "${curl_opts[@]}" "$@" -w '%{speed_download}' "$b")")
+        n+=("$("$f" "$a" "$@")")
+        o+=("$("$f" "$b" "$@")")
     done
     for list in "${n[*]}" "${o[*]}"; do
-        printf '%s\n' $list | sort -n | sed -n 2p | awk '{ printf "%.0f ", $1 / 1048576 }'
+        printf '%s\n' $list | sort -g | sed -n 2p | tr '\n' ' '
     done
+}
+
+download_speed() { # MiB/s of one download of URL $1; more curl options after it
+    local u=$1
+    shift
+    curl "${curl_opts[@]}" "$@" -w '%{speed_download}' "$u" | awk '{ printf "%.0f", $1 / 1048576 }'
 }
 
 parallel_speed() { # aggregate MiB/s of 100 parallel downloads of the 100 MiB file
@@ -124,18 +130,6 @@ parallel_speed() { # aggregate MiB/s of 100 parallel downloads of the 100 MiB fi
     for _ in $(seq 100); do curl "${curl_opts[@]}" "$1" & pids+=($!); done
     wait "${pids[@]}"
     awk -v ms="$(ms "$t0" "$(now)")" 'BEGIN { printf "%.0f", 100 * 100 / (ms / 1000) }'
-}
-
-parallel_medians() { # the median of 3 rounds of parallel_speed on URL $1 (nginx) and $2 (ours),
-    # taken in turn: a single round of the same build gave 0.94x to 1.10x nginx's over TLS
-    local i n=() o=()
-    for i in 1 2 3; do
-        n+=("$(parallel_speed "$1")")
-        o+=("$(parallel_speed "$2")")
-    done
-    for list in "${n[*]}" "${o[*]}"; do
-        printf '%s\n' $list | sort -n | sed -n 2p | tr '\n' ' '
-    done
 }
 
 wrk_rps() { # requests/s of wrk -t2 -c32 on URL with extra header args
@@ -148,7 +142,7 @@ etag_of() { curl -s --noproxy '*' --cacert "$work/cert.pem" -D - -o /dev/null "$
 server_cost() { # PID...: CPU ticks and involuntary context switches of these processes
     local p cpu=0 switches=0
     for p in "$@"; do
-        cpu=$((cpu + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
+        cpu=$((cpu + $(cpu_ticks "$p")))
         switches=$((switches + $(cat /proc/"$p"/task/*/status | awk '/^nonvoluntary_ctxt_switches/ { s += $2 } END { print s + 0 }')))
     done
     echo "$cpu $switches"
@@ -193,17 +187,18 @@ for scheme in http https; do
     pid=$([ "$scheme" = http ] && echo "$http_pid" || echo "$tls_pid")
     if [ "$parts" != catalog ]; then
         if [ "$scheme" = http ]; then
-            read -r n o <<<"$(medians "$(url n $scheme "$big/big.img")" "$(url o $scheme "$big/big.img")")"
+            read -r n o <<<"$(in_turn download_speed "$(url n $scheme "$big/big.img")" "$(url o $scheme "$big/big.img")")"
             line "1 GiB download, $label (MiB/s)" "$n" "$o" "$(ratio "$o" "$n")"
         else
             for version in 2 1.1; do
-                read -r n o <<<"$(medians "$(url n $scheme "$big/big.img")" "$(url o $scheme "$big/big.img")" "--http$version")"
+                read -r n o <<<"$(in_turn download_speed "$(url n $scheme "$big/big.img")" "$(url o $scheme "$big/big.img")" "--http$version")"
                 line "1 GiB download, $label, HTTP/$version (MiB/s)" "$n" "$o" "$(ratio "$o" "$n")"
             done
         fi
         # Our peak RSS during this part alone: writing 5 to clear_refs resets VmHWM.
         echo 5 >"/proc/$pid/clear_refs"
-        read -r n o <<<"$(parallel_medians "$(url n $scheme "$big/medium.img")" "$(url o $scheme "$big/medium.img")")"
+        # Three rounds: one alone of the same build gave 0.94x to 1.10x nginx's over TLS.
+        read -r n o <<<"$(in_turn parallel_speed "$(url n $scheme "$big/medium.img")" "$(url o $scheme "$big/medium.img")")"
         line "100 x 100 MiB in parallel, $label (MiB/s)" "$n" "$o" "$(ratio "$o" "$n")"
         line "  our peak RSS during it (MiB; target < 64)" "" "$(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status")" ""
     fi

@@ -79,12 +79,12 @@ upload_once() {
     local opt=$1 base="$url/images/bench/1/amd64/default/$2" start end response sha seen reindex
     curl -sS -k --noproxy '*' -T "$work/src/lxd.tar.xz" "$base/lxd.tar.xz" >/dev/null
     sleep 1
-    cpu0=$(server_ticks)
+    cpu0=$(cpu_ticks "$server_pid")
     start=$(now)
     # bash's `time` gives curl's own CPU (user + system) in $work/curl-cpu.
     { TIMEFORMAT='%U %S'; time curl -sS -k --noproxy "*" "$opt" -T "$work/src/rootfs.squashfs" "$base/rootfs.squashfs" >"$work/response" 2>&1 || true; } 2>"$work/curl-cpu"
     end=$(now)
-    cpu1=$(server_ticks)
+    cpu1=$(cpu_ticks "$server_pid")
     response=$(cat "$work/response")
     sha=$(printf '%s' "$response" | grep -o '"sha256":"[0-9a-f]*"' | cut -d'"' -f4)
     [ -n "$sha" ] || { echo "upload failed: $response" >&2; cat "$work/server.log" >&2; exit 1; }
@@ -111,9 +111,6 @@ upload_once() {
     sync
     ms "$start" "$end"
 }
-
-# CPU ticks (user + system) the server has used so far.
-server_ticks() { awk '{ print $14 + $15 }' "/proc/$server_pid/stat"; }
 
 rate() { awk -v m="$size_mb" -v t="$1" 'BEGIN { printf "%.0f", m / (t / 1000) }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
