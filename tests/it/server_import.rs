@@ -283,7 +283,7 @@ fn an_import_re_indexes_its_product_alone_and_once() {
     let (code, answer) = import(&site, &[&meta_a, &root_a], &[], Some(TOKEN));
     assert_eq!(code, 201, "{answer:#}");
     // The first import's runs (the watcher's too, if it asked) are over before the next.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    site.server.settle();
     let before = site.server.said().len();
     let (code, answer) = import(&site, &[&meta_b, &root_b], &[], Some(TOKEN));
     assert_eq!(code, 201, "{answer:#}");

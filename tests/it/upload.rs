@@ -259,7 +259,7 @@ fn delete_files_and_versions_with_allow_deletes() {
     );
     // What the uploads asked for has run before the deletes; the watcher asked for nothing
     // more, though the runs wrote into the product folders the uploads made.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    site.server.settle();
     let said = site.server.said();
     assert!(!said.contains("re-indexed (changed:"), "{said}");
     let before = said.len();
@@ -948,7 +948,7 @@ fn an_upload_re_indexes_its_own_product_only() {
         assert!(line.contains("1 product folder(s) hashed"), "{line}");
     }
     // The watcher saw the uploads arrive, but their triggers cover them: no second run.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    site.server.settle();
     let log = site.server.said();
     assert!(!log.contains("re-indexed (changed:"), "{log}");
     // A version copied in by other means is the watcher's to report.

@@ -125,11 +125,17 @@ server.serve_forever()
         self.log.lock().expect("log lock").clone()
     }
 
-    /// The re-index runs logged after the first `from` bytes of the server's output (a
-    /// `said().len()` taken earlier), read once the file watcher has had time to ask for more
-    /// (it waits for 300 ms of quiet): each line with what triggered it and what it hashed.
-    pub fn settled_runs_since(&self, from: usize) -> Vec<String> {
+    /// Waits long enough for the server's file watcher (which reports a path after 300 ms of
+    /// quiet) and the re-index runs it or the writes asked for to have been logged.
+    pub fn settle(&self) {
         std::thread::sleep(Duration::from_millis(1500));
+    }
+
+    /// The re-index runs logged after the first `from` bytes of the server's output (a
+    /// `said().len()` taken earlier), read once [`TestServer::settle`] has passed: each line
+    /// with what triggered it and what it hashed.
+    pub fn settled_runs_since(&self, from: usize) -> Vec<String> {
+        self.settle();
         self.said()[from..]
             .lines()
             .filter(|l| l.contains("re-indexed ("))
