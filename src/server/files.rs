@@ -27,7 +27,6 @@ use super::catalog::ServedCatalog;
 use super::direct::{self, Direct};
 use super::disk::DiskBackend;
 use super::error::RequestError;
-use super::records::{FRAME_PAYLOAD, RecordFramed};
 use super::request_path::{RequestPath, is_served_segment};
 use super::write::Writes;
 
@@ -36,13 +35,6 @@ use super::write::Writes;
 /// reads under a 256 KiB write queue gave the fastest single download and the least memory
 /// for 100 parallel ones of the sizes measured (64, 128, 256 KiB).
 const IMAGE_CHUNK: usize = 64 << 10;
-
-/// Bytes per read of an image file sent in DATA frames cut to TLS records ([`RecordFramed`]):
-/// whole frames, as near [`IMAGE_CHUNK`] as they come (65,500 bytes). A 64 KiB read made four
-/// full records and one of 36 bytes, every fifth record a short one to seal, send and decrypt;
-/// a 1 GiB HTTP/2 download over TLS took 5 % less of the server's CPU without them (median of
-/// 12 in turn, 1.23 s against 1.30 s per GiB) and ran 5 % faster.
-const IMAGE_CHUNK_IN_RECORDS: usize = 4 * FRAME_PAYLOAD;
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -57,8 +49,6 @@ struct Files {
     catalog: ServeDir<DefaultServeDirFallback, DiskBackend>,
     /// For everything else, images included: never any `Content-Encoding`.
     images: ServeDir<DefaultServeDirFallback, DiskBackend>,
-    /// `images` for a request whose body goes out in frames cut to TLS records.
-    images_in_records: ServeDir<DefaultServeDirFallback, DiskBackend>,
 }
 
 /// What the router shares: files to read and, when writes are on, the write state.
@@ -97,9 +87,6 @@ pub(crate) fn router(
         served,
         tls_fingerprint: tls_fingerprint.map(Arc::from),
         catalog: serve_dir.clone().precompressed_gzip(),
-        images_in_records: serve_dir
-            .clone()
-            .with_buf_chunk_size(IMAGE_CHUNK_IN_RECORDS),
         images: serve_dir.with_buf_chunk_size(IMAGE_CHUNK),
     };
     Router::new()
@@ -221,8 +208,6 @@ async fn serve_file(files: Files, req: Request) -> Response {
     }
     let dir = if is_catalog {
         files.catalog
-    } else if req.extensions().get::<RecordFramed>().is_some() {
-        files.images_in_records
     } else {
         files.images
     };
@@ -520,42 +505,5 @@ mod tests {
         assert!(!served(".ssb/tls/key.pem"));
         std::os::unix::fs::symlink("../../.ssb/tls/key.pem", root.join("images/a/link")).unwrap();
         assert!(!served("images/a/link"));
-    }
-
-    /// An image file read for frames cut to TLS records comes in chunks of whole frames; any
-    /// other request's in the usual chunks. Every byte arrives either way.
-    #[tokio::test]
-    async fn a_record_framed_request_reads_whole_frames() {
-        use http_body_util::BodyExt as _;
-        let tree = tempfile::tempdir().unwrap();
-        let root = tree.path().canonicalize().unwrap();
-        let file = "images/a/20251123_12:13/rootfs.squashfs";
-        let bytes: Vec<u8> = (0..300_001u32).map(|i| (i * 7 + i / 251) as u8).collect();
-        std::fs::create_dir_all(root.join(file).parent().unwrap()).unwrap();
-        std::fs::write(root.join(file), &bytes).unwrap();
-        let served = Arc::new(ServedCatalog::load(&root));
-        let app = router(root, served, None, None, None);
-        for framed in [false, true] {
-            let mut req = Request::get(format!("/{file}"))
-                .body(Body::empty())
-                .unwrap();
-            if framed {
-                req.extensions_mut().insert(RecordFramed);
-            }
-            let response = app.clone().oneshot(req).await.unwrap();
-            assert_eq!(response.status(), StatusCode::OK);
-            let mut body = response.into_body();
-            let (mut got, mut sizes) = (Vec::new(), Vec::new());
-            while let Some(frame) = body.frame().await {
-                let data = frame.unwrap().into_data().unwrap();
-                sizes.push(data.len());
-                got.extend_from_slice(&data);
-            }
-            assert!(got == bytes, "framed: {framed}");
-            let chunk = if framed { 4 * FRAME_PAYLOAD } else { 64 << 10 };
-            let (last, whole) = sizes.split_last().unwrap();
-            assert!(whole.iter().all(|&n| n == chunk), "{sizes:?}");
-            assert_eq!(*last, bytes.len() % chunk, "{sizes:?}");
-        }
     }
 }

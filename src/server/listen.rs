@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tower::ServiceExt as _;
 
 use super::cork::{Cork, CorkedTcp, cork};
-use super::records::{RecordFramed, TlsRecordFrames};
+use super::records::TlsRecordFrames;
 
 /// How long the server waits for what clients do or do not do.
 #[derive(Clone, Copy, Debug)]
@@ -237,9 +237,6 @@ impl Conn {
                 asked.store(true, Ordering::Relaxed);
                 request.extensions_mut().insert(ConnectInfo(peer));
                 let record_frames = tls && request.version() == axum::http::Version::HTTP_2;
-                if record_frames {
-                    request.extensions_mut().insert(RecordFramed);
-                }
                 app.clone().oneshot(request).map_ok(move |response| {
                     if record_frames {
                         response.map(|b| axum::body::Body::new(TlsRecordFrames::new(b)))
