@@ -9,7 +9,9 @@
 #   - wrk -t2 -c32 on a 30-product images.json, with and without gzip;
 #   - wrk -t2 -c32 of 304 revalidations (If-None-Match with each server's own ETag).
 # Prints each figure for both and the ratio ours / nginx (targets: downloads >= 0.95x,
-# catalog >= 1.0x). Client and servers share this machine's cores.
+# catalog >= 1.0x). Client and servers share this machine's cores. It prints the machine's TCP
+# congestion control: BBR without the fq qdisc paces every connection in the kernel, which holds
+# nginx's plain-HTTP sendfile to about a quarter of its cubic speed (docs/benchmarks.md).
 #
 # `cost` instead: what the 100 parallel downloads over TLS cost each server, 3 rounds with
 # nginx and ours in turn: MiB/s, the server's CPU (user + system of all its processes, from
@@ -167,9 +169,21 @@ parallel_cost() { # URL PID...: MiB/s, CPU s, involuntary switches, machine wake
     echo "$speed $(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz }') $((s1 - s0)) $wakeups"
 }
 
+tcp_line() { # how this machine's TCP sends: the plain-HTTP ratios depend on it (docs/benchmarks.md)
+    local cc qdisc
+    cc=$(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo unknown)
+    qdisc=$(cat /proc/sys/net/core/default_qdisc 2>/dev/null || echo unknown)
+    printf 'TCP: congestion control %s, default qdisc %s' "$cc" "$qdisc"
+    if [ "$cc" = bbr ] && [ "$qdisc" != fq ]; then
+        printf ' (BBR paces in the kernel: nginx'"'"'s sendfile runs at about a quarter of its cubic speed)'
+    fi
+    echo
+}
+
 if [ "$parts" = cost ]; then
     perf_wakeups=$(perf stat -a -e sched:sched_wakeup -- true >/dev/null 2>&1 && echo yes || echo no)
     echo "tree: $www; 100 x 100 MiB over TLS (10,000 MiB) per figure; $(nproc) cores shared by clients and servers"
+    tcp_line
     printf '%-7s %-6s %8s %12s %22s %10s\n' round server MiB/s "CPU (s)" "involuntary switches" wake-ups
     for round in 1 2 3; do
         read -r ns nc nw nk <<<"$(parallel_cost "$(url n https "$big/medium.img")" "$nginx_pid" $(pgrep -P "$nginx_pid"))"
@@ -181,7 +195,8 @@ if [ "$parts" = cost ]; then
 fi
 
 echo "tree: $www; wrk ${secs}s per figure; $(nproc) cores shared by clients and servers"
-line "" "nginx" "ours" "ours/nginx"
+tcp_line
+line """" "nginx" "ours" "ours/nginx"
 for scheme in http https; do
     label=$([ "$scheme" = http ] && echo "plain HTTP" || echo "TLS 1.3")
     pid=$([ "$scheme" = http ] && echo "$http_pid" || echo "$tls_pid")
