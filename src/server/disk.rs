@@ -7,6 +7,10 @@
 //! `RWF_NOWAIT`), on the async thread, as nginx reads on its event loop; only what would wait
 //! for the disk goes to the blocking pool. A served image is read again and again, so nearly
 //! every read is of cached pages.
+//!
+//! Over TLS and HTTP/2 the bytes are read here; a whole file over plain HTTP/1.1 goes out with
+//! `sendfile` ([`super::sendfile`]), from the file a backend made with [`DiskBackend::noting`]
+//! opened for ServeDir.
 
 use std::future::Future;
 use std::io::{self, IoSliceMut, SeekFrom};
@@ -25,8 +29,38 @@ const MAX_BLOCKING_READ: usize = 1 << 20;
 
 /// Opens files with one trip to the blocking pool (open and fstat together) and reads them as
 /// the module says.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct DiskBackend;
+#[derive(Clone, Debug, Default)]
+pub(super) struct DiskBackend {
+    opened: Option<Opened>,
+}
+
+impl DiskBackend {
+    /// A backend for one request that leaves the file it opens in `opened`.
+    pub(super) fn noting(opened: Opened) -> Self {
+        DiskBackend {
+            opened: Some(opened),
+        }
+    }
+}
+
+/// A file [`DiskBackend::noting`] opened.
+#[derive(Debug)]
+pub(super) struct OpenFile {
+    pub(super) file: Arc<std::fs::File>,
+    /// Its length when it was opened (what ServeDir answers with).
+    pub(super) len: u64,
+}
+
+/// Where a [`DiskBackend::noting`] leaves the file it opened.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Opened(Arc<std::sync::Mutex<Option<OpenFile>>>);
+
+impl Opened {
+    /// The file opened, once.
+    pub(super) fn take(&self) -> Option<OpenFile> {
+        self.0.lock().expect("no panics holding the lock").take()
+    }
+}
 
 type Boxed<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send>>;
 
@@ -37,6 +71,7 @@ impl Backend for DiskBackend {
     type MetadataFuture = Boxed<std::fs::Metadata>;
 
     fn open(&self, path: PathBuf) -> Self::OpenFuture {
+        let opened = self.opened.clone();
         Box::pin(async move {
             let (file, metadata) = blocking(move || {
                 let file = std::fs::File::open(&path)?;
@@ -44,8 +79,15 @@ impl Backend for DiskBackend {
                 Ok((file, metadata))
             })
             .await?;
+            let file = Arc::new(file);
+            if let Some(opened) = opened {
+                *opened.0.lock().expect("no panics holding the lock") = Some(OpenFile {
+                    file: Arc::clone(&file),
+                    len: metadata.len(),
+                });
+            }
             Ok(DiskFile {
-                file: Arc::new(file),
+                file,
                 metadata,
                 pos: 0,
                 state: State::Idle,
@@ -215,13 +257,13 @@ mod tests {
     async fn reads_the_whole_file_and_from_a_seek() {
         let (_dir, path, data) = file_of(300_000);
 
-        let mut file = DiskBackend.open(path.clone()).await.unwrap();
+        let mut file = DiskBackend::default().open(path.clone()).await.unwrap();
         assert_eq!(file.metadata().await.unwrap().len(), data.len() as u64);
         let mut all = Vec::new();
         file.read_to_end(&mut all).await.unwrap();
         assert_eq!(all, data);
 
-        let mut file = DiskBackend.open(path).await.unwrap();
+        let mut file = DiskBackend::default().open(path).await.unwrap();
         file.seek(SeekFrom::Start(123_457)).await.unwrap();
         let mut part = vec![0; 10];
         file.read_exact(&mut part).await.unwrap();
@@ -236,7 +278,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_the_page_cache_cannot_answer_goes_to_the_blocking_pool() {
         let (_dir, path, data) = file_of(70_000);
-        let mut file = DiskBackend.open(path).await.unwrap();
+        let mut file = DiskBackend::default().open(path).await.unwrap();
         // As if the kernel had said the pages are not cached: the blocking pool's read, handed
         // out in pieces smaller than it.
         file.pos = 5;

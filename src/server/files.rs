@@ -10,7 +10,7 @@
 //! line per request.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
@@ -25,15 +25,17 @@ use tower_http::services::fs::DefaultServeDirFallback;
 
 use super::catalog::ServedCatalog;
 use super::direct::{self, Direct};
-use super::disk::DiskBackend;
+use super::disk::{DiskBackend, Opened};
 use super::error::RequestError;
 use super::request_path::{RequestPath, is_served_segment};
+use super::sendfile::FileSender;
 use super::write::Writes;
 
-/// Bytes per read of an image file being sent. Reads of cached pages cost no thread hop
-/// (`disk`), so small reads are cheap, and what a connection holds is counted in them: 64 KiB
-/// reads under a 256 KiB write queue gave the fastest single download and the least memory
-/// for 100 parallel ones of the sizes measured (64, 128, 256 KiB).
+/// Bytes per read of an image file being sent over TLS, over HTTP/2, or in ranges (a whole
+/// file over plain HTTP/1.1 goes out with `sendfile`, [`super::sendfile`]). Reads of cached
+/// pages cost no thread hop (`disk`), so small reads are cheap, and what a connection holds is
+/// counted in them: 64 KiB reads under a 256 KiB write queue gave the fastest single download
+/// and the least memory for 100 parallel ones of the sizes measured (64, 128, 256 KiB).
 const IMAGE_CHUNK: usize = 64 << 10;
 
 /// What every request handler shares.
@@ -49,6 +51,14 @@ struct Files {
     catalog: ServeDir<DefaultServeDirFallback, DiskBackend>,
     /// For everything else, images included: never any `Content-Encoding`.
     images: ServeDir<DefaultServeDirFallback, DiskBackend>,
+}
+
+/// Files under `root` read through `backend`: no index.html and no listings (a directory is a
+/// 404 like anything else not served).
+fn serve_dir(root: &Path, backend: DiskBackend) -> ServeDir<DefaultServeDirFallback, DiskBackend> {
+    ServeDir::with_backend(root, backend)
+        .append_index_html_on_directories(false)
+        .redirect_to_trailing_slash(false)
 }
 
 /// What the router shares: files to read and, when writes are on, the write state.
@@ -72,10 +82,7 @@ pub(crate) fn router(
     read: Option<Arc<super::read::ReadAccess>>,
 ) -> Router {
     let https = tls_fingerprint.is_some();
-    // No index.html and no listings: a directory is a 404 like anything else not served.
-    let serve_dir = ServeDir::with_backend(&root, DiskBackend)
-        .append_index_html_on_directories(false)
-        .redirect_to_trailing_slash(false);
+    let serve_dir = serve_dir(&root, DiskBackend::default());
     let root = Arc::new(root);
     let direct = Arc::new(Direct::new(
         Arc::clone(&root),
@@ -206,15 +213,32 @@ async fn serve_file(files: Files, req: Request) -> Response {
     {
         return not_found();
     }
-    let dir = if is_catalog {
-        files.catalog
-    } else {
-        files.images
+    // A GET of a file over plain HTTP/1.1 is sent with sendfile: ServeDir answers (status,
+    // headers, ranges, conditions) from the file it opens, and a whole-file answer's body is
+    // swapped for that same file's stand-ins.
+    let sending = req
+        .extensions()
+        .get::<FileSender>()
+        .filter(|_| !is_catalog && req.method() == Method::GET)
+        .map(|sender| (sender.clone(), Opened::default()));
+    let dir = match (&sending, is_catalog) {
+        (_, true) => files.catalog,
+        (Some((_, opened)), false) => serve_dir(&files.root, DiskBackend::noting(opened.clone()))
+            .with_buf_chunk_size(IMAGE_CHUNK),
+        (None, false) => files.images,
     };
     let mut response = match dir.oneshot(req).await {
         Ok(response) => response.map(Body::new),
         Err(never) => match never {},
     };
+    if let Some((sender, opened)) = sending
+        && response.status() == StatusCode::OK
+        && let Some(file) = opened.take()
+        && file.len >= super::sendfile::MIN_LEN
+        && content_length(response.headers()) == Some(file.len)
+    {
+        response = response.map(|_| Body::new(sender.body(file.file, 0, file.len)));
+    }
     let status = response.status();
     let headers = response.headers_mut();
     if matches!(status, StatusCode::OK | StatusCode::PARTIAL_CONTENT)
@@ -251,6 +275,16 @@ async fn resolves_inside(root: &Arc<PathBuf>, relative: PathBuf, with_gz: bool) 
     };
     // canonicalize is blocking file system work.
     tokio::task::spawn_blocking(check).await.unwrap_or(false)
+}
+
+/// The `Content-Length` of an answer.
+fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Files rewritten by every publish besides the catalog JSON: the signed catalog, LXC's index
@@ -505,5 +539,46 @@ mod tests {
         assert!(!served(".ssb/tls/key.pem"));
         std::os::unix::fs::symlink("../../.ssb/tls/key.pem", root.join("images/a/link")).unwrap();
         assert!(!served("images/a/link"));
+    }
+
+    /// A whole-file GET that carries a connection's [`FileSender`] gets a body of stand-ins
+    /// (one region queued per chunk); a range, a HEAD, a small file or a request without it,
+    /// the bytes.
+    #[tokio::test]
+    async fn a_whole_file_get_over_plain_http1_is_handed_to_sendfile() {
+        use http_body_util::BodyExt as _;
+        let tree = tempfile::tempdir().unwrap();
+        let root = tree.path().canonicalize().unwrap();
+        let file = "images/a/20251123_12:13/rootfs.squashfs";
+        std::fs::create_dir_all(root.join(file).parent().unwrap()).unwrap();
+        std::fs::write(root.join(file), vec![7u8; 300_001]).unwrap();
+        let small = "images/a/20251123_12:13/incus.tar.xz";
+        std::fs::write(root.join(small), vec![7u8; 1_000]).unwrap();
+        let served = Arc::new(ServedCatalog::load(&root));
+        let app = router(root, served, None, None, None);
+        let cases: [(&str, &str, Option<&str>, bool, usize); 5] = [
+            ("GET", file, None, true, 1),
+            ("GET", file, Some("bytes=10-20"), true, 0),
+            ("HEAD", file, None, true, 0),
+            ("GET", file, None, false, 0),
+            ("GET", small, None, true, 0),
+        ];
+        for (method, file, range, with_sender, queued) in cases {
+            let sender = FileSender::default();
+            let mut req = Request::builder().method(method).uri(format!("/{file}"));
+            if let Some(range) = range {
+                req = req.header(header::RANGE, range);
+            }
+            let mut req = req.body(Body::empty()).unwrap();
+            if with_sender {
+                req.extensions_mut().insert(sender.clone());
+            }
+            let response = app.clone().oneshot(req).await.unwrap();
+            assert!(response.status().is_success(), "{method} {range:?}");
+            let mut body = response.into_body();
+            let first = body.frame().await;
+            assert_eq!(first.is_some(), method == "GET", "{method} {range:?}");
+            assert_eq!(sender.queued(), queued, "{method} {range:?} {with_sender}");
+        }
     }
 }

@@ -33,6 +33,7 @@ use tower::ServiceExt as _;
 
 use super::cork::{Cork, CorkedTcp, cork};
 use super::records::TlsRecordFrames;
+use super::sendfile::{FileSender, SendfileTcp};
 
 /// How long the server waits for what clients do or do not do.
 #[derive(Clone, Copy, Debug)]
@@ -146,7 +147,10 @@ pub(super) async fn serve(
             limits,
         };
         match &tls {
-            None => tokio::spawn(conn.serve(tcp, None)),
+            None => {
+                let (io, sender) = SendfileTcp::new(tcp);
+                tokio::spawn(conn.serve(io, None, Some(sender)))
+            }
             Some(acceptor) => tokio::spawn(conn.handshake(acceptor.clone(), tcp, stop.stopped())),
         };
     }
@@ -197,7 +201,7 @@ impl Conn {
                 }
             },
         };
-        self.serve(tls, Some(cork)).await;
+        self.serve(tls, Some(cork), None).await;
     }
 
     /// HTTP/1.1 or HTTP/2 (hyper tells them apart) on `io`, every HTTP/2 request polled in
@@ -205,8 +209,9 @@ impl Conn {
     /// first request came in time. Over TLS (`cork` is then the socket's under it), HTTP/2
     /// response bodies go out in frames that fill TLS records exactly ([`super::records`]),
     /// and what a turn of the task writes for them leaves in full segments
-    /// ([`super::cork`]).
-    async fn serve<I>(self, io: I, cork: Option<Cork>)
+    /// ([`super::cork`]). Over plain TCP (`sender` is then the socket's), HTTP/1.1 requests
+    /// carry the [`FileSender`] that sends image files with `sendfile` ([`super::sendfile`]).
+    async fn serve<I>(self, io: I, cork: Option<Cork>, sender: Option<FileSender>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -237,6 +242,11 @@ impl Conn {
                 asked.store(true, Ordering::Relaxed);
                 request.extensions_mut().insert(ConnectInfo(peer));
                 let record_frames = tls && request.version() == axum::http::Version::HTTP_2;
+                if let Some(sender) = &sender
+                    && request.version() != axum::http::Version::HTTP_2
+                {
+                    request.extensions_mut().insert(sender.clone());
+                }
                 app.clone().oneshot(request).map_ok(move |response| {
                     if record_frames {
                         response.map(|b| axum::body::Body::new(TlsRecordFrames::new(b)))

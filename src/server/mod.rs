@@ -23,6 +23,7 @@ mod read;
 mod records;
 mod reindex;
 mod request_path;
+mod sendfile;
 mod tls;
 mod write;
 

@@ -17,6 +17,8 @@ use simplestreams_builder::server::{
     ServeOptions, ServerError, ServerHandle, TlsMode, serve_with_handle,
 };
 
+use crate::common::command::run_ok;
+
 const VERSION_DIR: &str = "images/debian/12/amd64/default/20251123_12:13";
 const INDEX_JSON: &str = r#"{"format":"index:1.0","index":{}}"#;
 const SQUASHFS: &[u8] = b"0123456789abcdefghij";
@@ -319,14 +321,23 @@ fn serves_a_tree_over_tls() {
     server.stop();
 }
 
+/// How long a curl of a test file may take.
+const CURL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `len` bytes in which no run repeats at a power-of-two distance: a byte sent twice, dropped
+/// or out of place shows.
+fn scrambled(len: u32) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
 /// An image file over HTTP/2 with TLS (what curl, browsers and the daemons pick) goes out in
 /// DATA frames cut to TLS records: every byte must still arrive, in order, whole or in a range.
 #[test]
 fn serves_image_files_over_http2_byte_exact() {
     let (root, _outside) = fixture();
-    let big: Vec<u8> = (0..300_001u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let big = scrambled(300_001);
     let path = root.path().join(VERSION_DIR).join("big.squashfs");
     std::fs::write(&path, &big).unwrap();
     let server = TestServer::start(root.path(), TlsMode::SelfSigned { extra_sans: vec![] });
@@ -336,30 +347,16 @@ fn serves_image_files_over_http2_byte_exact() {
     let resolve = format!("localhost:{}:127.0.0.1", server.addr.port());
     let fetch = |name: &str, extra: &[&str]| -> (String, Vec<u8>) {
         let out_file = out_dir.path().join(name);
-        let out = std::process::Command::new("curl")
-            .args([
-                "-sS",
-                "--http2",
-                "--noproxy",
-                "*",
-                "--resolve",
-                &resolve,
-                "--cacert",
-            ])
+        let mut curl = assert_cmd::Command::new("curl");
+        curl.args(["-sS", "--http2", "--noproxy", "*", "--resolve", &resolve])
+            .arg("--cacert")
             .arg(&cert)
             .arg("-o")
             .arg(&out_file)
             .args(["-w", "%{http_version} %{http_code}"])
             .args(extra)
-            .arg(&url)
-            .output()
-            .expect("curl runs");
-        assert!(
-            out.status.success(),
-            "curl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let said = String::from_utf8(out.stdout).unwrap();
+            .arg(&url);
+        let said = String::from_utf8(run_ok(&mut curl, CURL_TIMEOUT).stdout).unwrap();
         (said, std::fs::read(&out_file).unwrap())
     };
 
@@ -376,6 +373,84 @@ fn serves_image_files_over_http2_byte_exact() {
     let (said, body) = fetch("range", &["-r", "16370-70000"]);
     assert_eq!(said, "2 206");
     assert!(body == big[16_370..=70_000], "{} bytes back", body.len());
+    server.stop();
+}
+
+/// An image file over plain HTTP/1.1 goes out with sendfile, its body's chunks stand-ins
+/// that the connection swaps for the file: every byte must arrive, in order, answer after
+/// answer on one connection, whole or in a range.
+#[test]
+fn serves_image_files_over_plain_http1_byte_exact() {
+    let (root, _outside) = fixture();
+    let big = scrambled(1_000_003);
+    std::fs::write(root.path().join(VERSION_DIR).join("big.squashfs"), &big).unwrap();
+    let server = TestServer::start(root.path(), TlsMode::Http);
+    let out_dir = tempfile::tempdir().unwrap();
+    let url = |name: &str| format!("http://{}/{VERSION_DIR}/{name}", server.addr);
+    let curl = |args: &[&str]| -> String {
+        let mut curl = assert_cmd::Command::new("curl");
+        curl.args(["-sS", "--http1.1", "--noproxy", "*"])
+            .args(args)
+            .current_dir(out_dir.path());
+        String::from_utf8(run_ok(&mut curl, CURL_TIMEOUT).stdout).unwrap()
+    };
+    let read = |name: &str| std::fs::read(out_dir.path().join(name)).unwrap();
+
+    // Three answers on one connection: the big file, the small tarball, the big file again.
+    let said = curl(&[
+        "-w",
+        "%{http_code} %{num_connects};",
+        "-o",
+        "a",
+        &url("big.squashfs"),
+        "-o",
+        "b",
+        &url("incus.tar.xz"),
+        "-o",
+        "c",
+        &url("big.squashfs"),
+    ]);
+    assert_eq!(said, "200 1;200 0;200 0;", "one connection");
+    assert!(
+        read("a") == big && read("c") == big,
+        "the big file, byte for byte"
+    );
+    assert_eq!(read("b"), TARBALL);
+
+    // A range that starts and ends inside the sendfile spans.
+    let said = curl(&[
+        "-w",
+        "%{http_code}",
+        "-r",
+        "262000-600000",
+        "-o",
+        "r",
+        &url("big.squashfs"),
+    ]);
+    assert_eq!(said, "206");
+    assert!(read("r") == big[262_000..=600_000]);
+
+    let said = curl(&[
+        "-I",
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        &url("big.squashfs"),
+    ]);
+    assert_eq!(said, "200");
+
+    // HTTP/1.0: the connection closes after the answer.
+    let said = curl(&[
+        "--http1.0",
+        "-w",
+        "%{http_code}",
+        "-o",
+        "h",
+        &url("big.squashfs"),
+    ]);
+    assert_eq!(said, "200");
+    assert!(read("h") == big);
     server.stop();
 }
 
