@@ -129,23 +129,34 @@ impl DiskFile {
     /// Reads into `buf` only what is in the page cache. `None`: nothing is, or the kernel
     /// cannot tell (then the blocking pool reads).
     fn read_cached(&mut self, buf: &mut ReadBuf<'_>) -> Option<io::Result<()>> {
-        let dst = buf.initialize_unfilled();
-        loop {
-            match rustix::io::preadv2(
-                &*self.file,
-                &mut [IoSliceMut::new(dst)],
-                self.pos,
-                ReadWriteFlags::NOWAIT,
-            ) {
-                Ok(n) => {
-                    buf.advance(n);
-                    self.pos += n as u64;
-                    return Some(Ok(()));
-                }
-                Err(Errno::INTR) => continue,
-                Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::NOSYS) => return None,
-                Err(e) => return Some(Err(e.into())),
-            }
+        let n = match pread_cached(&self.file, buf.initialize_unfilled(), self.pos)? {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        buf.advance(n);
+        self.pos += n as u64;
+        Some(Ok(()))
+    }
+}
+
+/// Reads into `dst` at `at` only what the page cache holds, without waiting for the disk
+/// (`preadv2` with `RWF_NOWAIT`). `None`: nothing is cached there, or the kernel cannot tell.
+pub(super) fn pread_cached(
+    file: &std::fs::File,
+    dst: &mut [u8],
+    at: u64,
+) -> Option<io::Result<usize>> {
+    loop {
+        match rustix::io::preadv2(
+            file,
+            &mut [IoSliceMut::new(dst)],
+            at,
+            ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(n) => return Some(Ok(n)),
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::NOSYS) => return None,
+            Err(e) => return Some(Err(e.into())),
         }
     }
 }

@@ -221,11 +221,12 @@ async fn serve_file(files: Files, req: Request) -> Response {
         .get::<FileSender>()
         .filter(|_| !is_catalog && req.method() == Method::GET)
         .map(|sender| (sender.clone(), Opened::default()));
-    let dir = match (&sending, is_catalog) {
-        (_, true) => files.catalog,
-        (Some((_, opened)), false) => serve_dir(&files.root, DiskBackend::noting(opened.clone()))
-            .with_buf_chunk_size(IMAGE_CHUNK),
-        (None, false) => files.images,
+    let dir = if is_catalog {
+        files.catalog
+    } else if let Some((_, opened)) = &sending {
+        serve_dir(&files.root, DiskBackend::noting(opened.clone())).with_buf_chunk_size(IMAGE_CHUNK)
+    } else {
+        files.images
     };
     let mut response = match dir.oneshot(req).await {
         Ok(response) => response.map(Body::new),

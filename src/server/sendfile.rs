@@ -25,19 +25,19 @@
 //!
 //! Measured on this 2-core machine under cubic, one 1 GiB download in turn with the build
 //! before (6 pairs): 0.10-0.11 s of server CPU instead of 0.31-0.42, 3,803-4,370 MiB/s instead
-//! of 2,445-3,290 (docs/benchmarks.md). Should a hyper release copy body chunks after all, the stand-ins' zeros
-//! would go out: `serves_image_files_over_plain_http1_byte_exact` (tests/it) checks the bytes.
+//! of 2,445-3,290 (docs/benchmarks.md). Should a hyper release copy body chunks after all,
+//! the checks above end the connection, and `serves_image_files_over_plain_http1_byte_exact`
+//! (tests/it) checks the bytes.
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use rustix::io::{Errno, ReadWriteFlags};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -64,8 +64,6 @@ struct Region {
     file: Arc<File>,
     offset: u64,
     len: usize,
-    /// Where its stand-in starts in [`STAND_IN`].
-    place: usize,
     /// How much of it has been sent.
     sent: usize,
 }
@@ -124,23 +122,22 @@ impl Body for FileBody {
             return Poll::Ready(None);
         }
         let len = usize::try_from(this.left).map_or(SPAN, |left| left.min(SPAN));
-        let place = {
+        let id = {
             let mut regions = this.sender.regions();
             let id = regions.made;
-            let place = id % PLACES * STEP;
             regions.made += 1;
             regions.waiting.push_back(Region {
                 id,
                 file: Arc::clone(&this.file),
                 offset: this.offset,
                 len,
-                place,
                 sent: 0,
             });
-            place
+            id
         };
         this.offset += len as u64;
         this.left -= len as u64;
+        let place = place_of(id);
         let stand_in = &STAND_IN[place..place + len];
         Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(stand_in)))))
     }
@@ -152,6 +149,11 @@ impl Body for FileBody {
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.left)
     }
+}
+
+/// Where the stand-in of the connection's region number `id` starts in [`STAND_IN`].
+fn place_of(id: usize) -> usize {
+    id % PLACES * STEP
 }
 
 fn is_stand_in(slice: &[u8]) -> bool {
@@ -200,7 +202,7 @@ impl SendfileTcp {
                 return Poll::Ready(Err(mismatch("a stand-in with no region")));
             };
             let at = slice.as_ptr() as usize - STAND_IN.as_ptr() as usize;
-            if at != region.place + region.sent || slice.len() != region.len - region.sent {
+            if at != place_of(region.id) + region.sent || slice.len() != region.len - region.sent {
                 return Poll::Ready(Err(mismatch("a stand-in out of order")));
             }
             (
@@ -273,20 +275,10 @@ impl SendfileTcp {
 fn cached(file: &File, offset: u64, len: usize) -> io::Result<bool> {
     let last = offset + len.saturating_sub(1) as u64;
     for at in [offset, last] {
-        let mut byte = [0u8; 1];
-        loop {
-            match rustix::io::preadv2(
-                file,
-                &mut [IoSliceMut::new(&mut byte)],
-                at,
-                ReadWriteFlags::NOWAIT,
-            ) {
-                Ok(_) => break,
-                Err(Errno::INTR) => {}
-                Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::NOSYS) => return Ok(false),
-                Err(e) => return Err(e.into()),
-            }
-        }
+        match super::disk::pread_cached(file, &mut [0u8; 1], at) {
+            Some(read) => read?,
+            None => return Ok(false),
+        };
     }
     Ok(true)
 }
