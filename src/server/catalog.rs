@@ -268,7 +268,12 @@ impl ServedCatalog {
                 }
             }
         }
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+        let replaced = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(snapshot),
+        );
+        // Freed once readers can take the new one: a large catalog takes milliseconds to free.
+        drop(replaced);
     }
 
     /// Gives the files of the current catalog that are among `written` their gzip twins

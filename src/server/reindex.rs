@@ -353,7 +353,16 @@ async fn run(
         };
         if let Some(t) = first {
             take(t, &mut paths);
+            // While more changes may join, the copies this run will take of the last one's
+            // manifests are made (a run of the whole tree takes none).
+            let prepared = paths.is_some().then(|| {
+                let manifests = Arc::clone(&manifests);
+                tokio::task::spawn_blocking(move || manifests.prepare())
+            });
             tokio::time::sleep(COALESCE).await;
+            if let Some(prepared) = prepared {
+                let _ = prepared.await;
+            }
         }
         while let Ok(t) = rx.try_recv() {
             take(t, &mut paths);
