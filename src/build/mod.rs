@@ -210,6 +210,7 @@ pub fn build_product(
                 signer: *signer,
                 entry_cache: None,
                 catalog_in_memory: false,
+                serve_made: None,
             })
             .map_err(|source| BuildError::Publish {
                 product: p.name.clone(),

@@ -55,6 +55,7 @@ pub fn publish_tree(
         only: None,
         entry_cache: None,
         catalog_in_memory: false,
+        serve_made: None,
         signer: shared.signer.as_deref(),
     });
     bar.finish_and_clear();

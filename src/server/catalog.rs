@@ -14,7 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::catalog::publish::WrittenFile;
+use crate::catalog::publish::{MadeFile, WrittenFile};
 use crate::format::{Index, ProductsFile};
 use crate::tree::FileSig;
 
@@ -40,8 +40,10 @@ struct Snapshot {
     dirs: Vec<PathBuf>,
     /// Path relative to the root (`streams/v1/index.json`) → file.
     files: HashMap<String, Arc<CatalogFile>>,
-    /// The signatures the files were read with, to notice a new publish.
-    sigs: Vec<(PathBuf, FileSig)>,
+    /// The signatures the files were read with, to notice a new publish. Empty until the
+    /// server's own files are written when it served them as they were made
+    /// ([`ServedCatalog::install_made`], then [`ServedCatalog::confirm`]).
+    sigs: Mutex<Vec<(PathBuf, FileSig)>>,
     /// Every item path the catalog lists, relative to the root, and its product (one shared
     /// name per product: 10,000 versions list 20,000 paths). A file two products list (one
     /// rootfs with two metadata tarballs) belongs to the first by name, however the map was
@@ -69,6 +71,9 @@ impl Filtered {
         self.files.get(relative).cloned()
     }
 }
+
+/// A catalog [`ServedCatalog::install_made`] replaced, for [`ServedCatalog::restore`].
+pub(crate) struct Replaced(Arc<Snapshot>);
 
 /// The catalog of the tree at `root`, as last read.
 pub(crate) struct ServedCatalog {
@@ -232,15 +237,8 @@ impl ServedCatalog {
         written: &[WrittenFile],
         products: &ProductsFile,
     ) {
-        let mut snapshot = Snapshot::default();
+        let mut files = Vec::new();
         for file in written {
-            let Ok(rel) = file.path.strip_prefix(&self.root) else {
-                tracing::warn!(
-                    "{} is outside the served tree: the catalog is read again instead",
-                    file.path.display()
-                );
-                return self.reload();
-            };
             let Some(bytes) = &file.bytes else {
                 tracing::warn!(
                     "{} was not published in memory: the catalog is read again instead",
@@ -248,11 +246,89 @@ impl ServedCatalog {
                 );
                 return self.reload();
             };
+            files.push((file.path.as_path(), bytes, Some(file.sig)));
+        }
+        // Freed once readers can take the new one: a large catalog takes milliseconds to free.
+        drop(self.install_files(&files, products));
+    }
+
+    /// Serves the catalog files the server has made (`made`, products file first, index last)
+    /// and whose products are `products`, before they are written: the image files they list
+    /// are in place, and readers need not wait for the disk. [`ServedCatalog::confirm`] adds
+    /// the files' signatures once written; [`ServedCatalog::restore`] puts back the catalog
+    /// returned when they could not be. `None`: the files were not for this tree, and the
+    /// catalog on disk is served.
+    pub(crate) fn install_made(
+        &self,
+        _publishing: &MutexGuard<'_, ()>,
+        made: &[MadeFile],
+        products: &ProductsFile,
+    ) -> Option<Replaced> {
+        let files: Vec<_> = made
+            .iter()
+            .map(|file| (file.path.as_path(), &file.bytes, None))
+            .collect();
+        self.install_files(&files, products).map(Replaced)
+    }
+
+    /// Gives the catalog [`ServedCatalog::install_made`] served the signatures of its files as
+    /// written (`written`), so that a refresh knows them for its own. A catalog other than
+    /// the one those bytes made is left as it is.
+    pub(crate) fn confirm(&self, _publishing: &MutexGuard<'_, ()>, written: &[WrittenFile]) {
+        let snapshot = self.snapshot();
+        let mut sigs = Vec::new();
+        for file in written {
+            let served = file
+                .path
+                .strip_prefix(&self.root)
+                .ok()
+                .and_then(|rel| snapshot.files.get(&*rel.to_string_lossy()));
+            match served {
+                Some(served) if Some(&served.body) == file.bytes.as_ref() => {
+                    sigs.push((file.path.clone(), file.sig));
+                }
+                _ => return,
+            }
+        }
+        *snapshot.sigs.lock().unwrap_or_else(|e| e.into_inner()) = sigs;
+    }
+
+    /// Serves `replaced` again: the catalog [`ServedCatalog::install_made`] replaced with files
+    /// that could not be written.
+    pub(crate) fn restore(&self, _publishing: &MutexGuard<'_, ()>, replaced: Replaced) {
+        let made = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
+            replaced.0,
+        );
+        drop(made);
+    }
+
+    /// Serves `files` (path, bytes, signature once written) with the items of `products`.
+    /// Returns the catalog it replaced, or `None` when a file is outside the served tree (the
+    /// catalog is read again from disk instead).
+    fn install_files(
+        &self,
+        files: &[(&Path, &Bytes, Option<FileSig>)],
+        products: &ProductsFile,
+    ) -> Option<Arc<Snapshot>> {
+        let mut snapshot = Snapshot::default();
+        // Made now, written in a moment: the header says when, to the second.
+        let made_at = jiff::Timestamp::now().as_second();
+        for &(path, bytes, sig) in files {
+            let Ok(rel) = path.strip_prefix(&self.root) else {
+                tracing::warn!(
+                    "{} is outside the served tree: the catalog is read again instead",
+                    path.display()
+                );
+                self.reload();
+                return None;
+            };
+            let mtime = sig.map_or(made_at, |sig| sig.mtime);
             snapshot.add(
                 rel.to_string_lossy().into_owned(),
-                file.path.clone(),
-                file.sig,
-                CatalogFile::with_body(bytes.clone(), &file.sig, None),
+                path.to_owned(),
+                sig,
+                CatalogFile::with_body(bytes.clone(), mtime, None),
             );
         }
         // Two files per version (metadata and rootfs) is the usual: one allocation.
@@ -268,12 +344,10 @@ impl ServedCatalog {
                 }
             }
         }
-        let replaced = std::mem::replace(
+        Some(std::mem::replace(
             &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
             Arc::new(snapshot),
-        );
-        // Freed once readers can take the new one: a large catalog takes milliseconds to free.
-        drop(replaced);
+        ))
     }
 
     /// Gives the files of the current catalog that are among `written` their gzip twins
@@ -295,9 +369,13 @@ impl ServedCatalog {
     /// [`ServedCatalog::refresh`], for the holder of the publishing guard too.
     pub(crate) fn reload(&self) {
         let current = self.snapshot();
-        let unchanged = !current.sigs.is_empty()
-            && current
-                .sigs
+        let sigs = current
+            .sigs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let unchanged = !sigs.is_empty()
+            && sigs
                 .iter()
                 .all(|(path, sig)| FileSig::read(path).is_ok_and(|now| now == *sig));
         if unchanged {
@@ -387,22 +465,26 @@ fn read_snapshot(root: &Path) -> Result<Snapshot, String> {
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let twin = gzip_twin(&path, &bytes);
         let file = CatalogFile::new(bytes, &sig, twin);
-        snapshot.add(rel, path, sig, file);
+        snapshot.add(rel, path, Some(sig), file);
     }
     let twin = gzip_twin(&index_path, &index_bytes);
     let file = CatalogFile::new(index_bytes, &index_sig, twin);
-    snapshot.add(index_rel, index_path, index_sig, file);
+    snapshot.add(index_rel, index_path, Some(index_sig), file);
     Ok(snapshot)
 }
 
 impl Snapshot {
     /// Serves `file` at `rel`, read from `path` with signature `sig` (watched for changes).
-    fn add(&mut self, rel: String, path: PathBuf, sig: FileSig, file: CatalogFile) {
+    /// `sig`: `None` for a file not written yet (see [`ServedCatalog::install_made`]).
+    fn add(&mut self, rel: String, path: PathBuf, sig: Option<FileSig>, file: CatalogFile) {
         self.files.insert(rel, Arc::new(file));
         if let Some(dir) = path.parent().filter(|d| !self.dirs.iter().any(|x| x == d)) {
             self.dirs.push(dir.to_owned());
         }
-        self.sigs.push((path, sig));
+        if let Some(sig) = sig {
+            let sigs = self.sigs.get_mut().unwrap_or_else(|e| e.into_inner());
+            sigs.push((path, sig));
+        }
     }
 }
 
@@ -499,10 +581,10 @@ impl CatalogFile {
     /// compressed here).
     fn new(body: Vec<u8>, sig: &FileSig, twin: Option<Vec<u8>>) -> Self {
         let gzip = twin.unwrap_or_else(|| crate::catalog::publish::gzip(&body));
-        Self::with_body(body.into(), sig, Some(gzip.into()))
+        Self::with_body(body.into(), sig.mtime, Some(gzip.into()))
     }
 
-    fn with_body(body: Bytes, sig: &FileSig, gzip: Option<Bytes>) -> Self {
+    fn with_body(body: Bytes, mtime: i64, gzip: Option<Bytes>) -> Self {
         // Strong: any change of the bytes changes it. No one forges a catalog against its own
         // server's tag, so it need not be a cryptographic digest: sha256 of the 7.9 MB products
         // file of 10,000 versions was 5 ms of every re-index after an upload, xxh3 under 1 ms.
@@ -511,7 +593,7 @@ impl CatalogFile {
             HeaderValue::from_str(&format!("\"{digest:032x}{suffix}\""))
                 .expect("hex is a valid header value")
         };
-        let last_modified = jiff::Timestamp::from_second(sig.mtime)
+        let last_modified = jiff::Timestamp::from_second(mtime)
             .ok()
             .map(|t| t.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string())
             .and_then(|s| HeaderValue::from_str(&s).ok());
@@ -753,6 +835,103 @@ mod tests {
         }
     }
 
+    /// One product of one version whose rootfs is `images/p/1/amd64/default/20240101_00:00/rootfs.squashfs`.
+    fn one_product() -> ProductsFile {
+        serde_json::from_str(
+            r#"{"content_id":"images","datatype":"image-downloads","format":"products:1.0",
+                "products":{"p:1:amd64:default":{"aliases":"","arch":"amd64","os":"p",
+                "release":"1","release_title":"1","versions":{"20240101_00:00":
+                {"items":{"root":{"ftype":"squashfs","path":"images/p/1/amd64/default/20240101_00:00/rootfs.squashfs",
+                "sha256":"00","size":1}}}}}}}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_catalog_served_as_made_is_known_once_written_or_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let rel = crate::tree::names::index_rel();
+        let path = root.join(&rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            "{\"format\":\"index:1.0\",\"index\":{},\"updated\":\"before\"}\n",
+        )
+        .unwrap();
+        let served = ServedCatalog::load(root);
+        let body = |served: &ServedCatalog| served.file(&rel).map(|f| f.body.clone());
+        assert_eq!(
+            body(&served).as_deref(),
+            Some(&b"{\"format\":\"index:1.0\",\"index\":{},\"updated\":\"before\"}\n"[..])
+        );
+
+        let products = one_product();
+        let item = "images/p/1/amd64/default/20240101_00:00/rootfs.squashfs";
+        let made = |text: &'static [u8]| {
+            [MadeFile {
+                path: path.clone(),
+                bytes: Bytes::from_static(text),
+            }]
+        };
+
+        // Served as made; the disk still holds the last catalog.
+        let guard = served.publishing();
+        let first = made(b"{\"made\":1}\n");
+        let replaced = served.install_made(&guard, &first, &products).unwrap();
+        assert_eq!(
+            body(&served),
+            Some(first[0].bytes.clone()),
+            "served before written"
+        );
+        assert_eq!(
+            served.item_product(item).as_deref(),
+            Some("p:1:amd64:default")
+        );
+        // Written (other bytes on disk here, to tell a read of the disk from the bytes made).
+        std::fs::write(
+            &path,
+            "{\"format\":\"index:1.0\",\"index\":{},\"updated\":\"on disk\"}\n",
+        )
+        .unwrap();
+        let written = [WrittenFile {
+            path: path.clone(),
+            bytes: Some(first[0].bytes.clone()),
+            sig: FileSig::read(&path).unwrap(),
+        }];
+        served.confirm(&guard, &written);
+        drop((replaced, guard));
+        served.refresh();
+        assert_eq!(
+            body(&served),
+            Some(first[0].bytes.clone()),
+            "its own files: not read again"
+        );
+
+        // Not confirmed: the next refresh reads what the disk holds.
+        let guard = served.publishing();
+        let second = made(b"{\"made\":2}\n");
+        drop(served.install_made(&guard, &second, &products));
+        drop(guard);
+        served.refresh();
+        assert_eq!(
+            body(&served).as_deref(),
+            Some(&b"{\"format\":\"index:1.0\",\"index\":{},\"updated\":\"on disk\"}\n"[..])
+        );
+
+        // Not written: the catalog it replaced comes back.
+        let guard = served.publishing();
+        let third = made(b"{\"made\":3}\n");
+        let replaced = served.install_made(&guard, &third, &products).unwrap();
+        assert_eq!(body(&served), Some(third[0].bytes.clone()));
+        served.restore(&guard, replaced);
+        drop(guard);
+        assert_eq!(
+            body(&served).as_deref(),
+            Some(&b"{\"format\":\"index:1.0\",\"index\":{},\"updated\":\"on disk\"}\n"[..])
+        );
+    }
+
     #[test]
     fn the_servers_own_publish_is_served_as_written_then_with_its_twin() {
         let dir = tempfile::tempdir().unwrap();
@@ -760,14 +939,7 @@ mod tests {
         let served = ServedCatalog::load(root);
         assert!(served.file(&crate::tree::names::index_rel()).is_none());
 
-        let products: ProductsFile = serde_json::from_str(
-            r#"{"content_id":"images","datatype":"image-downloads","format":"products:1.0",
-                "products":{"p:1:amd64:default":{"aliases":"","arch":"amd64","os":"p",
-                "release":"1","release_title":"1","versions":{"20240101_00:00":
-                {"items":{"root":{"ftype":"squashfs","path":"images/p/1/amd64/default/20240101_00:00/rootfs.squashfs",
-                "sha256":"00","size":1}}}}}}}"#,
-        )
-        .unwrap();
+        let products = one_product();
         let sig = file_sig();
         let written: Vec<WrittenFile> = [
             (

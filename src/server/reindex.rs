@@ -24,9 +24,10 @@ use crate::catalog::manifest::HttpSettings;
 use crate::catalog::products::EntryCache;
 use crate::catalog::products::Tree;
 use crate::catalog::publish::{
-    Clock, PublishRequest, PublishSummary, publish_catalog, publish_tree,
+    Clock, MadeFile, PublishRequest, PublishSummary, publish_catalog, publish_tree,
 };
 use crate::config::Overrides;
+use crate::format::ProductsFile;
 use crate::hash::{HashCache, KnownDigest};
 use crate::tree::FileSig;
 
@@ -432,7 +433,8 @@ fn summarize(reasons: &[String]) -> String {
 /// One run: records the digests computed in flight in the products' hash caches, so that
 /// uploaded files are not read again, then publishes the whole tree (unchanged files are not
 /// read either: the hash cache knows them). The new catalog is served as soon as its files are
-/// written, from the bytes written; their gzip twins and companions (the page, LXC's index,
+/// made, before they are written (the image files it lists are in place; a run that then fails
+/// serves the last catalog again); their gzip twins and companions (the page, LXC's index,
 /// signatures) follow. Returns the summary and how long it took until the catalog was served.
 fn reindex(
     root: &Path,
@@ -475,17 +477,47 @@ fn reindex(
         signer: opts.signer.as_deref(),
         entry_cache: Some(manifests),
         catalog_in_memory: true,
+        serve_made: None,
     };
     let publishing = served.publishing();
-    let mut staged = publish_catalog(&req).map_err(|e| crate::error_chain(&e))?;
+    let made = std::sync::Mutex::new(None);
+    let serve = |files: &[MadeFile], products: &ProductsFile| {
+        if let Some(replaced) = served.install_made(&publishing, files, products) {
+            *made.lock().unwrap_or_else(|e| e.into_inner()) = Some((replaced, started.elapsed()));
+        }
+    };
+    let staged = publish_catalog(&PublishRequest {
+        serve_made: Some(&serve),
+        ..req
+    });
+    let made = made.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut staged = match staged {
+        Ok(staged) => staged,
+        Err(e) => {
+            if let Some((replaced, _)) = made {
+                served.restore(&publishing, replaced);
+            }
+            return Err(crate::error_chain(&e));
+        }
+    };
     staged.release();
-    if staged.written.is_empty() {
-        served.reload();
-    } else {
-        served.install(&publishing, &staged.written, &staged.summary.catalog);
-    }
+    let served_after = match made {
+        Some((replaced, at)) => {
+            served.confirm(&publishing, &staged.written);
+            // Freed now that readers have the new one.
+            drop(replaced);
+            at
+        }
+        None if staged.written.is_empty() => {
+            served.reload();
+            started.elapsed()
+        }
+        None => {
+            served.install(&publishing, &staged.written, &staged.summary.catalog);
+            started.elapsed()
+        }
+    };
     drop(publishing);
-    let served_after = started.elapsed();
     let written = std::mem::take(&mut staged.written);
     let (summary, twins) = staged.finish(&req).map_err(|e| crate::error_chain(&e))?;
     served.add_twins(&written, &twins);
