@@ -169,7 +169,7 @@ pub fn build_catalog(
         products: BTreeMap::new(),
         origin_of: HashMap::new(),
         names: Vec::new(),
-        seen: HashMap::with_capacity(versions),
+        seen: HashMap::with_capacity_and_hasher(versions, Default::default()),
         alias_owner: HashMap::new(),
     };
     // Entries are consumed: their versions move into the catalog instead of being copied.
@@ -190,7 +190,7 @@ struct Catalog<'w> {
     names: Vec<String>,
     /// Fingerprint → per family (in [`Family::ALL`] order), the (product number, version)
     /// that publishes it.
-    seen: HashMap<String, [Option<(usize, VersionName)>; 2]>,
+    seen: foldhash::HashMap<String, [Option<(usize, VersionName)>; 2]>,
     /// (alias, canonical arch, type) → product that declares it.
     alias_owner: HashMap<(String, &'static str, ImageType), String>,
 }

@@ -48,7 +48,7 @@ struct Snapshot {
     /// name per product: 10,000 versions list 20,000 paths). A file two products list (one
     /// rootfs with two metadata tarballs) belongs to the first by name, however the map was
     /// made.
-    items: HashMap<String, Arc<str>>,
+    items: foldhash::HashMap<String, Arc<str>>,
     /// The products files as one document, parsed on first use (the web page).
     products: std::sync::OnceLock<Option<Arc<ProductsFile>>>,
     /// The catalog as each set of read users sees it (private catalogs), made on first use.
@@ -492,7 +492,7 @@ impl Snapshot {
 /// read without building a document: only the paths are decoded.
 fn collect_items(
     products: &[u8],
-    out: &mut HashMap<String, Arc<str>>,
+    out: &mut foldhash::HashMap<String, Arc<str>>,
 ) -> Result<(), serde_json::Error> {
     use std::borrow::Cow;
     use std::collections::hash_map::Entry;
@@ -812,7 +812,7 @@ mod tests {
                 product(a),
                 product(b)
             );
-            let mut read = HashMap::new();
+            let mut read = foldhash::HashMap::default();
             collect_items(json.as_bytes(), &mut read).unwrap();
             assert_eq!(read.get(shared).map(|p| &**p), Some("p:a"), "read back");
 
