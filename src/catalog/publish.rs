@@ -850,9 +850,10 @@ pub struct PublishRequest<'a> {
     pub catalog_in_memory: bool,
     /// With `catalog_in_memory`: told the catalog files and their products once they are made,
     /// before they are written and fsynced, for a server that serves them from memory. The
-    /// image files they list are in place already; the disk's pace (writing and fsyncing the
-    /// 7.9 MB products file of 10,000 versions took 11–118 ms here) need not delay the clients. A run that fails after
-    /// it returns an error, and the caller puts back what it served before.
+    /// image files they list are in place already, and the disk's pace (writing and fsyncing
+    /// the 7.9 MB products file of 10,000 versions took 11–118 ms here) need not delay the
+    /// clients. A run that fails after telling it returns an error: the caller then serves
+    /// what it served before.
     pub serve_made: Option<&'a ServeMade<'a>>,
 }
 

@@ -835,7 +835,8 @@ mod tests {
         }
     }
 
-    /// One product of one version whose rootfs is `images/p/1/amd64/default/20240101_00:00/rootfs.squashfs`.
+    /// One product of one version, its rootfs at
+    /// `images/p/1/amd64/default/20240101_00:00/rootfs.squashfs`.
     fn one_product() -> ProductsFile {
         serde_json::from_str(
             r#"{"content_id":"images","datatype":"image-downloads","format":"products:1.0",
