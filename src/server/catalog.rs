@@ -80,7 +80,7 @@ pub(crate) struct ServedCatalog {
     root: PathBuf,
     current: RwLock<Arc<Snapshot>>,
     /// Held while the server publishes the tree itself: the refreshes its own writes trigger
-    /// are skipped (it installs what it wrote, see [`ServedCatalog::install`]).
+    /// are skipped (it installs what it makes, see [`ServedCatalog::install_made`]).
     publishing: Mutex<()>,
 }
 
@@ -215,7 +215,7 @@ impl ServedCatalog {
 
     /// Reads the catalog again when its files changed since the last read (blocking). Keeps
     /// the current snapshot when the new files cannot be read whole. Does nothing while the
-    /// server publishes ([`ServedCatalog::publishing`]): what it writes is installed as written.
+    /// server publishes ([`ServedCatalog::publishing`]): what it writes is installed as made.
     pub(crate) fn refresh(&self) {
         if let Ok(_free) = self.publishing.try_lock() {
             self.reload();
