@@ -236,7 +236,7 @@ async fn serve_file(files: Files, req: Request) -> Response {
         && response.status() == StatusCode::OK
         && let Some(file) = opened.take()
         && file.len >= super::sendfile::MIN_LEN
-        && content_length(response.headers()) == Some(file.len)
+        && super::content_length(response.headers()) == Some(file.len)
     {
         response = response.map(|_| Body::new(sender.body(file.file, 0, file.len)));
     }
@@ -276,16 +276,6 @@ async fn resolves_inside(root: &Arc<PathBuf>, relative: PathBuf, with_gz: bool) 
     };
     // canonicalize is blocking file system work.
     tokio::task::spawn_blocking(check).await.unwrap_or(false)
-}
-
-/// The `Content-Length` of an answer.
-fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// Files rewritten by every publish besides the catalog JSON: the signed catalog, LXC's index

@@ -356,3 +356,13 @@ fn url_host(ip: IpAddr) -> String {
         ip.to_string()
     }
 }
+
+/// The `Content-Length` a request or an answer declares, when it is a number.
+fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest as _, Multipart, Request};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::BytesMut;
 use futures_util::{Stream, StreamExt as _};
@@ -199,11 +199,7 @@ pub(crate) async fn put(writes: Arc<Writes>, req: Request) -> Result<Response, R
             return Err(e);
         }
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = crate::server::content_length(req.headers());
     if declared.is_some_and(|n| n > writes.max_upload_size) {
         return Err(RequestError::TooLarge {
             limit: writes.max_upload_size,
