@@ -625,23 +625,31 @@ pub fn load_entries(tree: &Tree, opts: &LoadOptions<'_>) -> Result<Loaded, LoadE
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_prepared_copy_is_taken_once_and_dropped_with_its_entry() {
+    /// An ssb.json in a folder of its own, and a declaration.
+    fn manifest_and_declaration() -> (tempfile::TempDir, PathBuf, ProductSpec) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(MANIFEST_FILE);
         std::fs::write(&path, "{}").unwrap();
-        let declared = crate::catalog::metadata_json::tests::spec();
-        let entry = |title: &str| {
-            let mut spec = declared.clone();
-            spec.release_title = Some(title.into());
-            Entry {
-                spec,
-                manifest: Manifest {
-                    name: declared.name.clone(),
-                    ..Manifest::default()
-                },
-            }
-        };
+        (dir, path, crate::catalog::metadata_json::tests::spec())
+    }
+
+    /// The entry `declared` resolves to when its metadata.json gives it `title`.
+    fn entry_titled(declared: &ProductSpec, title: &str) -> Entry {
+        let mut spec = declared.clone();
+        spec.release_title = Some(title.into());
+        Entry {
+            spec,
+            manifest: Manifest {
+                name: declared.name.clone(),
+                ..Manifest::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_prepared_copy_is_taken_once_and_dropped_with_its_entry() {
+        let (_dir, path, declared) = manifest_and_declaration();
+        let entry = |title: &str| entry_titled(&declared, title);
         let cache = EntryCache::default();
         cache.put(&declared, &path, &entry("first"), &[]);
         let spare = |cache: &EntryCache| {
@@ -678,19 +686,8 @@ mod tests {
 
     #[test]
     fn a_cached_entry_holds_while_its_declaration_and_ssb_json_do() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(MANIFEST_FILE);
-        std::fs::write(&path, "{}").unwrap();
-        let declared = crate::catalog::metadata_json::tests::spec();
-        let mut resolved = declared.clone();
-        resolved.release_title = Some("from metadata.json".into());
-        let entry = Entry {
-            spec: resolved,
-            manifest: Manifest {
-                name: declared.name.clone(),
-                ..Manifest::default()
-            },
-        };
+        let (dir, path, declared) = manifest_and_declaration();
+        let entry = entry_titled(&declared, "from metadata.json");
         let cache = EntryCache::default();
         assert!(cache.get(&declared, &path).is_none(), "empty at first");
         cache.put(&declared, &path, &entry, &["a warning".into()]);
