@@ -196,7 +196,7 @@ fi
 
 echo "tree: $www; wrk ${secs}s per figure; $(nproc) cores shared by clients and servers"
 tcp_line
-line """" "nginx" "ours" "ours/nginx"
+line "" "nginx" "ours" "ours/nginx"
 for scheme in http https; do
     label=$([ "$scheme" = http ] && echo "plain HTTP" || echo "TLS 1.3")
     pid=$([ "$scheme" = http ] && echo "$http_pid" || echo "$tls_pid")
